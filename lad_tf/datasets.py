@@ -1,0 +1,228 @@
+"""One registry of dataset specs, and loading by name.
+
+A `DatasetSpec` holds everything that differs between datasets (shape, classes, the default latent
+layer, eps grid, reconstruction norm, model architectures, where the data comes from), so no other
+module needs `if dataset == ...`. Images are float32 NHWC in [0, 1]; labels int64.
+
+Sources are tried in this order (unless `source` names one): local files in `data_dir`, the files of
+Debian's `dataset-fashion-mnist` package, then TensorFlow Datasets by name.
+"""
+import dataclasses
+import os
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from lad_tf.sources import DataFormatError, DatasetNotFoundError
+from lad_tf.sources import celeba, digits, idx, svhn, tfds_source
+
+__all__ = ["DatasetSpec", "Split", "Dataset", "REGISTRY", "get_spec", "load", "stratified_indices",
+           "calibration_split", "to_tf_dataset", "DataFormatError", "DatasetNotFoundError"]
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  x: np.ndarray
+  y: np.ndarray
+
+  def __len__(self):
+    return len(self.y)
+
+  def take(self, indices):
+    return Split(self.x[indices], self.y[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What lad_tf needs to know about a dataset."""
+  name: str
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  class_names: Tuple[str, ...]
+  classifier: str          # zoo name of the paper's classifier (lad_tf.models)
+  generator: str           # zoo name of its decoder
+  blackbox: str            # zoo name of the differently built "black CNN" attackers use
+  eps_grid: Tuple[float, ...]
+  recon_norm: str          # "l2" (MSE) or "l1", the paper's choice for Eq. 2
+  attack_eps: float        # the field's usual L-inf eps for this dataset
+  latent_layer: str = "latent"
+  description: str = ""
+  local_formats: str = ""  # what --data_dir must hold, for error messages
+  has_local: Optional[Callable[[str], bool]] = None
+  load_local: Optional[Callable[[str], dict]] = None
+  load_tfds: Optional[Callable[[Optional[str]], dict]] = None
+  system_dirs: Tuple[str, ...] = ()
+  embedded: Optional[Callable[[], dict]] = None
+
+  @property
+  def value_range(self):
+    return (0.0, 1.0)
+
+
+_DIGIT_NAMES = tuple(str(i) for i in range(10))
+_MNIST_EPS = (0.5, 2.0, 5.0, 10.0, 12.0, 15.0, 18.0, 20.0, 25.0)
+
+
+def _celeba_tfds(data_dir):
+  return tfds_source.load("celeb_a", data_dir=data_dir,
+                          label_fn=lambda e: e["attributes"]["Smiling"], image_size=(128, 128))
+
+
+REGISTRY = {
+    spec.name: spec for spec in [
+        DatasetSpec(
+            name="digits", image_shape=(28, 28, 1), num_classes=10, class_names=_DIGIT_NAMES,
+            classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
+            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
+            description="scikit-learn's 1,797 real 8x8 digits, centred in 28x28 (embedded default)",
+            embedded=digits.load),
+        DatasetSpec(
+            name="mnist", image_shape=(28, 28, 1), num_classes=10, class_names=_DIGIT_NAMES,
+            classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
+            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.3,
+            local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
+            has_local=idx.has_files, load_local=idx.load,
+            load_tfds=lambda d: tfds_source.load("mnist", data_dir=d)),
+        DatasetSpec(
+            name="fashion_mnist", image_shape=(28, 28, 1), num_classes=10,
+            class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"),
+            classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
+            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
+            local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
+            has_local=idx.has_files, load_local=idx.load,
+            load_tfds=lambda d: tfds_source.load("fashion_mnist", data_dir=d),
+            system_dirs=(DEBIAN_FASHION_MNIST,)),
+        DatasetSpec(
+            name="svhn", image_shape=(32, 32, 3), num_classes=10, class_names=_DIGIT_NAMES,
+            classifier="svhnnet", generator="svhnnet_decoder", blackbox="black_cnn",
+            eps_grid=(0.4, 0.6, 0.8, 1.0, 1.5), recon_norm="l1", attack_eps=8 / 255,
+            local_formats="train_32x32.mat and test_32x32.mat",
+            has_local=svhn.has_files, load_local=svhn.load,
+            load_tfds=lambda d: tfds_source.load("svhn_cropped", data_dir=d)),
+        DatasetSpec(
+            name="celeba_smile", image_shape=(128, 128, 3), num_classes=2,
+            class_names=("not smiling", "smiling"),
+            classifier="celebanet", generator="celebanet_decoder", blackbox="black_cnn",
+            eps_grid=(0.1, 0.3, 1.0, 10.0, 15.0, 17.0, 20.0), recon_norm="l1", attack_eps=8 / 255,
+            local_formats="img_align_celeba/*.jpg and list_attr_celeba.txt",
+            has_local=celeba.has_files, load_local=celeba.load, load_tfds=_celeba_tfds),
+    ]
+}
+
+
+def get_spec(name):
+  if name not in REGISTRY:
+    raise KeyError(f"unknown dataset '{name}'; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  spec: DatasetSpec
+  train: Split
+  test: Split
+  source: str
+
+
+def _check(spec, splits, origin):
+  for split_name in ("train", "test"):
+    x, y = splits[split_name]
+    if x.shape[1:] != spec.image_shape:
+      raise DataFormatError(f"{origin}: {split_name} images have shape {x.shape[1:]}, "
+                            f"expected {spec.image_shape} for {spec.name}")
+    if len(y) and (y.min() < 0 or y.max() >= spec.num_classes):
+      raise DataFormatError(f"{origin}: {split_name} labels outside 0..{spec.num_classes - 1}")
+
+
+def _not_found(spec, data_dir, tfds_error):
+  ways = []
+  if spec.has_local:
+    ways.append(f"pass --data_dir=DIR with {spec.local_formats}"
+                + (f" (nothing usable in {data_dir})" if data_dir else ""))
+  if spec.system_dirs:
+    ways.append(f"install Debian's package 'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist; "
+                f"looked in {', '.join(spec.system_dirs)})")
+  if spec.load_tfds:
+    ways.append("let TensorFlow Datasets download it (needs internet; TFDS said: "
+                f"{str(tfds_error).splitlines()[0] if tfds_error else 'not tried'})")
+  return DatasetNotFoundError(f"dataset '{spec.name}' was not found. Ways to get it: " + "; or ".join(ways))
+
+
+def load(name, data_dir=None, source="auto"):
+  """Loads dataset `name` as numpy splits.
+
+  Args:
+    name: a key of REGISTRY.
+    data_dir: folder with the dataset's own files (see DatasetSpec.local_formats); also TFDS's data_dir.
+    source: "auto" (local files, system package files, then TFDS), or one of "local", "system",
+      "tfds", "embedded" to insist on one.
+  Returns:
+    Dataset with train and test Splits.
+  Raises:
+    DatasetNotFoundError naming the ways to get the data; DataFormatError naming a corrupt file.
+  """
+  spec = get_spec(name)
+  attempts = []
+  if spec.embedded:
+    attempts.append(("embedded", lambda: spec.embedded()))
+  if spec.has_local and data_dir:
+    for directory in (data_dir, os.path.join(data_dir, name)):
+      if spec.has_local(directory):
+        attempts.append(("local", lambda d=directory: spec.load_local(d)))
+        break
+  for directory in spec.system_dirs:
+    if spec.has_local(directory):
+      attempts.append(("system", lambda d=directory: spec.load_local(d)))
+  if spec.load_tfds:
+    attempts.append(("tfds", lambda: spec.load_tfds(data_dir)))
+  if source != "auto":
+    attempts = [a for a in attempts if a[0] == source]
+  tfds_error = None
+  for origin, loader in attempts:
+    try:
+      splits = loader()
+    except DataFormatError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if origin != "tfds":
+        raise
+      tfds_error = e
+      continue
+    _check(spec, splits, origin)
+    return Dataset(spec, Split(*splits["train"]), Split(*splits["test"]), origin)
+  raise _not_found(spec, data_dir, tfds_error)
+
+
+def stratified_indices(y, n_per_class, seed=0):
+  """Indices of up to n_per_class examples of each class, drawn with `seed`, sorted."""
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in np.unique(y):
+    members = np.flatnonzero(y == c)
+    chosen.append(rng.choice(members, size=min(n_per_class, len(members)), replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def calibration_split(test, n_per_class, seed=0):
+  """Splits the test set into (calibration, evaluation).
+
+  The calibration examples (n per class) fit the boundaries and seed the generation; every accuracy
+  lad_tf reports is measured on the evaluation part, which never saw them.
+  """
+  chosen = stratified_indices(test.y, n_per_class, seed)
+  rest = np.setdiff1d(np.arange(len(test)), chosen)
+  return test.take(chosen), test.take(rest)
+
+
+def to_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True, drop_remainder=False):
+  """A batched, prefetched tf.data pipeline over a Split."""
+  import tensorflow as tf
+  ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+  if cache:
+    ds = ds.cache()
+  if shuffle:
+    ds = ds.shuffle(min(len(split), 10000), seed=seed, reshuffle_each_iteration=True)
+  return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

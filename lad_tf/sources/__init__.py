@@ -1,0 +1,13 @@
+"""Readers, one per file format, each returning numpy arrays (images float32 NHWC in [0, 1], labels int64).
+
+A reader raises `DataFormatError` naming the file and what is wrong with it; the dataset registry
+(`lad_tf.datasets`) decides which readers to try and in which order.
+"""
+
+
+class DataFormatError(ValueError):
+  """A data file exists but is corrupt, truncated or not in the expected format."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """No source could provide the dataset; the message lists the ways to get it."""

@@ -1,0 +1,63 @@
+"""Benchmarks: `python -m pipelines.benchmark SUITE [--output=FILE.json] [suite flags]`.
+
+Each suite lives in `pipelines/benchmarks/<suite>.py` and exposes `run(**options) -> dict`; this
+entry point prints the figures as a table and writes them as one JSON object.
+"""
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+SUITES = ("attacks", "serving", "training", "generation", "pipeline")
+
+flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
+flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")
+flags.DEFINE_integer("n", 0, "Number of examples (0: the suite's default).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+FLAGS = flags.FLAGS
+
+
+def machine_info():
+  """What the figures were measured on, saved beside them."""
+  return {
+      "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "cpus": os.cpu_count(),
+      "python": sys.version.split()[0],
+  }
+
+
+def print_table(figures, prefix=""):
+  for key, value in figures.items():
+    if isinstance(value, dict):
+      print_table(value, prefix=f"{prefix}{key}.")
+    elif isinstance(value, float):
+      print(f"  {prefix}{key:<40s} {value:12.4f}")
+    else:
+      print(f"  {prefix}{key:<40s} {value!s:>12}")
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in SUITES:
+    raise app.UsageError(f"usage: python -m pipelines.benchmark SUITE, SUITE one of {', '.join(SUITES)}")
+  suite = argv[1]
+  module = importlib.import_module(f"pipelines.benchmarks.{suite}")
+  start = time.time()
+  figures = module.run(dataset=FLAGS.dataset, n=FLAGS.n, seed=FLAGS.seed)
+  figures = {"suite": suite, **figures, "wall_s": time.time() - start, "machine": machine_info()}
+  print(f"benchmark {suite}:")
+  print_table(figures)
+  output = FLAGS.output or os.path.join("benchmarks", f"{suite}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, "w") as f:
+    json.dump(figures, f, indent=2, sort_keys=True)
+  print(f"figures written to {output}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Benchmark suites; each module exposes `run(**options) -> dict` of figures."""
