@@ -1,0 +1,73 @@
+"""Packaging for lad_tf: the library plus its command lines and serving code.
+
+    pip install -e .               # library, pipelines, serving
+    pip install -e ".[test,bench]" # + pytest, + ART for the attack benchmarks
+"""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version():
+    """The version declared in lad_tf/__init__.py (read, not imported)."""
+    with open(os.path.join(HERE, "lad_tf", "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r'^__version__\s*=\s*["\']([^"\']+)["\']', f.read(), re.M)
+    if not match:
+        raise RuntimeError("lad_tf/__init__.py does not define __version__")
+    return match.group(1)
+
+
+def read_long_description():
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+setup(
+    name="lad_tf",
+    version=read_version(),
+    description=(
+        "Latent Adversarial Defence for TensorFlow/Keras classifiers, "
+        "with TensorFlow Serving export and a serving client"
+    ),
+    long_description=read_long_description(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(
+        include=[
+            "lad_tf",
+            "lad_tf.*",
+            "pipelines",
+            "pipelines.*",
+            "serving",
+            "serving.*",
+        ]
+    ),
+    python_requires=">=3.10",
+    install_requires=[
+        # `tensorflow`, not `tensorflow-cpu`: tensorflow-serving-api requires it.
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tensorflow-datasets>=4.9,<5",
+        "cleverhans==4.0.0",
+        "numpy>=1.26,<3",
+        "absl-py>=1.0,<3",
+        "tensorflow-serving-api>=2.21,<2.22",
+        "scikit-learn>=1.3,<2",
+        "matplotlib>=3.7,<4",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "bench": ["adversarial-robustness-toolbox==1.20.1"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
