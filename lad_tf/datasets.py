@@ -44,9 +44,16 @@ class DatasetSpec:
   classifier: str          # zoo name of the paper's classifier (lad_tf.models)
   generator: str           # zoo name of its decoder
   blackbox: str            # zoo name of the differently built "black CNN" attackers use
-  eps_grid: Tuple[float, ...]
+  authors_eps_grid: Tuple[float, ...]  # the authors' eps list, for the raw-normal convention
   recon_norm: str          # "l2" (MSE) or "l1", the paper's choice for Eq. 2
   attack_eps: float        # the field's usual L-inf eps for this dataset
+  # eps in units of the mean latent norm (lad_tf.generation's default "relative" convention)
+  eps_grid: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+  classifier_epochs: int = 10
+  classifier_batch_size: int = 128
+  generator_epochs: int = 30
+  generator_batch_size: int = 256
+  calibration_per_class: int = 50  # test examples per class for boundaries and generation
   latent_layer: str = "latent"
   description: str = ""
   local_formats: str = ""  # what --data_dir must hold, for error messages
@@ -75,13 +82,15 @@ REGISTRY = {
         DatasetSpec(
             name="digits", image_shape=(28, 28, 1), num_classes=10, class_names=_DIGIT_NAMES,
             classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
-            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
+            authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
+            classifier_epochs=15, classifier_batch_size=64, generator_epochs=60, generator_batch_size=64,
+            calibration_per_class=15,
             description="scikit-learn's 1,797 real 8x8 digits, centred in 28x28 (embedded default)",
             embedded=digits.load),
         DatasetSpec(
             name="mnist", image_shape=(28, 28, 1), num_classes=10, class_names=_DIGIT_NAMES,
             classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
-            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.3,
+            authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.3,
             local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
             has_local=idx.has_files, load_local=idx.load,
             load_tfds=lambda d: tfds_source.load("mnist", data_dir=d)),
@@ -90,7 +99,7 @@ REGISTRY = {
             class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"),
             classifier="lenet5", generator="lenet5_decoder", blackbox="black_cnn",
-            eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
+            authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
             local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
             has_local=idx.has_files, load_local=idx.load,
             load_tfds=lambda d: tfds_source.load("fashion_mnist", data_dir=d),
@@ -98,7 +107,7 @@ REGISTRY = {
         DatasetSpec(
             name="svhn", image_shape=(32, 32, 3), num_classes=10, class_names=_DIGIT_NAMES,
             classifier="svhnnet", generator="svhnnet_decoder", blackbox="black_cnn",
-            eps_grid=(0.4, 0.6, 0.8, 1.0, 1.5), recon_norm="l1", attack_eps=8 / 255,
+            authors_eps_grid=(0.4, 0.6, 0.8, 1.0, 1.5), recon_norm="l1", attack_eps=8 / 255,
             local_formats="train_32x32.mat and test_32x32.mat",
             has_local=svhn.has_files, load_local=svhn.load,
             load_tfds=lambda d: tfds_source.load("svhn_cropped", data_dir=d)),
@@ -106,7 +115,7 @@ REGISTRY = {
             name="celeba_smile", image_shape=(128, 128, 3), num_classes=2,
             class_names=("not smiling", "smiling"),
             classifier="celebanet", generator="celebanet_decoder", blackbox="black_cnn",
-            eps_grid=(0.1, 0.3, 1.0, 10.0, 15.0, 17.0, 20.0), recon_norm="l1", attack_eps=8 / 255,
+            authors_eps_grid=(0.1, 0.3, 1.0, 10.0, 15.0, 17.0, 20.0), recon_norm="l1", attack_eps=8 / 255,
             local_formats="img_align_celeba/*.jpg and list_attr_celeba.txt",
             has_local=celeba.has_files, load_local=celeba.load, load_tfds=_celeba_tfds),
     ]
@@ -214,6 +223,9 @@ def calibration_split(test, n_per_class, seed=0):
   """
   chosen = stratified_indices(test.y, n_per_class, seed)
   rest = np.setdiff1d(np.arange(len(test)), chosen)
+  if len(rest) < len(chosen) // 2:
+    raise ValueError(f"{n_per_class} calibration examples per class leave {len(rest)} of {len(test)} test "
+                     f"examples for evaluation: choose fewer per class")
   return test.take(chosen), test.take(rest)
 
 

@@ -1,0 +1,361 @@
+"""The defend pipeline: classifier -> generator -> boundaries -> generation -> fine-tuning -> export.
+
+Each stage writes one folder of the work directory (lad_tf.workdir) and is skipped once complete,
+so a re-run does nothing and a killed run resumes at the stage it was in (training stages resume at
+their last finished epoch). `pipelines/defend.py` is the command line over `run_defend`.
+"""
+import dataclasses
+import logging
+import os
+import shutil
+from typing import Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from lad_tf import boundary as boundary_lib
+from lad_tf import datasets, defence, figures, generation, models, training
+from lad_tf import generator as generator_lib
+from lad_tf.workdir import WorkDir, read_json, write_json
+
+log = logging.getLogger("lad_tf")
+
+STAGES = ("classifier", "generator", "boundaries", "generation", "defended")
+FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
+
+
+@dataclasses.dataclass
+class DefendConfig:
+  """Everything `run_defend` needs; None fields take the dataset spec's defaults."""
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  classifier_path: Optional[str] = None     # a user's Keras classifier (.keras) instead of training one
+  latent_layer: Optional[str] = None        # default: the spec's ("latent")
+  architecture: Optional[str] = None        # zoo classifier to train; default: the spec's
+  generator_architecture: Optional[str] = None
+  seed: int = 0
+  calibration_per_class: Optional[int] = None
+  classifier_epochs: Optional[int] = None
+  generator_epochs: Optional[int] = None
+  recon_norm: Optional[str] = None
+  attention: str = "authors"
+  eps_grid: Optional[Tuple[float, ...]] = None
+  normal: str = "relative"
+  target: str = "random"
+  adaptive: bool = False
+  fine_tune_mode: str = "mix"
+  fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
+  fine_tune_epochs: int = 10
+  on_the_fly_per_epoch: int = 2000
+  export: bool = True
+  export_base: Optional[str] = None
+  model_name: str = "lad"
+  force: Sequence[str] = ()
+  verbose: int = 2
+
+  def resolved(self):
+    spec = datasets.get_spec(self.dataset)
+    if self.fine_tune_mode not in FINE_TUNE_MODES:
+      raise ValueError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
+    return dataclasses.replace(
+        self,
+        latent_layer=self.latent_layer or spec.latent_layer,
+        calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
+        architecture=self.architecture or spec.classifier,
+        classifier_epochs=self.classifier_epochs or spec.classifier_epochs,
+        generator_epochs=self.generator_epochs or spec.generator_epochs,
+        recon_norm=self.recon_norm or spec.recon_norm,
+        eps_grid=tuple(self.eps_grid or spec.eps_grid),
+        force=tuple(STAGES) if "all" in self.force else tuple(self.force))
+
+
+# The settings that decide what every stage computes: a work directory serves one of them.
+_IDENTITY = ("dataset", "data_dir", "classifier_path", "latent_layer", "architecture", "seed",
+             "calibration_per_class")
+
+
+def _check_identity(work, config):
+  identity = {k: getattr(config, k) for k in _IDENTITY}
+  previous = read_json(work.path("config.json"))
+  if previous is not None:
+    changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
+    if changed and not config.force:
+      raise ValueError(f"{work.root} was made with other settings {changed} (old, new): use a new "
+                       f"--workdir, or --force=all to recompute every stage")
+  write_json(work.path("config.json"), {**identity, "full": dataclasses.asdict(config)})
+
+
+def load_model(path):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no model at {path}")
+  return keras.models.load_model(path, compile=False)
+
+
+class DefendRun:
+  """One run of the pipeline over a work directory; each stage method is idempotent."""
+
+  def __init__(self, workdir, config, progress=None):
+    self.config = config.resolved()
+    self.work = WorkDir(workdir)
+    self.say = progress or log.info
+    self.spec = datasets.get_spec(self.config.dataset)
+    _check_identity(self.work, self.config)
+    self.data = datasets.load(self.config.dataset, data_dir=self.config.data_dir)
+    self.say(f"dataset {self.spec.name} ({self.data.source}): {len(self.data.train)} train, "
+             f"{len(self.data.test)} test")
+    self.calibration, self.evaluation = datasets.calibration_split(
+        self.data.test, self.config.calibration_per_class, self.config.seed)
+
+  def _stage(self, name, fn):
+    return self.work.run_stage(name, fn, force=name in self.config.force)
+
+  # -- stages -------------------------------------------------------------------------------
+  def classifier_stage(self):
+    def run(out):
+      c = self.config
+      if c.classifier_path:
+        model = load_model(c.classifier_path)
+        self.say(f"classifier: using {c.classifier_path}")
+        metrics = {"source": c.classifier_path}
+      else:
+        keras.utils.set_random_seed(c.seed)
+        model = models.build_classifier(c.architecture, self.spec.image_shape, self.spec.num_classes)
+        self.say(f"classifier: training {c.architecture} for {c.classifier_epochs} epochs")
+        history, _ = training.train_classifier(
+            model, self.data.train, self.evaluation,
+            training.TrainConfig(epochs=c.classifier_epochs, batch_size=self.spec.classifier_batch_size,
+                                 seed=c.seed, verbose=c.verbose), out)
+        metrics = {"source": c.architecture, "history": history}
+      models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
+      metrics["test_accuracy"] = training.accuracy(model, self.evaluation)
+      model.save(os.path.join(out, "model.keras"))
+      write_json(os.path.join(out, "metrics.json"), metrics)
+      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    return self._stage("classifier", run)
+
+  def classifier(self):
+    return load_model(self.work.path("classifier", "model.keras"))
+
+  def generator_stage(self):
+    def run(out):
+      c = self.config
+      classifier = self.classifier()
+      phi, _ = models.split_at_latent(classifier, c.latent_layer)
+      phi.trainable = False
+      latent_dim = int(phi.output_shape[-1])
+      name = c.generator_architecture or self.spec.generator
+      try:
+        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
+      except ValueError:
+        name = "conv_decoder"
+        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
+      self.say(f"generator: training {name} on {latent_dim}-d latents for {c.generator_epochs} epochs "
+               f"({c.recon_norm} loss)")
+      result = generator_lib.train_generator(
+          phi, generator, self.data.train, self.evaluation,
+          generator_lib.GeneratorConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
+                                        recon_norm=c.recon_norm, seed=c.seed, verbose=c.verbose), out)
+      generator.save(os.path.join(out, "model.keras"))
+      write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm, **result})
+      sample = self.evaluation.x[:12]
+      figures.reconstructions(self.work.path("figures", "reconstructions.png"), sample,
+                              generator.predict(phi.predict(sample, verbose=0), verbose=0))
+      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+      self.say(f"generator: train loss {result['train_loss']:.5f}, test loss {result['test_loss']:.5f}")
+    return self._stage("generator", run)
+
+  def boundaries_stage(self):
+    def run(out):
+      c = self.config
+      phi, _ = models.split_at_latent(self.classifier(), c.latent_layer)
+      z_cal = generator_lib.latents(phi, self.calibration.x)
+      heldout = (generator_lib.latents(phi, self.evaluation.x), self.evaluation.y)
+      k = self.spec.num_classes
+      summary = {}
+      for mode in dict.fromkeys([c.attention, "none"]):
+        self.say(f"boundaries: fitting {k * (k - 1) // 2} {mode}-attention SVMs on "
+                 f"{len(z_cal)} calibration latents")
+        fitted = boundary_lib.fit_boundaries(z_cal, self.calibration.y, k,
+                                             boundary_lib.BoundaryConfig(mode=mode, seed=c.seed), heldout)
+        fitted.save(os.path.join(out, f"boundaries_{mode}.npz"))
+        summary[mode] = {"heldout_accuracy": float(np.nanmean(fitted.heldout_accuracy)),
+                         "fit_accuracy": float(np.mean(fitted.fit_accuracy)),
+                         "per_pair": {f"{s}-{t}": float(a) for (s, t), a in
+                                      zip(fitted.pairs, fitted.heldout_accuracy)}}
+        self.say(f"boundaries: {mode}: held-out accuracy {summary[mode]['heldout_accuracy']:.4f}")
+      shutil.copyfile(os.path.join(out, f"boundaries_{c.attention}.npz"), os.path.join(out, "boundaries.npz"))
+      write_json(os.path.join(out, "metrics.json"), {"attention": c.attention, **summary})
+    return self._stage("boundaries", run)
+
+  def boundaries(self):
+    return boundary_lib.Boundaries.load(self.work.path("boundaries", "boundaries.npz"))
+
+  def _generation_config(self, eps_grid=None):
+    c = self.config
+    return generation.GenerationConfig(eps_grid=tuple(eps_grid or c.eps_grid), normal=c.normal,
+                                       target=c.target, adaptive=c.adaptive, seed=c.seed)
+
+  def generation_stage(self):
+    def run(out):
+      c = self.config
+      classifier = self.classifier()
+      phi, head = models.split_at_latent(classifier, c.latent_layer)
+      generator = load_model(self.work.path("generator", "model.keras"))
+      grid = tuple(sorted(set(c.eps_grid) | set(c.fine_tune_eps)))
+      generated = generation.generate(classifier, phi, head, generator, self.boundaries(),
+                                      self.calibration.x, self.calibration.y,
+                                      self._generation_config(grid), progress=self.say)
+      generation.save(os.path.join(out, "generated.npz"), generated)
+      summary = generation.summarize(generated)
+      if c.adaptive:
+        summary["crossing_eps_mean"] = float(np.nanmean(generated["crossing_eps"]))
+        summary["crossing_eps_never"] = float(np.mean(np.isnan(generated["crossing_eps"])))
+      write_json(os.path.join(out, "summary.json"), summary)
+      self._generation_figures(generated, summary)
+    return self._stage("generation", run)
+
+  def _generation_figures(self, generated, summary):
+    names = self.spec.class_names
+    fig = lambda name: self.work.path("figures", name)
+    figures.success_curve(fig("success_rate.png"), summary)
+    figures.success_heatmap(fig("success_heatmap.png"),
+                            generation.success_matrix(generated, self.spec.num_classes), names)
+    eps_values = np.unique(generated["eps"])
+    n = len(generated["recon_label"])
+    strips, labels = [], []
+    for i in np.random.default_rng(0).choice(n, size=min(6, n), replace=False):
+      rows = np.flatnonzero(generated["index"] == i)
+      rows = rows[np.argsort(generated["eps"][rows])]
+      strips.append(generated["x_adv"][rows])
+      labels.append(generated["image_label"][rows])
+    figures.transitions(fig("transitions.png"), strips, eps_values, labels, names)
+    fooled = np.flatnonzero(generated["image_label"] != generated["source"])
+    pick = np.random.default_rng(1).choice(fooled, size=min(30, len(fooled)), replace=False) if len(
+        fooled) else np.arange(0)
+    figures.image_grid(fig("generated_examples.png"), generated["x_adv"][pick],
+                       [f"{names[generated['source'][j]]}->{names[generated['image_label'][j]]}"
+                        f" e{generated['eps'][j]:g}" for j in pick],
+                       title="LAD examples: source -> predicted (eps)")
+
+  def defended_stage(self):
+    def run(out):
+      c = self.config
+      classifier = self.classifier()
+      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, seed=c.seed, verbose=c.verbose)
+      if c.fine_tune_mode == "on_the_fly":
+        defended = self._fine_tune_on_the_fly(classifier, tune, out)
+      else:
+        generated = generation.load(self.work.path("generation", "generated.npz"))
+        eps = c.fine_tune_eps if c.fine_tune_mode == "mix" else c.fine_tune_eps[:1]
+        rows = np.flatnonzero(np.isin(np.round(generated["eps"], 6), np.round(np.array(eps, np.float32), 6)))
+        if len(rows) == 0:
+          raise ValueError(f"no generated examples at eps {eps}; generated eps: {np.unique(generated['eps'])}")
+        index = generated["index"][rows]
+        self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in eps)}): "
+                 f"{len(rows)} generated examples, {c.fine_tune_epochs} epochs")
+        defended = defence.fine_tune(classifier, self.calibration.x[index], generated["x_adv"][rows],
+                                     self.calibration.y[index], tune, state_dir=out)
+      accuracy = training.accuracy(defended, self.evaluation)
+      defended.save(os.path.join(out, "model.keras"))
+      write_json(os.path.join(out, "metrics.json"), {"clean_accuracy": accuracy, "mode": c.fine_tune_mode,
+                                                     "eps": list(c.fine_tune_eps)})
+      shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
+    return self._stage("defended", run)
+
+  def _fine_tune_on_the_fly(self, classifier, tune, out):
+    """Each epoch draws fresh training examples, random targets and eps, and decodes them anew."""
+    c = self.config
+    frozen = defence.clone_classifier(classifier)
+    phi, _ = models.split_at_latent(frozen, c.latent_layer)
+    generator = load_model(self.work.path("generator", "model.keras"))
+    boundaries = self.boundaries()
+    scale = generation.latent_scale(generator_lib.latents(phi, self.calibration.x))
+    trainer = defence.AdversarialFineTuning(defence.clone_classifier(classifier), alpha=tune.alpha)
+    trainer.compile(optimizer=keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum))
+    rng = np.random.default_rng(c.seed)
+    for epoch in range(tune.epochs):
+      idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
+                       replace=False)
+      x, y = self.data.train.x[idx], self.data.train.y[idx]
+      eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
+      gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
+      x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
+      history = trainer.fit(defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch),
+                            epochs=1, verbose=0)
+      self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
+               ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.history.items()))
+    return trainer.classifier
+
+  # -- summary and export -------------------------------------------------------------------
+  def write_metrics(self):
+    read = lambda *p: read_json(self.work.path(*p), {})
+    original = read("classifier", "metrics.json")
+    defended = read("defended", "metrics.json")
+    gen = read("generator", "metrics.json")
+    bounds = read("boundaries", "metrics.json")
+    summary = read("generation", "summary.json")
+    attention = bounds.get("attention", self.config.attention)
+    metrics = {
+        "dataset": self.spec.name,
+        "evaluation_examples": len(self.evaluation),
+        "calibration_per_class": self.config.calibration_per_class,
+        "original": {"clean_accuracy": original.get("test_accuracy")},
+        "defended": {"clean_accuracy": defended.get("clean_accuracy"), "fine_tune_mode": defended.get("mode"),
+                     "fine_tune_eps": defended.get("eps")},
+        "generator": {"train_loss": gen.get("train_loss"), "test_loss": gen.get("test_loss"),
+                      "recon_norm": gen.get("recon_norm")},
+        "boundary": {"accuracy": bounds.get(attention, {}).get("heldout_accuracy"),
+                     "plain_svm_accuracy": bounds.get("none", {}).get("heldout_accuracy"),
+                     "attention": attention},
+        "lad": {"attack_success_rate": summary.get("success_rate"),
+                "attack_success_rate_recon_ok": summary.get("success_rate_recon_ok"),
+                "targeted_rate": summary.get("targeted_rate"),
+                "inconsistency_rate": summary.get("inconsistency_rate"),
+                "eps_convention": self.config.normal},
+        "stages_s": read("stages.json"),
+    }
+    write_json(self.work.path("metrics.json"), metrics)
+    if metrics["original"]["clean_accuracy"] is not None and metrics["defended"]["clean_accuracy"] is not None:
+      figures.accuracy_bars(self.work.path("figures", "clean_accuracy.png"),
+                            {"original": metrics["original"]["clean_accuracy"],
+                             "LAD-defended": metrics["defended"]["clean_accuracy"]})
+    return metrics
+
+  def export(self, metrics):
+    from serving import export as serving_export  # serving depends on lad_tf, not the reverse
+    base = self.config.export_base or self.work.path("export")
+    card = {"dataset": self.spec.name, "clean_accuracy": metrics["defended"]["clean_accuracy"],
+            "original_clean_accuracy": metrics["original"]["clean_accuracy"],
+            "defence": "LAD (latent adversarial defence)", "class_names": list(self.spec.class_names)}
+    report = read_json(self.work.path("evaluation", "report.json"))
+    if report:
+      card["robustness"] = report.get("rows")
+    path = serving_export.export_classifier(load_model(self.work.path("defended", "model.keras")), base,
+                                            sample_images=self.evaluation.x[:16],
+                                            model_name=self.config.model_name, model_card=card)
+    self.say(f"export: {path}")
+    return path
+
+  def run(self):
+    self.classifier_stage()
+    self.generator_stage()
+    self.boundaries_stage()
+    self.generation_stage()
+    self.defended_stage()
+    metrics = self.write_metrics()
+    if self.config.export:
+      previous = read_json(self.work.path("export.json"), {}).get("path")
+      model_time = os.path.getmtime(self.work.path("defended", "model.keras"))
+      if previous and os.path.isdir(previous) and os.path.getmtime(previous) >= model_time:
+        self.say(f"export: done, skipped ({previous})")
+      else:
+        previous = self.export(metrics)
+        write_json(self.work.path("export.json"), {"path": previous})
+      metrics["export_path"] = previous
+      write_json(self.work.path("metrics.json"), metrics)
+    return metrics
+
+
+def run_defend(workdir, config=DefendConfig(), progress=None):
+  """Runs (or resumes) every stage of the defence in `workdir`; returns metrics.json's content."""
+  return DefendRun(workdir, config, progress).run()
