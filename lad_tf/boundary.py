@@ -51,6 +51,8 @@ class PairwiseAttentionSVM(keras.layers.Layer):
     self.b = self.add_weight(name="b", shape=(self.num_pairs,), initializer="zeros")
 
   def attention(self, z):
+    if not self.built:
+      self.build(z.shape)
     if self.mode == "none":
       return tf.ones_like(z)
     logits = tf.tanh(tf.einsum("bpd,pde->bpe", z, self.kernel) + self.attention_bias)

@@ -56,7 +56,7 @@ class AdversarialFineTuning(keras.Model):
     return loss, logits, logits_adv
 
   def train_step(self, data):
-    (x, x_adv), y = data
+    (x, x_adv), y, _ = keras.utils.unpack_x_y_sample_weight(data)
     with tf.GradientTape() as tape:
       loss, logits, logits_adv = self.eq4_loss(x, x_adv, y, training=True)
     variables = self.classifier.trainable_variables
@@ -64,7 +64,7 @@ class AdversarialFineTuning(keras.Model):
     return self._update_metrics(loss, y, logits, logits_adv)
 
   def test_step(self, data):
-    (x, x_adv), y = data
+    (x, x_adv), y, _ = keras.utils.unpack_x_y_sample_weight(data)
     loss, logits, logits_adv = self.eq4_loss(x, x_adv, y)
     return self._update_metrics(loss, y, logits, logits_adv)
 

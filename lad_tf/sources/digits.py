@@ -2,7 +2,7 @@
 
 The 8x8 digits are resized to 20x20 and centred in a 28x28 frame, as MNIST centres its 20x20 digits,
 so the MNIST models (LeNet-5 and its generator) apply unchanged. Split: per class, a fixed 20% (seed 0)
-is the test split (360 images), the rest the training split (1,437 images).
+is the test split (359 images), the rest the training split (1,438 images).
 """
 import numpy as np
 

@@ -1,0 +1,174 @@
+"""LAD's parts (attention, boundaries, generation, Eq. 4) and the defend pipeline end to end on digits."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lad_tf import boundary, defence, generation, pipeline
+
+
+# -- attention and boundaries -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["authors", "budget", "none"])
+def test_attention_shape_range_and_gradients(mode):
+  layer = boundary.PairwiseAttentionSVM(num_pairs=3, mode=mode)
+  z = tf.constant(np.random.default_rng(0).normal(size=(5, 3, 40)), tf.float32)
+  with tf.GradientTape() as tape:
+    beta = layer.attention(z)
+    scores = layer(z)
+    loss = tf.reduce_sum(scores) + tf.reduce_sum(beta * z)
+  assert beta.shape == z.shape and scores.shape == (5, 3)
+  if mode == "authors":  # exp of a softmax: within [1, e], and nearly uniform for D = 40
+    assert tf.reduce_min(beta) >= 1.0 and tf.reduce_max(beta) <= np.e
+  elif mode == "budget":  # a redistribution of a fixed budget: mean 1, within [e^-2, e^2]
+    np.testing.assert_allclose(tf.reduce_mean(beta, axis=-1).numpy(), 1.0, atol=1e-5)
+    assert tf.reduce_min(beta) > np.exp(-2.0) - 1e-6 and tf.reduce_max(beta) < np.exp(2.0) + 1e-6
+  else:
+    assert np.all(beta.numpy() == 1.0)
+  grads = tape.gradient(loss, layer.trainable_variables)
+  assert all(g is not None for g in grads)
+  if mode != "none":
+    assert float(tf.reduce_max(tf.abs(grads[0]))) > 0.0  # the attention kernel learns
+
+
+def _clusters(num_classes=3, n=40, dim=16, seed=0):
+  """Gaussian clusters around fixed centres; `seed` draws a new sample of the same clusters."""
+  centres = np.random.default_rng(0).normal(scale=4.0, size=(num_classes, dim))
+  rng = np.random.default_rng(seed + 1)
+  z = np.concatenate([c + rng.normal(size=(n, dim)) for c in centres]).astype(np.float32)
+  return z, np.repeat(np.arange(num_classes), n)
+
+
+@pytest.mark.parametrize("mode", ["authors", "budget", "none"])
+def test_boundary_separates_separable_latents_and_d_points_to_the_target(mode):
+  z, y = _clusters()
+  z_test, y_test = _clusters(seed=1)
+  fitted = boundary.fit_boundaries(z, y, 3, boundary.BoundaryConfig(mode=mode, c=1.0, epochs=10),
+                                   heldout=(z_test, y_test))
+  assert fitted.pairs.tolist() == [[0, 1], [0, 2], [1, 2]]
+  assert np.all(fitted.fit_accuracy >= 0.95) and np.all(fitted.heldout_accuracy >= 0.95)
+  for s, t in [(0, 1), (2, 0), (1, 2)]:
+    zs = z[y == s]
+    src, tgt = np.full(len(zs), s), np.full(len(zs), t)
+    beta = fitted.attention(zs, src, tgt)
+    d = fitted.normal(src, tgt)
+    before = fitted.score(zs, src, tgt)
+    after = fitted.score(generation.perturb_latents(zs, beta, d, 0.5), src, tgt)
+    assert np.all(before < 0)  # the source's side
+    assert np.all(after > before)  # moving along d raises the target's score
+  np.testing.assert_allclose(fitted.normal([0], [1]), -fitted.normal([1], [0]))
+
+
+def test_boundaries_round_trip(tmp_path):
+  z, y = _clusters()
+  fitted = boundary.fit_boundaries(z, y, 3, boundary.BoundaryConfig(epochs=2))
+  fitted.save(tmp_path / "b.npz")
+  loaded = boundary.Boundaries.load(tmp_path / "b.npz")
+  np.testing.assert_allclose(loaded.score(z, y, (y + 1) % 3), fitted.score(z, y, (y + 1) % 3), rtol=1e-6)
+
+
+# -- Eq. 4 --------------------------------------------------------------------------------------
+def test_one_fine_tuning_step_lowers_the_eq4_loss():
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((6,))
+  model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
+  rng = np.random.default_rng(0)
+  x = rng.random((32, 6)).astype(np.float32)
+  x_adv = np.clip(x + rng.normal(scale=0.2, size=x.shape), 0, 1).astype(np.float32)
+  y = rng.integers(0, 3, size=32)
+  trainer = defence.AdversarialFineTuning(model, alpha=0.5)
+  trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+  before = float(trainer.eq4_loss(x, x_adv, y)[0])
+  trainer.train_on_batch((x, x_adv), y)
+  after = float(trainer.eq4_loss(x, x_adv, y)[0])
+  assert after < before
+  # alpha weighs the two terms: alpha = 1 ignores the adversarial examples
+  only_clean = defence.AdversarialFineTuning(model, alpha=1.0)
+  ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  np.testing.assert_allclose(float(only_clean.eq4_loss(x, x_adv, y)[0]), float(ce(y, model(x))), rtol=1e-6)
+
+
+def test_fine_tune_leaves_the_original_untouched():
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+  weights = [w.copy() for w in model.get_weights()]
+  x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, verbose=0))
+  assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+  assert not all(np.array_equal(a, b) for a, b in zip(weights, tuned.get_weights()))
+
+
+# -- the pipeline on digits ---------------------------------------------------------------------
+CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_epochs=25,
+                               calibration_per_class=10, fine_tune_epochs=3,
+                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), verbose=0)
+
+
+@pytest.fixture(scope="module")
+def defended(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("defend"))
+  return workdir, pipeline.run_defend(workdir, CONFIG)
+
+
+def test_defend_writes_every_metric(defended):
+  workdir, _ = defended
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics["dataset"] == "digits"
+  assert metrics["original"]["clean_accuracy"] > 0.85
+  assert metrics["defended"]["clean_accuracy"] > 0.85
+  assert 0 < metrics["generator"]["train_loss"] < 0.05 and 0 < metrics["generator"]["test_loss"] < 0.05
+  assert metrics["boundary"]["accuracy"] > 0.9 and metrics["boundary"]["plain_svm_accuracy"] > 0.9
+  rates = metrics["lad"]["attack_success_rate"]
+  assert sorted(rates, key=float) == ["0", "0.1", "0.2", "0.3", "0.5", "1"]  # grid + fine-tuning eps
+  for name in ("reconstructions", "success_rate", "success_heatmap", "transitions", "generated_examples"):
+    assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 1000
+
+
+def test_success_rate_rises_with_eps(defended):
+  _, metrics = defended
+  rates = metrics["lad"]["attack_success_rate"]
+  assert rates["0"] < 0.3  # G(z) mostly keeps the source class
+  assert rates["1"] > rates["0"] + 0.5
+  assert rates["0.5"] >= rates["0.1"]
+
+
+def test_eps_zero_gives_back_the_reconstruction(defended):
+  workdir, _ = defended
+  generated = generation.load(os.path.join(workdir, "generation", "generated.npz"))
+  run = pipeline.DefendRun(workdir, CONFIG)
+  phi, _ = pipeline.models.split_at_latent(run.classifier())
+  generator = pipeline.load_model(os.path.join(workdir, "generator", "model.keras"))
+  rows = generated["eps"] == 0.0
+  reconstruction = generator.predict(phi.predict(run.calibration.x, verbose=0), verbose=0)
+  np.testing.assert_allclose(generated["x_adv"][rows], reconstruction[generated["index"][rows]], atol=1e-5)
+
+
+def test_export_is_servable(defended):
+  workdir, metrics = defended
+  loaded = tf.saved_model.load(metrics["export_path"])
+  serve = loaded.signatures["serving_default"]
+  run = pipeline.DefendRun(workdir, CONFIG)
+  out = serve(images=tf.constant(run.evaluation.x[:8]))
+  defended_model = pipeline.load_model(os.path.join(workdir, "defended", "model.keras"))
+  np.testing.assert_array_equal(out["classes"].numpy(),
+                                np.argmax(defended_model.predict(run.evaluation.x[:8], verbose=0), -1))
+
+
+def test_second_run_skips_every_stage(defended, caplog):
+  workdir, first = defended
+  stamps = {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES}
+  with caplog.at_level("INFO", logger="lad_tf"):
+    again = pipeline.run_defend(workdir, CONFIG)
+  assert {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES} == stamps
+  skipped = [r.getMessage() for r in caplog.records if "done, skipped" in r.getMessage()]
+  assert len(skipped) == len(pipeline.STAGES) + 1  # every stage and the export
+  assert again["export_path"] == first["export_path"]
+
+
+def test_a_workdir_refuses_other_settings(defended):
+  workdir, _ = defended
+  with pytest.raises(ValueError, match="made with other settings"):
+    pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", seed=7))
