@@ -26,6 +26,12 @@ import tensorflow as tf
 ATTENTION_MODES = ("authors", "budget", "none")
 
 
+def attention_weights(pre_activation, mode):
+  """beta from the attention map's output K z + c: g(softmax(tanh(.))) over the last axis."""
+  weights = tf.nn.softmax(tf.tanh(pre_activation), axis=-1)
+  return tf.exp(weights) if mode == "authors" else weights * float(pre_activation.shape[-1])
+
+
 class PairwiseAttentionSVM(keras.layers.Layer):
   """P binary attention-SVMs over D latent units.
 
@@ -55,9 +61,7 @@ class PairwiseAttentionSVM(keras.layers.Layer):
       self.build(z.shape)
     if self.mode == "none":
       return tf.ones_like(z)
-    logits = tf.tanh(tf.einsum("bpd,pde->bpe", z, self.kernel) + self.attention_bias)
-    weights = tf.nn.softmax(logits, axis=-1)
-    return tf.exp(weights) if self.mode == "authors" else weights * float(self.dim)
+    return attention_weights(tf.einsum("bpd,pde->bpe", z, self.kernel) + self.attention_bias, self.mode)
 
   def call(self, z):
     return tf.reduce_sum(self.attention(z) * z * self.w, axis=-1) + self.b
@@ -150,9 +154,8 @@ class Boundaries:
     for start in range(0, len(z), batch_size):
       sl = slice(start, start + batch_size)
       kernel = tf.gather(self.kernel, index[sl])
-      logits = tf.tanh(tf.einsum("bd,bde->be", z[sl], kernel) + self.attention_bias[index[sl]])
-      weights = tf.nn.softmax(logits, axis=-1)
-      out[sl] = (tf.exp(weights) if self.mode == "authors" else weights * z.shape[-1]).numpy()
+      out[sl] = attention_weights(tf.einsum("bd,bde->be", z[sl], kernel) + self.attention_bias[index[sl]],
+                                  self.mode).numpy()
     return out
 
   def score(self, z, source, target):
