@@ -3,6 +3,7 @@
 Each suite lives in `pipelines/benchmarks/<suite>.py` and exposes `run(**options) -> dict`; this
 entry point prints the figures as a table and writes them as one JSON object.
 """
+import ast
 import importlib
 import json
 import os
@@ -19,6 +20,8 @@ flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default:
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")
 flags.DEFINE_integer("n", 0, "Number of examples (0: the suite's default).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_list("set", [], "Suite options as key=value (e.g. --set=seconds=10,clients=8), passed to "
+                  "the suite's run() as keyword arguments.")
 FLAGS = flags.FLAGS
 
 
@@ -42,13 +45,27 @@ def print_table(figures, prefix=""):
       print(f"  {prefix}{key:<40s} {value!s:>12}")
 
 
+def suite_options(pairs):
+  """{"seconds": 10, ...} from ["seconds=10", ...]; values are Python literals, else strings."""
+  options = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep:
+      raise app.UsageError(f"--set takes key=value pairs, got '{pair}'")
+    try:
+      options[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      options[key] = value
+  return options
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in SUITES:
     raise app.UsageError(f"usage: python -m pipelines.benchmark SUITE, SUITE one of {', '.join(SUITES)}")
   suite = argv[1]
   module = importlib.import_module(f"pipelines.benchmarks.{suite}")
   start = time.time()
-  figures = module.run(dataset=FLAGS.dataset, n=FLAGS.n, seed=FLAGS.seed)
+  figures = module.run(dataset=FLAGS.dataset, n=FLAGS.n, seed=FLAGS.seed, **suite_options(FLAGS.set))
   figures = {"suite": suite, **figures, "wall_s": time.time() - start, "machine": machine_info()}
   print(f"benchmark {suite}:")
   print_table(figures)
