@@ -70,7 +70,7 @@ def black_cnn(input_shape, num_classes):
   x = inputs = keras.Input(input_shape, name="images")
   for i, filters in enumerate((32, 64, 128)):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i + 1}a")(x)
-    x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
     x = layers.ReLU()(x)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}b")(x)
     if min(x.shape[1], x.shape[2]) >= 4:

@@ -1,0 +1,136 @@
+"""lad_tf.attacks on a LeNet-5 trained on the real `digits` images (trained once for the module)."""
+import importlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lad_tf import attacks, datasets, models, training
+
+# The package exports functions named like their modules; reach the modules themselves.
+apgd_module = importlib.import_module("lad_tf.attacks.apgd")
+jsma_module = importlib.import_module("lad_tf.attacks.jsma")
+
+EPS = 0.15
+NUM_FEATURES = 28 * 28
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  data = datasets.load("digits")
+  import keras
+  keras.utils.set_random_seed(0)
+  model = models.build_classifier("lenet5", (28, 28, 1), 10)
+  training.train_classifier(model, data.train, data.test,
+                            training.TrainConfig(epochs=15, batch_size=64, verbose=0),
+                            str(tmp_path_factory.mktemp("lenet")))
+  idx = datasets.stratified_indices(data.test.y, 6, seed=0)
+  x, y = data.test.x[idx], data.test.y[idx]
+  clean = float(np.mean(attacks.predict(model, x) == y))
+  assert clean > 0.9, f"the digits LeNet should be accurate, got {clean}"
+  target = (y + np.random.default_rng(0).integers(1, 10, len(y))) % 10
+  return model, x, y, target, clean
+
+
+def _accuracy(model, x, y):
+  return float(np.mean(attacks.predict(model, x) == y))
+
+
+def _assert_valid(x, x_adv, eps=None):
+  assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  if eps is not None:
+    assert np.max(np.abs(x_adv.astype(np.float64) - x)) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd"])
+def test_linf_attacks_lower_accuracy_and_stay_in_the_ball(setup, name):
+  model, x, y, _, clean = setup
+  run = {"fgsm": lambda: attacks.fgsm(model, x, EPS, y),
+         "pgd": lambda: attacks.pgd(model, x, EPS, y, nb_iter=20, seed=0),
+         "apgd": lambda: attacks.apgd(model, x, y, EPS, n_iter=20, seed=0)}[name]
+  x_adv = run()
+  _assert_valid(x, x_adv, EPS)
+  robust = _accuracy(model, x_adv, y)
+  assert robust < clean - 0.5, f"{name} at eps {EPS}: accuracy {robust} vs clean {clean}"
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_and_repeatable(setup):
+  model, x, y, _, _ = setup
+  pgd_acc = _accuracy(model, attacks.pgd(model, x, 0.1, y, nb_iter=20, seed=0), y)
+  first = attacks.apgd(model, x, y, 0.1, n_iter=20, seed=3)
+  assert _accuracy(model, first, y) <= pgd_acc + 0.05
+  np.testing.assert_array_equal(first, attacks.apgd(model, x, y, 0.1, n_iter=20, seed=3))
+
+
+def test_jsma_reaches_its_targets_within_the_budget(setup):
+  model, x, y, target, _ = setup
+  x_adv = attacks.jsma(model, x, target, theta=1.0, gamma=0.1)
+  _assert_valid(x, x_adv)
+  assert np.mean(attacks.predict(model, x_adv) == target) >= 0.7
+  changed = attacks.perturbation_norms(x, x_adv)["l0"]
+  assert changed.max() <= 2 * np.floor(0.1 * NUM_FEATURES / 2)
+  # theta = 1: every changed value is set to white.
+  assert np.all(x_adv[np.abs(x_adv - x) > 1e-6] == 1.0)
+
+
+def test_jsma_pair_search_matches_brute_force():
+  rng = np.random.default_rng(1)
+  n, features = 6, 40
+  for k in (3, 8, 40):
+    u = rng.normal(size=(n, features)).astype(np.float32)
+    v = (0.5 * u + rng.normal(size=(n, features))).astype(np.float32)
+    domain = rng.random((n, features)) > 0.2
+    p, q = jsma_module._best_pair(tf.constant(u), tf.constant(v), tf.constant(domain), k, True)
+    p, q = p.numpy(), q.numpy()
+    for i in range(n):
+      big_u = u[i][:, None] + u[i][None]
+      big_v = v[i][:, None] + v[i][None]
+      ok = domain[i][:, None] & domain[i][None] & ~np.eye(features, dtype=bool) & (big_u > 0) & (big_v > 0)
+      best = np.max(np.where(ok, big_u * big_v, -np.inf))
+      assert p[i] != q[i] and domain[i, p[i]] and domain[i, q[i]]
+      np.testing.assert_allclose(big_u[p[i], q[i]] * big_v[p[i], q[i]], best, rtol=1e-5)
+
+
+def test_cw_l2_targeted_and_untargeted(setup):
+  model, x, y, target, _ = setup
+  x_t = attacks.carlini_wagner_l2(model, x, target, targeted=True, binary_search_steps=4,
+                                  max_iterations=30, learning_rate=0.1)
+  _assert_valid(x, x_t)
+  reached = attacks.predict(model, x_t) == target
+  assert np.mean(reached) >= 0.9
+  np.testing.assert_array_equal(x_t[~reached], x[~reached])  # failures come back unchanged
+  x_u = attacks.carlini_wagner_l2(model, x, y, targeted=False, binary_search_steps=4,
+                                  max_iterations=30, learning_rate=0.1)
+  _assert_valid(x, x_u)
+  assert _accuracy(model, x_u, y) <= 0.1
+  # A minimal-L2 attack: untargeted needs no more distortion than targeted, on average.
+  l2_u = attacks.perturbation_norms(x, x_u)["l2"].mean()
+  assert 0 < l2_u <= attacks.perturbation_norms(x[reached], x_t[reached])["l2"].mean() + 1e-6
+
+
+def test_batching_does_not_change_results(setup):
+  model, x, y, _, _ = setup
+  np.testing.assert_allclose(attacks.fgsm(model, x, EPS, y, batch_size=7),
+                             attacks.fgsm(model, x, EPS, y), atol=1e-6)
+
+
+def test_clear_errors_on_bad_input(setup):
+  model, x, y, target, _ = setup
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    attacks.fgsm(model, x * 255, EPS, y)
+  with pytest.raises(ValueError, match="NHWC"):
+    attacks.pgd(model, x[0], EPS)
+  with pytest.raises(ValueError, match="one class index per image"):
+    attacks.jsma(model, x, target[:3])
+  with pytest.raises(ValueError, match="eps"):
+    attacks.apgd(model, x, y, -0.1)
+  with pytest.raises(ValueError, match="target"):
+    attacks.carlini_wagner_l2(model, x, None, targeted=True)
+  with pytest.raises(TypeError, match="callable"):
+    attacks.fgsm("model", x, EPS, y)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+  assert apgd_module.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert apgd_module.checkpoints(1) == [1]

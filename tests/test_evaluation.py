@@ -1,0 +1,194 @@
+"""lad_tf.evaluation and lad_tf.report on a small fake work directory.
+
+The fixture builds what `pipelines.defend` would leave (classifier/, defended/, generation/generated.npz,
+config.json, metrics.json) from a LeNet-5 trained on the real `digits` images, so these tests do not
+depend on the defend pipeline, then runs the whole protocol once with tiny settings.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lad_tf import datasets, evaluation, models, training
+from lad_tf.workdir import read_json, write_json
+
+CALIBRATION_PER_CLASS = 5
+LAD_EPS = (0.1, 0.3)
+ATTACKS = ("fgsm", "pgd", "jsma", "cw", "apgd")
+BASELINES = ("fgsm", "pgd", "jsma", "cw")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+  settings = dict(n_per_class=3, m_per_class=1, blackbox_epochs=2, blackbox_batch_size=32,
+                  blackbox_train_examples=800, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
+                  cw_binary_steps=2, cw_iterations=20, cw_initial_const=1.0, attack_baselines=False,
+                  examples_per_attack=5)
+  settings.update(overrides)
+  return evaluation.EvalConfig(**settings)
+
+
+def make_workdir(root):
+  """A defend-like work directory: the same trained LeNet as classifier and defended model, and a
+  'generated' set of noisy calibration images (two eps) standing in for LAD's examples."""
+  import keras
+  data = datasets.load("digits")
+  keras.utils.set_random_seed(0)
+  model = models.build_classifier("lenet5", (28, 28, 1), 10)
+  training.train_classifier(model, data.train, data.test,
+                            training.TrainConfig(epochs=15, batch_size=64, verbose=0),
+                            os.path.join(root, ".state"))
+  for stage in ("classifier", "defended"):
+    os.makedirs(os.path.join(root, stage))
+    model.save(os.path.join(root, stage, "model.keras"))
+  calibration, _ = datasets.calibration_split(data.test, CALIBRATION_PER_CLASS, 0)
+  rng = np.random.default_rng(0)
+  target = (calibration.y + rng.integers(1, 10, len(calibration))) % 10
+  parts = {k: [] for k in ("x_adv", "source", "target", "eps", "latent_label", "image_label", "index")}
+  for eps in LAD_EPS:
+    x_adv = np.clip(calibration.x + eps * rng.uniform(-1, 1, calibration.x.shape), 0, 1).astype(np.float32)
+    label = np.argmax(model.predict(x_adv, verbose=0), axis=1)
+    for key, value in (("x_adv", x_adv), ("source", calibration.y), ("target", target),
+                       ("eps", np.full(len(calibration), eps, np.float32)), ("latent_label", label),
+                       ("image_label", label), ("index", np.arange(len(calibration)))):
+      parts[key].append(value)
+  os.makedirs(os.path.join(root, "generation"))
+  np.savez_compressed(os.path.join(root, "generation", "generated.npz"),
+                      **{k: np.concatenate(v) for k, v in parts.items()})
+  write_json(os.path.join(root, "config.json"),
+             {"dataset": "digits", "data_dir": None, "calibration_per_class": CALIBRATION_PER_CLASS,
+              "seed": 0, "full": {"fine_tune_mode": "mix", "fine_tune_eps": [0.1], "fine_tune_epochs": 1}})
+  write_json(os.path.join(root, "metrics.json"), {"dataset": "digits"})
+  return model
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("workdir"))
+  make_workdir(root)
+  lines = []
+  report = evaluation.evaluate_workdir(root, small_config(), progress=lines.append)
+  return root, report, lines
+
+
+def test_report_json_has_its_schema(evaluated):
+  root, report, _ = evaluated
+  on_disk = read_json(os.path.join(root, "evaluation", "report.json"))
+  assert on_disk["rows"] == report["rows"]
+  rows = report["rows"]
+  assert {(r["attack"], r["setting"]) for r in rows} == {(a, s) for a in ATTACKS
+                                                        for s in ("white_box", "transfer")}
+  for row in rows:
+    for key in ("attack", "setting", "epsilon", "n", "original_accuracy", "defended_accuracy"):
+      assert key in row, key
+    assert row["setting"] in ("white_box", "transfer")
+    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd") else 90)
+    assert 0.0 <= row["original_accuracy"] <= 1.0 and 0.0 <= row["defended_accuracy"] <= 1.0
+    for name in BASELINES:
+      assert f"baseline_{name}_accuracy" in row
+    if row["setting"] == "white_box":
+      assert 0.0 <= row["defended_accuracy_fixed_set"] <= 1.0
+    if row["attack"] in ("jsma", "cw"):
+      assert row["epsilon"] is None
+  # The paper's 0.3 as printed, and the dataset's usual eps (digits: 0.1).
+  assert sorted({r["epsilon"] for r in rows if r["attack"] == "pgd"}) == [0.1, 0.3]
+  assert set(report["clean"]) == {"original", "defended"} | {f"baseline_{b}" for b in BASELINES}
+  for name in BASELINES:
+    assert report["models"][f"baseline_{name}"]["fine_tuned_on"] == 10 * CALIBRATION_PER_CLASS
+  assert [r["epsilon"] for r in report["lad_sweep"]] == pytest.approx(list(LAD_EPS))
+  matrix = np.array(report["lad_generation"]["success_matrix"], dtype=float)
+  assert matrix.shape == (10, 10)
+
+
+def test_white_box_attacks_hurt_and_progress_is_reported(evaluated):
+  _, report, lines = evaluated
+  clean = report["clean"]["original"]
+  for row in report["rows"]:
+    if row["setting"] == "white_box" and row["attack"] in ("pgd", "apgd") and row["epsilon"] == 0.3:
+      assert row["original_accuracy"] < clean - 0.5
+    if row["setting"] == "white_box" and row["attack"] == "jsma":
+      assert row["attack_success_rate"] > 0.5
+  for attack in ATTACKS:
+    assert any(f"] {attack}" in line for line in lines), attack
+
+
+def test_html_report_opens_without_network(evaluated):
+  root, _, _ = evaluated
+  with open(os.path.join(root, "evaluation", "report.html"), encoding="utf-8") as f:
+    page = f.read()
+  assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+  references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page, flags=re.I)
+  assert references and all(ref.startswith("data:image/png;base64,") for ref in references)
+  assert "http://" not in page and "https://" not in page
+  assert "<script" not in page.lower() and "<link" not in page.lower()
+  for title in ("White-box", "Transfer", "Clean accuracy", "LAD sweep", "source and target", "Examples"):
+    assert title in page, title
+
+
+def test_transfer_rows_come_from_the_black_box_model(evaluated):
+  root, report, _ = evaluated
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  blackbox = evaluation._load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
+  assert blackbox.name == "black_cnn" and contents.original.name == "lenet5"
+  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                            10, config.seed)
+  x, y = untargeted["x"], untargeted["y"]
+  x_bb = evaluation.craft("fgsm", blackbox, x, y, config, eps=0.1)
+  x_wb = evaluation.craft("fgsm", contents.original, x, y, config, eps=0.1)
+  row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "transfer"
+             and r["epsilon"] == 0.1)
+  assert row["original_accuracy"] == pytest.approx(evaluation.accuracy(contents.original, x_bb, y))
+  assert row["blackbox_accuracy"] == pytest.approx(evaluation.accuracy(blackbox, x_bb, y))
+  # Built from the black-box model's gradients: the sign of its loss gradient, not the original's.
+  import tensorflow as tf
+  xt = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=blackbox(xt)))
+  step = np.sign(tape.gradient(loss, xt).numpy())
+  free = (x > 0.1) & (x < 0.9) & (step != 0)  # not clipped at 0 or 1
+  np.testing.assert_allclose(x_bb[free], x[free] + 0.1 * step[free], atol=1e-5)
+  assert np.mean(np.abs(x_bb - x_wb) > 1e-6) > 0.2
+  assert row["blackbox_accuracy"] < report["models"]["blackbox"]["clean_accuracy"]
+
+
+def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated):
+  root, _, _ = evaluated
+  report = evaluation.evaluate_workdir(
+      root, small_config(attacks=("fgsm",), baselines=("fgsm",), attack_baselines=True, lad_sweep=False,
+                         epsilons=(0.1,)), progress=lambda _: None)
+  assert report["models"]["blackbox"]["reused"] and report["models"]["baseline_fgsm"]["reused"]
+  white = next(r for r in report["rows"] if r["setting"] == "white_box")
+  assert 0.0 <= white["baseline_fgsm_accuracy"] <= 1.0
+
+
+def test_select_sources_shapes():
+  split = datasets.Split(np.zeros((40, 2, 2, 1), np.float32), np.repeat(np.arange(4), 10))
+  untargeted, targeted = evaluation.select_sources(split, 3, 2, 4, seed=0)
+  assert len(untargeted["y"]) == 12 and np.all(np.bincount(untargeted["y"]) == 3)
+  assert len(targeted["y"]) == 2 * 4 * 3
+  assert np.all(targeted["target"] != targeted["y"])
+
+
+def test_missing_workdir_pieces_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    evaluation.load_workdir(str(tmp_path))
+  with pytest.raises(ValueError, match="unknown attacks"):
+    evaluation.EvalConfig(attacks=("fgsm", "deepfool"))
+
+
+def test_command_line(evaluated):
+  root, _, _ = evaluated
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(
+      [sys.executable, "-m", "pipelines.evaluate", f"--workdir={root}", "--attacks=fgsm",
+       "--baselines=", "--transfer=false", "--lad_sweep=false", "--n_per_class=2", "--m_per_class=1",
+       "--eps=0.2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "report:" in result.stdout
+  report = read_json(os.path.join(root, "evaluation", "report.json"))
+  assert [(r["attack"], r["setting"], r["epsilon"]) for r in report["rows"]] == [("fgsm", "white_box", 0.2)]
