@@ -3,18 +3,26 @@
 Each stage writes one folder of the work directory (lad_tf.workdir) and is skipped once complete,
 so a re-run does nothing and a killed run resumes at the stage it was in (training stages resume at
 their last finished epoch). `pipelines/defend.py` is the command line over `run_defend`.
+
+Distribution (DefendConfig.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
+loops (classifier, generator, fine-tuning) run under the chosen tf.distribute strategy; boundaries
+and generation are cheap and run on every worker alike. Under `multi_worker` every worker runs the
+same pipeline; only the chief writes the work directory and exports, the others work in a temporary
+folder they delete at exit (they start from a copy of the stages the chief already finished).
 """
+import atexit
 import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 from typing import Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
-from lad_tf import datasets, defence, figures, generation, models, training
+from lad_tf import datasets, defence, distribute, figures, generation, models, training
 from lad_tf import generator as generator_lib
 from lad_tf.workdir import WorkDir, read_json, write_json
 
@@ -52,11 +60,19 @@ class DefendConfig:
   model_name: str = "lad"
   force: Sequence[str] = ()
   verbose: int = 2
+  # Execution (not identity: they do not change what a stage means)
+  strategy: str = "default"                 # tf.distribute strategy: default, mirrored, multi_worker
+  loop: str = "auto"                        # auto: custom loop under multi_worker, Keras fit otherwise
+  deterministic: bool = False               # tf.config.experimental.enable_op_determinism + seeds
+  mixed_precision: bool = False             # mixed_float16 on GPUs (a warning and no-op on CPUs)
+  jit_compile: bool = False                 # XLA for the fit loops (slower for LeNet on CPU)
 
   def resolved(self):
     spec = datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
       raise ValueError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
+    if self.strategy not in distribute.STRATEGIES:
+      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
     return dataclasses.replace(
         self,
         latent_layer=self.latent_layer or spec.latent_layer,
@@ -96,7 +112,11 @@ class DefendRun:
 
   def __init__(self, workdir, config, progress=None):
     self.config = config.resolved()
-    self.work = WorkDir(workdir)
+    c = self.config
+    self.strategy = distribute.get_strategy(c.strategy)  # first: MultiWorkerMirroredStrategy needs it
+    distribute.configure(seed=c.seed, deterministic=c.deterministic, mixed_precision=c.mixed_precision)
+    self.chief = distribute.is_chief(self.strategy)
+    self.work = WorkDir(workdir if self.chief else self._worker_dir(workdir))
     self.say = progress or log.info
     self.spec = datasets.get_spec(self.config.dataset)
     _check_identity(self.work, self.config)
@@ -106,8 +126,31 @@ class DefendRun:
     self.calibration, self.evaluation = datasets.calibration_split(
         self.data.test, self.config.calibration_per_class, self.config.seed)
 
+  @staticmethod
+  def _worker_dir(workdir):
+    """A non-chief worker's work directory: temporary, deleted at exit, holding a copy of the stages
+    the chief already finished (when the chief's work directory is visible here)."""
+    root = tempfile.mkdtemp(prefix="lad_tf-worker-")
+    atexit.register(shutil.rmtree, root, True)
+    for stage in STAGES:
+      done = os.path.join(workdir, stage)
+      if os.path.isdir(done):
+        shutil.copytree(done, os.path.join(root, stage))
+    return root
+
+  def close(self):
+    """Deletes a non-chief worker's temporary work directory (the chief's stays)."""
+    if not self.chief:
+      shutil.rmtree(self.work.root, ignore_errors=True)
+
   def _stage(self, name, fn):
-    return self.work.run_stage(name, fn, force=name in self.config.force)
+    force = name in self.config.force
+    if distribute.num_workers(self.strategy) > 1:
+      done = self.work.done(name) and not force
+      if not distribute.all_equal(self.strategy, int(done)):
+        raise RuntimeError(f"stage {name} is done on some workers only: every worker must see the "
+                           f"chief's work directory (a shared filesystem) to resume, or use --force")
+    return self.work.run_stage(name, fn, force=force)
 
   # -- stages -------------------------------------------------------------------------------
   def classifier_stage(self):
@@ -124,7 +167,8 @@ class DefendRun:
         history, _ = training.train_classifier(
             model, self.data.train, self.evaluation,
             training.TrainConfig(epochs=c.classifier_epochs, batch_size=self.spec.classifier_batch_size,
-                                 seed=c.seed, verbose=c.verbose), out)
+                                 seed=c.seed, verbose=c.verbose, loop=c.loop, jit_compile=c.jit_compile),
+            out, strategy=self.strategy)
         metrics = {"source": c.architecture, "history": history}
       models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
       metrics["test_accuracy"] = training.accuracy(model, self.evaluation)
@@ -154,7 +198,8 @@ class DefendRun:
       result = generator_lib.train_generator(
           phi, generator, self.data.train, self.evaluation,
           generator_lib.GeneratorConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
-                                        recon_norm=c.recon_norm, seed=c.seed, verbose=c.verbose), out)
+                                        recon_norm=c.recon_norm, seed=c.seed, verbose=c.verbose, loop=c.loop,
+                                        jit_compile=c.jit_compile), out, strategy=self.strategy)
       generator.save(os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm, **result})
       sample = self.evaluation.x[:12]
@@ -241,7 +286,8 @@ class DefendRun:
     def run(out):
       c = self.config
       classifier = self.classifier()
-      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, seed=c.seed, verbose=c.verbose)
+      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, seed=c.seed, verbose=c.verbose, loop=c.loop,
+                                    jit_compile=c.jit_compile)
       if c.fine_tune_mode == "on_the_fly":
         defended = self._fine_tune_on_the_fly(classifier, tune, out)
       else:
@@ -254,7 +300,7 @@ class DefendRun:
         self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in eps)}): "
                  f"{len(rows)} generated examples, {c.fine_tune_epochs} epochs")
         defended = defence.fine_tune(classifier, self.calibration.x[index], generated["x_adv"][rows],
-                                     self.calibration.y[index], tune, state_dir=out)
+                                     self.calibration.y[index], tune, state_dir=out, strategy=self.strategy)
       accuracy = training.accuracy(defended, self.evaluation)
       defended.save(os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"clean_accuracy": accuracy, "mode": c.fine_tune_mode,
@@ -270,8 +316,7 @@ class DefendRun:
     generator = load_model(self.work.path("generator", "model.keras"))
     boundaries = self.boundaries()
     scale = generation.latent_scale(generator_lib.latents(phi, self.calibration.x))
-    trainer = defence.AdversarialFineTuning(defence.clone_classifier(classifier), alpha=tune.alpha)
-    trainer.compile(optimizer=keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum))
+    trainer = defence.make_trainer(classifier, tune, self.strategy)
     rng = np.random.default_rng(c.seed)
     for epoch in range(tune.epochs):
       idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
@@ -280,11 +325,11 @@ class DefendRun:
       eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
       gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
       x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
-      history = trainer.fit(defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch),
-                            epochs=1, verbose=0)
+      history = defence.train_pairs(trainer, defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch),
+                                    1, tune, strategy=self.strategy, verbose=0)
       self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
-               ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.history.items()))
-    return trainer.classifier
+               ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
+    return defence.unscoped(trainer.classifier, self.strategy)
 
   # -- summary and export -------------------------------------------------------------------
   def write_metrics(self):
@@ -337,13 +382,19 @@ class DefendRun:
     return path
 
   def run(self):
+    try:
+      return self._run()
+    finally:
+      self.close()
+
+  def _run(self):
     self.classifier_stage()
     self.generator_stage()
     self.boundaries_stage()
     self.generation_stage()
     self.defended_stage()
     metrics = self.write_metrics()
-    if self.config.export:
+    if self.config.export and self.chief:
       previous = read_json(self.work.path("export.json"), {}).get("path")
       model_time = os.path.getmtime(self.work.path("defended", "model.keras"))
       if previous and os.path.isdir(previous) and os.path.getmtime(previous) >= model_time:

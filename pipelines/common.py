@@ -21,3 +21,26 @@ def setup_logging():
 
 def workdir(flag_values):
   return flag_values.workdir or f"runs/{flag_values.dataset}"
+
+
+def define_distribution_flags():
+  """--strategy, --deterministic, --mixed_precision, --jit_compile (see docs/SCALING.md)."""
+  flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                    "tf.distribute strategy of every training loop: default (one device), mirrored (all "
+                    "local GPUs), multi_worker (MultiWorkerMirroredStrategy from the TF_CONFIG environment "
+                    "variable; run the same command on every worker, only the chief writes --workdir).")
+  flags.DEFINE_bool("deterministic", False, "Reproducible runs: seeds everything and enables "
+                    "tf.config.experimental.enable_op_determinism (slower on GPUs).")
+  flags.DEFINE_bool("mixed_precision", False, "mixed_float16 training on GPUs (losses in float32); "
+                    "a warning and no-op without a GPU.")
+  flags.DEFINE_bool("jit_compile", False, "XLA-compile the Keras fit train steps (measured slower for "
+                    "LeNet on CPU; try it on GPUs).")
+
+
+def distribution_config(flag_values):
+  """The DefendConfig fields of the distribution flags. Creates the strategy first (a
+  MultiWorkerMirroredStrategy must exist before TensorFlow runs any op)."""
+  from lad_tf import distribute
+  distribute.get_strategy(flag_values.strategy)
+  return {"strategy": flag_values.strategy, "deterministic": flag_values.deterministic,
+          "mixed_precision": flag_values.mixed_precision, "jit_compile": flag_values.jit_compile}

@@ -12,6 +12,7 @@ from absl import flags
 from pipelines import common
 
 common.define_data_flags()
+common.define_distribution_flags()
 flags.DEFINE_string("classifier", None, "Path of your own Keras classifier (.keras, logits) to defend "
                     "instead of training the zoo's.")
 flags.DEFINE_string("latent_layer", None, "Name of the latent layer of --classifier (default: 'latent').")
@@ -42,6 +43,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
+  execution = common.distribution_config(FLAGS)
   from lad_tf import pipeline
   config = pipeline.DefendConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, classifier_path=FLAGS.classifier,
@@ -51,9 +53,14 @@ def main(argv):
       eps_grid=tuple(float(e) for e in FLAGS.eps) if FLAGS.eps else None, normal=FLAGS.normal,
       target=FLAGS.target, adaptive=FLAGS.adaptive, fine_tune_mode=FLAGS.fine_tune_mode,
       fine_tune_eps=tuple(float(e) for e in FLAGS.fine_tune_eps), fine_tune_epochs=FLAGS.fine_tune_epochs,
-      export=FLAGS.export, export_base=FLAGS.export_base, model_name=FLAGS.model_name, force=tuple(FLAGS.force))
+      export=FLAGS.export, export_base=FLAGS.export_base, model_name=FLAGS.model_name, force=tuple(FLAGS.force),
+      **execution)
   workdir = common.workdir(FLAGS)
   metrics = pipeline.run_defend(workdir, config)
+  from lad_tf import distribute
+  if not distribute.is_chief(FLAGS.strategy):
+    print(f"worker {distribute.task(FLAGS.strategy)}: done (the chief writes {workdir})")
+    return
   if FLAGS.evaluate:
     from lad_tf import evaluation
     evaluation.evaluate_workdir(workdir)

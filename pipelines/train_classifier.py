@@ -9,6 +9,7 @@ from absl import flags
 from pipelines import common
 
 common.define_data_flags()
+common.define_distribution_flags()
 flags.DEFINE_integer("epochs", None, "Training epochs (default: the dataset spec's).")
 flags.DEFINE_string("architecture", None, "Zoo classifier, e.g. lenet5 or black_cnn (default: the spec's).")
 flags.DEFINE_integer("calibration_per_class", None, "Test examples per class held out for calibration (default: the spec's).")
@@ -19,13 +20,17 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
+  execution = common.distribution_config(FLAGS)
   from lad_tf import pipeline
   config = pipeline.DefendConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed, architecture=FLAGS.architecture,
       classifier_epochs=FLAGS.epochs, calibration_per_class=FLAGS.calibration_per_class,
-      force=("classifier",) if FLAGS.force else ())
+      force=("classifier",) if FLAGS.force else (), **execution)
   run = pipeline.DefendRun(common.workdir(FLAGS), config)
   path = run.classifier_stage()
+  if not run.chief:
+    print(f"worker: done (the chief writes {common.workdir(FLAGS)})")
+    return
   metrics = pipeline.read_json(f"{path}/metrics.json")
   print(f"{FLAGS.dataset}: test accuracy {metrics['test_accuracy']:.4f} "
         f"({len(run.evaluation)} test examples outside the calibration split); model: {path}/model.keras")
