@@ -43,6 +43,9 @@ ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd")
 UNTARGETED = ("fgsm", "pgd", "apgd")
 TARGETED = ("jsma", "cw")
 BASELINES = ("fgsm", "pgd", "jsma", "cw")
+# GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
+# --workdir=DIR` first and gives transfer rows plus the "fine-tuned on GA" clean-accuracy baseline.
+LATENT_ATTACKS = ("ga",)
 PAPER_EPS = 0.3
 
 
@@ -73,12 +76,14 @@ class EvalConfig:
   cw_learning_rate: float = 0.1
   cw_initial_const: float = 0.01
   examples_per_attack: int = 8
+  ga_per_class: int = 50           # GA tries per source class (the paper: 450)
+  ga_steps: int = 1000             # latent-search steps per try (Song et al.: 1000)
   seed: int = 0
 
   def __post_init__(self):
-    unknown = sorted(set(self.attacks) - set(ATTACK_NAMES))
+    unknown = sorted(set(self.attacks) - set(ATTACK_NAMES) - set(LATENT_ATTACKS))
     if unknown:
-      raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACK_NAMES)}")
+      raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACK_NAMES + LATENT_ATTACKS)}")
     unknown = sorted(set(self.baselines) - set(BASELINES))
     if unknown:
       raise ValueError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
@@ -529,8 +534,18 @@ def evaluate_workdir(workdir, config=None, progress=None):
   start = time.time()
   sources = select_sources(contents.evaluation, config.n_per_class, config.m_per_class, spec.num_classes,
                            config.seed)
-  rows, examples = attack_rows(attacked, sources, config, blackbox, say)
+  image_attacks = tuple(a for a in config.attacks if a not in LATENT_ATTACKS)
+  rows, examples = attack_rows(attacked, sources, dataclasses.replace(config, attacks=image_attacks),
+                               blackbox, say)
   timings["attacks"] = time.time() - start
+  if "ga" in config.attacks:
+    start = time.time()
+    ga_result = ga_rows(workdir, contents, blackbox, config, tune, say)
+    if ga_result:
+      rows.append(ga_result["row"])
+      clean["baseline_ga"] = ga_result["baseline_clean_accuracy"]
+      models_info["baseline_ga"] = ga_result["baseline"]
+    timings["ga"] = time.time() - start
 
   sweep = []
   if config.lad_sweep:
@@ -561,6 +576,40 @@ def evaluate_workdir(workdir, config=None, progress=None):
   say(f"evaluate: report written to {out_dir}/report.json and report.html "
       f"({timings['total']:.0f} s)")
   return report
+
+
+def ga_rows(workdir, contents, blackbox, config, tune, say):
+  """GA (Song et al.): a transfer row from the black-box model and the GA fine-tuning baseline.
+
+  Returns None (and says why) when DIR/acgan is missing or there is no black-box model."""
+  from lad_tf.attacks import ga
+  from lad_tf.models.acgan import ACGAN
+  try:
+    acgan = ACGAN.load(workdir)
+  except FileNotFoundError as e:
+    say(f"evaluate: ga skipped: {e}")
+    return None
+  if blackbox is None:
+    say("evaluate: ga skipped: its rows are transfer rows and need the black-box model (--transfer)")
+    return None
+  say(f"evaluate: ga: {config.ga_per_class} tries per class, {config.ga_steps} steps, against the "
+      f"black-box model")
+  ga_set = ga.ga_transfer_set(blackbox, acgan, config.ga_per_class, seed=config.seed,
+                              num_steps=config.ga_steps)
+  accuracy_on_set = ga.transfer_accuracy({"original": contents.original, "defended": contents.defended},
+                                         ga_set)
+  say(f"evaluate: ga: {ga_set['success_rate']:.3f} of tries fooled the black-box model; "
+      f"original {accuracy_on_set['original']:.3f}, defended {accuracy_on_set['defended']:.3f}")
+  tuned, tuned_set = ga.ga_fine_tuned(contents.original, acgan, contents.calibration, config.ga_per_class,
+                                      config=tune, seed=config.seed, num_steps=config.ga_steps)
+  baseline_clean = accuracy(tuned, contents.evaluation.x, contents.evaluation.y)
+  say(f"evaluate: ga baseline: fine-tuned on {int(tuned_set['kept'].sum())} GA examples, clean accuracy "
+      f"{baseline_clean:.4f}")
+  row = {"attack": "ga", "setting": "transfer", "epsilon": None, "n": int(np.sum(ga_set["kept"])),
+         "tries": int(ga_set["tries"]), "blackbox_success_rate": float(ga_set["success_rate"]),
+         "original_accuracy": accuracy_on_set["original"], "defended_accuracy": accuracy_on_set["defended"]}
+  return {"row": row, "baseline_clean_accuracy": baseline_clean,
+          "baseline": {"fine_tuned_on": int(tuned_set["kept"].sum()), "clean_accuracy": baseline_clean}}
 
 
 def _attack_settings(config):

@@ -10,7 +10,8 @@ from absl import flags
 from pipelines import common
 
 flags.DEFINE_string("workdir", None, "Work directory of `python -m pipelines.defend`.")
-flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd"], "Attacks to run.")
+flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd"], "Attacks to run; add `ga` after "
+                  "`python -m pipelines.train_acgan --workdir=DIR` (transfer rows and the GA baseline).")
 flags.DEFINE_integer("n_per_class", 50, "Untargeted attack sources per class (the paper: 450).")
 flags.DEFINE_integer("m_per_class", 5, "Targeted attack sources per class, each towards every other "
                      "class (the paper: 50).")
@@ -21,6 +22,8 @@ flags.DEFINE_list("baselines", ["fgsm", "pgd", "jsma", "cw"], "Attack-based fine
 flags.DEFINE_float("baseline_eps", None, "eps of the FGSM / PGD baseline examples (default: the dataset's).")
 flags.DEFINE_bool("attack_baselines", False, "Also attack each baseline white-box (adaptive; "
                   "about 4x the attack time). Without it baselines are scored on the original's examples.")
+flags.DEFINE_integer("ga_per_class", 50, "GA tries per source class.")
+flags.DEFINE_integer("ga_steps", 1000, "GA latent-search steps per try.")
 flags.DEFINE_bool("transfer", True, "Transfer attacks from an independently trained black-box model.")
 flags.DEFINE_integer("blackbox_epochs", 3, "Training epochs of the black-box model.")
 flags.DEFINE_bool("lad_sweep", True, "Fine-tune one FT-eps model per generated eps (paper Fig. 7).")
@@ -48,7 +51,8 @@ def main(argv):
       baseline_eps=FLAGS.baseline_eps, attack_baselines=FLAGS.attack_baselines,
       transfer=FLAGS.transfer, blackbox_epochs=FLAGS.blackbox_epochs, lad_sweep=FLAGS.lad_sweep,
       fine_tune_epochs=FLAGS.fine_tune_epochs, pgd_iter=FLAGS.pgd_iter, apgd_iter=FLAGS.apgd_iter,
-      cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, seed=FLAGS.seed)
+      cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, ga_per_class=FLAGS.ga_per_class,
+      ga_steps=FLAGS.ga_steps, seed=FLAGS.seed)
   report = evaluation.evaluate_workdir(FLAGS.workdir, config)
   print(f"{'attack':<6} {'setting':<10} {'eps':>6} {'n':>5} {'original':>9} {'defended':>9}")
   for row in report["rows"]:
