@@ -233,7 +233,7 @@ def test_pipeline_export_with_random_fallback(tmp_path):
   (workdir / "classifier").mkdir(parents=True)
   testing.tiny_classifier(SHAPE, num_classes=3, seed=4).save(
       str(workdir / "classifier" / "model.keras"))
-  metrics = {"dataset": "no_such_dataset_for_tests", "clean_accuracy": 0.5}
+  metrics = {"dataset": "no_such_dataset_for_tests", "original": {"clean_accuracy": 0.5}}
   (workdir / "metrics.json").write_text(json.dumps(metrics))
   (workdir / "evaluation").mkdir()
   (workdir / "evaluation" / "report.json").write_text(json.dumps({"pgd": {"accuracy": 0.1}}))
