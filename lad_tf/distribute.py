@@ -237,6 +237,17 @@ def _check_same_epoch(strategy, start_epoch):
                        f"or delete the backup to start over")
 
 
+def custom_loop_optimizer(strategy, make_optimizer):
+  """The optimizer for distributed_fit, created in the strategy's scope (loss-scaled under
+  mixed_float16, which Keras `compile` would otherwise do for us)."""
+  import keras
+  with strategy.scope():
+    optimizer = make_optimizer()
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
 def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_dir=None,
                     validation_data=None, verbose=2, variables=None, name="train", on_epoch_end=None):
   """A `fit` equivalent under `strategy.run` (works under MultiWorkerMirroredStrategy).

@@ -8,8 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _show(ax, image):
-  image = np.clip(image, 0.0, 1.0)
+def show_image(ax, image):
+  """Draws one [0, 1] image (grey or RGB) without ticks."""
+  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
   if image.shape[-1] == 1:
     ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
   else:
@@ -32,8 +33,8 @@ def reconstructions(path, originals, reconstructed, title="originals (top) and G
   n = len(originals)
   fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.1))
   for i in range(n):
-    _show(axes[0, i], originals[i])
-    _show(axes[1, i], reconstructed[i])
+    show_image(axes[0, i], originals[i])
+    show_image(axes[1, i], reconstructed[i])
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
@@ -73,7 +74,7 @@ def transitions(path, strips, eps_values, labels, class_names, title="transition
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.95, rows * 1.15), squeeze=False)
   for r in range(rows):
     for c in range(cols):
-      _show(axes[r, c], strips[r][c])
+      show_image(axes[r, c], strips[r][c])
       axes[r, c].set_title(f"{eps_values[c]:g}: {class_names[labels[r][c]]}", fontsize=6)
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
@@ -85,7 +86,7 @@ def image_grid(path, images, captions, cols=10, title=""):
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.05), squeeze=False)
   for i, ax in enumerate(axes.flat):
     if i < len(images):
-      _show(ax, images[i])
+      show_image(ax, images[i])
       ax.set_title(captions[i], fontsize=6)
     else:
       ax.axis("off")

@@ -56,10 +56,7 @@ def train_generator(phi, generator, train, test, config, state_dir, strategy=Non
               .prefetch(tf.data.AUTOTUNE))
   trained = distribute.build_in_scope(generator, strategy)
   if distribute.uses_custom_loop(strategy, config.loop):
-    with strategy.scope():
-      optimizer = keras.optimizers.Adam(config.learning_rate)
-      if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = distribute.custom_loop_optimizer(strategy, lambda: keras.optimizers.Adam(config.learning_rate))
     history = distribute.distributed_fit(
         trained, optimizer, distribute.reconstruction_loss(config.recon_norm), train_ds, config.epochs,
         strategy, state_dir, verbose=config.verbose, name="generator")

@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from lad_tf.figures import show_image
 from lad_tf.workdir import write_json
 
 _STYLE = """
@@ -148,16 +149,6 @@ def _heatmaps(report):
   return _png(fig)
 
 
-def _show(ax, image):
-  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-  if image.shape[-1] == 1:
-    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-  else:
-    ax.imshow(image)
-  ax.set_xticks([])
-  ax.set_yticks([])
-
-
 def _example_grid(examples, lad_examples, class_names):
   """One row pair per attack (clean above, adversarial below, with the model's label), then LAD's."""
   rows = [(name, ex) for name, ex in examples.items() if len(ex["x"])]
@@ -177,8 +168,8 @@ def _example_grid(examples, lad_examples, class_names):
       top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
       top.axis("on")
       bottom.axis("on")
-      _show(top, ex["x"][c])
-      _show(bottom, ex["x_adv"][c])
+      show_image(top, ex["x"][c])
+      show_image(bottom, ex["x_adv"][c])
       top.set_title(name_of(ex["y"][c]), fontsize=6)
       caption = f"-> {name_of(ex['pred'][c])}"
       if ex.get("target") is not None:
@@ -191,7 +182,7 @@ def _example_grid(examples, lad_examples, class_names):
     for c in range(len(lad_examples["x_adv"])):
       ax = axes[r, c]
       ax.axis("on")
-      _show(ax, lad_examples["x_adv"][c])
+      show_image(ax, lad_examples["x_adv"][c])
       label = lad_examples.get("label")
       caption = f"{name_of(lad_examples['source'][c])}"
       caption += f"->{name_of(label[c])}" if label is not None else ""

@@ -65,10 +65,7 @@ def train_classifier(model, train, test, config, state_dir, strategy=None):
   test_ds = datasets.to_tf_dataset(test, 512)
   trained = distribute.build_in_scope(model, strategy)
   if distribute.uses_custom_loop(strategy, config.loop):
-    with strategy.scope():
-      optimizer = keras.optimizers.Adam(config.learning_rate)
-      if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = distribute.custom_loop_optimizer(strategy, lambda: keras.optimizers.Adam(config.learning_rate))
     history = distribute.distributed_fit(
         trained, optimizer, distribute.classifier_loss, train_ds, config.epochs, strategy, state_dir,
         validation_data=test_ds, verbose=config.verbose, name="classifier")
