@@ -14,24 +14,11 @@ import tensorflow as tf
 from lad_tf import datasets, defence, models, training
 from lad_tf.attacks import ga
 from lad_tf.models import acgan as acgan_lib
+from kill import Killed, KillAfter
 
 # A tiny AC-GAN that is class-conditional after a few epochs on the 1,438 training digits.
 SMALL = dict(epochs=6, width=16, noise_dim=32, critic_steps=3, learning_rate=5e-4, verbose=0)
 FAST_ATTACK = dict(num_steps=150, learning_rate=0.2, log_every=0)
-
-
-class _Killed(Exception):
-  pass
-
-
-class _KillAfter(keras.callbacks.Callback):
-  def __init__(self, epoch):
-    super().__init__()
-    self.kill_epoch = epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    if epoch == self.kill_epoch:
-      raise _Killed()
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +75,8 @@ def test_samples_are_recognised_as_their_class_by_a_trained_lenet(gan, lenet, di
 def test_killed_acgan_stage_resumes_at_its_last_epoch(tmp_path):
   config = acgan_lib.ACGANConfig(epochs=4, width=8, noise_dim=8, critic_steps=1, verbose=0)
   workdir = str(tmp_path / "run")
-  with pytest.raises(_Killed):
-    acgan_lib.train_stage(workdir, "digits", config, callbacks=[_KillAfter(1)])
+  with pytest.raises(Killed):
+    acgan_lib.train_stage(workdir, "digits", config, callbacks=[KillAfter(1)])
   assert not os.path.exists(os.path.join(workdir, "acgan"))
   backup = os.path.join(workdir, ".acgan.partial", "backup", "latest.weights.h5")
   # the backup holds the weights and both optimisers' states (2 epochs of 1438 // 64 = 22 steps)

@@ -4,20 +4,7 @@ import numpy as np
 import pytest
 
 from lad_tf import datasets, models, training
-
-
-class _Killed(Exception):
-  pass
-
-
-class _KillAfter(keras.callbacks.Callback):
-  def __init__(self, epoch):
-    super().__init__()
-    self.kill_epoch = epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    if epoch == self.kill_epoch:
-      raise _Killed()
+from kill import Killed, KillAfter
 
 
 def test_lenet_on_real_digits_reaches_90_percent(tmp_path):
@@ -36,8 +23,8 @@ def test_killed_training_resumes_at_its_last_epoch(tmp_path):
   model = models.build_classifier("lenet5", data.spec.image_shape, 10)
   training.compile_classifier(model, 1e-3)
   ds = datasets.to_tf_dataset(train, 64)
-  with pytest.raises(_Killed):
-    training.fit_resumable(model, ds, 5, str(tmp_path), verbose=0, callbacks=[_KillAfter(2)])
+  with pytest.raises(Killed):
+    training.fit_resumable(model, ds, 5, str(tmp_path), verbose=0, callbacks=[KillAfter(2)])
   # a new process would build a fresh model: the backup restores weights and the epoch counter
   fresh = models.build_classifier("lenet5", data.spec.image_shape, 10)
   training.compile_classifier(fresh, 1e-3)
