@@ -67,6 +67,16 @@ def predict(model_fn, x, batch_size=512):
   return np.concatenate(out).astype(np.int64) if out else np.zeros((0,), np.int64)
 
 
+def attack_labels(attack, model_fn, x, y, targeted, num_classes=None):
+  """The labels an attack works with: the given targets (required when targeted), the given true
+  labels, or else the model's own predictions (so untargeted attacks need no labels)."""
+  if targeted and y is None:
+    raise ValueError(f"{attack}: a targeted attack needs the target classes y")
+  if y is None:
+    y = predict(model_fn, x)
+  return as_labels(y, len(x), "y", num_classes)
+
+
 def run_batched(fn, arrays, batch_size, pad=False):
   """Calls fn(*slices) on consecutive slices of `arrays` and concatenates the (numpy) results.
 

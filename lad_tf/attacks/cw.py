@@ -120,11 +120,7 @@ def carlini_wagner_l2(model_fn, x, y=None, targeted=False, confidence=0.0, learn
   if len(x) == 0:
     return x.copy()
   num_classes = common.num_classes_of(model_fn, x)
-  if targeted and y is None:
-    raise ValueError("carlini_wagner_l2: a targeted attack needs the target classes y")
-  if y is None:
-    y = common.predict(model_fn, x)
-  y = common.as_labels(y, len(x), "y", num_classes).astype(np.int32)
+  y = common.attack_labels("carlini_wagner_l2", model_fn, x, y, targeted, num_classes).astype(np.int32)
 
   def batch(xb, yb):
     n = len(xb)

@@ -23,11 +23,7 @@ def fgsm(model_fn, x, eps, y=None, targeted=False, batch_size=512):
   common.check_model_fn(model_fn)
   x = common.as_images(x)
   eps = common.check_eps(eps)
-  if targeted and y is None:
-    raise ValueError("fgsm: a targeted attack needs the target classes y")
-  if y is None:
-    y = common.predict(model_fn, x)
-  y = common.as_labels(y, len(x))
+  y = common.attack_labels("fgsm", model_fn, x, y, targeted)
   if eps == 0 or len(x) == 0:
     return x.copy()
 

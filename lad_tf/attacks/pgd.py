@@ -31,11 +31,7 @@ def pgd(model_fn, x, eps, y=None, nb_iter=40, eps_iter=None, rand_init=True, tar
   eps = common.check_eps(eps)
   if nb_iter < 1:
     raise ValueError(f"pgd: nb_iter must be >= 1, got {nb_iter}")
-  if targeted and y is None:
-    raise ValueError("pgd: a targeted attack needs the target classes y")
-  if y is None:
-    y = common.predict(model_fn, x)
-  y = common.as_labels(y, len(x))
+  y = common.attack_labels("pgd", model_fn, x, y, targeted)
   if eps == 0 or len(x) == 0:
     return x.copy()
   step = min(eps, 2.5 * eps / nb_iter) if eps_iter is None else float(eps_iter)
