@@ -60,6 +60,10 @@ setup(
         "tensorflow-serving-api>=2.21,<2.22",
         "scikit-learn>=1.3,<2",
         "matplotlib>=3.7,<4",
+        # TFDS's DatasetBuilder imports importlib_resources (through etils) before any download, but
+        # tensorflow-datasets 4.9 does not require it: without it every tfds.builder(...)
+        # .download_and_prepare() fails with ModuleNotFoundError (tests/test_tfds.py checks this).
+        "importlib_resources>=5.10",
     ],
     extras_require={
         "test": ["pytest>=7"],

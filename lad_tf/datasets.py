@@ -62,6 +62,7 @@ class DatasetSpec:
   has_local: Optional[Callable[[str], bool]] = None
   load_local: Optional[Callable[[str], dict]] = None
   load_tfds: Optional[Callable[[Optional[str]], dict]] = None
+  tfds_name: Optional[str] = None  # the TFDS builder behind load_tfds
   system_dirs: Tuple[str, ...] = ()
   embedded: Optional[Callable[[], dict]] = None
 
@@ -95,7 +96,7 @@ REGISTRY = {
             authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.3,
             local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
             has_local=idx.has_files, load_local=idx.load,
-            load_tfds=lambda d: tfds_source.load("mnist", data_dir=d)),
+            load_tfds=lambda d: tfds_source.load("mnist", data_dir=d), tfds_name="mnist"),
         DatasetSpec(
             name="fashion_mnist", image_shape=(28, 28, 1), num_classes=10,
             class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -104,7 +105,7 @@ REGISTRY = {
             authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.1,
             local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
             has_local=idx.has_files, load_local=idx.load,
-            load_tfds=lambda d: tfds_source.load("fashion_mnist", data_dir=d),
+            load_tfds=lambda d: tfds_source.load("fashion_mnist", data_dir=d), tfds_name="fashion_mnist",
             system_dirs=(DEBIAN_FASHION_MNIST,)),
         DatasetSpec(
             name="svhn", image_shape=(32, 32, 3), num_classes=10, class_names=_DIGIT_NAMES,
@@ -112,14 +113,14 @@ REGISTRY = {
             authors_eps_grid=(0.4, 0.6, 0.8, 1.0, 1.5), recon_norm="l1", attack_eps=8 / 255,
             local_formats="train_32x32.mat and test_32x32.mat",
             has_local=svhn.has_files, load_local=svhn.load,
-            load_tfds=lambda d: tfds_source.load("svhn_cropped", data_dir=d)),
+            load_tfds=lambda d: tfds_source.load("svhn_cropped", data_dir=d), tfds_name="svhn_cropped"),
         DatasetSpec(
             name="celeba_smile", image_shape=(128, 128, 3), num_classes=2,
             class_names=("not smiling", "smiling"),
             classifier="celebanet", generator="celebanet_decoder", blackbox="black_cnn",
             authors_eps_grid=(0.1, 0.3, 1.0, 10.0, 15.0, 17.0, 20.0), recon_norm="l1", attack_eps=8 / 255,
             local_formats="img_align_celeba/*.jpg and list_attr_celeba.txt",
-            has_local=celeba.has_files, load_local=celeba.load, load_tfds=_celeba_tfds),
+            has_local=celeba.has_files, load_local=celeba.load, load_tfds=_celeba_tfds, tfds_name="celeb_a"),
     ]
 }
 

@@ -1,5 +1,45 @@
 """TensorFlow Datasets by name: works wherever TFDS can download (or finds) the data."""
+import os
+import socket
+import urllib.parse
+
 import numpy as np
+
+# Environment variables through which downloads may go via a proxy: then the download host need not
+# resolve here, so the offline check below is skipped.
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+class TFDSUnreachableError(OSError):
+  """TFDS would have to download, and the hosts it downloads from cannot be resolved here."""
+
+
+def builder(tfds_name, data_dir=None):
+  """The TFDS builder of `tfds_name` (no download)."""
+  import tensorflow_datasets as tfds
+  return tfds.builder(tfds_name, data_dir=data_dir)
+
+
+def download_hosts(dataset_builder):
+  """The host names the builder downloads from (its registered URL infos), sorted."""
+  urls = dataset_builder.url_infos or {}
+  return sorted({urllib.parse.urlsplit(url).hostname for url in urls} - {None})
+
+
+def check_download_reachable(dataset_builder):
+  """Fails at once when the download hosts do not resolve, instead of TFDS retrying for minutes.
+
+  Skipped when the dataset is already prepared or a proxy is configured.
+  """
+  prepared = (dataset_builder.data_path / "dataset_info.json").exists()
+  if prepared or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    return
+  for host in download_hosts(dataset_builder):
+    try:
+      socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+      raise TFDSUnreachableError(f"cannot resolve {host}, where TFDS downloads "
+                                 f"{dataset_builder.name} from (no internet connection?)") from e
 
 
 def load(tfds_name, data_dir=None, image_key="image", label_fn=None, image_size=None, download=True):
@@ -9,12 +49,13 @@ def load(tfds_name, data_dir=None, image_key="image", label_fn=None, image_size=
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
+  dataset_builder = builder(tfds_name, data_dir=data_dir)
   if download:
-    builder.download_and_prepare()
+    check_download_reachable(dataset_builder)
+    dataset_builder.download_and_prepare()
   splits = {}
   for split in ("train", "test"):
-    ds = builder.as_dataset(split=split)
+    ds = dataset_builder.as_dataset(split=split)
 
     def convert(example):
       image = tf.cast(example[image_key], tf.float32) / 255.0
