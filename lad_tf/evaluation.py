@@ -29,12 +29,13 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from lad_tf import attacks as attacks_lib
 from lad_tf import datasets
+from lad_tf.errors import ArtifactNotFoundError, ConfigError
 from lad_tf.workdir import read_json
 
 log = logging.getLogger("lad_tf")
@@ -83,12 +84,12 @@ class EvalConfig:
   def __post_init__(self):
     unknown = sorted(set(self.attacks) - set(ATTACK_NAMES) - set(LATENT_ATTACKS))
     if unknown:
-      raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACK_NAMES + LATENT_ATTACKS)}")
+      raise ConfigError(f"unknown attacks {unknown}; known: {', '.join(ATTACK_NAMES + LATENT_ATTACKS)}")
     unknown = sorted(set(self.baselines) - set(BASELINES))
     if unknown:
-      raise ValueError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
+      raise ConfigError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
     if self.n_per_class < 1 or self.m_per_class < 1:
-      raise ValueError("n_per_class and m_per_class must be >= 1")
+      raise ConfigError("n_per_class and m_per_class must be >= 1")
 
 
 # -- sources and attacks -------------------------------------------------------------------------
@@ -249,7 +250,7 @@ class WorkdirContents:
 def _load_model(path):
   import keras
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: run `python -m pipelines.defend` on this work "
+    raise ArtifactNotFoundError(f"{path} is missing: run `python -m pipelines.defend` on this work "
                             f"directory first")
   return keras.models.load_model(path, compile=False)
 
@@ -259,7 +260,8 @@ def load_workdir(workdir):
   config_path = os.path.join(workdir, "config.json")
   run_config = read_json(config_path)
   if run_config is None:
-    raise FileNotFoundError(f"{config_path} is missing: is {workdir} a defend work directory?")
+    raise ArtifactNotFoundError(f"{config_path} is missing: is {workdir} a defend work directory? Run "
+                                f"`python -m pipelines.defend --workdir={workdir}` first")
   metrics = read_json(os.path.join(workdir, "metrics.json"), {})
   name = run_config.get("dataset") or metrics.get("dataset")
   if not name:
@@ -273,7 +275,7 @@ def load_workdir(workdir):
                                                        int(run_config["seed"]))
   gen_path = os.path.join(workdir, "generation", "generated.npz")
   if not os.path.exists(gen_path):
-    raise FileNotFoundError(f"{gen_path} is missing: run the defend pipeline's generation stage first")
+    raise ArtifactNotFoundError(f"{gen_path} is missing: run the defend pipeline's generation stage first")
   with np.load(gen_path, allow_pickle=False) as f:
     generated = {k: f[k] for k in f.files}
   for key in ("x_adv", "source", "target", "eps", "index"):
@@ -480,6 +482,9 @@ def evaluate_workdir(workdir, config=None, progress=None):
   say = progress or log.info
   started = time.time()
   timings = {}
+  if "ga" in config.attacks and os.path.exists(os.path.join(workdir, "config.json")):
+    from lad_tf.models.acgan import ACGAN
+    ACGAN.files(workdir)  # fail now, not after the other attacks
   contents = load_workdir(workdir)
   spec = contents.spec
   eps = config.epsilons if config.epsilons is not None else (PAPER_EPS, spec.attack_eps)

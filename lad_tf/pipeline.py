@@ -24,6 +24,7 @@ import numpy as np
 from lad_tf import boundary as boundary_lib
 from lad_tf import datasets, defence, distribute, figures, generation, models, training
 from lad_tf import generator as generator_lib
+from lad_tf.errors import ArtifactNotFoundError, ConfigError, ModelFileError
 from lad_tf.workdir import WorkDir, read_json, write_json
 
 log = logging.getLogger("lad_tf")
@@ -70,9 +71,14 @@ class DefendConfig:
   def resolved(self):
     spec = datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
-      raise ValueError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
+      raise ConfigError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
     if self.strategy not in distribute.STRATEGIES:
-      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
+      raise ConfigError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
+    if self.latent_layer and not self.classifier_path:
+      raise ConfigError("--latent_layer names a layer of your own --classifier; the zoo's classifiers "
+                        "have theirs (drop --latent_layer, or pass --classifier=FILE.keras)")
+    if not self.fine_tune_eps or any(e <= 0 for e in self.fine_tune_eps):
+      raise ConfigError(f"fine_tune_eps must be positive values, got {tuple(self.fine_tune_eps)}")
     return dataclasses.replace(
         self,
         latent_layer=self.latent_layer or spec.latent_layer,
@@ -96,15 +102,21 @@ def _check_identity(work, config):
   if previous is not None:
     changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
     if changed and not config.force:
-      raise ValueError(f"{work.root} was made with other settings {changed} (old, new): use a new "
+      raise ConfigError(f"{work.root} was made with other settings {changed} (old, new): use a new "
                        f"--workdir, or --force=all to recompute every stage")
   write_json(work.path("config.json"), {**identity, "full": dataclasses.asdict(config)})
 
 
-def load_model(path):
+def load_model(path, what="model"):
+  """The Keras model saved at `path` (uncompiled); `what` names it in errors."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"no model at {path}")
-  return keras.models.load_model(path, compile=False)
+    raise ArtifactNotFoundError(f"no {what} at {path}")
+  try:
+    return keras.models.load_model(path, compile=False)
+  except Exception as e:  # Keras raises several types for unreadable files
+    raise ModelFileError(f"cannot read the {what} {path} as a Keras model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); pass a file saved "
+                         f"with model.save('NAME.keras')") from e
 
 
 class DefendRun:
@@ -157,7 +169,7 @@ class DefendRun:
     def run(out):
       c = self.config
       if c.classifier_path:
-        model = load_model(c.classifier_path)
+        model = load_model(c.classifier_path, "classifier (--classifier)")
         self.say(f"classifier: using {c.classifier_path}")
         metrics = {"source": c.classifier_path}
       else:

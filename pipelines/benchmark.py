@@ -14,6 +14,8 @@ import time
 from absl import app
 from absl import flags
 
+from pipelines import common
+
 SUITES = ("attacks", "serving", "training", "generation", "pipeline")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
@@ -77,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -1,8 +1,38 @@
-"""Flags and logging shared by the command lines."""
+"""Flags, logging and error reporting shared by the command lines."""
 import logging
+import sys
 
+from absl import app
 from absl import flags
 from absl import logging as absl_logging
+
+flags.DEFINE_bool("verbose", False, "Show the Python traceback of an expected error (a missing dataset, "
+                  "a corrupt file, settings that do not fit together) instead of its one-line message.")
+
+# Exit status of an expected error (the message says what to do) and of a usage error.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def run(main):
+  """app.run(main), with expected errors as one line on stderr and a non-zero exit, no traceback.
+
+  Expected errors are lad_tf's `LadError`s (they name the problem and the way out) and absl's
+  UsageError; anything else is a bug and keeps its traceback. --verbose keeps every traceback.
+  """
+  def guarded(argv):
+    from lad_tf.errors import LadError
+    try:
+      return main(argv)
+    except (LadError, app.UsageError) as e:
+      if flags.FLAGS.verbose:
+        raise
+      usage = isinstance(e, app.UsageError)
+      hint = " (see --help)" if usage else " (--verbose shows the traceback)"
+      print(f"error: {e}{hint}", file=sys.stderr)
+      sys.exit(EXIT_USAGE if usage else EXIT_ERROR)
+
+  app.run(guarded)
 
 
 def define_data_flags(default_dataset="digits"):

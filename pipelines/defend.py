@@ -6,7 +6,6 @@ With no flags it runs on the embedded `digits` dataset in a few minutes on 2 CPU
 """
 import json
 
-from absl import app
 from absl import flags
 
 from pipelines import common
@@ -70,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -12,6 +12,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from pipelines import common
 from serving import export as export_lib
 
 flags.DEFINE_string("workdir", None, "Pipeline work directory (see docs/ARCHITECTURE.md).")
@@ -36,7 +37,8 @@ def find_model(workdir):
     if os.path.exists(path):
       return path, stage
   tried = ", ".join(os.path.join(workdir, s, n) for s, n in MODEL_CANDIDATES)
-  raise FileNotFoundError(f"no model to export: tried {tried}; run `python -m pipelines.defend` "
+  from lad_tf.errors import ArtifactNotFoundError
+  raise ArtifactNotFoundError(f"no model to export: tried {tried}; run `python -m pipelines.defend` "
                           "(or put a classifier at DIR/classifier/model.keras) first")
 
 
@@ -101,14 +103,14 @@ def sample_images(dataset, input_shape, k, data_dir=None, seed=0):
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO)
-  import keras
   try:
     import lad_tf.models  # noqa: F401  Registers any custom layers before deserialising.
   except Exception:  # pylint: disable=broad-except
     pass
   workdir = os.path.abspath(FLAGS.workdir)
   model_path, stage = find_model(workdir)
-  model = keras.models.load_model(model_path, compile=False)
+  from lad_tf import pipeline
+  model = pipeline.load_model(model_path, "classifier")
   input_shape = tuple(model.inputs[0].shape[1:])
   if any(d is None for d in input_shape):
     raise app.UsageError(f"{model_path} has an input shape {input_shape} with free dimensions; "
@@ -127,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

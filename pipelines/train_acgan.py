@@ -6,7 +6,6 @@ DIR/figures/acgan_samples.png (one row of samples per class). Shows one line per
 resumes at its last finished epoch (the per-epoch backup lives in DIR/.acgan.partial/ until the stage
 completes). Trains on the dataset's training split only.
 """
-from absl import app
 from absl import flags
 
 from pipelines import common
@@ -43,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

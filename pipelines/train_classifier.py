@@ -3,7 +3,6 @@
 Writes DIR/classifier/model.keras and DIR/classifier/metrics.json (test accuracy on the evaluation
 part of the test split); shows progress per epoch and resumes at the last finished epoch after a kill.
 """
-from absl import app
 from absl import flags
 
 from pipelines import common
@@ -37,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from lad_tf.errors import ArtifactNotFoundError
+
 GENERATOR_FILE = "generator.keras"
 CRITIC_FILE = "critic.keras"
 INFO_FILE = "acgan.json"
@@ -124,18 +126,23 @@ class ACGAN:
     with open(os.path.join(directory, INFO_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
 
-  @classmethod
-  def load(cls, directory):
-    """Loads DIR/acgan/ (or a work directory DIR holding acgan/)."""
+  @staticmethod
+  def files(directory):
+    """The generator and critic files of DIR/acgan/ (or of DIR itself); raises when one is missing."""
     if not os.path.exists(os.path.join(directory, GENERATOR_FILE)) and os.path.isdir(
         os.path.join(directory, "acgan")):
       directory = os.path.join(directory, "acgan")
     paths = [os.path.join(directory, name) for name in (GENERATOR_FILE, CRITIC_FILE)]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-      raise FileNotFoundError(f"no trained AC-GAN in {directory} (missing {', '.join(missing)}); train one "
-                              f"with `python -m pipelines.train_acgan --dataset=NAME --workdir=DIR`")
-    return cls(*(keras.models.load_model(p, compile=False) for p in paths))
+      raise ArtifactNotFoundError(f"no trained AC-GAN in {directory} (missing {', '.join(missing)}); train "
+                                  f"one with `python -m pipelines.train_acgan --dataset=NAME --workdir=DIR`")
+    return paths
+
+  @classmethod
+  def load(cls, directory):
+    """Loads DIR/acgan/ (or a work directory DIR holding acgan/)."""
+    return cls(*(keras.models.load_model(p, compile=False) for p in cls.files(directory)))
 
 
 def gradient_penalty(critic, real, fake, alpha):

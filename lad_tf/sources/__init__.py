@@ -3,11 +3,12 @@
 A reader raises `DataFormatError` naming the file and what is wrong with it; the dataset registry
 (`lad_tf.datasets`) decides which readers to try and in which order.
 """
+from lad_tf.errors import LadError
 
 
-class DataFormatError(ValueError):
+class DataFormatError(LadError, ValueError):
   """A data file exists but is corrupt, truncated or not in the expected format."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(LadError, FileNotFoundError):
   """No source could provide the dataset; the message lists the ways to get it."""
