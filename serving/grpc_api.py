@@ -10,7 +10,6 @@ import logging
 import grpc
 
 from serving import errors
-from serving import tensors
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ def spec_version(spec):
 def predict_proto(manager, request):
   """PredictRequest -> PredictResponse (raises ServingError)."""
   from tensorflow_serving.apis import predict_pb2
+  from serving import tensors  # Deferred: it imports TensorFlow.
 
   version, label = spec_version(request.model_spec)
   servable = manager.resolve(request.model_spec.name, version, label)
