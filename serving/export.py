@@ -43,13 +43,18 @@ class ExportError(RuntimeError):
   """The exported SavedModel does not behave like the Keras model; nothing was published."""
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def list_versions(base_path):
   """Integer version directories under `base_path`, ascending (what TF Serving would see)."""
   if not os.path.isdir(base_path):
     return []
   versions = []
   for name in os.listdir(base_path):
-    if name.isdigit() and os.path.isdir(os.path.join(base_path, name)):
+    # As TF Serving: ASCII digits only ('²'.isdigit() is True) and within int64.
+    if (name.isascii() and name.isdigit() and int(name) <= _INT64_MAX
+        and os.path.isdir(os.path.join(base_path, name))):
       versions.append(int(name))
   return sorted(versions)
 
