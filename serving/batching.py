@@ -36,6 +36,7 @@ class BatchScheduler:
 
   def __init__(self, fn, config, name="batch"):
     self._fn = fn
+    self._name = name
     self._config = config
     self._max_rows = config.max_batch_size
     self._timeout = config.batch_timeout_micros / 1e6
@@ -58,17 +59,18 @@ class BatchScheduler:
       raise errors.invalid(f"Task size {task.rows} is larger than maximum input batch size "
                            f"{self._max_rows}; split the request")
     with self._cond:
-      if self._stopped:
-        raise errors.ServingError(grpc.StatusCode.UNAVAILABLE,
-                                  "this version is being unloaded; retry the request")
-      if self._queued_rows + task.rows > self._capacity:
+      stopped = self._stopped
+      if not stopped and self._queued_rows + task.rows > self._capacity:
         raise errors.ServingError(
             grpc.StatusCode.UNAVAILABLE,
             "The batch scheduling queue to which this task was submitted is full; retry later "
             "or raise max_enqueued_batches")
-      self._queue.append(task)
-      self._queued_rows += task.rows
-      self._cond.notify()
+      if not stopped:
+        self._queue.append(task)
+        self._queued_rows += task.rows
+        self._cond.notify()
+    if stopped:  # The version was unloaded after this request picked it: finish it alone.
+      return self._fn(arrays)
     task.done.wait()
     if task.error is not None:
       raise task.error
@@ -82,6 +84,9 @@ class BatchScheduler:
     for t in self._threads:
       if t is not threading.current_thread():
         t.join(timeout=10)
+    if self.calls:
+      log.info("%s: %d requests in %d model calls (%.1f per call)", self._name, self.tasks,
+               self.calls, self.tasks / self.calls)
 
   def _take_batch(self):
     """Under the lock: wait for a full batch or the timeout; pop the tasks that fit."""

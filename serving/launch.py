@@ -20,6 +20,13 @@ def free_port(host="127.0.0.1"):
     return sock.getsockname()[1]
 
 
+def process_rss_mb(pid):
+  """Resident memory of process `pid` in MiB, from /proc (Linux)."""
+  with open(f"/proc/{pid}/statm") as f:
+    resident_pages = int(f.read().split()[1])
+  return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 class ServerProcess:
   """`serving.server` in a subprocess; use as a context manager or call stop()."""
 
@@ -79,6 +86,10 @@ class ServerProcess:
         time.sleep(0.2)
     self.stop()
     raise TimeoutError(f"serving.server did not answer within {timeout:.0f}s")
+
+  def rss_mb(self):
+    """Resident memory of the server process in MiB (Linux /proc)."""
+    return process_rss_mb(self.process.pid)
 
   def alive(self):
     return self.process is not None and self.process.poll() is None

@@ -99,12 +99,16 @@ class ModelManager:
     """Poll every `interval` s (TF Serving's --file_system_poll_wait_seconds; 0 once, <0 never)."""
     if interval < 0:
       return
-    self.poll()
-    if interval == 0:
-      return
+    first_pass = threading.Event()
 
     def loop():
-      while not self._stop.wait(interval):
+      # Every load runs on this one thread, the first one too: its allocator arena is reused
+      # by each new version instead of a second arena growing beside the startup one.
+      try:
+        self.poll()
+      finally:
+        first_pass.set()
+      while interval > 0 and not self._stop.wait(interval):
         try:
           self.poll()
         except Exception:  # Keep polling; one bad pass must not stop version updates.
@@ -112,11 +116,16 @@ class ModelManager:
 
     self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
     self._thread.start()
+    first_pass.wait()  # Like tensorflow_model_server: what is on disk loads before serving.
 
   def stop(self):
+    """Stop polling and close every loaded version (their batch threads end)."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
+    for model in self._models.values():
+      for servable in model.servables.values():
+        servable.close()
 
   def poll(self):
     for model in self._models.values():

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 << 10  # Request line plus headers.
 MAX_URL_BYTES = 8 << 10
 _READ_CHUNK = 1 << 16
+_DRAIN_CHUNK = 1 << 20  # Whatever the transport buffered: few loop turns per refused body.
 _DRAIN_SECONDS = 2.0  # A refused body is read and dropped this long so the client sees the answer.
 
 _PREDICT_PATH = re.compile(
@@ -427,7 +428,7 @@ class RestServer:
         left = deadline - loop.time()
         if left <= 0:
           return
-        data = await asyncio.wait_for(reader.read(_READ_CHUNK), left)
+        data = await asyncio.wait_for(reader.read(_DRAIN_CHUNK), left)
         if not data:
           return
         budget -= len(data)

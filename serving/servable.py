@@ -114,12 +114,13 @@ class Servable:
             self._call_fn(signature), batching, name=f"{name}-v{self.version}-{key}")
 
   def close(self):
-    """Stop the batch threads and drop the graph so the version's memory can be reclaimed."""
-    for batcher in self._batchers.values():
+    """Stop the batch threads; requests still holding this version finish with direct calls.
+
+    The graph goes with the last reference (the manager's, then the in-flight requests').
+    """
+    batchers, self._batchers = self._batchers, {}
+    for batcher in batchers.values():
       batcher.stop()
-    self._batchers = {}
-    self.signatures = {}
-    self.model = None
 
   def max_values_per_request(self):
     """The most numbers a valid request can carry (None: no bound known before parsing)."""

@@ -10,7 +10,6 @@ import sys
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from serving import client as client_lib
@@ -224,9 +223,8 @@ def test_declared_oversize_is_refused_before_the_body_is_sent(served):
 
 
 def test_too_many_numbers_are_refused_while_reading(served):
-  process = psutil.Process(served["server"].process.pid)
   body = _numbers_body(MAX_BYTES - 1024)  # Within the byte limit, far above the batch limit.
-  rss_before = process.memory_info().rss
+  rss_before = served["server"].rss_mb()
   # Only the first MiB is sent: the answer must not wait for (or parse) the rest.
   status, message = _json_error(_raw(served["server"].rest_address,
                                      _predict_head(len(body)) + body[:1 << 20],
@@ -235,7 +233,7 @@ def test_too_many_numbers_are_refused_while_reading(served):
   # The whole body, sent by a client that reads the answer after sending: still refused.
   status, payload = served["rest"].post_raw("/v1/models/lad:predict", body)
   assert status == 400 and "maximum batch size" in payload["error"]
-  growth_mb = (process.memory_info().rss - rss_before) / 2**20
+  growth_mb = served["server"].rss_mb() - rss_before
   assert growth_mb < 40, f"server memory grew {growth_mb:.0f} MB for refused bodies"
   x = _images(2)
   _assert_matches(served["rest"].predict(x), served["models"][1], x)

@@ -5,7 +5,6 @@ import shutil
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from serving import client as client_lib
@@ -184,7 +183,6 @@ def test_half_copied_version_is_loaded_once_complete(versions):
 
 def test_version_swaps_give_memory_back(versions):
   v = versions
-  process = psutil.Process(v["server"].process.pid)
   current = max(_states(v["client"]))
   sources = [os.path.join(v["exports"], "1"), os.path.join(v["exports"], "2")]
 
@@ -199,12 +197,12 @@ def test_version_swaps_give_memory_back(versions):
 
   for _ in range(3):  # Allocator and TF caches settle over the first loads.
     swap()
-  before = process.memory_info().rss
+  before = v["server"].rss_mb()
   swaps = 12
   for _ in range(swaps):
     swap()
   _assert_serves(v, v["models"][(current - 1) % 2])
-  growth_mb = (process.memory_info().rss - before) / 2**20
+  growth_mb = v["server"].rss_mb() - before
   # Before the fix every swap kept the unloaded version (about 6 MB each here).
   print(f"memory growth over {swaps} swaps: {growth_mb:.1f} MB")
   assert growth_mb < 15, f"server memory grew {growth_mb:.1f} MB over {swaps} swaps"
