@@ -153,3 +153,11 @@ def test_clear_errors(plain):
   two_class = lambda z: model(z)[:, :2]
   with pytest.raises(ValueError, match="4 classes"):
     attacks.apgd(two_class, x, y % 2, EPS, loss="dlr")
+
+
+def test_attack_benchmark_without_art_says_how_to_install(monkeypatch):
+  import sys
+  from pipelines.benchmarks import attacks as benchmark
+  monkeypatch.setitem(sys.modules, "art", None)  # makes `import art` raise ImportError
+  with pytest.raises(SystemExit, match=r"pip install -e '\.\[bench\]'"):
+    benchmark.run(dataset="digits", n=10)
