@@ -87,8 +87,8 @@ def _require_art():
                      "installed: pip install -e '.[bench]'") from None
 
 
-def _autoattack_figures(model, spec, x, y, eps, seed, art_n):
-  """Ours vs ART's AutoAttack, then single-attack cross-checks, on the same images."""
+def _autoattack_figures(model, spec, x, y, eps, seed, art_n, check_n):
+  """Ours vs ART's AutoAttack, then single-attack cross-checks on the first check_n of the images."""
   from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, SquareAttack
 
   from lad_tf import attacks
@@ -128,7 +128,9 @@ def _autoattack_figures(model, spec, x, y, eps, seed, art_n):
        f"{row['art']['robust_accuracy']:.4f}; speed-up (cold, per image) x{row['speedup_cold']:.1f} wall, "
        f"x{row['speedup_cold_cpu']:.1f} CPU")
 
-  checks = {}
+  x, y = x[:check_n], y[:check_n]
+  n = len(x)
+  checks = {"images": n}
   settings = {"apgd_iter": 100, "restarts": 1, "square_queries": 5000, "square_p_init": 0.8,
               "square_schedule": "rescaled to the budget on both sides (ART's)"}
   for name, ours_fn, art_fn in (
@@ -154,8 +156,10 @@ def _autoattack_figures(model, spec, x, y, eps, seed, art_n):
   return row, {"settings": settings, **checks}
 
 
-def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_n=0, sections="all"):
-  """sections: "all", or "autoattack" for the AutoAttack comparison and cross-checks only."""
+def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_n=0, crosscheck_n=0,
+        sections="all"):
+  """sections: "all", or "autoattack" for the AutoAttack comparison and cross-checks only.
+  art_autoattack_n / crosscheck_n: images for ART's AutoAttack / the cross-checks (0: autoattack_n)."""
   _require_art()
   import keras
   import tempfile
@@ -180,7 +184,9 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
                                        seed + 1)[:autoattack_n]
   aa_x, aa_y = data.test.x[aa_idx], data.test.y[aa_idx]
   art_n = min(art_autoattack_n or len(aa_x), len(aa_x))
-  autoattack_row, crosscheck = _autoattack_figures(model, spec, aa_x, aa_y, spec.attack_eps, seed, art_n)
+  check_n = min(crosscheck_n or len(aa_x), len(aa_x))
+  autoattack_row, crosscheck = _autoattack_figures(model, spec, aa_x, aa_y, spec.attack_eps, seed, art_n,
+                                                   check_n)
   if sections == "autoattack":
     return {"dataset": dataset, "model": "lenet5", "train_epochs": epochs, "test_accuracy": test_accuracy,
             "autoattack": autoattack_row, "crosscheck": crosscheck}
