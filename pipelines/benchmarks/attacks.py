@@ -82,9 +82,10 @@ def _art_classifier(model, spec):
 def _require_art():
   try:
     import art  # noqa: F401
-  except ImportError:
-    raise SystemExit("benchmark attacks compares with ART (adversarial-robustness-toolbox), which is not "
-                     "installed: pip install -e '.[bench]'") from None
+    import multiprocess  # noqa: F401  (ART's AutoAttack needs it and does not declare it)
+  except ImportError as error:
+    raise SystemExit(f"benchmark attacks compares with ART (adversarial-robustness-toolbox) and needs "
+                     f"{error.name}, which is not installed: pip install -e '.[bench]'") from None
 
 
 def _autoattack_figures(model, spec, x, y, eps, seed, art_n, check_n):
