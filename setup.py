@@ -67,7 +67,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "bench": ["adversarial-robustness-toolbox==1.20.1"],
+        # ART's AutoAttack imports multiprocess, which ART does not declare.
+        "bench": ["adversarial-robustness-toolbox==1.20.1", "multiprocess>=0.70"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
