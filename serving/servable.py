@@ -4,6 +4,7 @@ Everything a request needs from a version lives here: decoding and checking inpu
 TensorProtos or JSON), the batch limit, the input range of the model card, the output filter,
 and the call itself, which goes through a batch scheduler when server-side batching is on.
 """
+import asyncio
 import dataclasses
 import logging
 import os
@@ -223,10 +224,12 @@ class Servable:
     for key, (lo, hi) in self.input_ranges.items():
       if key in arrays:
         values = arrays[key]
-        if not np.all(np.isfinite(values)):
+        low, high = float(values.min()), float(values.max())  # NaN propagates to both.
+        if lo <= low and high <= hi:
+          continue
+        if not (np.isfinite(low) and np.isfinite(high)):
           raise errors.invalid(f"input `{key}` contains NaN or Inf; send values in "
                                f"[{lo:g}, {hi:g}]")
-        low, high = float(values.min()), float(values.max())
         if low < lo or high > hi:
           raise errors.invalid(
               f"input `{key}` has values in [{low:.4g}, {high:.4g}], outside [{lo:g}, {hi:g}]; "
@@ -267,6 +270,18 @@ class Servable:
     batcher = self._batchers.get(signature.name)
     if batcher is not None:
       result = batcher.submit(arrays)
+    else:
+      result = self._call_fn(signature)(arrays)
+    return {k: result[k] for k in wanted}
+
+  async def run_async(self, signature, arrays, output_filter=()):
+    """`run` for the gRPC event loop: a batched request is awaited while the batch thread runs
+    it; an unbatched one runs on the loop itself, as TF Serving runs it on the handler thread."""
+    self.check_values(arrays)
+    wanted = self.wanted_outputs(signature, output_filter)
+    batcher = self._batchers.get(signature.name)
+    if batcher is not None:
+      result = await asyncio.wrap_future(batcher.submit_future(arrays))
     else:
       result = self._call_fn(signature)(arrays)
     return {k: result[k] for k in wanted}
