@@ -7,7 +7,6 @@ tasks that fit, calls the model once and hands each task its slice of the output
 batches of `max_batch_size` rows) with UNAVAILABLE, with TF Serving's messages.
 """
 import collections
-import concurrent.futures
 import logging
 import threading
 import time
@@ -21,25 +20,15 @@ log = logging.getLogger(__name__)
 
 
 class _Task:
-  __slots__ = ("arrays", "rows", "shapes", "enqueued", "future")
+  __slots__ = ("arrays", "rows", "shapes", "enqueued", "done", "result", "error")
 
   def __init__(self, arrays):
     self.arrays = arrays
     self.rows = next((a.shape[0] for a in arrays.values() if a.ndim), 1)
     self.shapes = tuple(sorted((k, a.shape[1:], a.dtype.str) for k, a in arrays.items()))
     self.enqueued = time.monotonic()
-    self.future = concurrent.futures.Future()
-
-
-def _settle(future, result=None, error=None):
-  """Complete a task's future unless its caller gave up (an awaiting RPC that was cancelled)."""
-  try:
-    if error is not None:
-      future.set_exception(error)
-    else:
-      future.set_result(result)
-  except concurrent.futures.InvalidStateError:
-    pass
+    self.done = threading.Event()
+    self.result = self.error = None
 
 
 class BatchScheduler:
@@ -65,13 +54,6 @@ class BatchScheduler:
 
   def submit(self, arrays):
     """Run `arrays` (one request) as part of a batch; blocks until its outputs are ready."""
-    return self.submit_future(arrays).result()
-
-  def submit_future(self, arrays):
-    """Queue `arrays` (one request); a concurrent.futures.Future of its outputs.
-
-    The gRPC event loop awaits it (asyncio.wrap_future) instead of parking a thread per request.
-    """
     task = _Task(arrays)
     if task.rows > self._max_rows:
       raise errors.invalid(f"Task size {task.rows} is larger than maximum input batch size "
@@ -88,11 +70,11 @@ class BatchScheduler:
         self._queued_rows += task.rows
         self._cond.notify()
     if stopped:  # The version was unloaded after this request picked it: finish it alone.
-      try:
-        task.future.set_result(self._fn(arrays))
-      except errors.ServingError as e:
-        task.future.set_exception(e)
-    return task.future
+      return self._fn(arrays)
+    task.done.wait()
+    if task.error is not None:
+      raise task.error
+    return task.result
 
   def stop(self):
     """Finish the queued tasks, then end the threads."""
@@ -167,20 +149,19 @@ class BatchScheduler:
       outputs = self._fn(merged)
       self.calls += 1
       self.tasks += len(batch)
+      start = 0
+      for task in batch:
+        end = start + task.rows
+        task.result = {k: (v[start:end] if v.ndim and v.shape[0] == target else v)
+                       for k, v in outputs.items()}
+        start = end
     except errors.ServingError as e:
       for task in batch:
-        _settle(task.future, error=e)
-      return
+        task.error = e
     except Exception as e:  # pylint: disable=broad-except  Reported to every task of the batch.
       log.exception("batched call failed")
-      error = errors.ServingError(grpc.StatusCode.INTERNAL,
-                                  f"internal error: {type(e).__name__}: {e}")
       for task in batch:
-        _settle(task.future, error=error)
-      return
-    start = 0
+        task.error = errors.ServingError(grpc.StatusCode.INTERNAL,
+                                         f"internal error: {type(e).__name__}: {e}")
     for task in batch:
-      end = start + task.rows
-      _settle(task.future, {k: (v[start:end] if v.ndim and v.shape[0] == target else v)
-                            for k, v in outputs.items()})
-      start = end
+      task.done.set()

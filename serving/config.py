@@ -54,6 +54,7 @@ class ServerConfig:
   file_system_poll_wait_seconds: float = 1.0  # 0: poll once at start; < 0: never.
   max_batch_size: int = 256  # 0: no limit.
   max_request_bytes: int = 64 << 20
+  grpc_max_threads: int = 16
   grpc_channel_arguments: tuple = ()  # ((key, int or str value), ...)
   rest_api_num_threads: int = 8  # Threads that run REST requests; connections cost none.
   rest_api_timeout_in_ms: int = 30000  # Per-request deadline, as in TF Serving.

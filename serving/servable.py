@@ -4,7 +4,6 @@ Everything a request needs from a version lives here: decoding and checking inpu
 TensorProtos or JSON), the batch limit, the input range of the model card, the output filter,
 and the call itself, which goes through a batch scheduler when server-side batching is on.
 """
-import asyncio
 import dataclasses
 import logging
 import os
@@ -270,18 +269,6 @@ class Servable:
     batcher = self._batchers.get(signature.name)
     if batcher is not None:
       result = batcher.submit(arrays)
-    else:
-      result = self._call_fn(signature)(arrays)
-    return {k: result[k] for k in wanted}
-
-  async def run_async(self, signature, arrays, output_filter=()):
-    """`run` for the gRPC event loop: a batched request is awaited while the batch thread runs
-    it; an unbatched one runs on the loop itself, as TF Serving runs it on the handler thread."""
-    self.check_values(arrays)
-    wanted = self.wanted_outputs(signature, output_filter)
-    batcher = self._batchers.get(signature.name)
-    if batcher is not None:
-      result = await asyncio.wrap_future(batcher.submit_future(arrays))
     else:
       result = self._call_fn(signature)(arrays)
     return {k: result[k] for k in wanted}

@@ -65,7 +65,7 @@ class ModelServer:
     if self.rest_server is not None:
       self.rest_server.stop()
     if self.grpc_server is not None:
-      self.grpc_server.stop(grace)
+      self.grpc_server.stop(grace).wait()
 
   def request_stop(self, *_):
     """Signal-safe: only flags the stop; `serve_until_stopped` does the work."""
@@ -84,8 +84,6 @@ class ModelServer:
 # one-line warning.
 FLAGS_WITHOUT_EFFECT = (
     ("grpc_socket_path", "string", "no UNIX socket; gRPC listens on --port only"),
-    ("grpc_max_threads", "integer",
-     "gRPC runs on one event loop; a waiting request holds no thread"),
     ("rest_api_enable_cors_support", "bool", "no CORS headers are sent"),
     ("allow_version_labels_for_unavailable_models", "bool",
      "labels are not checked against loaded versions when the config is read"),
@@ -143,6 +141,7 @@ def _define_flags():
                        "Largest batch accepted (INVALID_ARGUMENT above it); 0: no limit.")
   flags.DEFINE_integer("max_request_bytes", 64 << 20,
                        "Largest request: gRPC message (RESOURCE_EXHAUSTED) or REST body (413).")
+  flags.DEFINE_integer("grpc_max_threads", 16, "gRPC worker threads.")
   flags.DEFINE_string("grpc_channel_arguments", "",
                       "gRPC server arguments, 'key=value,key=value' (as TF Serving).")
   flags.DEFINE_integer("rest_api_num_threads", 2 * (os.cpu_count() or 1),
@@ -198,6 +197,7 @@ def config_from_flags(f):
       port=f.port, rest_api_port=f.rest_api_port, host=f.host,
       file_system_poll_wait_seconds=f.file_system_poll_wait_seconds,
       max_batch_size=f.max_batch_size, max_request_bytes=f.max_request_bytes,
+      grpc_max_threads=f.grpc_max_threads,
       grpc_channel_arguments=config_lib.parse_grpc_channel_arguments(f.grpc_channel_arguments),
       rest_api_num_threads=f.rest_api_num_threads,
       rest_api_timeout_in_ms=f.rest_api_timeout_in_ms,
