@@ -4,6 +4,8 @@ Both TF helpers cost tens of microseconds per call and `make_ndarray` trusts the
 here the declared shape is checked against the payload before anything is allocated, so a request
 claiming a huge shape with a tiny payload is refused instead of exhausting memory.
 """
+import math
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import tensor_shape_pb2
@@ -64,7 +66,7 @@ def to_numpy(proto, expected_shape=None):
   shape = shape_of(proto)
   if expected_shape is not None:
     check_shape(shape, expected_shape)
-  count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+  count = math.prod(shape)  # Python ints: exact, and cheaper than numpy for a few dims.
   if proto.tensor_content:
     want = count * np_dtype.itemsize
     if len(proto.tensor_content) != want:
