@@ -9,6 +9,8 @@ weights and optimizer state go back to the last good epoch and the step shrinks 
 loss's `step_scale`); below `min_step_scale` training stops there. At the end the epoch with the best
 held-out PGD accuracy is restored (model selection on held-out training images).
 """
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -29,7 +31,8 @@ class OverfittingGuard(keras.callbacks.Callback):
     select_best: restore the best held-out PGD epoch when training ends.
     batch_size: images per PGD batch.
     log: optional callable(str).
-  After training, `history` lists one dict per check (epoch 0: before training).
+  After training, `history` lists one dict per check (epoch 0: before training); `seconds` is the
+  time the checks took.
   """
 
   def __init__(self, x, y, eps, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
@@ -39,7 +42,7 @@ class OverfittingGuard(keras.callbacks.Callback):
     self.eps, self.max_drop, self.max_gap = float(eps), max_drop, max_gap
     self.shrink, self.min_step_scale, self.select_best = shrink, min_step_scale, select_best
     self.batch_size, self.log = batch_size, log or (lambda _: None)
-    self.history, self.rollbacks = [], 0
+    self.history, self.rollbacks, self.seconds = [], 0, 0.0
     self._check = None
 
   def _accuracies(self):
@@ -72,7 +75,9 @@ class OverfittingGuard(keras.callbacks.Callback):
         v.assign(value)
 
   def _record(self, epoch, collapsed):
+    start = time.perf_counter()
     clean, fgsm, pgd = self._accuracies()
+    self.seconds += time.perf_counter() - start
     row = {"epoch": epoch, "clean": clean, "fgsm": fgsm, "pgd10": pgd,
            "step_scale": float(self.model.loss_fn.step_scale.numpy()), "collapsed": False}
     self.history.append(row)

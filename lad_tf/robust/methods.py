@@ -153,5 +153,5 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   if use_guard:
     info["guard"] = {"history": guard.history, "rollbacks": guard.rollbacks,
                      "selected_epoch": guard.selected_epoch,
-                     "final_step_scale": float(loss_fn.step_scale.numpy())}
+                     "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
   return trainer.classifier, info
