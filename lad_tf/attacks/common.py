@@ -4,6 +4,8 @@ Attacks take images as float32 NHWC arrays or tensors in [0, 1] and a `model_fn`
 logits (a Keras model or any callable). The helpers here turn what callers pass into that form with
 clear errors, and run a batch function over fixed-size slices.
 """
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -113,3 +115,31 @@ def perturbation_norms(x, x_adv, changed_atol=1e-6):
       "linf": np.max(np.abs(delta), axis=1) if delta.shape[1] else np.zeros(len(x)),
       "l0": np.sum(np.abs(delta) > changed_atol, axis=1).astype(np.float64),
   }
+
+
+_GRAPHS = weakref.WeakKeyDictionary()
+
+
+def model_graph(model_fn, key, build):
+  """The graph function `build(model_ref)` made for (model_fn, key), built once and then reused.
+
+  Tracing a model inside a tf.function costs far more than running a small batch through it, and an
+  evaluation calls each attack once per model and eps, so the cold call is what users wait for.
+  Attacks therefore build their tf.functions with a fixed input signature (any batch size) once per
+  model and image shape, and reuse them across restarts, targets, eps values and later calls. `build`
+  gets a weak reference to model_fn (so the cache does not keep models alive); callables that cannot
+  be weakly referenced get a fresh build each call.
+  """
+  try:
+    ref = weakref.ref(model_fn)
+    per_model = _GRAPHS.setdefault(model_fn, {})
+  except TypeError:
+    return build(lambda: model_fn)
+  if key not in per_model:
+    per_model[key] = build(ref)
+  return per_model[key]
+
+
+def image_spec(x):
+  """TensorSpec of a batch of any size of images shaped like x[0]."""
+  return tf.TensorSpec([None, *x.shape[1:]], tf.float32)

@@ -1,6 +1,8 @@
-"""Attack benchmark: our batched JSMA, CW-L2 and APGD-CE against ART's, same model, same images.
+"""Attack benchmark: our batched JSMA, CW-L2, APGD-CE and AutoAttack against ART's, same model, same
+images.
 
-`python -m pipelines.benchmark attacks [--dataset=fashion_mnist|digits] [--n=100] [--seed=0]`
+`python -m pipelines.benchmark attacks [--dataset=fashion_mnist|digits] [--n=100] [--seed=0]
+    [--set=autoattack_n=1000,art_autoattack_n=1000]`
 
 A LeNet-5 is trained (Fashion-MNIST: 2 epochs; digits: 15 epochs), n test images are drawn
 stratified by class, each targeted attack gets one random other class per image (the same targets
@@ -9,6 +11,16 @@ Ours is timed twice: the first call includes tf.function tracing ("cold"), the s
 the speed-up is ART's seconds per image over our warm seconds per image. ART's CW-L2 takes about
 4 s per image here, so it runs on the first `ART_CW_IMAGES` images only (reported per image).
 cleverhans FGSM / PGD-40 timings are listed for reference.
+
+AutoAttack runs first, on a fresh process's first call (so "cold" counts every graph trace):
+ours (standard: APGD-CE, APGD-T, FAB-T, Square) against ART's `AutoAttack` with its defaults
+(APGD-CE and untargeted APGD-DLR with 5 restarts each, DeepFool, Square with 5 restarts; APGD's first
+step set to 2 * eps as in Croce & Hein; batch size = all images), on `autoattack_n` images at the
+dataset's eps. ART's run can be limited to the first `art_autoattack_n` of them (seconds are then
+compared per image). The same images also cross-check single attacks (APGD-CE, APGD-DLR, Square with
+the same settings on both sides): robust accuracy, ours vs ART.
+
+Needs ART (the `[bench]` extra): `pip install -e '.[bench]'`.
 """
 import time
 
@@ -51,6 +63,14 @@ def _timed(fn):
   return out, time.perf_counter() - start
 
 
+def _timed_cpu(fn):
+  """(result, wall seconds, CPU seconds of this process over all threads): on a shared machine the
+  CPU time is the steadier measure of work."""
+  cpu = time.process_time()
+  out, seconds = _timed(fn)
+  return out, seconds, time.process_time() - cpu
+
+
 def _art_classifier(model, spec):
   import tensorflow as tf
   from art.estimators.classification import TensorFlowV2Classifier
@@ -59,13 +79,92 @@ def _art_classifier(model, spec):
       loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), clip_values=(0.0, 1.0))
 
 
-def run(dataset="fashion_mnist", n=0, seed=0):
+def _require_art():
+  try:
+    import art  # noqa: F401
+  except ImportError:
+    raise SystemExit("benchmark attacks compares with ART (adversarial-robustness-toolbox), which is not "
+                     "installed: pip install -e '.[bench]'") from None
+
+
+def _autoattack_figures(model, spec, x, y, eps, seed, art_n):
+  """Ours vs ART's AutoAttack, then single-attack cross-checks, on the same images."""
+  from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, SquareAttack
+
+  from lad_tf import attacks
+  n = len(x)
+  accuracy = lambda xs, ys, x_adv: float(np.mean(attacks.predict(model, x_adv) == ys))
+  _say(f"[attacks] autoattack: ours (standard, first call) on {n} images at eps {eps}")
+  (x_ours, broken_by), ours_seconds, ours_cpu = _timed_cpu(lambda: attacks.autoattack(model, x, y, eps,
+                                                                                    seed=seed))
+  _say(f"[attacks] autoattack: ours {ours_seconds:.1f} s ({ours_cpu:.1f} s CPU), robust accuracy {accuracy(x, y, x_ours):.4f}")
+  (x_fast, _), fast_seconds = _timed(lambda: attacks.autoattack(model, x, y, eps, version="fast", seed=seed))
+  art_model = _art_classifier(model, spec)
+  _say(f"[attacks] autoattack: ART (defaults, eps_step 2*eps) on {art_n} images")
+  art_attack = AutoAttack(art_model, norm=np.inf, eps=eps, eps_step=2 * eps, batch_size=art_n)
+  x_art, art_seconds, art_cpu = _timed_cpu(lambda: art_attack.generate(x[:art_n], y=y[:art_n]))
+  x_art = np.clip(x_art.astype(np.float32), 0.0, 1.0)
+  counts = {name: int(np.sum(broken_by == name)) for name in sorted(set(broken_by))}
+  row = {
+      "images": n, "eps": eps,
+      "ours": {"seconds_cold": ours_seconds, "s_per_image": ours_seconds / n, "cpu_seconds": ours_cpu,
+               "cpu_s_per_image": ours_cpu / n, "version": "standard",
+               "robust_accuracy": accuracy(x, y, x_ours),
+               "robust_accuracy_on_art_images": accuracy(x[:art_n], y[:art_n], x_ours[:art_n]),
+               "broken_by": {k if k else "robust": v for k, v in counts.items()},
+               "max_linf": float(np.max(np.abs(x_ours - x)))},
+      "ours_fast": {"seconds": fast_seconds, "robust_accuracy": accuracy(x, y, x_fast)},
+      "art": {"seconds_cold": art_seconds, "s_per_image": art_seconds / art_n, "cpu_seconds": art_cpu,
+              "cpu_s_per_image": art_cpu / art_n, "images": art_n,
+              "attacks": "APGD-CE x5, APGD-DLR x5 (untargeted), DeepFool, Square x5 (ART 1.20.1 defaults)",
+              "robust_accuracy": accuracy(x[:art_n], y[:art_n], x_art),
+              "max_linf": float(np.max(np.abs(x_art - x[:art_n])))},
+  }
+  row["speedup_cold"] = row["art"]["s_per_image"] / max(row["ours"]["s_per_image"], 1e-9)
+  row["speedup_cold_cpu"] = row["art"]["cpu_s_per_image"] / max(row["ours"]["cpu_s_per_image"], 1e-9)
+  row["goal_met"] = bool(row["speedup_cold"] >= 10 and
+                         row["ours"]["robust_accuracy_on_art_images"] <= row["art"]["robust_accuracy"])
+  _say(f"[attacks] autoattack: ART {art_seconds:.1f} s ({art_cpu:.1f} s CPU) for {art_n}, robust accuracy "
+       f"{row['art']['robust_accuracy']:.4f}; speed-up (cold, per image) x{row['speedup_cold']:.1f} wall, "
+       f"x{row['speedup_cold_cpu']:.1f} CPU")
+
+  checks = {}
+  settings = {"apgd_iter": 100, "restarts": 1, "square_queries": 5000, "square_p_init": 0.8,
+              "square_schedule": "rescaled to the budget on both sides (ART's)"}
+  for name, ours_fn, art_fn in (
+      ("apgd-ce", lambda: attacks.apgd(model, x, y, eps, loss="ce", seed=seed),
+       lambda: AutoProjectedGradientDescent(art_model, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=100,
+                                            nb_random_init=1, batch_size=n, loss_type="cross_entropy",
+                                            verbose=False)),
+      ("apgd-dlr", lambda: attacks.apgd(model, x, y, eps, loss="dlr", seed=seed),
+       lambda: AutoProjectedGradientDescent(art_model, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=100,
+                                            nb_random_init=1, batch_size=n,
+                                            loss_type="difference_logits_ratio", verbose=False)),
+      ("square", lambda: attacks.square(model, x, y, eps, rescale_schedule=True, seed=seed),
+       lambda: SquareAttack(art_model, norm=np.inf, eps=eps, max_iter=5000, p_init=0.8, nb_restarts=1,
+                            batch_size=n, verbose=False))):
+    _say(f"[attacks] cross-check {name}: ours and ART on {n} images")
+    x_o, seconds_o = _timed(ours_fn)
+    x_a, seconds_a = _timed(lambda: art_fn().generate(x, y=y))
+    checks[name] = {"ours": accuracy(x, y, x_o), "art": accuracy(x, y, np.clip(x_a, 0, 1).astype(np.float32)),
+                    "ours_seconds": seconds_o, "art_seconds": seconds_a}
+    checks[name]["difference"] = checks[name]["ours"] - checks[name]["art"]
+    _say(f"[attacks] cross-check {name}: robust accuracy ours {checks[name]['ours']:.4f}, ART "
+         f"{checks[name]['art']:.4f}")
+  return row, {"settings": settings, **checks}
+
+
+def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_n=0, sections="all"):
+  """sections: "all", or "autoattack" for the AutoAttack comparison and cross-checks only."""
+  _require_art()
   import keras
   import tempfile
   from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, SaliencyMapMethod
 
   from lad_tf import attacks, datasets, models, training
 
+  if sections not in ("all", "autoattack"):
+    raise ValueError(f"sections must be 'all' or 'autoattack', got {sections!r}")
   n = n or 100
   spec = datasets.get_spec(dataset)
   epochs = 2 if dataset != "digits" else 15
@@ -77,6 +176,14 @@ def run(dataset="fashion_mnist", n=0, seed=0):
     _, test_accuracy = training.train_classifier(
         model, data.train, data.test, training.TrainConfig(epochs=epochs, batch_size=128, seed=seed,
                                                            verbose=0), state)
+  aa_idx = datasets.stratified_indices(data.test.y, int(np.ceil(autoattack_n / spec.num_classes)),
+                                       seed + 1)[:autoattack_n]
+  aa_x, aa_y = data.test.x[aa_idx], data.test.y[aa_idx]
+  art_n = min(art_autoattack_n or len(aa_x), len(aa_x))
+  autoattack_row, crosscheck = _autoattack_figures(model, spec, aa_x, aa_y, spec.attack_eps, seed, art_n)
+  if sections == "autoattack":
+    return {"dataset": dataset, "model": "lenet5", "train_epochs": epochs, "test_accuracy": test_accuracy,
+            "autoattack": autoattack_row, "crosscheck": crosscheck}
   per_class = max(1, int(np.ceil(n / spec.num_classes)))
   idx = datasets.stratified_indices(data.test.y, per_class, seed)[:n]
   rng = np.random.default_rng(seed)
@@ -89,6 +196,7 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   figures = {"dataset": dataset, "n": n, "model": "lenet5", "train_epochs": epochs,
              "clean_accuracy": float(np.mean(attacks.predict(model, x) == y)),
              "test_accuracy": test_accuracy, "apgd_eps": eps, "settings": SETTINGS,
+             "autoattack": autoattack_row, "crosscheck": crosscheck,
              "art_cw_images": min(ART_CW_IMAGES, n),
              "timing": "seconds per image; ours warm (second call), cold = first call with tracing; "
                        f"ART CW-L2 measured on the first {min(ART_CW_IMAGES, n)} images"}

@@ -1,0 +1,58 @@
+"""Small LeNet-5 classifiers on the real `digits` images for the attack tests: a plainly trained one
+and one adversarially fine-tuned with FGSM + random start (Wong et al. 2020), so attacks are checked
+on a model that is not trivially broken too."""
+import numpy as np
+import tensorflow as tf
+
+from lad_tf import datasets, models, training
+
+
+def plain_lenet(state_dir, epochs=15, seed=0):
+  """(model, data): a LeNet-5 trained on digits; test accuracy well above 0.9."""
+  import keras
+  data = datasets.load("digits")
+  keras.utils.set_random_seed(seed)
+  model = models.build_classifier("lenet5", (28, 28, 1), 10)
+  training.train_classifier(model, data.train, data.test,
+                            training.TrainConfig(epochs=epochs, batch_size=64, verbose=0, seed=seed),
+                            str(state_dir))
+  return model, data
+
+
+def fgsm_rs_finetune(model, train, eps, epochs=6, batch_size=64, learning_rate=1e-3, seed=0):
+  """A copy of `model` fine-tuned on FGSM-with-random-start examples (step 1.25 eps) only."""
+  import keras
+  robust = keras.models.clone_model(model)
+  robust.set_weights(model.get_weights())
+  optimizer = keras.optimizers.Adam(learning_rate)
+  loss_fn = lambda yb, logits: tf.reduce_mean(
+      tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+
+  @tf.function
+  def step(xb, yb, noise):
+    x0 = tf.clip_by_value(xb + noise, 0.0, 1.0)
+    with tf.GradientTape() as tape:
+      tape.watch(x0)
+      loss = loss_fn(yb, robust(x0))
+    x_adv = x0 + 1.25 * eps * tf.sign(tape.gradient(loss, x0))
+    x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, xb - eps, xb + eps), 0.0, 1.0)
+    with tf.GradientTape() as tape:
+      loss = loss_fn(yb, robust(x_adv, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, robust.trainable_variables),
+                                  robust.trainable_variables))
+    return loss
+
+  rng = np.random.default_rng(seed)
+  x, y = train.x, train.y.astype(np.int32)
+  for _ in range(epochs):
+    order = rng.permutation(len(x))
+    for start in range(0, len(x) - batch_size + 1, batch_size):
+      rows = order[start:start + batch_size]
+      step(tf.constant(x[rows]), tf.constant(y[rows]),
+           tf.constant(rng.uniform(-eps, eps, x[rows].shape).astype(np.float32)))
+  return robust
+
+
+def sample_images(data, per_class, seed=0):
+  idx = datasets.stratified_indices(data.test.y, per_class, seed=seed)
+  return data.test.x[idx], data.test.y[idx]
