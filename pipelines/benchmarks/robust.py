@@ -12,8 +12,9 @@ Per seed: `train_examples` random training images (plus `guard_examples` held ou
 catastrophic-overfitting guard); every method fine-tunes the starting classifier for `epochs`
 epochs (lad_tf.robust.train; `init="scratch"` trains fresh models instead), then is evaluated on the
 same `eval_examples` images of the evaluation split (never the calibration split): clean accuracy,
-PGD-40 (cleverhans, random start, step 2.5 eps / 40) and `autoattack`: AUTOATTACK's accuracy, counted
-per example as the worst case of it and PGD-40. train_s is each method's wall time (including the
+PGD-40 (cleverhans, random start, step 2.5 eps / 40) and `autoattack`: the accuracy under the
+`autoattack` option's attack (lad_tf.attacks.autoattack "standard" by default, "fast", or "apgd-ce"),
+counted per example as the worst case of it and PGD-40. train_s is each method's wall time (including the
 boundary-guided precomputation and the guard); cost_ratio divides it by `standard`'s (clean training,
 same optimizer, epochs and data) in the same seed, side by side on the same machine.
 
@@ -32,14 +33,22 @@ METHODS = ("standard", "clean", "lad", "fgsm_rs", "pgd_at", "trades")
 METRICS = ("clean", "pgd40", "autoattack", "train_s", "cost_ratio")
 
 
-def autoattack(model, x, y, eps):
-  """The strongest attack available here: APGD-CE (100 iterations). Switch to the ensemble with
-  `lad_tf.attacks.autoattack(model, x, y, eps, version="standard")` once it is merged."""
+AUTOATTACKS = {
+    "standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; lad_tf.attacks.autoattack)",
+    "fast": "AutoAttack fast (APGD-CE, APGD-T; lad_tf.attacks.autoattack)",
+    "apgd-ce": "APGD-CE, 100 iterations (lad_tf.attacks.apgd)",
+}
+
+
+def strongest_attack(model, x, y, eps, version="standard"):
+  """Adversarial images from the AutoAttack ensemble (`version` "standard" or "fast"), or APGD-CE
+  alone ("apgd-ce", the figure before the ensemble was merged)."""
   from lad_tf import attacks
-  return attacks.apgd(model, x, y, eps, n_iter=100, seed=0)
-
-
-AUTOATTACK_NAME = "APGD-CE, 100 iterations (worst case with PGD-40, per example)"
+  if version not in AUTOATTACKS:
+    raise ValueError(f"autoattack must be one of {', '.join(AUTOATTACKS)}, got '{version}'")
+  if version == "apgd-ce":
+    return attacks.apgd(model, x, y, eps, n_iter=100, seed=0)
+  return attacks.autoattack(model, x, y, eps, version=version, seed=0)[0]
 
 
 def ablation_options():
@@ -53,12 +62,12 @@ def ablation_options():
   return out
 
 
-def evaluate(model, x, y, eps):
+def evaluate(model, x, y, eps, autoattack="standard"):
   from lad_tf import attacks
   predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
   clean = predict(x) == y
   pgd = predict(attacks.pgd(model, x, eps, y=y, nb_iter=40, seed=0)) == y
-  strong = predict(autoattack(model, x, y, eps)) == y
+  strong = predict(strongest_attack(model, x, y, eps, autoattack)) == y
   return {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
           "autoattack": float((strong & pgd & clean).mean())}
 
@@ -75,7 +84,7 @@ def _summary(rows):
 def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, init="finetune",
-        ablation=True, bfloat16=False, attention="none", partial=None):
+        ablation=True, bfloat16=False, attention="none", autoattack="standard", partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed."""
   import keras
   if bfloat16:
@@ -98,7 +107,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
                  generator_epochs=generator_epochs, generator_examples=generator_examples,
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
-                 attention=attention, autoattack_attack=AUTOATTACK_NAME)
+                 attention=attention,
+                 autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
   setup_start = time.perf_counter()
@@ -120,7 +130,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
           epochs=generator_epochs, recon_norm=spec.recon_norm, verbose=0), None)
   fitted = boundary.fit_boundaries(generator_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
                                    boundary.BoundaryConfig(mode=attention))
-  setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps),
+  setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack),
            "generator_test_loss": gen_result["test_loss"],
            "boundary_fit_accuracy": float(np.mean(fitted.fit_accuracy)),
            "parameters": int(base.count_params())}
@@ -159,11 +169,12 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         start = base
       trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
                                    lad_classifier=base, log=say)
-      figures = evaluate(trained, x_eval, y_eval, eps)
+      figures = evaluate(trained, x_eval, y_eval, eps, autoattack)
       figures.update(seed=s, train_s=info["train_s"], prepare_s=info.get("prepare_s", 0.0))
       if "guard" in info:
         guard_logs[f"{name}/seed{s}"] = info["guard"]
         figures["guard_rollbacks"] = info["guard"]["rollbacks"]
+        figures["guard_s"] = info["guard"].get("seconds", 0.0)
       rows[name].append(figures)
       say(f"seed {s} {name}: {figures}")
     standard_s = rows["standard"][-1]["train_s"]
