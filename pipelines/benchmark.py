@@ -16,10 +16,11 @@ from absl import flags
 
 from pipelines import common
 
-SUITES = ("attacks", "serving", "training", "generation", "pipeline")
+SUITES = ("attacks", "serving", "training", "generation", "pipeline", "robust")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")
+flags.DEFINE_string("data_dir", None, "Dataset folder, for suites that take one (e.g. robust on real MNIST).")
 flags.DEFINE_integer("n", 0, "Number of examples (0: the suite's default).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("set", [], "Suite options as key=value (e.g. --set=seconds=10,clients=8), passed to "
@@ -67,7 +68,8 @@ def main(argv):
   suite = argv[1]
   module = importlib.import_module(f"pipelines.benchmarks.{suite}")
   start = time.time()
-  figures = module.run(dataset=FLAGS.dataset, n=FLAGS.n, seed=FLAGS.seed, **suite_options(FLAGS.set))
+  extra = {"data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}
+  figures = module.run(dataset=FLAGS.dataset, n=FLAGS.n, seed=FLAGS.seed, **extra, **suite_options(FLAGS.set))
   figures = {"suite": suite, **figures, "wall_s": time.time() - start, "machine": machine_info()}
   print(f"benchmark {suite}:")
   print_table(figures)

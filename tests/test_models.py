@@ -8,7 +8,8 @@ from lad_tf import models
 ZOO = [("lenet5", (28, 28, 1), 10, 500, "lenet5_decoder"),
        ("svhnnet", (32, 32, 3), 10, 4096, "svhnnet_decoder"),
        ("celebanet", (128, 128, 3), 2, 4096, "celebanet_decoder"),
-       ("black_cnn", (28, 28, 1), 10, 128, "conv_decoder")]
+       ("black_cnn", (28, 28, 1), 10, 128, "conv_decoder"),
+       ("madry_cnn", (28, 28, 1), 10, 1024, "conv_decoder")]
 
 
 @pytest.mark.parametrize("name,shape,classes,latent_dim,decoder", ZOO)
@@ -38,6 +39,15 @@ def test_lenet5_matches_the_paper():
   assert _params(model, "conv2") == 50 * (5 * 5 * 20) + 50
   assert _params(model, "latent") == 800 * 500 + 500
   assert _params(model, "logits") == 500 * 10 + 10
+
+
+def test_madry_cnn_matches_madry_et_al():
+  model = models.build_classifier("madry_cnn", (28, 28, 1), 10)
+  assert _params(model, "conv1") == 32 * (5 * 5 * 1) + 32
+  assert _params(model, "conv2") == 64 * (5 * 5 * 32) + 64
+  assert _params(model, "latent") == 7 * 7 * 64 * 1024 + 1024
+  assert _params(model, "logits") == 1024 * 10 + 10
+  assert model.count_params() == 3_274_634  # the published model's size
 
 
 def test_svhnnet_matches_table_xii():
@@ -86,5 +96,5 @@ def test_split_at_a_missing_layer_names_the_layers():
 
 
 def test_unknown_architecture():
-  with pytest.raises(KeyError, match="known: black_cnn, celebanet, lenet5, svhnnet"):
+  with pytest.raises(KeyError, match="known: black_cnn, celebanet, lenet5, madry_cnn, svhnnet"):
     models.build_classifier("resnet50", (28, 28, 1), 10)

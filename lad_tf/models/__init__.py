@@ -4,6 +4,7 @@ from lad_tf.models.split import split_at_latent
 
 CLASSIFIERS = {
     "lenet5": classifiers.lenet5,
+    "madry_cnn": classifiers.madry_cnn,
     "svhnnet": classifiers.svhnnet,
     "celebanet": classifiers.celebanet,
     "black_cnn": classifiers.black_cnn,

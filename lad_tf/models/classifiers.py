@@ -21,6 +21,21 @@ def lenet5(input_shape=(28, 28, 1), num_classes=10):
   return keras.Model(inputs, outputs, name="lenet5")
 
 
+def madry_cnn(input_shape=(28, 28, 1), num_classes=10):
+  """The CNN MNIST robustness results are reported on (Madry et al. 2018): conv 32@5x5, pool,
+  conv 64@5x5, pool, fc 1024 (latent), logits. Convolutions keep the size ("same"), as in their code."""
+  x = inputs = keras.Input(input_shape, name="images")
+  x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
+  x = layers.MaxPooling2D(2, name="pool1")(x)
+  x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
+  x = layers.MaxPooling2D(2, name="pool2")(x)
+  x = layers.Flatten(name="flatten")(x)
+  x = layers.Dense(1024, name="latent")(x)
+  x = layers.ReLU(name="latent_relu")(x)
+  outputs = layers.Dense(num_classes, name="logits")(x)
+  return keras.Model(inputs, outputs, name="madry_cnn")
+
+
 def svhnnet(input_shape=(32, 32, 3), num_classes=10):
   """svhnNet (Table XII). The table's flatten is 512x4x4, which a 32x32 input reaches after three
   pools, so the fourth conv block does not pool. Latent: the 4096-unit fc output."""

@@ -1,0 +1,124 @@
+"""A guard against catastrophic overfitting, as a Keras callback.
+
+Single-step adversarial training can collapse within an epoch: the model learns to defeat its one-step
+adversary (FGSM accuracy stays high) while multi-step PGD accuracy falls to near zero. The guard
+measures, at the start and after every epoch, PGD-10 and FGSM accuracy on held-out *training* images
+(never the test set). An epoch is a collapse when PGD accuracy falls more than `max_drop` below the
+last good epoch's, or FGSM accuracy exceeds PGD accuracy by more than `max_gap`. On a collapse the
+weights and optimizer state go back to the last good epoch and the step shrinks by `shrink` (the
+loss's `step_scale`); below `min_step_scale` training stops there. At the end the epoch with the best
+held-out PGD accuracy is restored (model selection on held-out training images).
+"""
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lad_tf.robust import adversaries as adv
+
+
+class OverfittingGuard(keras.callbacks.Callback):
+  """Watches a RobustTrainer (its `classifier` and `loss_fn.step_scale`).
+
+  Args:
+    x, y: held-out training images and labels (about 1,000).
+    eps: L-inf radius of the PGD-10 and FGSM checks.
+    max_drop: a PGD-accuracy fall (fraction) beyond this from the last good epoch is a collapse.
+    max_gap: FGSM minus PGD accuracy beyond this is a collapse.
+    shrink: factor applied to the step after a collapse.
+    min_step_scale: stop training when the step scale would fall below this.
+    select_best: restore the best held-out PGD epoch when training ends.
+    batch_size: images per PGD batch.
+    log: optional callable(str).
+  After training, `history` lists one dict per check (epoch 0: before training); `seconds` is the
+  time the checks took.
+  """
+
+  def __init__(self, x, y, eps, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
+               select_best=True, batch_size=500, log=None):
+    super().__init__()
+    self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+    self.eps, self.max_drop, self.max_gap = float(eps), max_drop, max_gap
+    self.shrink, self.min_step_scale, self.select_best = shrink, min_step_scale, select_best
+    self.batch_size, self.log = batch_size, log or (lambda _: None)
+    self.history, self.rollbacks, self.seconds = [], 0, 0.0
+    self._check = None
+
+  def _accuracies(self):
+    classifier = self.model.classifier
+    if self._check is None:
+      eps = self.eps
+
+      @tf.function(reduce_retracing=True)
+      def check(x, y):
+        correct = lambda images: tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(adv.logits_of(classifier, images), -1), y), tf.float32))
+        return (correct(x), correct(adv.fgsm(classifier, x, y, eps)),
+                correct(adv.pgd(classifier, x, y, eps, steps=10)))
+      self._check = check
+    totals = np.zeros(3)
+    for start in range(0, len(self.y), self.batch_size):
+      sl = slice(start, start + self.batch_size)
+      totals += [float(v) for v in self._check(tf.constant(self.x[sl]), tf.constant(self.y[sl]))]
+    return totals / len(self.y)
+
+  def _state(self):
+    return ([v.numpy() for v in self.model.classifier.weights],
+            [v.numpy() for v in self.model.optimizer.variables])
+
+  def _restore(self, state):
+    for v, value in zip(self.model.classifier.weights, state[0]):
+      v.assign(value)
+    if self.model.optimizer.variables and len(state[1]) == len(self.model.optimizer.variables):
+      for v, value in zip(self.model.optimizer.variables, state[1]):
+        v.assign(value)
+
+  def _record(self, epoch, collapsed):
+    start = time.perf_counter()
+    clean, fgsm, pgd = self._accuracies()
+    self.seconds += time.perf_counter() - start
+    row = {"epoch": epoch, "clean": clean, "fgsm": fgsm, "pgd10": pgd,
+           "step_scale": float(self.model.loss_fn.step_scale.numpy()), "collapsed": False}
+    self.history.append(row)
+    return row
+
+  def on_train_begin(self, logs=None):
+    row = self._record(0, False)
+    self._good, self._good_row = self._state(), row
+    self._best, self._best_row = self._good, row
+    self.log(f"guard: start: clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} pgd10 {row['pgd10']:.3f}")
+
+  def on_epoch_end(self, epoch, logs=None):
+    row = self._record(epoch + 1, False)
+    drop = self._good_row["pgd10"] - row["pgd10"]
+    gap = row["fgsm"] - row["pgd10"]
+    if drop > self.max_drop or gap > self.max_gap:
+      row["collapsed"] = True
+      self.rollbacks += 1
+      self._restore(self._good)
+      scale = self.model.loss_fn.step_scale
+      new_scale = float(scale.numpy()) * self.shrink
+      row["rolled_back_to"] = self._good_row["epoch"]
+      self.log(f"guard: epoch {epoch + 1}: collapse (pgd10 {row['pgd10']:.3f}, fgsm {row['fgsm']:.3f}, "
+               f"last good {self._good_row['pgd10']:.3f} at epoch {self._good_row['epoch']}): rolled back, "
+               f"step scale -> {new_scale:g}")
+      if new_scale < self.min_step_scale:
+        self.model.stop_training = True
+        self.log("guard: step scale below its floor: training stops at the last good epoch")
+      else:
+        scale.assign(new_scale)
+    else:
+      self._good, self._good_row = self._state(), row
+      if row["pgd10"] >= self._best_row["pgd10"]:
+        self._best, self._best_row = self._good, row
+      self.log(f"guard: epoch {epoch + 1}: clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} "
+               f"pgd10 {row['pgd10']:.3f}")
+    if logs is not None:
+      logs.update(guard_pgd10=row["pgd10"], guard_fgsm=row["fgsm"], guard_clean=row["clean"])
+
+  def on_train_end(self, logs=None):
+    chosen = self._best_row if self.select_best else self._good_row
+    self._restore(self._best if self.select_best else self._good)
+    self.selected_epoch = chosen["epoch"]
+    self.log(f"guard: selected epoch {self.selected_epoch} (held-out pgd10 {chosen['pgd10']:.3f})")

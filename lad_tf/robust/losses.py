@@ -1,0 +1,162 @@
+"""Per-example training losses, one per method: `loss_fn(model, x, y, training) -> (batch,) losses`.
+
+`x` is an image batch, or a dict with the images under "image" and per-example extras the method
+uses ("guide": the boundary-guided start direction in {-1, 0, 1}, "target": the nearest-boundary
+class, "decoded": LAD's decoded example; see lad_tf.robust.boundary_start). Each loss builds its own
+adversary inside the graph (lad_tf.robust.adversaries), so a trainer only minimises the mean.
+
+`step_scale` (a non-trainable variable, 1 at the start) multiplies the single-step methods' step: the
+catastrophic-overfitting guard shrinks it after a collapse.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from lad_tf.robust import adversaries as adv
+
+
+def images_of(x):
+  return x["image"] if isinstance(x, dict) else x
+
+
+class _Loss:
+  """Shared parts: the step-scale variable the guard turns down."""
+
+  def __init__(self):
+    self.step_scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="step_scale")
+
+
+class StandardLoss(_Loss):
+  """Clean training: CE(f(x), y)."""
+
+  def __call__(self, model, x, y, training=True):
+    return adv.cross_entropy(adv.logits_of(model, images_of(x), training), y)
+
+
+class FgsmRsLoss(_Loss):
+  """FGSM with a random start (Wong et al. 2020): start uniform in the eps ball, one step of
+  alpha * eps (alpha 1.25), projected back into the ball; CE on the result."""
+
+  def __init__(self, eps, alpha=1.25):
+    super().__init__()
+    self.eps, self.alpha = float(eps), float(alpha)
+
+  def __call__(self, model, x, y, training=True):
+    x = images_of(x)
+    start = adv.project(x + adv.uniform_noise(x, self.eps), x, self.eps)
+    grad, _ = adv.input_gradient(model, start, lambda logits: adv.cross_entropy(logits, y))
+    x_adv = adv.project(start + self.step_scale * self.alpha * self.eps * tf.sign(grad), x, self.eps)
+    return adv.cross_entropy(adv.logits_of(model, tf.stop_gradient(x_adv), training), y)
+
+
+class PgdLoss(_Loss):
+  """PGD adversarial training (Madry et al. 2018): CE on PGD-`steps` examples (random start)."""
+
+  def __init__(self, eps, steps=10):
+    super().__init__()
+    self.eps, self.steps = float(eps), int(steps)
+
+  def __call__(self, model, x, y, training=True):
+    x = images_of(x)
+    x_adv = adv.pgd(model, x, y, self.eps, self.steps)
+    return adv.cross_entropy(adv.logits_of(model, x_adv, training), y)
+
+
+class TradesLoss(_Loss):
+  """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL by
+  `steps` PGD steps from x + 0.001 N(0, 1)."""
+
+  def __init__(self, eps, beta=6.0, steps=10):
+    super().__init__()
+    self.eps, self.beta, self.steps = float(eps), float(beta), int(steps)
+
+  def __call__(self, model, x, y, training=True):
+    x = images_of(x)
+    clean_eval = tf.stop_gradient(adv.logits_of(model, x))
+    start = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), 0.0, 1.0)
+    x_adv = adv.pgd(model, start, y, self.eps, self.steps, random_start=False,
+                    objective=lambda logits: adv.kl_divergence(clean_eval, logits))
+    x_adv = adv.project(x_adv, x, self.eps)
+    clean = adv.logits_of(model, x, training)
+    return adv.cross_entropy(clean, y) + self.beta * adv.kl_divergence(
+        clean, adv.logits_of(model, x_adv, training))
+
+
+@dataclasses.dataclass
+class LadRobustOptions:
+  """lad_robust's parts; all off but the noise is N-FGSM alone (de Jorge et al. 2022).
+
+  noise: the start's uniform noise radius in units of eps (N-FGSM: 2, i.e. larger than eps).
+  step: the signed step in units of eps (N-FGSM: 1). The result is clipped to [0, 1] only, not to
+    the eps ball (as N-FGSM).
+  guided_fraction: share of each batch whose start follows the boundary-guided direction (same noise
+    magnitudes, signs from sign(G(z + t d) - G(z)); pixels the decoder leaves unchanged keep random
+    signs). 0: N-FGSM's noise everywhere.
+  targeted: the step also lowers the CE of the nearest-boundary class (ascends CE(y) - CE(target)).
+  trades_beta: > 0 trains on CE(f(x), y) + beta * KL(f(x) || f(x')) with the step ascending that KL
+    (single-step TRADES) instead of CE(f(x'), y).
+  manifold_weight: > 0 adds weight * CE(f(x_decoded), y), LAD's Eq. 4 term on decoded examples.
+  """
+  noise: float = 2.0
+  step: float = 1.0
+  guided_fraction: float = 0.0
+  targeted: bool = False
+  trades_beta: float = 0.0
+  manifold_weight: float = 0.0
+
+
+class LadRobustLoss(_Loss):
+  """Ours: one N-FGSM-style step whose start (and optionally aim) LAD's latent boundaries choose."""
+
+  def __init__(self, eps, options=LadRobustOptions()):
+    super().__init__()
+    if not 0.0 <= options.guided_fraction <= 1.0:
+      raise ValueError(f"guided_fraction must be in [0, 1], got {options.guided_fraction}")
+    self.eps, self.options = float(eps), options
+
+  def needs(self):
+    """The per-example extras (keys of x) this configuration reads."""
+    o = self.options
+    return tuple(k for k, used in (("guide", o.guided_fraction > 0), ("target", o.targeted),
+                                   ("decoded", o.manifold_weight > 0)) if used)
+
+  def start(self, x, features):
+    o = self.options
+    magnitude = o.noise * self.eps
+    noise = adv.uniform_noise(x, magnitude)
+    if o.guided_fraction > 0:
+      guide = tf.cast(features["guide"], x.dtype)
+      guided = tf.where(guide != 0, tf.abs(noise) * guide, noise)
+      n = tf.shape(x)[0]
+      use = tf.range(n) < tf.cast(tf.round(o.guided_fraction * tf.cast(n, tf.float32)), tf.int32)
+      noise = tf.where(use[:, None, None, None], guided, noise)
+    return tf.clip_by_value(x + noise, 0.0, 1.0)
+
+  def __call__(self, model, x, y, training=True):
+    o = self.options
+    features = x if isinstance(x, dict) else {}
+    missing = [k for k in self.needs() if k not in features]
+    if missing:
+      raise ValueError(f"lad_robust with these options needs x[{missing}] (boundary_start.features)")
+    x = images_of(x)
+    start = self.start(x, features)
+    if o.trades_beta > 0:
+      clean_eval = tf.stop_gradient(adv.logits_of(model, x))
+      base = lambda logits: adv.kl_divergence(clean_eval, logits)
+    else:
+      base = lambda logits: adv.cross_entropy(logits, y)
+    objective = base
+    if o.targeted:
+      objective = lambda logits: base(logits) - adv.cross_entropy(logits, features["target"])
+    grad, _ = adv.input_gradient(model, start, objective)
+    x_adv = tf.stop_gradient(tf.clip_by_value(
+        start + self.step_scale * o.step * self.eps * tf.sign(grad), 0.0, 1.0))
+    adv_logits = adv.logits_of(model, x_adv, training)
+    if o.trades_beta > 0:
+      clean = adv.logits_of(model, x, training)
+      losses = adv.cross_entropy(clean, y) + o.trades_beta * adv.kl_divergence(clean, adv_logits)
+    else:
+      losses = adv.cross_entropy(adv_logits, y)
+    if o.manifold_weight > 0:
+      losses += o.manifold_weight * adv.cross_entropy(adv.logits_of(model, features["decoded"], training), y)
+    return losses

@@ -1,0 +1,157 @@
+"""`train`: one entry point for every robust-training method of issue 13.
+
+  standard    clean training, CE(f(x), y), with the robust methods' optimizer and schedule (the
+              cost reference: cost ratios divide by its wall time)
+  clean       the paper's Eq. 4 fine-tuning with x' = x (LAD's control; lad_tf.defence)
+  lad         the paper's Eq. 4 fine-tuning on LAD's decoded examples (lad_tf.defence)
+  fgsm_rs     FGSM with a random start, step 1.25 eps (Wong et al. 2020)
+  pgd_at      PGD-10 adversarial training (Madry et al. 2018)
+  trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
+  lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
+
+The decoder and boundaries are used only while training; the result is the classifier alone.
+"""
+import dataclasses
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lad_tf import defence
+from lad_tf.robust import boundary_start, guard as guard_lib, losses
+from lad_tf.robust.trainer import RobustTrainer
+
+METHODS = ("standard", "clean", "lad", "fgsm_rs", "pgd_at", "trades", "lad_robust")
+SINGLE_STEP = ("fgsm_rs", "lad_robust")
+
+
+@dataclasses.dataclass
+class RobustConfig:
+  """What `train` needs. Adam at `learning_rate` for the adversarial methods and `standard`; `lad`
+  and `clean` keep lad_tf.defence's Eq. 4 settings (SGD 0.001, momentum 0.5, batch 64)."""
+  method: str = "lad_robust"
+  eps: float = 0.1
+  epochs: int = 5
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  seed: int = 0
+  pgd_steps: int = 10
+  trades_beta: float = 6.0
+  fgsm_alpha: float = 1.25
+  options: losses.LadRobustOptions = dataclasses.field(
+      default_factory=lambda: losses.LadRobustOptions(guided_fraction=0.5))
+  guide_strength: float = 0.5      # how far along the boundary normal the guide looks (latent units)
+  guide_threshold: float = 0.0     # decode changes at most this leave the pixel's sign random
+  guard: Optional[bool] = None     # None: on for the single-step methods
+  guard_examples: int = 1000       # held-out training images for the guard (0: no hold-out)
+  guard_max_drop: float = 0.2
+  guard_max_gap: float = 0.3
+  latent_layer: str = "latent"
+  verbose: int = 0
+
+
+def make_loss(config):
+  """The per-example loss of a method (lad_tf.robust.losses); `clean` and `lad` have none here."""
+  m = config.method
+  if m == "standard":
+    return losses.StandardLoss()
+  if m == "fgsm_rs":
+    return losses.FgsmRsLoss(config.eps, config.fgsm_alpha)
+  if m == "pgd_at":
+    return losses.PgdLoss(config.eps, config.pgd_steps)
+  if m == "trades":
+    return losses.TradesLoss(config.eps, config.trades_beta, config.pgd_steps)
+  if m == "lad_robust":
+    return losses.LadRobustLoss(config.eps, config.options)
+  raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
+
+
+def _check(config, generator, boundaries):
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method '{config.method}'; one of {', '.join(METHODS)}")
+  if not config.eps > 0:
+    raise ValueError(f"eps must be > 0, got {config.eps}")
+  needs_lad = config.method == "lad" or (config.method == "lad_robust" and (
+      config.options.guided_fraction > 0 or config.options.targeted or config.options.manifold_weight > 0))
+  if needs_lad and (generator is None or boundaries is None):
+    raise ValueError(f"method '{config.method}' with these options needs LAD's generator and boundaries "
+                     f"(run `python -m pipelines.defend` once, or pass generator= and boundaries=)")
+
+
+def holdout_split(n, holdout, seed):
+  """(train rows, held-out rows): `holdout` random training rows kept for the guard."""
+  order = np.random.default_rng(seed + 1000).permutation(n)
+  holdout = min(holdout, n // 5)
+  return np.sort(order[holdout:]), np.sort(order[:holdout])
+
+
+def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=None, log=None,
+          lad_classifier=None):
+  """Trains a copy of `classifier` with config.method on training images x, labels y.
+
+  Args:
+    classifier: the starting classifier (logits; a trained one to fine-tune, a fresh one to train
+      from scratch); left unchanged.
+    x, y: training images (float32 NHWC in [0, 1]) and int labels. config.guard_examples of them are
+      held out for the guard (the same rows for every method of a seed), the rest train.
+    config: RobustConfig.
+    generator, boundaries: LAD's decoder and the classifier's fitted boundaries (for `lad`, and for
+      `lad_robust` with a guided start, a targeted step or the on-manifold term).
+    log: optional callable(str) for progress lines.
+    lad_classifier: the classifier the generator and boundaries belong to (default: `classifier`;
+      pass the trained one when `classifier` is a fresh model trained from scratch).
+  Returns:
+    (model, info): the trained classifier (keras.Model, logits) and a dict with train_s (wall time,
+    including the boundary-guided precomputation and the guard), prepare_s, guard history, epochs run.
+  """
+  _check(config, generator, boundaries)
+  say = log or (lambda _: None)
+  lad_classifier = classifier if lad_classifier is None else lad_classifier
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+  rows, held = holdout_split(len(y), config.guard_examples, config.seed)
+  keras.utils.set_random_seed(config.seed)
+  start = time.perf_counter()
+  info = {"method": config.method, "epochs": config.epochs, "train_examples": int(len(rows))}
+  if config.method in ("clean", "lad"):
+    x_adv = x[rows]
+    if config.method == "lad":
+      x_adv = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
+                                      latent_layer=config.latent_layer, seed=config.seed,
+                                      need=("decoded",))["decoded"]
+    info["prepare_s"] = time.perf_counter() - start
+    model = defence.fine_tune(classifier, x[rows], x_adv, y[rows], defence.FineTuneConfig(
+        epochs=config.epochs, seed=config.seed, verbose=config.verbose))
+    info["train_s"] = time.perf_counter() - start
+    return model, info
+  loss_fn = make_loss(config)
+  inputs = {"image": x[rows]}
+  if isinstance(loss_fn, losses.LadRobustLoss) and loss_fn.needs():
+    extras = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
+                                     strength=config.guide_strength, threshold=config.guide_threshold,
+                                     latent_layer=config.latent_layer,
+                                     seed=config.seed, need=loss_fn.needs())
+    inputs.update({k: extras[k] for k in loss_fn.needs()})
+  info["prepare_s"] = time.perf_counter() - start
+  ds = tf.data.Dataset.from_tensor_slices((inputs, y[rows])).shuffle(
+      min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
+          config.batch_size).prefetch(tf.data.AUTOTUNE)
+  trainer = RobustTrainer(defence.clone_classifier(classifier), loss_fn)
+  trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+  use_guard = config.method in SINGLE_STEP if config.guard is None else config.guard
+  callbacks = []
+  if use_guard:
+    if len(held) == 0:
+      raise ValueError("the guard needs held-out training images: set guard_examples > 0")
+    guard = guard_lib.OverfittingGuard(x[held], y[held], config.eps, max_drop=config.guard_max_drop,
+                                       max_gap=config.guard_max_gap, log=say)
+    callbacks.append(guard)
+  history = trainer.fit(ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks).history
+  info["train_s"] = time.perf_counter() - start
+  info["loss"] = [float(v) for v in history.get("loss", [])]
+  if use_guard:
+    info["guard"] = {"history": guard.history, "rollbacks": guard.rollbacks,
+                     "selected_epoch": guard.selected_epoch,
+                     "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
+  return trainer.classifier, info

@@ -1,0 +1,187 @@
+"""Robust-training benchmark (issue 13): every method on the same model and data, several seeds.
+
+`python -m pipelines.benchmark robust --dataset=fashion_mnist|mnist [--data_dir=...] --output=F.json
+ [--set=train_examples=6000,epochs=3,seeds=3,...]`
+
+Setup, once (timed apart, not in any method's cost): the starting classifier (`model`, trained
+`pretrain_epochs` epochs on the whole training split, seed 0), LAD's decoder on its latents
+(`generator_epochs` epochs on `generator_examples` training images) and the attention-SVM boundaries
+on the calibration split (lad_tf.datasets.calibration_split, the dataset's per-class count).
+
+Per seed: `train_examples` random training images (plus `guard_examples` held out of them for the
+catastrophic-overfitting guard); every method fine-tunes the starting classifier for `epochs`
+epochs (lad_tf.robust.train; `init="scratch"` trains fresh models instead), then is evaluated on the
+same `eval_examples` images of the evaluation split (never the calibration split): clean accuracy,
+PGD-40 (cleverhans, random start, step 2.5 eps / 40) and `autoattack`: the accuracy under the
+`autoattack` option's attack (lad_tf.attacks.autoattack "standard" by default, "fast", or "apgd-ce"),
+counted per example as the worst case of it and PGD-40. train_s is each method's wall time (including the
+boundary-guided precomputation and the guard); cost_ratio divides it by `standard`'s (clean training,
+same optimizer, epochs and data) in the same seed, side by side on the same machine.
+
+The ablation trains lad_robust's parts cumulatively: N-FGSM alone, + boundary-guided start (the
+default `lad_robust`, which is this row), + targeted step, + on-manifold term, + TRADES loss.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+DATASET_EPS = {"fashion_mnist": 0.1, "mnist": 0.3, "digits": 0.1}
+METHODS = ("standard", "clean", "lad", "fgsm_rs", "pgd_at", "trades")
+METRICS = ("clean", "pgd40", "autoattack", "train_s", "cost_ratio")
+
+
+AUTOATTACKS = {
+    "standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; lad_tf.attacks.autoattack)",
+    "fast": "AutoAttack fast (APGD-CE, APGD-T; lad_tf.attacks.autoattack)",
+    "apgd-ce": "APGD-CE, 100 iterations (lad_tf.attacks.apgd)",
+}
+
+
+def strongest_attack(model, x, y, eps, version="standard"):
+  """Adversarial images from the AutoAttack ensemble (`version` "standard" or "fast"), or APGD-CE
+  alone ("apgd-ce", the figure before the ensemble was merged)."""
+  from lad_tf import attacks
+  if version not in AUTOATTACKS:
+    raise ValueError(f"autoattack must be one of {', '.join(AUTOATTACKS)}, got '{version}'")
+  if version == "apgd-ce":
+    return attacks.apgd(model, x, y, eps, n_iter=100, seed=0)
+  return attacks.autoattack(model, x, y, eps, version=version, seed=0)[0]
+
+
+def ablation_options():
+  from lad_tf.robust.losses import LadRobustOptions
+  steps = [("nfgsm", {}), ("+guided_start", {"guided_fraction": 0.5}), ("+targeted", {"targeted": True}),
+           ("+on_manifold", {"manifold_weight": 0.5}), ("+trades", {"trades_beta": 6.0})]
+  out, fields = {}, {}
+  for name, change in steps:
+    fields = {**fields, **change}
+    out[name] = LadRobustOptions(**fields)
+  return out
+
+
+def evaluate(model, x, y, eps, autoattack="standard"):
+  from lad_tf import attacks
+  predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
+  clean = predict(x) == y
+  pgd = predict(attacks.pgd(model, x, eps, y=y, nb_iter=40, seed=0)) == y
+  strong = predict(strongest_attack(model, x, y, eps, autoattack)) == y
+  return {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
+          "autoattack": float((strong & pgd & clean).mean())}
+
+
+def _summary(rows):
+  out = {}
+  for key in METRICS:
+    values = np.array([r[key] for r in rows], np.float64)
+    out[key] = {"mean": float(values.mean()), "std": float(values.std())}
+  out["seeds"] = rows
+  return out
+
+
+def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
+        epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
+        generator_examples=20000, guard_examples=1000, learning_rate=1e-3, init="finetune",
+        ablation=True, bfloat16=False, attention="none", autoattack="standard", partial=None):
+  """See the module docstring; `n` overrides eval_examples, `seed` is the first seed."""
+  import keras
+  if bfloat16:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  from lad_tf import boundary, datasets, models, robust, training
+  from lad_tf import generator as generator_lib
+
+  say = lambda message: print(message, flush=True)
+  spec = datasets.get_spec(dataset)
+  data = datasets.load(dataset, data_dir)
+  eps = float(eps or DATASET_EPS.get(dataset, spec.attack_eps))
+  model_name = model or spec.classifier
+  eval_examples = n or eval_examples
+  calibration, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed=0)
+  if len(evaluation) < eval_examples:
+    raise ValueError(f"{dataset} has {len(evaluation)} evaluation images, fewer than eval_examples={eval_examples}")
+  pick = np.sort(np.random.default_rng(0).choice(len(evaluation), eval_examples, replace=False))
+  x_eval, y_eval = evaluation.x[pick], evaluation.y[pick]
+  options = dict(dataset=dataset, eps=eps, model=model_name, train_examples=train_examples, epochs=epochs,
+                 seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
+                 generator_epochs=generator_epochs, generator_examples=generator_examples,
+                 guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
+                 attention=attention,
+                 autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
+  say(f"robust benchmark: {options}")
+
+  setup_start = time.perf_counter()
+  keras.utils.set_random_seed(0)
+  base = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
+  training.train_classifier(base, data.train, datasets.Split(x_eval, y_eval), training.TrainConfig(
+      epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, verbose=0), None)
+  phi, _ = models.split_at_latent(base)
+  phi.trainable = False
+  latent_dim = int(phi.output_shape[-1])
+  try:
+    generator = models.build_generator(spec.generator, latent_dim, spec.image_shape)
+  except ValueError:
+    generator = models.build_generator("conv_decoder", latent_dim, spec.image_shape)
+  gen_rows = np.random.default_rng(0).choice(len(data.train), min(generator_examples, len(data.train)),
+                                             replace=False)
+  gen_result = generator_lib.train_generator(
+      phi, generator, data.train.take(gen_rows), calibration, generator_lib.GeneratorConfig(
+          epochs=generator_epochs, recon_norm=spec.recon_norm, verbose=0), None)
+  fitted = boundary.fit_boundaries(generator_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
+                                   boundary.BoundaryConfig(mode=attention))
+  setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack),
+           "generator_test_loss": gen_result["test_loss"],
+           "boundary_fit_accuracy": float(np.mean(fitted.fit_accuracy)),
+           "parameters": int(base.count_params())}
+  say(f"setup: {setup}")
+
+  variants = [(m, None) for m in METHODS]
+  variants += list(ablation_options().items()) if ablation else [("+guided_start", ablation_options()["+guided_start"])]
+  rows = {name: [] for name, _ in variants}
+  guard_logs = {}
+  result = {}
+
+  def assemble():
+    methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
+    if rows["+guided_start"]:
+      methods["lad_robust"] = _summary(rows["+guided_start"])
+    abl = {name: _summary(rows[name]) for name, _ in variants if name.startswith(("nfgsm", "+")) and rows[name]}
+    result.update({"dataset": dataset, "eps": eps, "model": model_name, "parameters": setup["parameters"],
+                   "options": options, "setup": setup, "methods": methods,
+                   "ablation": abl if ablation else {}, "lad_robust_is": "+guided_start",
+                   "guard": guard_logs})
+    return result
+
+  for s in range(seed, seed + seeds):
+    rng = np.random.default_rng(s)
+    rows_s = rng.choice(len(data.train), min(train_examples + guard_examples, len(data.train)), replace=False)
+    x_train, y_train = data.train.x[rows_s], data.train.y[rows_s]
+    for name, opts in variants:
+      method = "lad_robust" if opts is not None else name
+      config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, seed=s, learning_rate=learning_rate,
+                                   guard_examples=guard_examples,
+                                   **({"options": opts} if opts is not None else {}))
+      if init == "scratch":
+        keras.utils.set_random_seed(s)
+        start = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
+      else:
+        start = base
+      trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
+                                   lad_classifier=base, log=say)
+      figures = evaluate(trained, x_eval, y_eval, eps, autoattack)
+      figures.update(seed=s, train_s=info["train_s"], prepare_s=info.get("prepare_s", 0.0))
+      if "guard" in info:
+        guard_logs[f"{name}/seed{s}"] = info["guard"]
+        figures["guard_rollbacks"] = info["guard"]["rollbacks"]
+        figures["guard_s"] = info["guard"].get("seconds", 0.0)
+      rows[name].append(figures)
+      say(f"seed {s} {name}: {figures}")
+    standard_s = rows["standard"][-1]["train_s"]
+    for name, _ in variants:
+      rows[name][-1]["cost_ratio"] = rows[name][-1]["train_s"] / standard_s
+    if partial:
+      with open(partial, "w") as f:
+        json.dump(assemble(), f, indent=2, sort_keys=True, default=float)
+      say(f"partial figures after seed {s} written to {partial}")
+  return assemble()
