@@ -172,3 +172,29 @@ def test_a_workdir_refuses_other_settings(defended):
   workdir, _ = defended
   with pytest.raises(ValueError, match="made with other settings"):
     pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", seed=7))
+
+
+# metrics.json of the digits run above made by the code before the architecture refactor (commit
+# 6d6628d, deterministic from run to run on CPU): the refactor must not change a number.
+PINNED = os.path.join(os.path.dirname(__file__), "testdata", "digits_defend_metrics.json")
+
+
+def _leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from _leaves(value, f"{prefix}{key}.")
+  else:
+    yield prefix[:-1], tree
+
+
+def test_defend_metrics_match_the_pinned_values(defended):
+  _, metrics = defended
+  with open(PINNED) as f:
+    pinned = dict(_leaves(json.load(f)))
+  got = dict(_leaves({k: v for k, v in metrics.items() if k not in ("stages_s", "export_path")}))
+  assert sorted(got) == sorted(pinned)
+  for key, value in pinned.items():
+    if isinstance(value, float):
+      assert abs(got[key] - value) <= 1e-6, f"{key}: {got[key]} != pinned {value}"
+    else:
+      assert got[key] == value, f"{key}: {got[key]} != pinned {value}"
