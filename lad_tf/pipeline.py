@@ -4,7 +4,7 @@ Each stage writes one folder of the work directory (lad_tf.workdir) and is skipp
 so a re-run does nothing and a killed run resumes at the stage it was in (training stages resume at
 their last finished epoch). `pipelines/defend.py` is the command line over `run_defend`.
 
-Distribution (DefendConfig.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
+Distribution (DefendConfig.execution.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
 loops (classifier, generator, fine-tuning) run under the chosen tf.distribute strategy; boundaries
 and generation are cheap and run on every worker alike. Under `multi_worker` every worker runs the
 same pipeline; only the chief writes the work directory and exports, the others work in a temporary
@@ -22,7 +22,8 @@ import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
-from lad_tf import datasets, defence, distribute, figures, generation, models, training
+from lad_tf import datasets, defence, distribute, execution, figures, generation, models, training
+from lad_tf.execution import ExecutionConfig
 from lad_tf import generator as generator_lib
 from lad_tf.workdir import WorkDir, read_json, write_json
 
@@ -41,7 +42,6 @@ class DefendConfig:
   latent_layer: Optional[str] = None        # default: the spec's ("latent")
   architecture: Optional[str] = None        # zoo classifier to train; default: the spec's
   generator_architecture: Optional[str] = None
-  seed: int = 0
   calibration_per_class: Optional[int] = None
   classifier_epochs: Optional[int] = None
   generator_epochs: Optional[int] = None
@@ -59,20 +59,17 @@ class DefendConfig:
   export_base: Optional[str] = None
   model_name: str = "lad"
   force: Sequence[str] = ()
-  verbose: int = 2
-  # Execution (not identity: they do not change what a stage means)
-  strategy: str = "default"                 # tf.distribute strategy: default, mirrored, multi_worker
-  loop: str = "auto"                        # auto: custom loop under multi_worker, Keras fit otherwise
-  deterministic: bool = False               # tf.config.experimental.enable_op_determinism + seeds
-  mixed_precision: bool = False             # mixed_float16 on GPUs (a warning and no-op on CPUs)
-  jit_compile: bool = False                 # XLA for the fit loops (slower for LeNet on CPU)
+  # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
+  execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+
+  @property
+  def seed(self):
+    return self.execution.seed
 
   def resolved(self):
     spec = datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
       raise ValueError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
-    if self.strategy not in distribute.STRATEGIES:
-      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
     return dataclasses.replace(
         self,
         latent_layer=self.latent_layer or spec.latent_layer,
@@ -113,8 +110,8 @@ class DefendRun:
   def __init__(self, workdir, config, progress=None):
     self.config = config.resolved()
     c = self.config
-    self.strategy = distribute.get_strategy(c.strategy)  # first: MultiWorkerMirroredStrategy needs it
-    distribute.configure(seed=c.seed, deterministic=c.deterministic, mixed_precision=c.mixed_precision)
+    self.strategy = c.execution.get_strategy()  # first: MultiWorkerMirroredStrategy needs it
+    execution.configure(c.execution)
     self.chief = distribute.is_chief(self.strategy)
     self.work = WorkDir(workdir if self.chief else self._worker_dir(workdir))
     self.say = progress or log.info
@@ -167,11 +164,10 @@ class DefendRun:
         history, _ = training.train_classifier(
             model, self.data.train, self.evaluation,
             training.TrainConfig(epochs=c.classifier_epochs, batch_size=self.spec.classifier_batch_size,
-                                 seed=c.seed, verbose=c.verbose, loop=c.loop, jit_compile=c.jit_compile),
-            out, strategy=self.strategy)
+                                 execution=c.execution), out)
         metrics = {"source": c.architecture, "history": history}
       models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
-      metrics["test_accuracy"] = training.accuracy(model, self.evaluation)
+      metrics["test_accuracy"] = training.accuracy(model, self.evaluation.x, self.evaluation.y)
       model.save(os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), metrics)
       shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
@@ -198,8 +194,7 @@ class DefendRun:
       result = generator_lib.train_generator(
           phi, generator, self.data.train, self.evaluation,
           generator_lib.GeneratorConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
-                                        recon_norm=c.recon_norm, seed=c.seed, verbose=c.verbose, loop=c.loop,
-                                        jit_compile=c.jit_compile), out, strategy=self.strategy)
+                                        recon_norm=c.recon_norm, execution=c.execution), out)
       generator.save(os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm, **result})
       sample = self.evaluation.x[:12]
@@ -286,8 +281,7 @@ class DefendRun:
     def run(out):
       c = self.config
       classifier = self.classifier()
-      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, seed=c.seed, verbose=c.verbose, loop=c.loop,
-                                    jit_compile=c.jit_compile)
+      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, execution=c.execution)
       if c.fine_tune_mode == "on_the_fly":
         defended = self._fine_tune_on_the_fly(classifier, tune, out)
       else:
@@ -300,8 +294,8 @@ class DefendRun:
         self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in eps)}): "
                  f"{len(rows)} generated examples, {c.fine_tune_epochs} epochs")
         defended = defence.fine_tune(classifier, self.calibration.x[index], generated["x_adv"][rows],
-                                     self.calibration.y[index], tune, state_dir=out, strategy=self.strategy)
-      accuracy = training.accuracy(defended, self.evaluation)
+                                     self.calibration.y[index], tune, state_dir=out)
+      accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
       defended.save(os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"clean_accuracy": accuracy, "mode": c.fine_tune_mode,
                                                      "eps": list(c.fine_tune_eps)})
@@ -316,7 +310,7 @@ class DefendRun:
     generator = load_model(self.work.path("generator", "model.keras"))
     boundaries = self.boundaries()
     scale = generation.latent_scale(generator_lib.latents(phi, self.calibration.x))
-    trainer = defence.make_trainer(classifier, tune, self.strategy)
+    tuning = defence.fine_tuning(classifier, tune)
     rng = np.random.default_rng(c.seed)
     for epoch in range(tune.epochs):
       idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
@@ -325,11 +319,10 @@ class DefendRun:
       eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
       gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
       x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
-      history = defence.train_pairs(trainer, defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch),
-                                    1, tune, strategy=self.strategy, verbose=0)
+      history = tuning.fit(defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch), 1, verbose=0)
       self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
                ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
-    return defence.unscoped(trainer.classifier, self.strategy)
+    return tuning.finish()
 
   # -- summary and export -------------------------------------------------------------------
   def write_metrics(self):

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import boundary, defence, generation, pipeline
+from lad_tf import boundary, defence, execution, generation, pipeline
+
+
+QUIET = execution.ExecutionConfig(verbose=0)
 
 
 # -- attention and boundaries -------------------------------------------------------------------
@@ -78,16 +81,18 @@ def test_one_fine_tuning_step_lowers_the_eq4_loss():
   x = rng.random((32, 6)).astype(np.float32)
   x_adv = np.clip(x + rng.normal(scale=0.2, size=x.shape), 0, 1).astype(np.float32)
   y = rng.integers(0, 3, size=32)
-  trainer = defence.AdversarialFineTuning(model, alpha=0.5)
+  eq4 = lambda alpha: float(tf.reduce_mean(defence.eq4_loss(alpha)(model, (x, x_adv), y, False)["loss"]))
+  trainer = execution.LossTrainer(model, defence.eq4_loss(0.5))
   trainer.compile(optimizer=keras.optimizers.SGD(0.1))
-  before = float(trainer.eq4_loss(x, x_adv, y)[0])
+  trainer.build_metrics(tf.data.Dataset.from_tensor_slices(((x, x_adv), y)).batch(32).element_spec)
+  before = eq4(0.5)
   trainer.train_on_batch((x, x_adv), y)
-  after = float(trainer.eq4_loss(x, x_adv, y)[0])
+  after = eq4(0.5)
   assert after < before
-  # alpha weighs the two terms: alpha = 1 ignores the adversarial examples
-  only_clean = defence.AdversarialFineTuning(model, alpha=1.0)
+  # alpha weighs the two terms: alpha = 1 ignores the adversarial examples, alpha = 0 the clean ones
   ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  np.testing.assert_allclose(float(only_clean.eq4_loss(x, x_adv, y)[0]), float(ce(y, model(x))), rtol=1e-6)
+  np.testing.assert_allclose(eq4(1.0), float(ce(y, model(x))), rtol=1e-6)
+  np.testing.assert_allclose(eq4(0.0), float(ce(y, model(x_adv))), rtol=1e-6)
 
 
 def test_fine_tune_leaves_the_original_untouched():
@@ -95,7 +100,7 @@ def test_fine_tune_leaves_the_original_untouched():
   model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
   weights = [w.copy() for w in model.get_weights()]
   x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
-  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, verbose=0))
+  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, execution=QUIET))
   assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
   assert not all(np.array_equal(a, b) for a, b in zip(weights, tuned.get_weights()))
 
@@ -103,7 +108,7 @@ def test_fine_tune_leaves_the_original_untouched():
 # -- the pipeline on digits ---------------------------------------------------------------------
 CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
-                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), verbose=0)
+                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), execution=QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +176,7 @@ def test_second_run_skips_every_stage(defended, caplog):
 def test_a_workdir_refuses_other_settings(defended):
   workdir, _ = defended
   with pytest.raises(ValueError, match="made with other settings"):
-    pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", seed=7))
+    pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", execution=execution.ExecutionConfig(seed=7)))
 
 
 # metrics.json of the digits run above made by the code before the architecture refactor (commit

@@ -15,7 +15,7 @@ update (5, with Adam lr 2e-4, beta1 0, beta2 0.9 in the original WGAN-GP and Son
 `build_generator` / `build_critic` make small DCGAN-style networks for any H x W x C image with H, W
 divisible by 4 (28x28x1 by default, 32x32x3 likewise); images are float32 in [0, 1] (sigmoid output).
 `ACWGANGP` is the trainer (a keras.Model whose train_step does one generator update, keras-io style),
-so `fit` with lad_tf.training.fit_resumable resumes after a kill. `ACGAN` holds the two trained
+so `fit` with lad_tf.execution.fit_resumable resumes after a kill. `ACGAN` holds the two trained
 networks for the attack, and saves / loads them.
 """
 import dataclasses
@@ -295,7 +295,7 @@ def train_acgan(train, image_shape, num_classes, config=ACGANConfig(), state_dir
   calling again with the same arguments after a kill resumes at the last finished epoch. `progress`
   (a callable taking one string) gets one line per epoch.
   """
-  from lad_tf.training import fit_resumable  # pylint: disable=import-outside-toplevel
+  from lad_tf.execution import fit_resumable  # pylint: disable=import-outside-toplevel
   trainer = build_trainer(image_shape, num_classes, config)
   ds = (tf.data.Dataset.from_tensor_slices((np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)))
         .cache().shuffle(min(len(train.y), 20000), seed=config.seed, reshuffle_each_iteration=True)

@@ -53,6 +53,7 @@ def run(dataset="fashion_mnist", n=0, seed=0):
 
   from lad_tf import boundary, datasets, generation, models, training
   from lad_tf import generator as generator_lib
+  from lad_tf.execution import ExecutionConfig
 
   n = n or 2000
   spec = datasets.get_spec(dataset)
@@ -65,12 +66,12 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   import tempfile
   with tempfile.TemporaryDirectory() as state:
     training.train_classifier(classifier, data.train, data.test,
-                              training.TrainConfig(epochs=CLASSIFIER_EPOCHS, seed=seed, verbose=0), state)
+                              training.TrainConfig(epochs=CLASSIFIER_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)), state)
     phi, _ = models.split_at_latent(classifier)
     decoder = models.build_generator(spec.generator, int(phi.output_shape[-1]), spec.image_shape)
     subset = data.train.take(np.arange(min(GENERATOR_EXAMPLES, len(data.train))))
     generator_lib.train_generator(phi, decoder, subset, data.test.take(np.arange(min(512, len(data.test)))),
-                                  generator_lib.GeneratorConfig(epochs=GENERATOR_EPOCHS, seed=seed, verbose=0),
+                                  generator_lib.GeneratorConfig(epochs=GENERATOR_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)),
                                   state)
   calibration, evaluation = datasets.calibration_split(data.test, CALIBRATION_PER_CLASS, seed)
   z_cal = generator_lib.latents(phi, calibration.x)
