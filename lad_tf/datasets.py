@@ -65,18 +65,15 @@ class DatasetSpec:
   system_dirs: Tuple[str, ...] = ()
   embedded: Optional[Callable[[], dict]] = None
 
-  @property
-  def value_range(self):
-    return (0.0, 1.0)
-
 
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 _MNIST_EPS = (0.5, 2.0, 5.0, 10.0, 12.0, 15.0, 18.0, 20.0, 25.0)
 
 
 def _celeba_tfds(data_dir):
-  return tfds_source.load("celeb_a", data_dir=data_dir,
-                          label_fn=lambda e: e["attributes"]["Smiling"], image_size=(128, 128))
+  # the same face square as the local folder (celeba.crop_face), not a squash of the whole 178x218
+  return tfds_source.load("celeb_a", data_dir=data_dir, label_fn=lambda e: e["attributes"]["Smiling"],
+                          image_fn=celeba.crop_face)
 
 
 REGISTRY = {

@@ -82,3 +82,13 @@ def fine_tune(classifier, x, x_adv, y, config=FineTuneConfig(), state_dir=None):
   ds = paired_dataset(x, x_adv, y, config.batch_size, config.execution.seed)
   training.fit(ds, config.epochs, None if state_dir is None else os.path.join(state_dir, "fine_tune"))
   return training.finish()
+
+
+def fine_tuning_rows(generated, mode, fine_tune_eps):
+  """The rows of a GeneratedSet the defence fine-tunes on: those at every fine_tune_eps ("mix") or
+  at the first one ("eps"). Used by the pipeline and by the evaluation (its LAD sweep and baselines)."""
+  eps = tuple(fine_tune_eps) if mode == "mix" else tuple(fine_tune_eps)[:1]
+  rows = generated.rows_at(eps)
+  if len(rows) == 0:
+    raise ValueError(f"no generated examples at eps {list(eps)}; generated eps: {np.unique(generated.eps).tolist()}")
+  return rows

@@ -204,7 +204,8 @@ def custom_loop_optimizer(strategy, make_optimizer):
   import keras
   with strategy.scope():
     optimizer = make_optimizer()
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
+    if (keras.mixed_precision.global_policy().name == "mixed_float16"
+        and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
 

@@ -31,7 +31,7 @@ def define_distribution_flags():
                     "variable; run the same command on every worker, only the chief writes --workdir).")
   flags.DEFINE_bool("deterministic", False, "Reproducible runs: seeds everything and enables "
                     "tf.config.experimental.enable_op_determinism (slower on GPUs).")
-  flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16", "auto"],
+  flags.DEFINE_enum("precision", "auto", ["float32", "mixed_float16", "mixed_bfloat16", "auto"],
                     "Keras dtype policy of training (losses in float32): mixed_float16 on GPUs (float32 "
                     "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
                     "lad_tf.execution.auto_precision measured accurate enough on this hardware.")

@@ -101,14 +101,14 @@ def sample_images(dataset, input_shape, k, data_dir=None, seed=0):
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO)
-  import keras
   try:
     import lad_tf.models  # noqa: F401  Registers any custom layers before deserialising.
   except Exception:  # pylint: disable=broad-except
     pass
   workdir = os.path.abspath(FLAGS.workdir)
   model_path, stage = find_model(workdir)
-  model = keras.models.load_model(model_path, compile=False)
+  from lad_tf.workdir import load_model
+  model = load_model(model_path)
   input_shape = tuple(model.inputs[0].shape[1:])
   if any(d is None for d in input_shape):
     raise app.UsageError(f"{model_path} has an input shape {input_shape} with free dimensions; "

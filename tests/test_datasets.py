@@ -179,3 +179,22 @@ def test_calibration_split_refuses_to_eat_the_test_set(digits):
 def test_unknown_dataset():
   with pytest.raises(KeyError, match="known: celeba_smile, digits, fashion_mnist, mnist, svhn"):
     datasets.get_spec("cifar10")
+
+
+def test_tfds_and_local_celeba_crop_the_same_face_square(tmp_path, monkeypatch):
+  import tensorflow as tf
+  from lad_tf.sources import celeba, tfds_source
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
+  image[:20] = 0  # the rows above the face square must not reach the crop
+  path = tmp_path / "face.png"
+  tf.io.write_file(str(path), tf.io.encode_png(image))  # lossless: both paths see the same pixels
+  local = celeba.decode_face(str(path))
+  seen = {}
+  monkeypatch.setattr(tfds_source, "load", lambda name, **kw: seen.update(kw) or {})
+  datasets._celeba_tfds(None)
+  through_tfds = seen["image_fn"](tf.constant(image)).numpy()
+  assert local.shape == through_tfds.shape == (128, 128, 3)
+  np.testing.assert_allclose(through_tfds, local, atol=1e-6)
+  squashed = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (128, 128), antialias=True).numpy()
+  assert np.abs(squashed - local).mean() > 0.05  # the old TFDS path (the whole image squashed) differs

@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 
 from lad_tf import boundary, defence, execution, generation, pipeline
+from lad_tf.workdir import WorkDir
+from pipelines import stages
 
 
 QUIET = execution.ExecutionConfig(verbose=0)
@@ -114,7 +116,7 @@ CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_
 @pytest.fixture(scope="module")
 def defended(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("defend"))
-  return workdir, pipeline.run_defend(workdir, CONFIG)
+  return workdir, stages.run_defend(workdir, CONFIG)
 
 
 def test_defend_writes_every_metric(defended):
@@ -142,13 +144,13 @@ def test_success_rate_rises_with_eps(defended):
 
 def test_eps_zero_gives_back_the_reconstruction(defended):
   workdir, _ = defended
-  generated = generation.load(os.path.join(workdir, "generation", "generated.npz"))
   run = pipeline.DefendRun(workdir, CONFIG)
+  generated = run.work.generated(len(run.calibration))
   phi, _ = pipeline.models.split_at_latent(run.classifier())
-  generator = pipeline.load_model(os.path.join(workdir, "generator", "model.keras"))
-  rows = generated["eps"] == 0.0
+  generator = run.work.model("generator")
+  rows = generated.eps == 0.0
   reconstruction = generator.predict(phi.predict(run.calibration.x, verbose=0), verbose=0)
-  np.testing.assert_allclose(generated["x_adv"][rows], reconstruction[generated["index"][rows]], atol=1e-5)
+  np.testing.assert_allclose(generated.x_adv[rows], reconstruction[generated.index[rows]], atol=1e-5)
 
 
 def test_export_is_servable(defended):
@@ -157,7 +159,7 @@ def test_export_is_servable(defended):
   serve = loaded.signatures["serving_default"]
   run = pipeline.DefendRun(workdir, CONFIG)
   out = serve(images=tf.constant(run.evaluation.x[:8]))
-  defended_model = pipeline.load_model(os.path.join(workdir, "defended", "model.keras"))
+  defended_model = WorkDir(workdir).model("defended")
   np.testing.assert_array_equal(out["classes"].numpy(),
                                 np.argmax(defended_model.predict(run.evaluation.x[:8], verbose=0), -1))
 
@@ -166,17 +168,28 @@ def test_second_run_skips_every_stage(defended, caplog):
   workdir, first = defended
   stamps = {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES}
   with caplog.at_level("INFO", logger="lad_tf"):
-    again = pipeline.run_defend(workdir, CONFIG)
+    again = stages.run_defend(workdir, CONFIG)
   assert {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES} == stamps
   skipped = [r.getMessage() for r in caplog.records if "done, skipped" in r.getMessage()]
   assert len(skipped) == len(pipeline.STAGES) + 1  # every stage and the export
   assert again["export_path"] == first["export_path"]
 
 
-def test_a_workdir_refuses_other_settings(defended):
-  workdir, _ = defended
-  with pytest.raises(ValueError, match="made with other settings"):
-    pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", execution=execution.ExecutionConfig(seed=7)))
+def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_path):
+  import dataclasses
+  import shutil
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(defended[0], workdir)
+  stamps = lambda: {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in pipeline.STAGES}
+  before = stamps()
+  # the target choice is a generation setting: generation and the fine-tuning on its output rerun
+  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
+  after = stamps()
+  assert [s for s in pipeline.STAGES if after[s] != before[s]] == ["generation", "defended"]
+  assert metrics["defended"]["clean_accuracy"] > 0.85
+  again = stamps()
+  stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
+  assert stamps() == again  # and the new settings are now the done ones
 
 
 # metrics.json of the digits run above made by the code before the architecture refactor (commit

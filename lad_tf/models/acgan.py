@@ -324,8 +324,9 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   Writes DIR/acgan/{generator,critic}.keras and acgan.json (settings, history, aux_test_accuracy: the
   auxiliary classifier on the test split, aux_sample_accuracy / classifier_sample_accuracy: the share
   of 100 samples per class that the auxiliary classifier / DIR/classifier/model.keras (when present)
-  labels as their class), and DIR/figures/acgan_samples.png. A complete stage is skipped unless
-  `force`; a killed one resumes from its per-epoch backup when the settings are unchanged.
+  labels as their class), and DIR/figures/acgan_samples.png. The stage is keyed on the fingerprint of
+  its settings (lad_tf.workdir): a complete one is skipped unless `force` or a setting changed; a
+  killed one resumes from its per-epoch backup when the settings are unchanged.
   Returns acgan.json's content plus "path" (the stage folder).
   """
   import shutil  # pylint: disable=import-outside-toplevel
@@ -337,11 +338,6 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   settings.pop("verbose")
 
   def run(out):
-    previous = workdir_lib.read_json(os.path.join(out, "settings.json"))
-    if previous is not None and previous != settings:
-      say(f"acgan: discarding the unfinished run in {out} (made with other settings)")
-      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    workdir_lib.write_json(os.path.join(out, "settings.json"), settings)
     data = datasets.load(dataset, data_dir=data_dir)
     say(f"acgan: training an AC-WGAN-GP on {len(data.train)} {dataset} images for {config.epochs} epochs "
         f"(z {config.noise_dim}-d, width {config.width}, {config.critic_steps} critic steps)")
@@ -353,19 +349,17 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
     info = {**settings, "history": history, "aux_test_accuracy": float(np.mean(aux_pred == data.test.y)),
             "aux_sample_accuracy": float(np.mean(np.argmax(model.critic.predict(
                 samples, batch_size=512, verbose=0)[1], axis=-1) == labels))}
-    classifier_path = work.path("classifier", "model.keras")
-    if os.path.exists(classifier_path):
-      classifier = keras.models.load_model(classifier_path, compile=False)
+    if os.path.exists(work.path("classifier", "model.keras")):
+      classifier = work.model("classifier")
       pred = np.argmax(classifier.predict(samples, batch_size=512, verbose=0), axis=-1)
       info["classifier_sample_accuracy"] = float(np.mean(pred == labels))
     model.save(out, info)
     sample_figure(work.path("figures", "acgan_samples.png"), model, spec.class_names, samples_per_class,
                   seed=config.seed)
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    os.remove(os.path.join(out, "settings.json"))
     say(f"acgan: auxiliary classifier test accuracy {info['aux_test_accuracy']:.4f}, samples of the "
         f"right class (aux) {info['aux_sample_accuracy']:.4f}")
 
-  path = work.run_stage("acgan", run, force=force)
+  path = work.run_stage("acgan", settings, run, force=force)
   info = workdir_lib.read_json(os.path.join(path, INFO_FILE), {})
   return {**info, "path": path}

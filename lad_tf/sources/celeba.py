@@ -55,19 +55,28 @@ def read_partition(path):
   return partition
 
 
+def crop_face(image, size=128):
+  """The face square of an aligned CelebA image (uint8 HWC tensor): 178x178 from row 20 (centred
+  horizontally, shrunk to fit smaller images), resized to size x size, float32 in [0, 1]. TensorFlow
+  ops only, so the local folder and the TFDS path (and a tf.data map) crop identically."""
+  import tensorflow as tf
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  top = tf.minimum(CROP_TOP, tf.maximum(0, height - CROP_SIZE))
+  side = tf.minimum(tf.minimum(CROP_SIZE, height - top), width)
+  left = (width - side) // 2
+  image = tf.image.crop_to_bounding_box(image, top, left, side, side)
+  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), antialias=True)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def decode_face(path, size=128):
   import tensorflow as tf
   try:
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
   except tf.errors.OpError as e:
     raise DataFormatError(f"{path}: not a readable image ({e.message})") from e
-  height, width = int(image.shape[0]), int(image.shape[1])
-  top = min(CROP_TOP, max(0, height - CROP_SIZE))
-  side = min(CROP_SIZE, height - top, width)
-  left = (width - side) // 2
-  image = tf.image.crop_to_bounding_box(image, top, left, side, side)
-  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), antialias=True)
-  return np.clip(image.numpy(), 0.0, 1.0)
+  return crop_face(image, size).numpy()
 
 
 def load(directory, max_train=DEFAULT_TRAIN, max_test=DEFAULT_TEST, size=128):

@@ -52,7 +52,7 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
   from lad_tf import boundary, datasets, generation, models, training
-  from lad_tf import generator as generator_lib
+  from lad_tf import decoder as decoder_lib
   from lad_tf.execution import ExecutionConfig
 
   n = n or 2000
@@ -70,11 +70,11 @@ def run(dataset="fashion_mnist", n=0, seed=0):
     phi, _ = models.split_at_latent(classifier)
     decoder = models.build_generator(spec.generator, int(phi.output_shape[-1]), spec.image_shape)
     subset = data.train.take(np.arange(min(GENERATOR_EXAMPLES, len(data.train))))
-    generator_lib.train_generator(phi, decoder, subset, data.test.take(np.arange(min(512, len(data.test)))),
-                                  generator_lib.GeneratorConfig(epochs=GENERATOR_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)),
+    decoder_lib.train_decoder(phi, decoder, subset, data.test.take(np.arange(min(512, len(data.test)))),
+                                  decoder_lib.DecoderConfig(epochs=GENERATOR_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)),
                                   state)
   calibration, evaluation = datasets.calibration_split(data.test, CALIBRATION_PER_CLASS, seed)
-  z_cal = generator_lib.latents(phi, calibration.x)
+  z_cal = decoder_lib.latents(phi, calibration.x)
   boundaries = boundary.fit_boundaries(z_cal, calibration.y, spec.num_classes,
                                        boundary.BoundaryConfig(seed=seed))
   setup_s = time.perf_counter() - setup_start

@@ -1,4 +1,8 @@
-"""Training the boundary-guided generator G on the frozen classifier's latents (Eq. 2)."""
+"""Training the decoder G (the paper's boundary-guided generator) on the frozen classifier's latents (Eq. 2).
+
+Not to be confused with lad_tf.generation (decoding perturbed latents into the LAD set) or
+lad_tf.models.generators (the decoder architectures).
+"""
 import dataclasses
 
 import keras
@@ -10,7 +14,7 @@ from lad_tf.execution import ExecutionConfig
 
 
 @dataclasses.dataclass
-class GeneratorConfig:
+class DecoderConfig:
   """The authors' settings are Adam lr 1e-3, batch 256, up to 1000 epochs."""
   epochs: int = 30
   batch_size: int = 256
@@ -31,7 +35,7 @@ def _pairs(z, x, batch_size, seed=None):
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def train_generator(phi, generator, train, test, config, state_dir):
+def train_decoder(phi, generator, train, test, config, state_dir):
   """Fits G(phi(x)) ~ x on the training split with phi frozen; resumable from state_dir.
 
   `generator` ends trained. Returns {"train_loss", "test_loss", "history"}: losses are the chosen
