@@ -31,7 +31,13 @@ class Split:
     return len(self.y)
 
   def take(self, indices):
-    return Split(self.x[indices], self.y[indices])
+    """The examples at `indices` (images read from files stay unread: see sources.celeba.FaceFiles)."""
+    return Split(self.x.subset(indices) if hasattr(self.x, "subset") else self.x[indices], self.y[indices])
+
+  @property
+  def streamed(self):
+    """Whether the images are decoded on the fly (files) rather than held in memory."""
+    return hasattr(self.x, "decode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +235,15 @@ def calibration_split(test, n_per_class, seed=0):
 
 
 def to_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True, drop_remainder=False):
-  """A batched, prefetched tf.data pipeline over a Split."""
+  """A batched, prefetched tf.data pipeline over a Split. Images read from files are shuffled as file
+  names and decoded on the fly (never cached), so memory does not grow with the split."""
   import tensorflow as tf
+  if split.streamed:
+    ds = tf.data.Dataset.from_tensor_slices((split.x.paths, split.y))
+    if shuffle:
+      ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda path, y: (split.x.decode(path), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
   ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
   if cache:
     ds = ds.cache()

@@ -24,11 +24,22 @@ class DecoderConfig:
 
 
 def latents(phi, x, batch_size=512):
-  """phi(x) as float32 numpy, in batches."""
+  """phi(x) as float32 numpy, in batches (images read from files are streamed)."""
+  if hasattr(x, "decode"):
+    from lad_tf import datasets
+    images = datasets.to_tf_dataset(datasets.Split(x, np.zeros(len(x), np.int64)), batch_size)
+    return phi.predict(images.map(lambda xb, _: xb), verbose=0).astype(np.float32)
   return phi.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
 
 
 def _pairs(z, x, batch_size, seed=None):
+  """(z, x) batches, shuffled when a seed is given; images read from files are decoded on the fly."""
+  if hasattr(x, "decode"):
+    ds = tf.data.Dataset.from_tensor_slices((z, x.paths))
+    if seed is not None:
+      ds = ds.shuffle(len(z), seed=seed)
+    ds = ds.map(lambda zi, path: (zi, x.decode(path)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
   ds = tf.data.Dataset.from_tensor_slices((z, x))
   if seed is not None:
     ds = ds.cache().shuffle(min(len(z), 20000), seed=seed)

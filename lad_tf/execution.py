@@ -83,8 +83,9 @@ def cpu_flags():
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # pipelines/benchmarks/precision.py (benchmarks/precision.json): on this project's 2-core AVX512-BF16
-# machine, mixed_bfloat16 trained the Fashion-MNIST LeNet-5 and its decoder within 0.3 accuracy points
-# of float32, and faster. Set to False if a run of that benchmark says otherwise.
+# machine, mixed_bfloat16 trained the Fashion-MNIST LeNet-5 (20,000 images, 3 epochs) to 86.67% test
+# accuracy against float32's 86.39% (within 0.3 points) and the classifier plus its decoder 2.1x faster
+# (decoder 2.4x). Set to False if a run of that benchmark says otherwise.
 BF16_MEASURED_ACCURATE = True
 
 

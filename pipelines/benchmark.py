@@ -14,7 +14,7 @@ import time
 from absl import app
 from absl import flags
 
-SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision")
+SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")

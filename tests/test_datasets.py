@@ -143,7 +143,13 @@ def test_celeba_folder_gives_smiling_labels(tmp_path, digits):
   assert len(data.train) + len(data.test) == 12
   all_labels = np.concatenate([data.train.y, data.test.y])
   np.testing.assert_array_equal(all_labels, [1 if i % 3 == 0 else 0 for i in range(12)])
-  assert 0.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+  assert data.train.streamed and not data.test.streamed  # training faces are decoded on the fly
+  faces = data.train.x[:]
+  assert faces.dtype == np.float32 and 0.0 <= faces.min() and faces.max() <= 1.0 and faces.std() > 0.05
+  # the tf.data stream decodes the same faces, in order, as indexing does
+  streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
+  np.testing.assert_allclose(streamed, faces, atol=1e-6)
+  np.testing.assert_allclose(data.train.take([2, 0]).x[:], faces[[2, 0]], atol=1e-6)
 
 
 def test_celeba_attributes_without_smiling(tmp_path, digits):
