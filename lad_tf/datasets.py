@@ -31,7 +31,13 @@ class Split:
     return len(self.y)
 
   def take(self, indices):
-    return Split(self.x[indices], self.y[indices])
+    """The examples at `indices` (images read from files stay unread: see sources.celeba.FaceFiles)."""
+    return Split(self.x.subset(indices) if hasattr(self.x, "subset") else self.x[indices], self.y[indices])
+
+  @property
+  def streamed(self):
+    """Whether the images are decoded on the fly (files) rather than held in memory."""
+    return hasattr(self.x, "decode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +72,15 @@ class DatasetSpec:
   system_dirs: Tuple[str, ...] = ()
   embedded: Optional[Callable[[], dict]] = None
 
-  @property
-  def value_range(self):
-    return (0.0, 1.0)
-
 
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 _MNIST_EPS = (0.5, 2.0, 5.0, 10.0, 12.0, 15.0, 18.0, 20.0, 25.0)
 
 
 def _celeba_tfds(data_dir):
-  return tfds_source.load("celeb_a", data_dir=data_dir,
-                          label_fn=lambda e: e["attributes"]["Smiling"], image_size=(128, 128))
+  # the same face square as the local folder (celeba.crop_face), not a squash of the whole 178x218
+  return tfds_source.load("celeb_a", data_dir=data_dir, label_fn=lambda e: e["attributes"]["Smiling"],
+                          image_fn=celeba.crop_face)
 
 
 REGISTRY = {
@@ -233,8 +236,15 @@ def calibration_split(test, n_per_class, seed=0):
 
 
 def to_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True, drop_remainder=False):
-  """A batched, prefetched tf.data pipeline over a Split."""
+  """A batched, prefetched tf.data pipeline over a Split. Images read from files are shuffled as file
+  names and decoded on the fly (never cached), so memory does not grow with the split."""
   import tensorflow as tf
+  if split.streamed:
+    ds = tf.data.Dataset.from_tensor_slices((split.x.paths, split.y))
+    if shuffle:
+      ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda path, y: (split.x.decode(path), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
   ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
   if cache:
     ds = ds.cache()

@@ -1,19 +1,18 @@
 """Adversarial fine-tuning (Eq. 4): alpha * CE(f(x), y) + (1 - alpha) * CE(f(x'), y).
 
 x' keeps the source label y even where it crossed the boundary: the defence teaches the classifier
-that these boundary-guided variations are still the source class. The same trainer serves the
-attack-based baselines (x' from FGSM, PGD, JSMA, CW).
+that these boundary-guided variations are still the source class. The same loss and executor serve
+the attack-based baselines (x' from FGSM, PGD, JSMA, CW) and the GA baseline.
 """
 import dataclasses
 import os
-from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import distribute
-from lad_tf.training import fit_resumable
+from lad_tf import execution, losses
+from lad_tf.execution import ExecutionConfig
 
 
 @dataclasses.dataclass
@@ -25,78 +24,21 @@ class FineTuneConfig:
   learning_rate: float = 0.001
   momentum: float = 0.5
   alpha: float = 0.5
-  seed: int = 0
-  verbose: int = 2
-  strategy: Optional[str] = None  # "default" (None), "mirrored" or "multi_worker"
-  loop: str = "auto"              # "auto": custom loop under multi_worker, fit otherwise
-  jit_compile: bool = False
+  execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
-class AdversarialFineTuning(keras.Model):
-  """Wraps a classifier; `fit` on ((x, x_adv), y) minimises the Eq. 4 loss.
+def eq4_loss(alpha=0.5):
+  """The per-example Eq. 4 loss on ((x, x_adv), y) batches, with the clean and adversarial accuracy."""
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
-  Metrics: loss, clean_accuracy (on x), adversarial_accuracy (on x_adv).
-  """
-
-  def __init__(self, classifier, alpha=0.5, **kwargs):
-    super().__init__(**kwargs)
-    if not 0.0 <= alpha <= 1.0:
-      raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    self.classifier, self.alpha = classifier, alpha
-    self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    self.loss_tracker = keras.metrics.Mean(name="loss")
-    self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
-    self.adversarial_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adversarial_accuracy")
-
-  def call(self, x, training=False):
-    return self.classifier(x, training=training)
-
-  @property
-  def metrics(self):
-    return [self.loss_tracker, self.clean_accuracy, self.adversarial_accuracy]
-
-  def eq4_loss(self, x, x_adv, y, training=False):
-    logits = tf.cast(self.classifier(x, training=training), tf.float32)  # float32 under mixed precision
-    logits_adv = tf.cast(self.classifier(x_adv, training=training), tf.float32)
-    loss = (self.alpha * self.cross_entropy(y, logits)
-            + (1.0 - self.alpha) * self.cross_entropy(y, logits_adv))
-    return loss, logits, logits_adv
-
-  def eq4_sums(self, model, batch, training):
-    """The Eq. 4 loss as per-replica sums for lad_tf.distribute.distributed_fit (same loss as fit)."""
-    (x, x_adv), y = batch
-    y = tf.cast(tf.reshape(y, [-1]), tf.int64)
-    logits = tf.cast(model(x, training=training), tf.float32)
-    logits_adv = tf.cast(model(x_adv, training=training), tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits
-    per_example = (self.alpha * ce(labels=y, logits=logits)
-                   + (1.0 - self.alpha) * ce(labels=y, logits=logits_adv))
-    correct = lambda z: tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, axis=-1), y), tf.float32))
-    return {"loss": tf.reduce_sum(per_example), "count": tf.shape(y)[0],
-            "clean_accuracy": correct(logits), "adversarial_accuracy": correct(logits_adv)}
-
-  def train_step(self, data):
-    (x, x_adv), y, _ = keras.utils.unpack_x_y_sample_weight(data)
-    with tf.GradientTape() as tape:
-      loss, logits, logits_adv = self.eq4_loss(x, x_adv, y, training=True)
-      scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed precision, else the loss
-    variables = self.classifier.trainable_variables
-    self.optimizer.apply(tape.gradient(scaled, variables), variables)
-    # Keras losses divide by the replica count under tf.distribute (the gradients are summed): undo
-    # that for the reported figure.
-    return self._update_metrics(loss * tf.distribute.get_strategy().num_replicas_in_sync, y, logits,
-                                logits_adv)
-
-  def test_step(self, data):
-    (x, x_adv), y, _ = keras.utils.unpack_x_y_sample_weight(data)
-    loss, logits, logits_adv = self.eq4_loss(x, x_adv, y)
-    return self._update_metrics(loss, y, logits, logits_adv)
-
-  def _update_metrics(self, loss, y, logits, logits_adv):
-    self.loss_tracker.update_state(loss)
-    self.clean_accuracy.update_state(y, logits)
-    self.adversarial_accuracy.update_state(y, logits_adv)
-    return {m.name: m.result() for m in self.metrics}
+  def loss(model, pair, y, training):
+    x, x_adv = pair
+    logits, logits_adv = model(x, training=training), model(x_adv, training=training)
+    return {"loss": alpha * losses.cross_entropy(y, logits) + (1.0 - alpha) * losses.cross_entropy(y, logits_adv),
+            "clean_accuracy": losses.correct(y, logits),
+            "adversarial_accuracy": losses.correct(y, logits_adv)}
+  return loss
 
 
 def clone_classifier(classifier):
@@ -113,35 +55,15 @@ def paired_dataset(x, x_adv, y, batch_size, seed=0, shuffle=True):
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def make_trainer(classifier, config=FineTuneConfig(), strategy=None):
-  """An AdversarialFineTuning over a copy of `classifier` built and compiled in the strategy's scope
-  (SGD with config's learning rate and momentum)."""
-  strategy = distribute.get_strategy(strategy if strategy is not None else config.strategy)
-  with strategy.scope():
-    trainer = AdversarialFineTuning(clone_classifier(classifier), alpha=config.alpha)
-    trainer.compile(optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum),
-                    jit_compile=config.jit_compile)
-  return trainer
+def fine_tuning(classifier, config=FineTuneConfig()):
+  """An execution.Training of Eq. 4 over a copy of `classifier` (SGD with config's learning rate and
+  momentum): call .fit(pairs, epochs) as often as needed, then .finish() for the tuned copy."""
+  return execution.Training(clone_classifier(classifier), eq4_loss(config.alpha), config.execution,
+                            lambda: keras.optimizers.SGD(config.learning_rate, momentum=config.momentum),
+                            name="fine-tuning")
 
 
-def train_pairs(trainer, ds, epochs, config=FineTuneConfig(), state_dir=None, strategy=None,
-                verbose=None):
-  """Runs `epochs` epochs of Eq. 4 on a paired dataset ((x, x_adv), y) batched by the global batch.
-
-  Keras fit (with per-epoch backups in state_dir when given) under default/mirrored; the custom
-  loop lad_tf.distribute.distributed_fit under multi_worker. Returns the history dict.
-  """
-  strategy = distribute.get_strategy(strategy if strategy is not None else config.strategy)
-  verbose = config.verbose if verbose is None else verbose
-  if distribute.uses_custom_loop(strategy, config.loop):
-    return distribute.distributed_fit(trainer.classifier, trainer.optimizer, trainer.eq4_sums, ds, epochs,
-                                      strategy, state_dir, verbose=verbose, name="fine-tuning")
-  if state_dir is None:
-    return trainer.fit(ds, epochs=epochs, verbose=verbose).history
-  return fit_resumable(trainer, ds, epochs, state_dir, verbose=verbose).history
-
-
-def fine_tune(classifier, x, x_adv, y, config=FineTuneConfig(), state_dir=None, strategy=None):
+def fine_tune(classifier, x, x_adv, y, config=FineTuneConfig(), state_dir=None):
   """Fine-tunes a copy of `classifier` on pairs (x[i], x_adv[i]) labelled y[i] with the Eq. 4 loss.
 
   Args:
@@ -149,26 +71,24 @@ def fine_tune(classifier, x, x_adv, y, config=FineTuneConfig(), state_dir=None, 
     x, x_adv, y: clean examples, their adversarial counterparts (same shape) and the clean labels.
     config: FineTuneConfig (its batch_size is the global batch size).
     state_dir: folder for per-epoch backups, so a killed run resumes (None: no backups).
-    strategy: a tf.distribute strategy or its name; overrides config.strategy.
   Returns:
-    The fine-tuned copy (a keras.Model returning logits, built outside any strategy scope).
+    The fine-tuned copy (a keras.Model returning logits).
   """
   x, x_adv, y = np.asarray(x, np.float32), np.asarray(x_adv, np.float32), np.asarray(y, np.int64)
   if x.shape != x_adv.shape or len(y) != len(x):
     raise ValueError(f"x {x.shape}, x_adv {x_adv.shape} and y ({len(y)}) must pair up row by row")
-  strategy = distribute.get_strategy(strategy if strategy is not None else config.strategy)
-  keras.utils.set_random_seed(config.seed)
-  trainer = make_trainer(classifier, config, strategy)
-  trainer(x[:1])  # built before fit, as BackupAndRestore requires
-  ds = paired_dataset(x, x_adv, y, config.batch_size, config.seed)
-  train_pairs(trainer, ds, config.epochs, config,
-              None if state_dir is None else os.path.join(state_dir, "fine_tune"), strategy)
-  return unscoped(trainer.classifier, strategy)
+  config.execution.seed_everything()
+  training = fine_tuning(classifier, config)
+  ds = paired_dataset(x, x_adv, y, config.batch_size, config.execution.seed)
+  training.fit(ds, config.epochs, None if state_dir is None else os.path.join(state_dir, "fine_tune"))
+  return training.finish()
 
 
-def unscoped(model, strategy):
-  """`model` itself under the default strategy, else a plain copy of it (outside any scope), so
-  callers can predict, save and export it as usual."""
-  if distribute.strategy_name(distribute.get_strategy(strategy)) == "default":
-    return model
-  return clone_classifier(model)
+def fine_tuning_rows(generated, mode, fine_tune_eps):
+  """The rows of a GeneratedSet the defence fine-tunes on: those at every fine_tune_eps ("mix") or
+  at the first one ("eps"). Used by the pipeline and by the evaluation (its LAD sweep and baselines)."""
+  eps = tuple(fine_tune_eps) if mode == "mix" else tuple(fine_tune_eps)[:1]
+  rows = generated.rows_at(eps)
+  if len(rows) == 0:
+    raise ValueError(f"no generated examples at eps {list(eps)}; generated eps: {np.unique(generated.eps).tolist()}")
+  return rows

@@ -1,4 +1,4 @@
-"""Training under `tf.distribute`: strategy by name, chief-only writes, a custom loop, speed options.
+"""Training under `tf.distribute`: strategy by name, chief-only writes, the custom loop.
 
 Strategies (`get_strategy(name)`; the command lines take `--strategy=NAME`):
   default       no distribution (TensorFlow's default strategy): one device.
@@ -7,7 +7,7 @@ Strategies (`get_strategy(name)`; the command lines take `--strategy=NAME`):
                 variable: the same program runs on every worker; gradients are all-reduced each step.
 
 Keras 3 `fit` fails under MultiWorkerMirroredStrategy with more than one worker (keras-team/keras#20585),
-so the training loops of lad_tf (classifier, generator, fine-tuning) run `distributed_fit` there: a
+so lad_tf.execution.fit runs `custom_fit` there: a
 custom loop with the same semantics as `fit` (loss = mean over the global batch, one optimizer step per
 global batch, the same epochs and dataset order) under `strategy.run`. `default` and `mirrored` keep
 `fit` (it works there) unless a caller asks for the custom loop.
@@ -25,7 +25,6 @@ import socket
 import tempfile
 import time
 
-import numpy as np
 
 log = logging.getLogger("lad_tf")
 
@@ -112,7 +111,7 @@ def is_chief(strategy=None):
 
 
 def uses_custom_loop(strategy, loop="auto"):
-  """Whether the training loops run `distributed_fit` rather than Keras `fit`."""
+  """Whether the training loops run `custom_fit` rather than Keras `fit`."""
   if loop not in LOOPS:
     raise ValueError(f"loop must be one of {LOOPS}, got '{loop}'")
   if loop == "auto":
@@ -158,44 +157,6 @@ def _tf_variable(variable):
   return getattr(variable, "value", variable)
 
 
-# -- speed and reproducibility options -----------------------------------------------------------
-def enable_determinism(seed=0):
-  """Same seed, same numbers: seeds Python, NumPy and TensorFlow, and makes TF ops deterministic
-  (tf.config.experimental.enable_op_determinism; some ops then run slower or refuse to run on GPU)."""
-  import keras
-  import tensorflow as tf
-  keras.utils.set_random_seed(seed)
-  tf.config.experimental.enable_op_determinism()
-
-
-def has_gpu():
-  import tensorflow as tf
-  return bool(tf.config.list_physical_devices("GPU"))
-
-
-def set_mixed_precision(enabled, allow_cpu=False):
-  """Sets Keras' global dtype policy to mixed_float16 (True) or float32 (False); returns the policy.
-
-  Without a GPU mixed precision only slows training down: it stays off with a warning unless
-  `allow_cpu`. Models must be built after this call. Losses are computed on float32 logits.
-  """
-  import keras
-  if enabled and not (has_gpu() or allow_cpu):
-    log.warning("--mixed_precision: no GPU found, mixed_float16 would not speed up a CPU; "
-                "keeping float32 (the flag is a no-op here)")
-    enabled = False
-  policy = "mixed_float16" if enabled else "float32"
-  keras.mixed_precision.set_global_policy(policy)
-  return policy
-
-
-def configure(seed=0, deterministic=False, mixed_precision=False):
-  """Process-wide options of the command lines (call before building models)."""
-  if deterministic:
-    enable_determinism(seed)
-  return set_mixed_precision(mixed_precision) if mixed_precision else None
-
-
 # -- the custom loop ------------------------------------------------------------------------------
 def distribute_dataset(dataset, strategy):
   """`strategy.experimental_distribute_dataset` over a dataset batched by the *global* batch size.
@@ -238,28 +199,29 @@ def _check_same_epoch(strategy, start_epoch):
 
 
 def custom_loop_optimizer(strategy, make_optimizer):
-  """The optimizer for distributed_fit, created in the strategy's scope (loss-scaled under
+  """The optimizer for custom_fit, created in the strategy's scope (loss-scaled under
   mixed_float16, which Keras `compile` would otherwise do for us)."""
   import keras
   with strategy.scope():
     optimizer = make_optimizer()
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
+    if (keras.mixed_precision.global_policy().name == "mixed_float16"
+        and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
 
 
-def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_dir=None,
-                    validation_data=None, verbose=2, variables=None, name="train", on_epoch_end=None):
-  """A `fit` equivalent under `strategy.run` (works under MultiWorkerMirroredStrategy).
+def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_dir=None,
+               validation_data=None, verbose=2, name="train", callbacks=()):
+  """A `fit` equivalent under `strategy.run` (works under MultiWorkerMirroredStrategy); called by
+  lad_tf.execution.fit, which picks it or Keras fit for the same loss_fn.
 
   Args:
     model: a Keras model built inside `strategy.scope()` (see `build_in_scope`).
     optimizer: a Keras optimizer created inside `strategy.scope()`.
-    loss_fn: `loss_fn(model, batch, training) -> dict` of per-replica *sums* over the local batch:
-      "loss" (sum of per-example losses) and "count" (examples) are required; every other key (say
-      "accuracy": the number of correct predictions) is reported as its sum divided by the count.
-      The optimised loss is loss / (examples in the global batch), so each step minimises the mean
-      loss over the global batch, as Keras fit does with a `sum_over_batch_size` loss.
+    loss_fn: `loss_fn(model, x, y, training)` -> per-example losses, or a dict with them as "loss"
+      plus other per-example figures (see lad_tf.execution). Each step minimises the sum of the
+      per-example losses over the global batch divided by its size (the mean, as Keras fit does);
+      every figure is reported as its mean over the epoch's examples.
     dataset: a tf.data.Dataset batched by the global batch size (the same on every worker).
     epochs: total epochs (resumed runs do the remaining ones).
     strategy: a strategy or its name (default: the default strategy).
@@ -268,15 +230,15 @@ def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, s
     validation_data: optional dataset evaluated with loss_fn (training=False) after each epoch, on
       every worker alike; reported as val_<key>.
     verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
-    variables: the variables to train (default: model.trainable_variables).
     name: what the progress lines call this loop.
-    on_epoch_end: optional callable(epoch, logs), called after each epoch's checkpoint.
+    callbacks: objects with Keras' `on_epoch_end(epoch, logs)`, called after each epoch's checkpoint.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
   import tensorflow as tf
+  from lad_tf.execution import per_example
   strategy = get_strategy(strategy)
-  variables = list(model.trainable_variables if variables is None else variables)
+  variables = list(model.trainable_variables)
   with strategy.scope():
     if not optimizer.built:
       optimizer.build(variables)
@@ -293,17 +255,22 @@ def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, s
         log.info("%s: resumed from %s at epoch %d", name, latest, start_epoch)
   _check_same_epoch(strategy, start_epoch)
 
+  def batch_sums(batch, training):
+    x, y = batch
+    figures = per_example(loss_fn(model, x, y, training))
+    return {"count": tf.cast(tf.size(figures["loss"]), tf.float32),
+            **{k: tf.reduce_sum(v) for k, v in figures.items()}}
+
   def replica_step(batch):
     context = tf.distribute.get_replica_context()
     with tf.GradientTape() as tape:
-      sums = loss_fn(model, batch, True)
-      count = tf.cast(sums["count"], tf.float32)
-      global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-      loss = tf.cast(sums["loss"], tf.float32) / tf.maximum(global_count, 1.0)
+      totals = batch_sums(batch, True)
+      global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, totals["count"])
+      loss = totals["loss"] / tf.maximum(global_count, 1.0)
       scaled = optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled, variables)
     optimizer.apply(gradients, variables)
-    return {k: tf.cast(v, tf.float32) for k, v in sums.items()}
+    return totals
 
   @tf.function(reduce_retracing=True)
   def train_step(batch):
@@ -312,7 +279,7 @@ def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, s
 
   @tf.function(reduce_retracing=True)
   def eval_step(batch):
-    return {k: tf.cast(v, tf.float32) for k, v in loss_fn(model, batch, False).items()}
+    return batch_sums(batch, False)
 
   distributed = distribute_dataset(dataset, strategy)
   history = {}
@@ -340,8 +307,8 @@ def distributed_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, s
       if verbose and chief:
         log.info("%s epoch %d/%d - %.1fs - %s", name, epoch + 1, epochs, time.time() - start,
                  " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
-      if on_epoch_end is not None:
-        on_epoch_end(epoch, figures)
+      for callback in callbacks:
+        callback.on_epoch_end(epoch, figures)
   if backup and chief:
     shutil.rmtree(backup, ignore_errors=True)  # as BackupAndRestore(delete_checkpoint=True)
   return history
@@ -363,32 +330,6 @@ def _checkpoint_dir(backup, strategy):
     yield path
 
 
-# -- loss functions for the loops (per-replica sums; logits cast to float32) ----------------------
-def classifier_loss(model, batch, training):
-  """Softmax cross-entropy on logits plus the number of correct predictions."""
-  import tensorflow as tf
-  x, y = batch
-  logits = tf.cast(model(x, training=training), tf.float32)
-  y = tf.cast(tf.reshape(y, [-1]), tf.int64)
-  per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-  correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), y), tf.float32)
-  return {"loss": tf.reduce_sum(per_example), "count": tf.shape(y)[0],
-          "accuracy": tf.reduce_sum(correct)}
-
-
-def reconstruction_loss(recon_norm="l2"):
-  """Per-example mean squared (l2) or absolute (l1) pixel error of G(z) against x."""
-  import tensorflow as tf
-
-  def loss(model, batch, training):
-    z, x = batch
-    diff = tf.cast(model(z, training=training), tf.float32) - tf.cast(x, tf.float32)
-    err = tf.square(diff) if recon_norm == "l2" else tf.abs(diff)
-    per_example = tf.reduce_mean(tf.reshape(err, [tf.shape(err)[0], -1]), axis=-1)
-    return {"loss": tf.reduce_sum(per_example), "count": tf.shape(per_example)[0]}
-  return loss
-
-
 # -- local clusters (tests, benchmarks, trying multi-worker on one machine) ------------------------
 def free_port():
   """A TCP port on the loopback interface that was free a moment ago (bound to port 0)."""
@@ -402,12 +343,3 @@ def local_tf_configs(num_workers):
   workers = [f"localhost:{free_port()}" for _ in range(num_workers)]
   return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
           for i in range(num_workers)]
-
-
-def weights_digest(model):
-  """A short fingerprint of a model's weights (to compare workers)."""
-  import hashlib
-  h = hashlib.sha256()
-  for w in model.get_weights():
-    h.update(np.ascontiguousarray(w).tobytes())
-  return h.hexdigest()[:16]

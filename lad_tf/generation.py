@@ -12,7 +12,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from lad_tf.errors import ArtifactNotFoundError
+
 NORMALS = ("relative", "raw")
+ROW_FIELDS = ("x_adv", "source", "target", "eps", "latent_label", "image_label", "index")
 TARGETS = ("random", "nearest")
 
 
@@ -26,6 +29,73 @@ class GenerationConfig:
   eps_max: float = 2.0
   seed: int = 0
   batch_size: int = 256
+
+
+@dataclasses.dataclass
+class GeneratedSet:
+  """The LAD adversarial set: one row per (seed example, eps).
+
+  Rows: x_adv (images G(z')), source (the seed's label), target (the boundary crossed towards), eps,
+  latent_label (f_p(z')), image_label (f(G(z'))), index (the seed's row in the calibration split).
+  Per seed: recon_label (f(G(z))) and, when generated adaptively, crossing_eps (nan: never crossed).
+  latent_scale: the unit of eps under the relative convention.
+  """
+  x_adv: np.ndarray
+  source: np.ndarray
+  target: np.ndarray
+  eps: np.ndarray
+  latent_label: np.ndarray
+  image_label: np.ndarray
+  index: np.ndarray
+  recon_label: np.ndarray
+  latent_scale: float
+  crossing_eps: Optional[np.ndarray] = None
+
+  def __len__(self):
+    return len(self.eps)
+
+  def rows_at(self, eps_values):
+    """Rows whose eps is one of eps_values (compared to 6 decimals)."""
+    return np.flatnonzero(np.isin(np.round(self.eps, 6), np.round(np.asarray(eps_values, np.float32), 6)))
+
+  def pair_rates(self, num_classes, eps=None):
+    """(source x target) matrices of the success rate (f(x') != source) and the targeted rate
+    (f(x') == target), over all eps or one eps; nan where a pair has no rows."""
+    rows = np.ones(len(self), bool) if eps is None else np.isclose(self.eps, eps)
+    success = np.full((num_classes, num_classes), np.nan)
+    targeted = np.full((num_classes, num_classes), np.nan)
+    for s in range(num_classes):
+      for t in range(num_classes):
+        sel = rows & (self.source == s) & (self.target == t)
+        if np.any(sel):
+          success[s, t] = np.mean(self.image_label[sel] != s)
+          targeted[s, t] = np.mean(self.image_label[sel] == t)
+    return success, targeted
+
+  def save(self, path):
+    arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    arrays["latent_scale"] = np.float32(self.latent_scale)
+    np.savez_compressed(path, **arrays)
+
+  @classmethod
+  def load(cls, path, calibration_size=None):
+    """Reads generated.npz; a clear error when it is missing, incomplete or does not index a
+    calibration split of `calibration_size` examples."""
+    import os
+    if not os.path.exists(path):
+      raise ArtifactNotFoundError(f"{path} is missing: run the defend pipeline's generation stage first")
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+    required = [f.name for f in dataclasses.fields(cls) if f.name != "crossing_eps"]
+    missing = [k for k in required if k not in arrays]
+    if missing:
+      raise ValueError(f"{path} has no array(s) {missing}: it was not written by lad_tf.generation")
+    generated = cls(**{k: arrays[k] for k in required}, crossing_eps=arrays.get("crossing_eps"))
+    generated.latent_scale = float(generated.latent_scale)
+    if calibration_size is not None and len(generated) and generated.index.max() >= calibration_size:
+      raise ValueError(f"{path} indexes calibration example {generated.index.max()}, but the calibration "
+                       f"split has {calibration_size}: the work directory's settings do not match")
+    return generated
 
 
 def perturb_latents(z, beta, d, eps):
@@ -114,15 +184,13 @@ def generate(classifier, phi, head, generator, boundaries, x, y, config, progres
     config: GenerationConfig.
     progress: optional callable(str) for progress lines.
   Returns:
-    dict of numpy arrays, one row per (example, eps): x_adv, source, target, eps, latent_label
-    (f_p(z')), image_label (f(G(z'))), index (row of x); plus recon_label (f(G(z)), per example),
-    and with config.adaptive: crossing_eps (per example; nan where no eps up to eps_max crossed).
+    a GeneratedSet (crossing_eps only with config.adaptive).
   """
   say = progress or (lambda _: None)
   z, target, beta, d, scale = _prepare(phi, boundaries, x, y, config)
   recon_label = _labels(classifier, generator.predict(z, batch_size=config.batch_size, verbose=0),
                         config.batch_size)
-  rows = {k: [] for k in ("x_adv", "source", "target", "eps", "latent_label", "image_label", "index")}
+  rows = {k: [] for k in ROW_FIELDS}
   for i, eps in enumerate(config.eps_grid):
     z_adv = perturb_latents(z, beta, d, eps)
     x_adv = generator.predict(z_adv, batch_size=config.batch_size, verbose=0)
@@ -135,12 +203,10 @@ def generate(classifier, phi, head, generator, boundaries, x, y, config, progres
     rows["index"].append(np.arange(len(y)))
     say(f"generation: eps {eps:g} ({i + 1}/{len(config.eps_grid)}): "
         f"success {np.mean(rows['image_label'][-1] != y):.3f}")
-  out = {k: np.concatenate(v) for k, v in rows.items()}
-  out["recon_label"] = recon_label
-  out["latent_scale"] = np.float32(scale)
-  if config.adaptive:
-    out["crossing_eps"] = crossing_eps(classifier, generator, z, beta, d, y, config)
-  return out
+  return GeneratedSet(**{k: np.concatenate(v) for k, v in rows.items()}, recon_label=recon_label,
+                      latent_scale=float(scale),
+                      crossing_eps=crossing_eps(classifier, generator, z, beta, d, y, config) if config.adaptive
+                      else None)
 
 
 def crossing_eps(classifier, generator, z, beta, d, y, config):
@@ -161,7 +227,7 @@ def crossing_eps(classifier, generator, z, beta, d, y, config):
 
 
 def summarize(generated):
-  """Per-eps rates of a generated set.
+  """Per-eps rates of a GeneratedSet.
 
   success_rate: fraction whose image label differs from the source label.
   success_rate_recon_ok: the same over sources whose reconstruction G(z) is still classified
@@ -169,40 +235,20 @@ def summarize(generated):
   targeted_rate: fraction classified as the chosen target.
   inconsistency_rate: fraction where f_p(z') != f(G(z')), the Eq. 3 violations.
   """
-  eps_values = np.unique(generated["eps"])
-  recon_ok = generated["recon_label"][generated["index"]] == generated["source"]
+  g = generated
+  recon_ok = g.recon_label[g.index] == g.source
   out = {"success_rate": {}, "success_rate_recon_ok": {}, "targeted_rate": {}, "inconsistency_rate": {}}
-  for eps in eps_values:
-    rows = generated["eps"] == eps
-    fooled = generated["image_label"][rows] != generated["source"][rows]
+  for eps in np.unique(g.eps):
+    rows = g.eps == eps
+    fooled = g.image_label[rows] != g.source[rows]
     key = f"{float(eps):g}"
     out["success_rate"][key] = float(np.mean(fooled))
     ok = recon_ok[rows]
     out["success_rate_recon_ok"][key] = float(np.mean(fooled[ok])) if np.any(ok) else float("nan")
-    out["targeted_rate"][key] = float(np.mean(generated["image_label"][rows] == generated["target"][rows]))
-    out["inconsistency_rate"][key] = float(
-        np.mean(generated["latent_label"][rows] != generated["image_label"][rows]))
-  out["reconstruction_accuracy"] = float(np.mean(generated["recon_label"] ==
-                                                 generated["source"][: len(generated["recon_label"])]))
+    out["targeted_rate"][key] = float(np.mean(g.image_label[rows] == g.target[rows]))
+    out["inconsistency_rate"][key] = float(np.mean(g.latent_label[rows] != g.image_label[rows]))
+  out["reconstruction_accuracy"] = float(np.mean(g.recon_label == g.source[: len(g.recon_label)]))
+  if g.crossing_eps is not None:
+    out["crossing_eps_mean"] = float(np.nanmean(g.crossing_eps))
+    out["crossing_eps_never"] = float(np.mean(np.isnan(g.crossing_eps)))
   return out
-
-
-def success_matrix(generated, num_classes, eps: Optional[float] = None):
-  """(source x target) success rates, over all eps or one eps (nan where a pair has no examples)."""
-  rows = np.ones(len(generated["eps"]), bool) if eps is None else np.isclose(generated["eps"], eps)
-  matrix = np.full((num_classes, num_classes), np.nan)
-  for s in range(num_classes):
-    for t in range(num_classes):
-      sel = rows & (generated["source"] == s) & (generated["target"] == t)
-      if np.any(sel):
-        matrix[s, t] = np.mean(generated["image_label"][sel] != s)
-  return matrix
-
-
-def save(path, generated):
-  np.savez_compressed(path, **generated)
-
-
-def load(path):
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}

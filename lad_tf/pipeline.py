@@ -1,10 +1,12 @@
-"""The defend pipeline: classifier -> generator -> boundaries -> generation -> fine-tuning -> export.
+"""The defend pipeline: classifier -> generator -> boundaries -> generation -> fine-tuning.
 
-Each stage writes one folder of the work directory (lad_tf.workdir) and is skipped once complete,
-so a re-run does nothing and a killed run resumes at the stage it was in (training stages resume at
-their last finished epoch). `pipelines/defend.py` is the command line over `run_defend`.
+Each stage writes one folder of the work directory (lad_tf.workdir) keyed on the fingerprint of the
+settings it depends on (its own and its inputs'): a re-run does nothing, a changed setting reruns
+exactly the stages it affects, and a killed run resumes at the stage it was in (training stages
+resume at their last finished epoch). Export (serving) is a stage of the command line
+(pipelines/stages.py), above the library. `pipelines/defend.py` is the command line.
 
-Distribution (DefendConfig.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
+Distribution (DefendConfig.execution.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
 loops (classifier, generator, fine-tuning) run under the chosen tf.distribute strategy; boundaries
 and generation are cheap and run on every worker alike. Under `multi_worker` every worker runs the
 same pipeline; only the chief writes the work directory and exports, the others work in a temporary
@@ -22,10 +24,11 @@ import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
-from lad_tf import datasets, defence, distribute, figures, generation, models, training
-from lad_tf import generator as generator_lib
-from lad_tf.errors import ArtifactNotFoundError, ConfigError, ModelFileError
-from lad_tf.workdir import WorkDir, read_json, write_json
+from lad_tf import datasets, defence, distribute, execution, figures, generation, models, training
+from lad_tf.execution import ExecutionConfig
+from lad_tf import decoder as decoder_lib
+from lad_tf.errors import ConfigError
+from lad_tf.workdir import WorkDir, load_model, read_json, save_model, write_json
 
 log = logging.getLogger("lad_tf")
 
@@ -42,7 +45,6 @@ class DefendConfig:
   latent_layer: Optional[str] = None        # default: the spec's ("latent")
   architecture: Optional[str] = None        # zoo classifier to train; default: the spec's
   generator_architecture: Optional[str] = None
-  seed: int = 0
   calibration_per_class: Optional[int] = None
   classifier_epochs: Optional[int] = None
   generator_epochs: Optional[int] = None
@@ -56,24 +58,18 @@ class DefendConfig:
   fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
   fine_tune_epochs: int = 10
   on_the_fly_per_epoch: int = 2000
-  export: bool = True
-  export_base: Optional[str] = None
-  model_name: str = "lad"
   force: Sequence[str] = ()
-  verbose: int = 2
-  # Execution (not identity: they do not change what a stage means)
-  strategy: str = "default"                 # tf.distribute strategy: default, mirrored, multi_worker
-  loop: str = "auto"                        # auto: custom loop under multi_worker, Keras fit otherwise
-  deterministic: bool = False               # tf.config.experimental.enable_op_determinism + seeds
-  mixed_precision: bool = False             # mixed_float16 on GPUs (a warning and no-op on CPUs)
-  jit_compile: bool = False                 # XLA for the fit loops (slower for LeNet on CPU)
+  # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
+  execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
+
+  @property
+  def seed(self):
+    return self.execution.seed
 
   def resolved(self):
     spec = datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
       raise ConfigError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
-    if self.strategy not in distribute.STRATEGIES:
-      raise ConfigError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
     if self.latent_layer and not self.classifier_path:
       raise ConfigError("--latent_layer names a layer of your own --classifier; the zoo's classifiers "
                         "have theirs (drop --latent_layer, or pass --classifier=FILE.keras)")
@@ -91,32 +87,32 @@ class DefendConfig:
         force=tuple(STAGES) if "all" in self.force else tuple(self.force))
 
 
-# The settings that decide what every stage computes: a work directory serves one of them.
-_IDENTITY = ("dataset", "data_dir", "classifier_path", "latent_layer", "architecture", "seed",
-             "calibration_per_class")
-
-
-def _check_identity(work, config):
-  identity = {k: getattr(config, k) for k in _IDENTITY}
-  previous = read_json(work.path("config.json"))
-  if previous is not None:
-    changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
-    if changed and not config.force:
-      raise ConfigError(f"{work.root} was made with other settings {changed} (old, new): use a new "
-                       f"--workdir, or --force=all to recompute every stage")
-  write_json(work.path("config.json"), {**identity, "full": dataclasses.asdict(config)})
-
-
-def load_model(path, what="model"):
-  """The Keras model saved at `path` (uncompiled); `what` names it in errors."""
-  if not os.path.exists(path):
-    raise ArtifactNotFoundError(f"no {what} at {path}")
-  try:
-    return keras.models.load_model(path, compile=False)
-  except Exception as e:  # Keras raises several types for unreadable files
-    raise ModelFileError(f"cannot read the {what} {path} as a Keras model ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); pass a file saved "
-                         f"with model.save('NAME.keras')") from e
+def stage_settings(config, spec):
+  """What each stage's content depends on: its own settings plus the fingerprints of its inputs
+  (lad_tf.workdir.fingerprint), so a change propagates downstream and nowhere else. Execution
+  settings (strategy, precision, verbosity, ...) are not part of any: they do not change what a
+  stage means."""
+  from lad_tf.workdir import fingerprint
+  c = config
+  data = {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
+          "calibration_per_class": c.calibration_per_class}
+  out = {"classifier": {**data, "classifier_path": c.classifier_path, "latent_layer": c.latent_layer,
+                        **({} if c.classifier_path else {"architecture": c.architecture,
+                                                          "epochs": c.classifier_epochs,
+                                                          "batch_size": spec.classifier_batch_size})}}
+  up = lambda *stages: {s: fingerprint(out[s]) for s in stages}
+  out["generator"] = {**up("classifier"), "architecture": c.generator_architecture or spec.generator,
+                      "epochs": c.generator_epochs, "recon_norm": c.recon_norm,
+                      "batch_size": spec.generator_batch_size}
+  out["boundaries"] = {**up("classifier"), "attention": c.attention}
+  generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
+  out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
+                       "normal": c.normal, "target": c.target, "adaptive": c.adaptive}
+  tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
+  out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
+                     "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
+                     **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {})}
+  return out
 
 
 class DefendRun:
@@ -125,13 +121,13 @@ class DefendRun:
   def __init__(self, workdir, config, progress=None):
     self.config = config.resolved()
     c = self.config
-    self.strategy = distribute.get_strategy(c.strategy)  # first: MultiWorkerMirroredStrategy needs it
-    distribute.configure(seed=c.seed, deterministic=c.deterministic, mixed_precision=c.mixed_precision)
+    self.strategy = c.execution.get_strategy()  # first: MultiWorkerMirroredStrategy needs it
     self.chief = distribute.is_chief(self.strategy)
     self.work = WorkDir(workdir if self.chief else self._worker_dir(workdir))
     self.say = progress or log.info
     self.spec = datasets.get_spec(self.config.dataset)
-    _check_identity(self.work, self.config)
+    self.settings = stage_settings(self.config, self.spec)
+    self.prepared = False
     self.data = datasets.load(self.config.dataset, data_dir=self.config.data_dir)
     self.say(f"dataset {self.spec.name} ({self.data.source}): {len(self.data.train)} train, "
              f"{len(self.data.test)} test")
@@ -155,14 +151,28 @@ class DefendRun:
     if not self.chief:
       shutil.rmtree(self.work.root, ignore_errors=True)
 
+  def prepare(self):
+    """The process-wide settings (precision, determinism) and DIR/config.json, once, before the
+    first stage runs."""
+    if self.prepared:
+      return
+    execution.configure(self.config.execution)
+    c = self.config
+    write_json(self.work.path("config.json"),
+               {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
+                "calibration_per_class": c.calibration_per_class, "full": dataclasses.asdict(c)})
+    self.prepared = True
+
   def _stage(self, name, fn):
+    self.prepare()
     force = name in self.config.force
+    settings = self.settings[name]
     if distribute.num_workers(self.strategy) > 1:
-      done = self.work.done(name) and not force
+      done = self.work.done(name, settings) and not force
       if not distribute.all_equal(self.strategy, int(done)):
         raise RuntimeError(f"stage {name} is done on some workers only: every worker must see the "
                            f"chief's work directory (a shared filesystem) to resume, or use --force")
-    return self.work.run_stage(name, fn, force=force)
+    return self.work.run_stage(name, settings, fn, force=force)
 
   # -- stages -------------------------------------------------------------------------------
   def classifier_stage(self):
@@ -179,18 +189,17 @@ class DefendRun:
         history, _ = training.train_classifier(
             model, self.data.train, self.evaluation,
             training.TrainConfig(epochs=c.classifier_epochs, batch_size=self.spec.classifier_batch_size,
-                                 seed=c.seed, verbose=c.verbose, loop=c.loop, jit_compile=c.jit_compile),
-            out, strategy=self.strategy)
+                                 execution=c.execution), out)
         metrics = {"source": c.architecture, "history": history}
       models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
-      metrics["test_accuracy"] = training.accuracy(model, self.evaluation)
-      model.save(os.path.join(out, "model.keras"))
+      metrics["test_accuracy"] = training.accuracy(model, self.evaluation.x, self.evaluation.y)
+      save_model(model, os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), metrics)
       shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return self._stage("classifier", run)
 
   def classifier(self):
-    return load_model(self.work.path("classifier", "model.keras"))
+    return self.work.model("classifier")
 
   def generator_stage(self):
     def run(out):
@@ -207,12 +216,11 @@ class DefendRun:
         generator = models.build_generator(name, latent_dim, self.spec.image_shape)
       self.say(f"generator: training {name} on {latent_dim}-d latents for {c.generator_epochs} epochs "
                f"({c.recon_norm} loss)")
-      result = generator_lib.train_generator(
+      result = decoder_lib.train_decoder(
           phi, generator, self.data.train, self.evaluation,
-          generator_lib.GeneratorConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
-                                        recon_norm=c.recon_norm, seed=c.seed, verbose=c.verbose, loop=c.loop,
-                                        jit_compile=c.jit_compile), out, strategy=self.strategy)
-      generator.save(os.path.join(out, "model.keras"))
+          decoder_lib.DecoderConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
+                                        recon_norm=c.recon_norm, execution=c.execution), out)
+      save_model(generator, os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm, **result})
       sample = self.evaluation.x[:12]
       figures.reconstructions(self.work.path("figures", "reconstructions.png"), sample,
@@ -225,8 +233,8 @@ class DefendRun:
     def run(out):
       c = self.config
       phi, _ = models.split_at_latent(self.classifier(), c.latent_layer)
-      z_cal = generator_lib.latents(phi, self.calibration.x)
-      heldout = (generator_lib.latents(phi, self.evaluation.x), self.evaluation.y)
+      z_cal = decoder_lib.latents(phi, self.calibration.x)
+      heldout = (decoder_lib.latents(phi, self.evaluation.x), self.evaluation.y)
       k = self.spec.num_classes
       summary = {}
       for mode in dict.fromkeys([c.attention, "none"]):
@@ -245,7 +253,7 @@ class DefendRun:
     return self._stage("boundaries", run)
 
   def boundaries(self):
-    return boundary_lib.Boundaries.load(self.work.path("boundaries", "boundaries.npz"))
+    return self.work.boundaries()
 
   def _generation_config(self, eps_grid=None):
     c = self.config
@@ -257,16 +265,13 @@ class DefendRun:
       c = self.config
       classifier = self.classifier()
       phi, head = models.split_at_latent(classifier, c.latent_layer)
-      generator = load_model(self.work.path("generator", "model.keras"))
+      generator = self.work.model("generator")
       grid = tuple(sorted(set(c.eps_grid) | set(c.fine_tune_eps)))
       generated = generation.generate(classifier, phi, head, generator, self.boundaries(),
                                       self.calibration.x, self.calibration.y,
                                       self._generation_config(grid), progress=self.say)
-      generation.save(os.path.join(out, "generated.npz"), generated)
+      generated.save(os.path.join(out, "generated.npz"))
       summary = generation.summarize(generated)
-      if c.adaptive:
-        summary["crossing_eps_mean"] = float(np.nanmean(generated["crossing_eps"]))
-        summary["crossing_eps_never"] = float(np.mean(np.isnan(generated["crossing_eps"])))
       write_json(os.path.join(out, "summary.json"), summary)
       self._generation_figures(generated, summary)
     return self._stage("generation", run)
@@ -275,46 +280,40 @@ class DefendRun:
     names = self.spec.class_names
     fig = lambda name: self.work.path("figures", name)
     figures.success_curve(fig("success_rate.png"), summary)
-    figures.success_heatmap(fig("success_heatmap.png"),
-                            generation.success_matrix(generated, self.spec.num_classes), names)
-    eps_values = np.unique(generated["eps"])
-    n = len(generated["recon_label"])
+    g = generated
+    figures.success_heatmap(fig("success_heatmap.png"), g.pair_rates(self.spec.num_classes)[0], names)
+    n = len(g.recon_label)
     strips, labels = [], []
     for i in np.random.default_rng(0).choice(n, size=min(6, n), replace=False):
-      rows = np.flatnonzero(generated["index"] == i)
-      rows = rows[np.argsort(generated["eps"][rows])]
-      strips.append(generated["x_adv"][rows])
-      labels.append(generated["image_label"][rows])
-    figures.transitions(fig("transitions.png"), strips, eps_values, labels, names)
-    fooled = np.flatnonzero(generated["image_label"] != generated["source"])
+      rows = np.flatnonzero(g.index == i)
+      rows = rows[np.argsort(g.eps[rows])]
+      strips.append(g.x_adv[rows])
+      labels.append(g.image_label[rows])
+    figures.transitions(fig("transitions.png"), strips, np.unique(g.eps), labels, names)
+    fooled = np.flatnonzero(g.image_label != g.source)
     pick = np.random.default_rng(1).choice(fooled, size=min(30, len(fooled)), replace=False) if len(
         fooled) else np.arange(0)
-    figures.image_grid(fig("generated_examples.png"), generated["x_adv"][pick],
-                       [f"{names[generated['source'][j]]}->{names[generated['image_label'][j]]}"
-                        f" e{generated['eps'][j]:g}" for j in pick],
+    figures.image_grid(fig("generated_examples.png"), g.x_adv[pick],
+                       [f"{names[g.source[j]]}->{names[g.image_label[j]]} e{g.eps[j]:g}" for j in pick],
                        title="LAD examples: source -> predicted (eps)")
 
   def defended_stage(self):
     def run(out):
       c = self.config
       classifier = self.classifier()
-      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, seed=c.seed, verbose=c.verbose, loop=c.loop,
-                                    jit_compile=c.jit_compile)
+      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, execution=c.execution)
       if c.fine_tune_mode == "on_the_fly":
         defended = self._fine_tune_on_the_fly(classifier, tune, out)
       else:
-        generated = generation.load(self.work.path("generation", "generated.npz"))
-        eps = c.fine_tune_eps if c.fine_tune_mode == "mix" else c.fine_tune_eps[:1]
-        rows = np.flatnonzero(np.isin(np.round(generated["eps"], 6), np.round(np.array(eps, np.float32), 6)))
-        if len(rows) == 0:
-          raise ValueError(f"no generated examples at eps {eps}; generated eps: {np.unique(generated['eps'])}")
-        index = generated["index"][rows]
-        self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in eps)}): "
+        generated = self.work.generated(len(self.calibration))
+        rows = defence.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
+        index = generated.index[rows]
+        self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in np.unique(generated.eps[rows]))}): "
                  f"{len(rows)} generated examples, {c.fine_tune_epochs} epochs")
-        defended = defence.fine_tune(classifier, self.calibration.x[index], generated["x_adv"][rows],
-                                     self.calibration.y[index], tune, state_dir=out, strategy=self.strategy)
-      accuracy = training.accuracy(defended, self.evaluation)
-      defended.save(os.path.join(out, "model.keras"))
+        defended = defence.fine_tune(classifier, self.calibration.x[index], generated.x_adv[rows],
+                                     self.calibration.y[index], tune, state_dir=out)
+      accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
+      save_model(defended, os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {"clean_accuracy": accuracy, "mode": c.fine_tune_mode,
                                                      "eps": list(c.fine_tune_eps)})
       shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
@@ -325,10 +324,10 @@ class DefendRun:
     c = self.config
     frozen = defence.clone_classifier(classifier)
     phi, _ = models.split_at_latent(frozen, c.latent_layer)
-    generator = load_model(self.work.path("generator", "model.keras"))
+    generator = self.work.model("generator")
     boundaries = self.boundaries()
-    scale = generation.latent_scale(generator_lib.latents(phi, self.calibration.x))
-    trainer = defence.make_trainer(classifier, tune, self.strategy)
+    scale = generation.latent_scale(decoder_lib.latents(phi, self.calibration.x))
+    tuning = defence.fine_tuning(classifier, tune)
     rng = np.random.default_rng(c.seed)
     for epoch in range(tune.epochs):
       idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
@@ -337,11 +336,10 @@ class DefendRun:
       eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
       gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
       x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
-      history = defence.train_pairs(trainer, defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch),
-                                    1, tune, strategy=self.strategy, verbose=0)
+      history = tuning.fit(defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch), 1, verbose=0)
       self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
                ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
-    return defence.unscoped(trainer.classifier, self.strategy)
+    return tuning.finish()
 
   # -- summary and export -------------------------------------------------------------------
   def write_metrics(self):
@@ -378,47 +376,20 @@ class DefendRun:
                              "LAD-defended": metrics["defended"]["clean_accuracy"]})
     return metrics
 
-  def export(self, metrics):
-    from serving import export as serving_export  # serving depends on lad_tf, not the reverse
-    base = self.config.export_base or self.work.path("export")
-    card = {"dataset": self.spec.name, "clean_accuracy": metrics["defended"]["clean_accuracy"],
-            "original_clean_accuracy": metrics["original"]["clean_accuracy"],
-            "defence": "LAD (latent adversarial defence)", "class_names": list(self.spec.class_names)}
-    report = read_json(self.work.path("evaluation", "report.json"))
-    if report:
-      card["robustness"] = report.get("rows")
-    path = serving_export.export_classifier(load_model(self.work.path("defended", "model.keras")), base,
-                                            sample_images=self.evaluation.x[:16],
-                                            model_name=self.config.model_name, model_card=card)
-    self.say(f"export: {path}")
-    return path
-
   def run(self):
+    """Every stage, then metrics.json; returns its content."""
     try:
-      return self._run()
+      self.classifier_stage()
+      self.generator_stage()
+      self.boundaries_stage()
+      self.generation_stage()
+      self.defended_stage()
+      return self.write_metrics()
     finally:
       self.close()
 
-  def _run(self):
-    self.classifier_stage()
-    self.generator_stage()
-    self.boundaries_stage()
-    self.generation_stage()
-    self.defended_stage()
-    metrics = self.write_metrics()
-    if self.config.export and self.chief:
-      previous = read_json(self.work.path("export.json"), {}).get("path")
-      model_time = os.path.getmtime(self.work.path("defended", "model.keras"))
-      if previous and os.path.isdir(previous) and os.path.getmtime(previous) >= model_time:
-        self.say(f"export: done, skipped ({previous})")
-      else:
-        previous = self.export(metrics)
-        write_json(self.work.path("export.json"), {"path": previous})
-      metrics["export_path"] = previous
-      write_json(self.work.path("metrics.json"), metrics)
-    return metrics
-
 
 def run_defend(workdir, config=DefendConfig(), progress=None):
-  """Runs (or resumes) every stage of the defence in `workdir`; returns metrics.json's content."""
+  """Runs (or resumes) every stage of the defence in `workdir`; returns metrics.json's content (the
+  command line adds the export stage: pipelines.stages.run_defend)."""
   return DefendRun(workdir, config, progress).run()

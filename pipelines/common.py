@@ -54,23 +54,27 @@ def workdir(flag_values):
 
 
 def define_distribution_flags():
-  """--strategy, --deterministic, --mixed_precision, --jit_compile (see docs/SCALING.md)."""
+  """--strategy, --deterministic, --precision, --jit_compile (see docs/SCALING.md)."""
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                     "tf.distribute strategy of every training loop: default (one device), mirrored (all "
                     "local GPUs), multi_worker (MultiWorkerMirroredStrategy from the TF_CONFIG environment "
                     "variable; run the same command on every worker, only the chief writes --workdir).")
   flags.DEFINE_bool("deterministic", False, "Reproducible runs: seeds everything and enables "
                     "tf.config.experimental.enable_op_determinism (slower on GPUs).")
-  flags.DEFINE_bool("mixed_precision", False, "mixed_float16 training on GPUs (losses in float32); "
-                    "a warning and no-op without a GPU.")
+  flags.DEFINE_enum("precision", "auto", ["float32", "mixed_float16", "mixed_bfloat16", "auto"],
+                    "Keras dtype policy of training (losses in float32): mixed_float16 on GPUs (float32 "
+                    "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
+                    "lad_tf.execution.auto_precision measured accurate enough on this hardware.")
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the Keras fit train steps (measured slower for "
                     "LeNet on CPU; try it on GPUs).")
 
 
-def distribution_config(flag_values):
-  """The DefendConfig fields of the distribution flags. Creates the strategy first (a
+def execution_config(flag_values):
+  """The ExecutionConfig of --seed and the distribution flags. Creates the strategy first (a
   MultiWorkerMirroredStrategy must exist before TensorFlow runs any op)."""
   from lad_tf import distribute
+  from lad_tf.execution import ExecutionConfig
   distribute.get_strategy(flag_values.strategy)
-  return {"strategy": flag_values.strategy, "deterministic": flag_values.deterministic,
-          "mixed_precision": flag_values.mixed_precision, "jit_compile": flag_values.jit_compile}
+  return ExecutionConfig(strategy=flag_values.strategy, seed=flag_values.seed,
+                         deterministic=flag_values.deterministic, precision=flag_values.precision,
+                         jit_compile=flag_values.jit_compile)

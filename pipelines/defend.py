@@ -42,20 +42,21 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
-  execution = common.distribution_config(FLAGS)
+  execution = common.execution_config(FLAGS)
   from lad_tf import pipeline
   config = pipeline.DefendConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, classifier_path=FLAGS.classifier,
-      latent_layer=FLAGS.latent_layer, seed=FLAGS.seed, calibration_per_class=FLAGS.calibration_per_class,
+      latent_layer=FLAGS.latent_layer, calibration_per_class=FLAGS.calibration_per_class,
       classifier_epochs=FLAGS.classifier_epochs, generator_epochs=FLAGS.generator_epochs,
       recon_norm=FLAGS.recon_norm, attention=FLAGS.attention,
       eps_grid=tuple(float(e) for e in FLAGS.eps) if FLAGS.eps else None, normal=FLAGS.normal,
       target=FLAGS.target, adaptive=FLAGS.adaptive, fine_tune_mode=FLAGS.fine_tune_mode,
       fine_tune_eps=tuple(float(e) for e in FLAGS.fine_tune_eps), fine_tune_epochs=FLAGS.fine_tune_epochs,
-      export=FLAGS.export, export_base=FLAGS.export_base, model_name=FLAGS.model_name, force=tuple(FLAGS.force),
-      **execution)
+      force=tuple(FLAGS.force), execution=execution)
   workdir = common.workdir(FLAGS)
-  metrics = pipeline.run_defend(workdir, config)
+  from pipelines import stages
+  metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,
+                              model_name=FLAGS.model_name)
   from lad_tf import distribute
   if not distribute.is_chief(FLAGS.strategy):
     print(f"worker {distribute.task(FLAGS.strategy)}: done (the chief writes {workdir})")

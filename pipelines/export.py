@@ -109,8 +109,8 @@ def main(argv):
     pass
   workdir = os.path.abspath(FLAGS.workdir)
   model_path, stage = find_model(workdir)
-  from lad_tf import pipeline
-  model = pipeline.load_model(model_path, "classifier")
+  from lad_tf.workdir import load_model
+  model = load_model(model_path, "classifier")
   input_shape = tuple(model.inputs[0].shape[1:])
   if any(d is None for d in input_shape):
     raise app.UsageError(f"{model_path} has an input shape {input_shape} with free dimensions; "

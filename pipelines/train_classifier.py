@@ -19,12 +19,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
-  execution = common.distribution_config(FLAGS)
+  execution = common.execution_config(FLAGS)
   from lad_tf import pipeline
   config = pipeline.DefendConfig(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed, architecture=FLAGS.architecture,
+      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, architecture=FLAGS.architecture,
       classifier_epochs=FLAGS.epochs, calibration_per_class=FLAGS.calibration_per_class,
-      force=("classifier",) if FLAGS.force else (), **execution)
+      force=("classifier",) if FLAGS.force else (), execution=execution)
   run = pipeline.DefendRun(common.workdir(FLAGS), config)
   path = run.classifier_stage()
   if not run.chief:

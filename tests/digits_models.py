@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf import datasets, models, training
+from lad_tf.execution import ExecutionConfig
 
 
 def plain_lenet(state_dir, epochs=15, seed=0):
@@ -14,7 +15,8 @@ def plain_lenet(state_dir, epochs=15, seed=0):
   keras.utils.set_random_seed(seed)
   model = models.build_classifier("lenet5", (28, 28, 1), 10)
   training.train_classifier(model, data.train, data.test,
-                            training.TrainConfig(epochs=epochs, batch_size=64, verbose=0, seed=seed),
+                            training.TrainConfig(epochs=epochs, batch_size=64,
+                                                execution=ExecutionConfig(seed=seed, verbose=0)),
                             str(state_dir))
   return model, data
 

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from lad_tf import attacks, datasets, models, training
+from lad_tf.execution import ExecutionConfig
 
 # The package exports functions named like their modules; reach the modules themselves.
 apgd_module = importlib.import_module("lad_tf.attacks.apgd")
@@ -22,7 +23,7 @@ def setup(tmp_path_factory):
   keras.utils.set_random_seed(0)
   model = models.build_classifier("lenet5", (28, 28, 1), 10)
   training.train_classifier(model, data.train, data.test,
-                            training.TrainConfig(epochs=15, batch_size=64, verbose=0),
+                            training.TrainConfig(epochs=15, batch_size=64, execution=ExecutionConfig(verbose=0)),
                             str(tmp_path_factory.mktemp("lenet")))
   idx = datasets.stratified_indices(data.test.y, 6, seed=0)
   x, y = data.test.x[idx], data.test.y[idx]
@@ -46,8 +47,8 @@ def _assert_valid(x, x_adv, eps=None):
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd"])
 def test_linf_attacks_lower_accuracy_and_stay_in_the_ball(setup, name):
   model, x, y, _, clean = setup
-  run = {"fgsm": lambda: attacks.fgsm(model, x, EPS, y),
-         "pgd": lambda: attacks.pgd(model, x, EPS, y, nb_iter=20, seed=0),
+  run = {"fgsm": lambda: attacks.fgsm(model, x, y, EPS),
+         "pgd": lambda: attacks.pgd(model, x, y, EPS, nb_iter=20, seed=0),
          "apgd": lambda: attacks.apgd(model, x, y, EPS, n_iter=20, seed=0)}[name]
   x_adv = run()
   _assert_valid(x, x_adv, EPS)
@@ -57,7 +58,7 @@ def test_linf_attacks_lower_accuracy_and_stay_in_the_ball(setup, name):
 
 def test_apgd_is_at_least_as_strong_as_pgd_and_repeatable(setup):
   model, x, y, _, _ = setup
-  pgd_acc = _accuracy(model, attacks.pgd(model, x, 0.1, y, nb_iter=20, seed=0), y)
+  pgd_acc = _accuracy(model, attacks.pgd(model, x, y, 0.1, nb_iter=20, seed=0), y)
   first = attacks.apgd(model, x, y, 0.1, n_iter=20, seed=3)
   assert _accuracy(model, first, y) <= pgd_acc + 0.05
   np.testing.assert_array_equal(first, attacks.apgd(model, x, y, 0.1, n_iter=20, seed=3))
@@ -111,16 +112,16 @@ def test_cw_l2_targeted_and_untargeted(setup):
 
 def test_batching_does_not_change_results(setup):
   model, x, y, _, _ = setup
-  np.testing.assert_allclose(attacks.fgsm(model, x, EPS, y, batch_size=7),
-                             attacks.fgsm(model, x, EPS, y), atol=1e-6)
+  np.testing.assert_allclose(attacks.fgsm(model, x, y, EPS, batch_size=7),
+                             attacks.fgsm(model, x, y, EPS), atol=1e-6)
 
 
 def test_clear_errors_on_bad_input(setup):
   model, x, y, target, _ = setup
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    attacks.fgsm(model, x * 255, EPS, y)
+    attacks.fgsm(model, x * 255, y, EPS)
   with pytest.raises(ValueError, match="NHWC"):
-    attacks.pgd(model, x[0], EPS)
+    attacks.pgd(model, x[0], None, EPS)
   with pytest.raises(ValueError, match="one class index per image"):
     attacks.jsma(model, x, target[:3])
   with pytest.raises(ValueError, match="eps"):
@@ -128,9 +129,23 @@ def test_clear_errors_on_bad_input(setup):
   with pytest.raises(ValueError, match="target"):
     attacks.carlini_wagner_l2(model, x, None, targeted=True)
   with pytest.raises(TypeError, match="callable"):
-    attacks.fgsm("model", x, EPS, y)
+    attacks.fgsm("model", x, y, EPS)
 
 
 def test_apgd_checkpoints_follow_the_paper():
   assert apgd_module.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
   assert apgd_module.checkpoints(1) == [1]
+
+
+def test_the_registry_calls_every_attack_with_one_argument_order(setup):
+  model, x, y, target, _ = setup
+  np.testing.assert_array_equal(attacks.get("fgsm")(model, x, y, EPS), attacks.fgsm(model, x, y, EPS))
+  assert [n for n in ("fgsm", "pgd", "apgd") if attacks.get(n).bounded and not attacks.get(n).targeted] == [
+      "fgsm", "pgd", "apgd"]
+  assert all(attacks.get(n).targeted and not attacks.get(n).bounded for n in ("jsma", "cw"))
+  with pytest.raises(ValueError, match="pgd needs an eps"):
+    attacks.get("pgd")(model, x, y)
+  with pytest.raises(ValueError, match="jsma is not bounded by an eps"):
+    attacks.get("jsma")(model, x, target, 0.1)
+  with pytest.raises(ValueError, match="unknown attack 'nope'; known: apgd, cw, fgsm"):
+    attacks.get("nope")

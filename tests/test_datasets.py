@@ -143,7 +143,13 @@ def test_celeba_folder_gives_smiling_labels(tmp_path, digits):
   assert len(data.train) + len(data.test) == 12
   all_labels = np.concatenate([data.train.y, data.test.y])
   np.testing.assert_array_equal(all_labels, [1 if i % 3 == 0 else 0 for i in range(12)])
-  assert 0.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+  assert data.train.streamed and not data.test.streamed  # training faces are decoded on the fly
+  faces = data.train.x[:]
+  assert faces.dtype == np.float32 and 0.0 <= faces.min() and faces.max() <= 1.0 and faces.std() > 0.05
+  # the tf.data stream decodes the same faces, in order, as indexing does
+  streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
+  np.testing.assert_allclose(streamed, faces, atol=1e-6)
+  np.testing.assert_allclose(data.train.take([2, 0]).x[:], faces[[2, 0]], atol=1e-6)
 
 
 def test_celeba_attributes_without_smiling(tmp_path, digits):
@@ -184,3 +190,22 @@ def test_calibration_split_refuses_to_eat_the_test_set(digits):
 def test_unknown_dataset():
   with pytest.raises(KeyError, match="known: celeba_smile, digits, fashion_mnist, mnist, svhn"):
     datasets.get_spec("cifar10")
+
+
+def test_tfds_and_local_celeba_crop_the_same_face_square(tmp_path, monkeypatch):
+  import tensorflow as tf
+  from lad_tf.sources import celeba, tfds_source
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
+  image[:20] = 0  # the rows above the face square must not reach the crop
+  path = tmp_path / "face.png"
+  tf.io.write_file(str(path), tf.io.encode_png(image))  # lossless: both paths see the same pixels
+  local = celeba.decode_face(str(path))
+  seen = {}
+  monkeypatch.setattr(tfds_source, "load", lambda name, **kw: seen.update(kw) or {})
+  datasets._celeba_tfds(None)
+  through_tfds = seen["image_fn"](tf.constant(image)).numpy()
+  assert local.shape == through_tfds.shape == (128, 128, 3)
+  np.testing.assert_allclose(through_tfds, local, atol=1e-6)
+  squashed = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (128, 128), antialias=True).numpy()
+  assert np.abs(squashed - local).mean() > 0.05  # the old TFDS path (the whole image squashed) differs

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from lad_tf import datasets, evaluation, models, training
-from lad_tf.workdir import read_json, write_json
+from lad_tf import datasets, evaluation, generation, models, training
+from lad_tf.execution import ExecutionConfig
+from lad_tf.workdir import load_model, read_json, write_json
 
 CALIBRATION_PER_CLASS = 5
 LAD_EPS = (0.1, 0.3)
@@ -32,18 +33,22 @@ def small_config(**overrides):
 
 
 def make_workdir(root):
-  """A defend-like work directory: the same trained LeNet as classifier and defended model, and a
-  'generated' set of noisy calibration images (two eps) standing in for LAD's examples."""
+  """A defend-like work directory: a trained LeNet as classifier, a *different* LeNet (other seed,
+  fewer epochs) as the defended model, so a swapped column shows, and a 'generated' set of noisy
+  calibration images (two eps) standing in for LAD's examples."""
   import keras
   data = datasets.load("digits")
-  keras.utils.set_random_seed(0)
-  model = models.build_classifier("lenet5", (28, 28, 1), 10)
-  training.train_classifier(model, data.train, data.test,
-                            training.TrainConfig(epochs=15, batch_size=64, verbose=0),
-                            os.path.join(root, ".state"))
-  for stage in ("classifier", "defended"):
+  trained = {}
+  for stage, seed, epochs in (("classifier", 0, 15), ("defended", 1, 4)):
+    keras.utils.set_random_seed(seed)
+    trained[stage] = models.build_classifier("lenet5", (28, 28, 1), 10)
+    training.train_classifier(trained[stage], data.train, data.test,
+                              training.TrainConfig(epochs=epochs, batch_size=64,
+                                                   execution=ExecutionConfig(seed=seed, verbose=0)),
+                              os.path.join(root, f".state-{stage}"))
     os.makedirs(os.path.join(root, stage))
-    model.save(os.path.join(root, stage, "model.keras"))
+    trained[stage].save(os.path.join(root, stage, "model.keras"))
+  model = trained["classifier"]
   calibration, _ = datasets.calibration_split(data.test, CALIBRATION_PER_CLASS, 0)
   rng = np.random.default_rng(0)
   target = (calibration.y + rng.integers(1, 10, len(calibration))) % 10
@@ -56,8 +61,9 @@ def make_workdir(root):
                        ("image_label", label), ("index", np.arange(len(calibration)))):
       parts[key].append(value)
   os.makedirs(os.path.join(root, "generation"))
-  np.savez_compressed(os.path.join(root, "generation", "generated.npz"),
-                      **{k: np.concatenate(v) for k, v in parts.items()})
+  recon_label = np.argmax(model.predict(calibration.x, verbose=0), axis=1)
+  generation.GeneratedSet(**{k: np.concatenate(v) for k, v in parts.items()}, recon_label=recon_label,
+                          latent_scale=1.0).save(os.path.join(root, "generation", "generated.npz"))
   write_json(os.path.join(root, "config.json"),
              {"dataset": "digits", "data_dir": None, "calibration_per_class": CALIBRATION_PER_CLASS,
               "seed": 0, "full": {"fine_tune_mode": "mix", "fine_tune_eps": [0.1], "fine_tune_epochs": 1}})
@@ -86,11 +92,10 @@ def test_report_json_has_its_schema(evaluated):
       assert key in row, key
     assert row["setting"] in ("white_box", "transfer")
     assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd") else 90)
-    assert 0.0 <= row["original_accuracy"] <= 1.0 and 0.0 <= row["defended_accuracy"] <= 1.0
     for name in BASELINES:
       assert f"baseline_{name}_accuracy" in row
     if row["setting"] == "white_box":
-      assert 0.0 <= row["defended_accuracy_fixed_set"] <= 1.0
+      assert "defended_accuracy_fixed_set" in row
     if row["attack"] in ("jsma", "cw"):
       assert row["epsilon"] is None
   # The paper's 0.3 as printed, and the dataset's usual eps (digits: 0.1).
@@ -132,7 +137,7 @@ def test_transfer_rows_come_from_the_black_box_model(evaluated):
   root, report, _ = evaluated
   config = small_config()
   contents = evaluation.load_workdir(root)
-  blackbox = evaluation._load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
+  blackbox = load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
   assert blackbox.name == "black_cnn" and contents.original.name == "lenet5"
   untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
@@ -141,8 +146,8 @@ def test_transfer_rows_come_from_the_black_box_model(evaluated):
   x_wb = evaluation.craft("fgsm", contents.original, x, y, config, eps=0.1)
   row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "transfer"
              and r["epsilon"] == 0.1)
-  assert row["original_accuracy"] == pytest.approx(evaluation.accuracy(contents.original, x_bb, y))
-  assert row["blackbox_accuracy"] == pytest.approx(evaluation.accuracy(blackbox, x_bb, y))
+  assert row["original_accuracy"] == pytest.approx(training.accuracy(contents.original, x_bb, y))
+  assert row["blackbox_accuracy"] == pytest.approx(training.accuracy(blackbox, x_bb, y))
   # Built from the black-box model's gradients: the sign of its loss gradient, not the original's.
   import tensorflow as tf
   xt = tf.constant(x)
@@ -156,14 +161,48 @@ def test_transfer_rows_come_from_the_black_box_model(evaluated):
   assert row["blackbox_accuracy"] < report["models"]["blackbox"]["clean_accuracy"]
 
 
-def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated):
-  root, _, _ = evaluated
-  report = evaluation.evaluate_workdir(
-      root, small_config(attacks=("fgsm",), baselines=("fgsm",), attack_baselines=True, lad_sweep=False,
-                         epsilons=(0.1,)), progress=lambda _: None)
+def _copy(evaluated, tmp_path):
+  """A copy of the evaluated work directory, for tests that write their own report.json."""
+  import shutil
+  root = str(tmp_path / "copy")
+  shutil.copytree(evaluated[0], root)
+  return root
+
+
+def test_each_column_scores_its_own_model(evaluated):
+  root, report, _ = evaluated
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                            10, config.seed)
+  x, y = untargeted["x"], untargeted["y"]
+  row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "white_box"
+             and r["epsilon"] == 0.1)
+  on_original = evaluation.craft("fgsm", contents.original, x, y, config, eps=0.1)
+  on_defended = evaluation.craft("fgsm", contents.defended, x, y, config, eps=0.1)
+  want = {"original_accuracy": training.accuracy(contents.original, on_original, y),
+          "defended_accuracy": training.accuracy(contents.defended, on_defended, y),
+          "defended_accuracy_fixed_set": training.accuracy(contents.defended, on_original, y)}
+  assert {k: row[k] for k in want} == pytest.approx(want)
+  # the fixture's two models differ, so a swapped column would not match
+  assert want["defended_accuracy"] != pytest.approx(training.accuracy(contents.original, on_defended, y))
+  assert report["clean"]["defended"] != report["clean"]["original"]
+
+
+def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated, tmp_path):
+  root = _copy(evaluated, tmp_path)
+  config = small_config(attacks=("fgsm",), baselines=("fgsm",), attack_baselines=True, lad_sweep=False,
+                        epsilons=(0.1,))
+  report = evaluation.evaluate_workdir(root, config, progress=lambda _: None)
   assert report["models"]["blackbox"]["reused"] and report["models"]["baseline_fgsm"]["reused"]
   white = next(r for r in report["rows"] if r["setting"] == "white_box")
-  assert 0.0 <= white["baseline_fgsm_accuracy"] <= 1.0
+  # the baseline attacked itself: its column is its accuracy on its own FGSM examples
+  baseline = load_model(os.path.join(root, "evaluation", "models", "baseline_fgsm.keras"))
+  contents = evaluation.load_workdir(root)
+  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                            10, config.seed)
+  own = evaluation.craft("fgsm", baseline, untargeted["x"], untargeted["y"], config, eps=0.1)
+  assert white["baseline_fgsm_accuracy"] == pytest.approx(training.accuracy(baseline, own, untargeted["y"]))
 
 
 def test_select_sources_shapes():
@@ -181,8 +220,8 @@ def test_missing_workdir_pieces_are_named(tmp_path):
     evaluation.EvalConfig(attacks=("fgsm", "deepfool"))
 
 
-def test_command_line(evaluated):
-  root, _, _ = evaluated
+def test_command_line(evaluated, tmp_path):
+  root = _copy(evaluated, tmp_path)
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(
       [sys.executable, "-m", "pipelines.evaluate", f"--workdir={root}", "--attacks=fgsm",

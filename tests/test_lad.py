@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import boundary, defence, generation, pipeline
+from lad_tf import boundary, defence, execution, generation, pipeline
+from lad_tf.workdir import WorkDir
+from pipelines import stages
+
+
+QUIET = execution.ExecutionConfig(verbose=0)
 
 
 # -- attention and boundaries -------------------------------------------------------------------
@@ -78,16 +83,18 @@ def test_one_fine_tuning_step_lowers_the_eq4_loss():
   x = rng.random((32, 6)).astype(np.float32)
   x_adv = np.clip(x + rng.normal(scale=0.2, size=x.shape), 0, 1).astype(np.float32)
   y = rng.integers(0, 3, size=32)
-  trainer = defence.AdversarialFineTuning(model, alpha=0.5)
+  eq4 = lambda alpha: float(tf.reduce_mean(defence.eq4_loss(alpha)(model, (x, x_adv), y, False)["loss"]))
+  trainer = execution.LossTrainer(model, defence.eq4_loss(0.5))
   trainer.compile(optimizer=keras.optimizers.SGD(0.1))
-  before = float(trainer.eq4_loss(x, x_adv, y)[0])
+  trainer.build_metrics(tf.data.Dataset.from_tensor_slices(((x, x_adv), y)).batch(32).element_spec)
+  before = eq4(0.5)
   trainer.train_on_batch((x, x_adv), y)
-  after = float(trainer.eq4_loss(x, x_adv, y)[0])
+  after = eq4(0.5)
   assert after < before
-  # alpha weighs the two terms: alpha = 1 ignores the adversarial examples
-  only_clean = defence.AdversarialFineTuning(model, alpha=1.0)
+  # alpha weighs the two terms: alpha = 1 ignores the adversarial examples, alpha = 0 the clean ones
   ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  np.testing.assert_allclose(float(only_clean.eq4_loss(x, x_adv, y)[0]), float(ce(y, model(x))), rtol=1e-6)
+  np.testing.assert_allclose(eq4(1.0), float(ce(y, model(x))), rtol=1e-6)
+  np.testing.assert_allclose(eq4(0.0), float(ce(y, model(x_adv))), rtol=1e-6)
 
 
 def test_fine_tune_leaves_the_original_untouched():
@@ -95,7 +102,7 @@ def test_fine_tune_leaves_the_original_untouched():
   model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
   weights = [w.copy() for w in model.get_weights()]
   x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
-  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, verbose=0))
+  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, execution=QUIET))
   assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
   assert not all(np.array_equal(a, b) for a, b in zip(weights, tuned.get_weights()))
 
@@ -103,13 +110,13 @@ def test_fine_tune_leaves_the_original_untouched():
 # -- the pipeline on digits ---------------------------------------------------------------------
 CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
-                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), verbose=0)
+                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), execution=QUIET)
 
 
 @pytest.fixture(scope="module")
 def defended(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("defend"))
-  return workdir, pipeline.run_defend(workdir, CONFIG)
+  return workdir, stages.run_defend(workdir, CONFIG)
 
 
 def test_defend_writes_every_metric(defended):
@@ -137,13 +144,13 @@ def test_success_rate_rises_with_eps(defended):
 
 def test_eps_zero_gives_back_the_reconstruction(defended):
   workdir, _ = defended
-  generated = generation.load(os.path.join(workdir, "generation", "generated.npz"))
   run = pipeline.DefendRun(workdir, CONFIG)
+  generated = run.work.generated(len(run.calibration))
   phi, _ = pipeline.models.split_at_latent(run.classifier())
-  generator = pipeline.load_model(os.path.join(workdir, "generator", "model.keras"))
-  rows = generated["eps"] == 0.0
+  generator = run.work.model("generator")
+  rows = generated.eps == 0.0
   reconstruction = generator.predict(phi.predict(run.calibration.x, verbose=0), verbose=0)
-  np.testing.assert_allclose(generated["x_adv"][rows], reconstruction[generated["index"][rows]], atol=1e-5)
+  np.testing.assert_allclose(generated.x_adv[rows], reconstruction[generated.index[rows]], atol=1e-5)
 
 
 def test_export_is_servable(defended):
@@ -152,7 +159,7 @@ def test_export_is_servable(defended):
   serve = loaded.signatures["serving_default"]
   run = pipeline.DefendRun(workdir, CONFIG)
   out = serve(images=tf.constant(run.evaluation.x[:8]))
-  defended_model = pipeline.load_model(os.path.join(workdir, "defended", "model.keras"))
+  defended_model = WorkDir(workdir).model("defended")
   np.testing.assert_array_equal(out["classes"].numpy(),
                                 np.argmax(defended_model.predict(run.evaluation.x[:8], verbose=0), -1))
 
@@ -161,14 +168,51 @@ def test_second_run_skips_every_stage(defended, caplog):
   workdir, first = defended
   stamps = {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES}
   with caplog.at_level("INFO", logger="lad_tf"):
-    again = pipeline.run_defend(workdir, CONFIG)
+    again = stages.run_defend(workdir, CONFIG)
   assert {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES} == stamps
   skipped = [r.getMessage() for r in caplog.records if "done, skipped" in r.getMessage()]
   assert len(skipped) == len(pipeline.STAGES) + 1  # every stage and the export
   assert again["export_path"] == first["export_path"]
 
 
-def test_a_workdir_refuses_other_settings(defended):
-  workdir, _ = defended
-  with pytest.raises(ValueError, match="made with other settings"):
-    pipeline.DefendRun(workdir, pipeline.DefendConfig(dataset="digits", seed=7))
+def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_path):
+  import dataclasses
+  import shutil
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(defended[0], workdir)
+  stamps = lambda: {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in pipeline.STAGES}
+  before = stamps()
+  # the target choice is a generation setting: generation and the fine-tuning on its output rerun
+  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
+  after = stamps()
+  assert [s for s in pipeline.STAGES if after[s] != before[s]] == ["generation", "defended"]
+  assert metrics["defended"]["clean_accuracy"] > 0.85
+  again = stamps()
+  stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
+  assert stamps() == again  # and the new settings are now the done ones
+
+
+# metrics.json of the digits run above made by the code before the architecture refactor (commit
+# 6d6628d, deterministic from run to run on CPU): the refactor must not change a number.
+PINNED = os.path.join(os.path.dirname(__file__), "testdata", "digits_defend_metrics.json")
+
+
+def _leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from _leaves(value, f"{prefix}{key}.")
+  else:
+    yield prefix[:-1], tree
+
+
+def test_defend_metrics_match_the_pinned_values(defended):
+  _, metrics = defended
+  with open(PINNED) as f:
+    pinned = dict(_leaves(json.load(f)))
+  got = dict(_leaves({k: v for k, v in metrics.items() if k not in ("stages_s", "export_path")}))
+  assert sorted(got) == sorted(pinned)
+  for key, value in pinned.items():
+    if isinstance(value, float):
+      assert abs(got[key] - value) <= 1e-6, f"{key}: {got[key]} != pinned {value}"
+    else:
+      assert got[key] == value, f"{key}: {got[key]} != pinned {value}"

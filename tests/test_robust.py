@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras import layers
 
 from lad_tf import boundary, datasets, models, robust, training
-from lad_tf import generator as generator_lib
+from lad_tf import decoder as decoder_lib
+from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import adversaries, losses
 
 EPS = 0.1
@@ -45,7 +46,7 @@ def setup():
   keras.utils.set_random_seed(0)
   model = tiny_cnn()
   training.train_classifier(model, data.train, data.test, training.TrainConfig(
-      epochs=15, batch_size=32, learning_rate=2e-3, verbose=0), None)
+      epochs=15, batch_size=32, learning_rate=2e-3, execution=ExecutionConfig(verbose=0)), None)
   return data, model, pgd_accuracy(model, data.test)
 
 
@@ -56,8 +57,8 @@ def lad_parts(setup):
   phi, _ = models.split_at_latent(model)
   phi.trainable = False
   generator = models.build_generator("conv_decoder", 64, (28, 28, 1))
-  generator_lib.train_generator(phi, generator, data.train, data.test,
-                                generator_lib.GeneratorConfig(epochs=3, verbose=0), None)
+  decoder_lib.train_decoder(phi, generator, data.train, data.test,
+                            decoder_lib.DecoderConfig(epochs=3, execution=ExecutionConfig(verbose=0)), None)
   rows = datasets.stratified_indices(data.train.y, 20)
   z = phi.predict(data.train.x[rows], verbose=0)
   fitted = boundary.fit_boundaries(z, data.train.y[rows], 10,

@@ -6,8 +6,16 @@ import tensorflow as tf
 import lad_tf
 
 
-def test_lad_tf_has_a_version():
-    assert isinstance(lad_tf.__version__, str) and lad_tf.__version__
+def test_lad_tf_version_is_valid_and_matches_the_installed_package():
+    from importlib import metadata
+
+    from packaging.version import Version
+    Version(lad_tf.__version__)  # raises InvalidVersion on anything pip would refuse
+    try:
+        installed = metadata.version("lad_tf")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return
+    assert installed == lad_tf.__version__, (installed, lad_tf.__version__)
 
 
 def test_pinned_stack():

@@ -2,10 +2,12 @@
 
 Each attack is one plain function over `model_fn` (a callable mapping an image batch to logits,
 e.g. the Keras model itself), batched, returning a float32 numpy array of adversarial images in
-[0, 1]:
+[0, 1], with one argument order: `(model_fn, x, y, eps, ...)` for attacks bounded by an L-inf eps,
+`(model_fn, x, y, ...)` for minimal-perturbation ones. y holds the true labels of untargeted
+attacks and the target classes of targeted ones.
 
-  fgsm(model_fn, x, eps, y=None)                      untargeted (or targeted) L-inf, cleverhans 4
-  pgd(model_fn, x, eps, y=None, nb_iter=40)           untargeted (or targeted) L-inf, cleverhans 4
+  fgsm(model_fn, x, y, eps)                           untargeted (or targeted) L-inf, cleverhans 4
+  pgd(model_fn, x, y, eps, nb_iter=40)                untargeted (or targeted) L-inf, cleverhans 4
   jsma(model_fn, x, y_target, theta=1.0, gamma=0.1)   targeted L0 saliency map (ours, TensorFlow)
   carlini_wagner_l2(model_fn, x, y, targeted=...)     CW-L2, targeted or untargeted (ours)
   apgd(model_fn, x, y, eps, loss="ce"|"dlr", y_target=None)   APGD-CE / APGD-DLR, L-inf (ours)
@@ -14,8 +16,13 @@ e.g. the Keras model itself), batched, returning a float32 numpy array of advers
   square(model_fn, x, y, eps, n_queries=5000)                Square Attack, gradient-free (ours)
   autoattack(model_fn, x, y, eps, version="standard")        APGD-CE, APGD-T, FAB-T, Square (ours)
 
-`ATTACKS` names them for the evaluation protocol; `perturbation_norms` measures L2 / L-inf / L0.
+`REGISTRY` (`get(name)`, `register(...)`) is how the evaluation protocol finds and calls them:
+`get(name)(model_fn, x, y, eps, **options)`. `perturbation_norms` measures L2 / L-inf / L0.
 """
+import dataclasses
+import functools
+from typing import Callable, Optional
+
 from lad_tf.attacks.apgd import apgd, apgd_targeted
 from lad_tf.attacks.autoattack import autoattack
 from lad_tf.attacks.common import perturbation_norms, predict
@@ -28,15 +35,55 @@ from lad_tf.attacks.square import square
 
 cw_l2 = carlini_wagner_l2
 
-# name -> (function, targeted?, bounded by an L-inf eps?)
-ATTACKS = {
-    "fgsm": (fgsm, False, True),
-    "pgd": (pgd, False, True),
-    "apgd": (apgd, False, True),
-    "jsma": (jsma, True, False),
-    "cw": (carlini_wagner_l2, True, False),
-}
 
-__all__ = ["fgsm", "pgd", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab",
-           "square", "autoattack", "ATTACKS",
-           "perturbation_norms", "predict"]
+@dataclasses.dataclass(frozen=True)
+class Attack:
+  """A registered attack.
+
+  fn: the attack function (see the module docstring for its argument order).
+  targeted: True when y are target classes (the protocol then attacks towards every other class).
+  norm: "linf" when bounded by an eps (fn takes eps after y), None for minimal-perturbation attacks.
+  """
+  name: str
+  fn: Callable
+  targeted: bool
+  norm: Optional[str]
+
+  @property
+  def bounded(self):
+    return self.norm is not None
+
+  def __call__(self, model_fn, x, y, eps=None, **options):
+    if self.bounded:
+      if eps is None:
+        raise ValueError(f"{self.name} needs an eps")
+      return self.fn(model_fn, x, y, eps, **options)
+    if eps is not None:
+      raise ValueError(f"{self.name} is not bounded by an eps (got eps={eps})")
+    return self.fn(model_fn, x, y, **options)
+
+
+REGISTRY = {}
+
+
+def register(name, fn, targeted, norm):
+  """Adds an attack under `name` (replacing one of that name); returns it."""
+  REGISTRY[name] = Attack(name, fn, targeted, norm)
+  return REGISTRY[name]
+
+
+def get(name):
+  """The registered attack `name`; a clear error listing the known ones otherwise."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown attack '{name}'; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
+
+
+register("fgsm", fgsm, targeted=False, norm="linf")
+register("pgd", pgd, targeted=False, norm="linf")
+register("apgd", apgd, targeted=False, norm="linf")
+register("jsma", jsma, targeted=True, norm=None)
+register("cw", functools.partial(carlini_wagner_l2, targeted=True), targeted=True, norm=None)
+
+__all__ = ["fgsm", "pgd", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab", "square",
+           "autoattack", "Attack", "REGISTRY", "register", "get", "perturbation_norms", "predict"]

@@ -6,15 +6,15 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from lad_tf.attacks import common
 
 
-def fgsm(model_fn, x, eps, y=None, targeted=False, batch_size=512):
+def fgsm(model_fn, x, y, eps, targeted=False, batch_size=512):
   """One signed-gradient step of size eps (L-inf), clipped to [0, 1].
 
   Args:
     model_fn: callable mapping a float32 NHWC image batch to logits (e.g. a Keras model).
     x: images, float32 NHWC in [0, 1] (numpy array or tf.Tensor).
-    eps: L-inf size of the step (e.g. 0.3, or 8/255); 0 returns x unchanged.
     y: class indices. Untargeted: the true labels (None: the model's predictions, which avoids
       label leaking). Targeted: the target classes (required).
+    eps: L-inf size of the step (e.g. 0.3, or 8/255); 0 returns x unchanged.
     targeted: False raises the loss of y; True lowers it (moves towards class y).
     batch_size: images per gradient computation.
   Returns:

@@ -6,16 +6,16 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 from lad_tf.attacks import common
 
 
-def pgd(model_fn, x, eps, y=None, nb_iter=40, eps_iter=None, rand_init=True, targeted=False, seed=None,
+def pgd(model_fn, x, y, eps, nb_iter=40, eps_iter=None, rand_init=True, targeted=False, seed=None,
         batch_size=512):
   """Projected gradient descent in the L-inf ball of radius eps, clipped to [0, 1].
 
   Args:
     model_fn: callable mapping a float32 NHWC image batch to logits (e.g. a Keras model).
     x: images, float32 NHWC in [0, 1] (numpy array or tf.Tensor).
-    eps: L-inf radius of the ball (e.g. 0.3, or 8/255); 0 returns x unchanged.
     y: class indices. Untargeted: the true labels (None: the model's predictions). Targeted: the
       target classes (required).
+    eps: L-inf radius of the ball (e.g. 0.3, or 8/255); 0 returns x unchanged.
     nb_iter: number of signed-gradient steps (40 is the usual PGD-40).
     eps_iter: step size; None uses 2.5 * eps / nb_iter (Madry et al.), capped at eps.
     rand_init: start from a uniformly random point of the ball (True) or from x (False, i.e. BIM).

@@ -15,7 +15,7 @@ update (5, with Adam lr 2e-4, beta1 0, beta2 0.9 in the original WGAN-GP and Son
 `build_generator` / `build_critic` make small DCGAN-style networks for any H x W x C image with H, W
 divisible by 4 (28x28x1 by default, 32x32x3 likewise); images are float32 in [0, 1] (sigmoid output).
 `ACWGANGP` is the trainer (a keras.Model whose train_step does one generator update, keras-io style),
-so `fit` with lad_tf.training.fit_resumable resumes after a kill. `ACGAN` holds the two trained
+so `fit` with lad_tf.execution.fit_resumable resumes after a kill. `ACGAN` holds the two trained
 networks for the attack, and saves / loads them.
 """
 import dataclasses
@@ -302,7 +302,7 @@ def train_acgan(train, image_shape, num_classes, config=ACGANConfig(), state_dir
   calling again with the same arguments after a kill resumes at the last finished epoch. `progress`
   (a callable taking one string) gets one line per epoch.
   """
-  from lad_tf.training import fit_resumable  # pylint: disable=import-outside-toplevel
+  from lad_tf.execution import fit_resumable  # pylint: disable=import-outside-toplevel
   trainer = build_trainer(image_shape, num_classes, config)
   ds = (tf.data.Dataset.from_tensor_slices((np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)))
         .cache().shuffle(min(len(train.y), 20000), seed=config.seed, reshuffle_each_iteration=True)
@@ -331,8 +331,9 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   Writes DIR/acgan/{generator,critic}.keras and acgan.json (settings, history, aux_test_accuracy: the
   auxiliary classifier on the test split, aux_sample_accuracy / classifier_sample_accuracy: the share
   of 100 samples per class that the auxiliary classifier / DIR/classifier/model.keras (when present)
-  labels as their class), and DIR/figures/acgan_samples.png. A complete stage is skipped unless
-  `force`; a killed one resumes from its per-epoch backup when the settings are unchanged.
+  labels as their class), and DIR/figures/acgan_samples.png. The stage is keyed on the fingerprint of
+  its settings (lad_tf.workdir): a complete one is skipped unless `force` or a setting changed; a
+  killed one resumes from its per-epoch backup when the settings are unchanged.
   Returns acgan.json's content plus "path" (the stage folder).
   """
   import shutil  # pylint: disable=import-outside-toplevel
@@ -344,11 +345,6 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   settings.pop("verbose")
 
   def run(out):
-    previous = workdir_lib.read_json(os.path.join(out, "settings.json"))
-    if previous is not None and previous != settings:
-      say(f"acgan: discarding the unfinished run in {out} (made with other settings)")
-      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    workdir_lib.write_json(os.path.join(out, "settings.json"), settings)
     data = datasets.load(dataset, data_dir=data_dir)
     say(f"acgan: training an AC-WGAN-GP on {len(data.train)} {dataset} images for {config.epochs} epochs "
         f"(z {config.noise_dim}-d, width {config.width}, {config.critic_steps} critic steps)")
@@ -360,19 +356,17 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
     info = {**settings, "history": history, "aux_test_accuracy": float(np.mean(aux_pred == data.test.y)),
             "aux_sample_accuracy": float(np.mean(np.argmax(model.critic.predict(
                 samples, batch_size=512, verbose=0)[1], axis=-1) == labels))}
-    classifier_path = work.path("classifier", "model.keras")
-    if os.path.exists(classifier_path):
-      classifier = keras.models.load_model(classifier_path, compile=False)
+    if os.path.exists(work.path("classifier", "model.keras")):
+      classifier = work.model("classifier")
       pred = np.argmax(classifier.predict(samples, batch_size=512, verbose=0), axis=-1)
       info["classifier_sample_accuracy"] = float(np.mean(pred == labels))
     model.save(out, info)
     sample_figure(work.path("figures", "acgan_samples.png"), model, spec.class_names, samples_per_class,
                   seed=config.seed)
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    os.remove(os.path.join(out, "settings.json"))
     say(f"acgan: auxiliary classifier test accuracy {info['aux_test_accuracy']:.4f}, samples of the "
         f"right class (aux) {info['aux_sample_accuracy']:.4f}")
 
-  path = work.run_stage("acgan", run, force=force)
+  path = work.run_stage("acgan", settings, run, force=force)
   info = workdir_lib.read_json(os.path.join(path, INFO_FILE), {})
   return {**info, "path": path}

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf import defence
+from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 from lad_tf.robust.trainer import RobustTrainer
 
@@ -122,7 +123,7 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
                                       need=("decoded",))["decoded"]
     info["prepare_s"] = time.perf_counter() - start
     model = defence.fine_tune(classifier, x[rows], x_adv, y[rows], defence.FineTuneConfig(
-        epochs=config.epochs, seed=config.seed, verbose=config.verbose))
+        epochs=config.epochs, execution=ExecutionConfig(seed=config.seed, verbose=config.verbose)))
     info["train_s"] = time.perf_counter() - start
     return model, info
   loss_fn = make_loss(config)

@@ -55,23 +55,72 @@ def read_partition(path):
   return partition
 
 
+def crop_face(image, size=128):
+  """The face square of an aligned CelebA image (uint8 HWC tensor): 178x178 from row 20 (centred
+  horizontally, shrunk to fit smaller images), resized to size x size, float32 in [0, 1]. TensorFlow
+  ops only, so the local folder and the TFDS path (and a tf.data map) crop identically."""
+  import tensorflow as tf
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  top = tf.minimum(CROP_TOP, tf.maximum(0, height - CROP_SIZE))
+  side = tf.minimum(tf.minimum(CROP_SIZE, height - top), width)
+  left = (width - side) // 2
+  image = tf.image.crop_to_bounding_box(image, top, left, side, side)
+  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), antialias=True)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def decode_face(path, size=128):
   import tensorflow as tf
   try:
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
   except tf.errors.OpError as e:
     raise DataFormatError(f"{path}: not a readable image ({e.message})") from e
-  height, width = int(image.shape[0]), int(image.shape[1])
-  top = min(CROP_TOP, max(0, height - CROP_SIZE))
-  side = min(CROP_SIZE, height - top, width)
-  left = (width - side) // 2
-  image = tf.image.crop_to_bounding_box(image, top, left, side, side)
-  image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), antialias=True)
-  return np.clip(image.numpy(), 0.0, 1.0)
+  return crop_face(image, size).numpy()
+
+
+class FaceFiles:
+  """The faces of a CelebA split, decoded on demand (memory does not grow with the split): indexing
+  decodes only the files asked for; `decode` is the tf.data map that streams them (datasets.to_tf_dataset).
+  Behaves as the float32 array (N, size, size, 3) it stands for where lad_tf indexes images."""
+  dtype = np.float32
+
+  def __init__(self, paths, size=128):
+    self.paths, self.size = np.asarray(paths, dtype=str), size
+
+  def __len__(self):
+    return len(self.paths)
+
+  @property
+  def shape(self):
+    return (len(self.paths), self.size, self.size, 3)
+
+  def __getitem__(self, index):
+    if isinstance(index, (int, np.integer)):
+      return decode_face(self.paths[index], self.size)
+    chosen = self.paths[index]
+    if len(chosen) == 0:
+      return np.zeros((0, self.size, self.size, 3), np.float32)
+    return np.stack([decode_face(p, self.size) for p in chosen]).astype(np.float32)
+
+  def subset(self, index):
+    return FaceFiles(self.paths[index], self.size)
+
+  def decode(self, path):
+    """A file path tensor -> its face, float32 (size, size, 3) in [0, 1] (TensorFlow ops)."""
+    import tensorflow as tf
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    face = crop_face(image, self.size)
+    face.set_shape([self.size, self.size, 3])
+    return face
 
 
 def load(directory, max_train=DEFAULT_TRAIN, max_test=DEFAULT_TEST, size=128):
-  """Train: partition 0 (or the first files), test: partition 2 (or the files after), capped."""
+  """Train: partition 0 (or the first files), test: partition 2 (or the files after), capped.
+
+  The training split's images are FaceFiles, decoded on the fly; the test split (capped at max_test)
+  is decoded into memory."""
   labels = read_attribute(os.path.join(directory, ATTRIBUTES))
   files = sorted(f for f in labels if os.path.isfile(os.path.join(directory, IMAGES, f)))
   if not files:
@@ -86,7 +135,8 @@ def load(directory, max_train=DEFAULT_TRAIN, max_test=DEFAULT_TEST, size=128):
     train_files, test_files = files[:-n_test][:max_train], files[-n_test:]
 
   def read(names):
-    x = np.stack([decode_face(os.path.join(directory, IMAGES, f), size) for f in names]).astype(np.float32)
+    x = FaceFiles([os.path.join(directory, IMAGES, f) for f in names], size)
     return x, np.array([labels[f] for f in names], dtype=np.int64)
 
-  return {"train": read(train_files), "test": read(test_files)}
+  (train_x, train_y), (test_x, test_y) = read(train_files), read(test_files)
+  return {"train": (train_x, train_y), "test": (test_x[:], test_y)}

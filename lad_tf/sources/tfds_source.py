@@ -42,10 +42,11 @@ def check_download_reachable(dataset_builder):
                                  f"{dataset_builder.name} from (no internet connection?)") from e
 
 
-def load(tfds_name, data_dir=None, image_key="image", label_fn=None, image_size=None, download=True):
+def load(tfds_name, data_dir=None, image_key="image", label_fn=None, image_fn=None, download=True):
   """Reads the train and test splits of `tfds_name` into numpy.
 
-  label_fn maps an example dict to its integer label (default: example["label"]); image_size resizes.
+  label_fn maps an example dict to its integer label (default: example["label"]); image_fn maps the
+  uint8 image to float32 in [0, 1] (default: divide by 255), e.g. CelebA's face crop.
   """
   import tensorflow as tf
   import tensorflow_datasets as tfds
@@ -58,9 +59,7 @@ def load(tfds_name, data_dir=None, image_key="image", label_fn=None, image_size=
     ds = dataset_builder.as_dataset(split=split)
 
     def convert(example):
-      image = tf.cast(example[image_key], tf.float32) / 255.0
-      if image_size is not None:
-        image = tf.image.resize(image, image_size, antialias=True)
+      image = image_fn(example[image_key]) if image_fn else tf.cast(example[image_key], tf.float32) / 255.0
       label = label_fn(example) if label_fn else example["label"]
       return image, tf.cast(label, tf.int64)
 

@@ -167,6 +167,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
   from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, SaliencyMapMethod
 
   from lad_tf import attacks, datasets, models, training
+  from lad_tf.execution import ExecutionConfig
 
   if sections not in ("all", "autoattack"):
     raise ValueError(f"sections must be 'all' or 'autoattack', got {sections!r}")
@@ -179,8 +180,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
   model = models.build_classifier("lenet5", spec.image_shape, spec.num_classes)
   with tempfile.TemporaryDirectory() as state:
     _, test_accuracy = training.train_classifier(
-        model, data.train, data.test, training.TrainConfig(epochs=epochs, batch_size=128, seed=seed,
-                                                           verbose=0), state)
+        model, data.train, data.test, training.TrainConfig(epochs=epochs, batch_size=128,
+                                                           execution=ExecutionConfig(seed=seed, verbose=0)), state)
   aa_idx = datasets.stratified_indices(data.test.y, int(np.ceil(autoattack_n / spec.num_classes)),
                                        seed + 1)[:autoattack_n]
   aa_x, aa_y = data.test.x[aa_idx], data.test.y[aa_idx]
@@ -260,8 +261,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
          f"{row['art']['success_rate']:.2f}; speed-up x{row['speedup']:.1f}")
 
   _say(f"[attacks] cleverhans FGSM / PGD-40 at eps={eps} on {n} images (reference)")
-  for name, fn in (("fgsm", lambda: attacks.fgsm(model, x, eps, y)),
-                   ("pgd40", lambda: attacks.pgd(model, x, eps, y, nb_iter=40, seed=seed))):
+  for name, fn in (("fgsm", lambda: attacks.fgsm(model, x, y, eps)),
+                   ("pgd40", lambda: attacks.pgd(model, x, y, eps, nb_iter=40, seed=seed))):
     fn()
     x_adv, seconds = _timed(fn)
     figures[name] = {"seconds": seconds, "s_per_image": seconds / n,

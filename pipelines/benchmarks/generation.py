@@ -52,7 +52,8 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
   from lad_tf import boundary, datasets, generation, models, training
-  from lad_tf import generator as generator_lib
+  from lad_tf import decoder as decoder_lib
+  from lad_tf.execution import ExecutionConfig
 
   n = n or 2000
   spec = datasets.get_spec(dataset)
@@ -65,15 +66,15 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   import tempfile
   with tempfile.TemporaryDirectory() as state:
     training.train_classifier(classifier, data.train, data.test,
-                              training.TrainConfig(epochs=CLASSIFIER_EPOCHS, seed=seed, verbose=0), state)
+                              training.TrainConfig(epochs=CLASSIFIER_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)), state)
     phi, _ = models.split_at_latent(classifier)
     decoder = models.build_generator(spec.generator, int(phi.output_shape[-1]), spec.image_shape)
     subset = data.train.take(np.arange(min(GENERATOR_EXAMPLES, len(data.train))))
-    generator_lib.train_generator(phi, decoder, subset, data.test.take(np.arange(min(512, len(data.test)))),
-                                  generator_lib.GeneratorConfig(epochs=GENERATOR_EPOCHS, seed=seed, verbose=0),
+    decoder_lib.train_decoder(phi, decoder, subset, data.test.take(np.arange(min(512, len(data.test)))),
+                                  decoder_lib.DecoderConfig(epochs=GENERATOR_EPOCHS, execution=ExecutionConfig(seed=seed, verbose=0)),
                                   state)
   calibration, evaluation = datasets.calibration_split(data.test, CALIBRATION_PER_CLASS, seed)
-  z_cal = generator_lib.latents(phi, calibration.x)
+  z_cal = decoder_lib.latents(phi, calibration.x)
   boundaries = boundary.fit_boundaries(z_cal, calibration.y, spec.num_classes,
                                        boundary.BoundaryConfig(seed=seed))
   setup_s = time.perf_counter() - setup_start

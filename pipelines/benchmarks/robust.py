@@ -66,7 +66,7 @@ def evaluate(model, x, y, eps, autoattack="standard"):
   from lad_tf import attacks
   predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
   clean = predict(x) == y
-  pgd = predict(attacks.pgd(model, x, eps, y=y, nb_iter=40, seed=0)) == y
+  pgd = predict(attacks.pgd(model, x, y, eps, nb_iter=40, seed=0)) == y
   strong = predict(strongest_attack(model, x, y, eps, autoattack)) == y
   return {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
           "autoattack": float((strong & pgd & clean).mean())}
@@ -90,7 +90,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   if bfloat16:
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
   from lad_tf import boundary, datasets, models, robust, training
-  from lad_tf import generator as generator_lib
+  from lad_tf import decoder as decoder_lib
+  from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
   spec = datasets.get_spec(dataset)
@@ -115,7 +116,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   keras.utils.set_random_seed(0)
   base = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
   training.train_classifier(base, data.train, datasets.Split(x_eval, y_eval), training.TrainConfig(
-      epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, verbose=0), None)
+      epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, execution=ExecutionConfig(verbose=0)), None)
   phi, _ = models.split_at_latent(base)
   phi.trainable = False
   latent_dim = int(phi.output_shape[-1])
@@ -125,10 +126,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     generator = models.build_generator("conv_decoder", latent_dim, spec.image_shape)
   gen_rows = np.random.default_rng(0).choice(len(data.train), min(generator_examples, len(data.train)),
                                              replace=False)
-  gen_result = generator_lib.train_generator(
-      phi, generator, data.train.take(gen_rows), calibration, generator_lib.GeneratorConfig(
-          epochs=generator_epochs, recon_norm=spec.recon_norm, verbose=0), None)
-  fitted = boundary.fit_boundaries(generator_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
+  gen_result = decoder_lib.train_decoder(
+      phi, generator, data.train.take(gen_rows), calibration, decoder_lib.DecoderConfig(
+          epochs=generator_epochs, recon_norm=spec.recon_norm, execution=ExecutionConfig(verbose=0)), None)
+  fitted = boundary.fit_boundaries(decoder_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
                                    boundary.BoundaryConfig(mode=attention))
   setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack),
            "generator_test_loss": gen_result["test_loss"],

@@ -1,0 +1,286 @@
+"""One training executor for every loop of lad_tf, and the one place for execution settings.
+
+`fit(model, loss_fn, data, execution, epochs=..., optimizer=...)` trains `model` to minimise the mean
+of a per-example loss `loss_fn(model, x, y, training)` over a `tf.data` pipeline of (x, y) batches
+(batched by the global batch size). Under `default` and `mirrored` strategies it runs Keras `fit` on a
+`LossTrainer` (a `keras.Model` whose `train_step` minimises that loss) with per-epoch backups; under
+`multi_worker` (where Keras fit fails with several workers) it runs lad_tf.distribute.custom_fit with
+the *same* `loss_fn`. So each loss is written once (lad_tf.losses, lad_tf.defence.eq4_loss) and the
+strategy, seeding, build-in-scope, loop choice and weight copy-back are written once, here.
+
+`loss_fn` returns a float32 vector of per-example losses, or a dict holding it as "loss" plus other
+per-example figures (e.g. "accuracy", 1.0 where right) reported as means in the history.
+"""
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import keras
+
+from lad_tf import distribute
+
+log = logging.getLogger("lad_tf")
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+  """How (not what) a stage computes; composed into every stage's config.
+
+  strategy: "default", "mirrored", "multi_worker" (or a tf.distribute.Strategy).
+  loop: "auto" (custom loop under multi_worker, Keras fit otherwise), "fit" or "custom".
+  seed: seeds Python, NumPy, TensorFlow and Keras at the start of each stage.
+  deterministic: also tf.config.experimental.enable_op_determinism (process-wide).
+  precision: the dtype policy of *training* ("float32", "mixed_float16" on GPUs, "mixed_bfloat16" on
+    CPUs with AVX512-BF16 / AMX, or "auto": see `auto_precision`). The executor trains a copy of the
+    model under that policy and copies the float32 weights back, so saved models, inference, the
+    boundaries and serving stay float32.
+  jit_compile: XLA for the Keras fit train steps.
+  verbose: 0 silent, 1 or 2 progress per epoch.
+  """
+  strategy: Any = "default"
+  loop: str = "auto"
+  seed: int = 0
+  deterministic: bool = False
+  precision: str = "float32"
+  jit_compile: bool = False
+  verbose: int = 2
+
+  def __post_init__(self):
+    if isinstance(self.strategy, str) and self.strategy not in distribute.STRATEGIES:
+      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
+    if self.loop not in distribute.LOOPS:
+      raise ValueError(f"loop must be one of {distribute.LOOPS}, got '{self.loop}'")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+
+  def get_strategy(self):
+    return distribute.get_strategy(self.strategy)
+
+  def seed_everything(self):
+    keras.utils.set_random_seed(self.seed)
+
+
+# -- process-wide settings ------------------------------------------------------------------------
+def has_gpu():
+  import tensorflow as tf
+  return bool(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_flags():
+  """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# pipelines/benchmarks/precision.py (benchmarks/precision.json): on this project's 2-core AVX512-BF16
+# machine, mixed_bfloat16 trained the Fashion-MNIST LeNet-5 (20,000 images, 3 epochs) to 86.67% test
+# accuracy against float32's 86.39% (within 0.3 points) and the classifier plus its decoder 2.1x faster
+# (decoder 2.4x). Set to False if a run of that benchmark says otherwise.
+BF16_MEASURED_ACCURATE = True
+
+
+def auto_precision():
+  """The policy "auto" stands for: mixed_bfloat16 on a CPU with AMX or AVX512-BF16 (where the
+  precision benchmark showed accuracy within 0.3 points of float32), float32 elsewhere (GPUs
+  included: mixed_float16 has not been measured here)."""
+  if BF16_MEASURED_ACCURATE and not has_gpu() and set(BF16_CPU_FLAGS) & cpu_flags():
+    return "mixed_bfloat16"
+  return "float32"
+
+
+def resolve_precision(precision):
+  """The Keras policy name for `precision`; mixed_float16 without a GPU falls back to float32 with a
+  warning (it only slows a CPU down)."""
+  if precision == "auto":
+    return auto_precision()
+  if precision == "mixed_float16" and not has_gpu():
+    log.warning("mixed_float16: no GPU found, it would not speed up a CPU; keeping float32")
+    return "float32"
+  return precision
+
+
+def configure(execution):
+  """Applies the process-wide settings of `execution`: op determinism (seeds included). Precision is
+  not process-wide: the executor applies it to the copies it trains. Returns the training policy."""
+  import tensorflow as tf
+  if execution.deterministic:
+    execution.seed_everything()
+    tf.config.experimental.enable_op_determinism()
+  return resolve_precision(execution.precision)
+
+
+def with_policy(model, policy):
+  """A copy of a functional/sequential Keras model whose layers compute under `policy` (variables stay
+  float32, so weights copy back and forth), or the model itself when it already does."""
+  if all(layer.dtype_policy.name == policy for layer in model.layers if layer.weights) or not model.layers:
+    return model
+
+  def clone(layer):
+    config = layer.get_config()
+    config["dtype"] = policy
+    return layer.__class__.from_config(config)
+
+  copy = keras.models.clone_model(model, clone_function=clone)
+  copy.set_weights(model.get_weights())
+  return copy
+
+
+# -- the executor -----------------------------------------------------------------------------------
+def per_example(out):
+  """A loss_fn's result as a dict of float32 per-example vectors with the key "loss"."""
+  import tensorflow as tf
+  out = dict(out) if isinstance(out, dict) else {"loss": out}
+  if "loss" not in out:
+    raise ValueError(f"loss_fn must return per-example losses or a dict with 'loss', got keys {sorted(out)}")
+  return {k: tf.cast(v, tf.float32) for k, v in out.items()}
+
+
+class LossTrainer(keras.Model):
+  """Wraps a model; Keras `fit` on (x, y) batches minimises the batch mean of loss_fn's per-example
+  losses and reports the mean of every figure loss_fn returns."""
+
+  def __init__(self, model, loss_fn, **kwargs):
+    super().__init__(**kwargs)
+    self.model, self.loss_fn = model, loss_fn
+    self.trackers = {}
+    self.built = model.built  # BackupAndRestore needs a built model
+
+  def call(self, x, training=False):
+    return self.model(x, training=training)
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
+
+  def build_metrics(self, element_spec):
+    """One Mean metric per figure of loss_fn, found by calling it once (eagerly, training=False) on a
+    batch of zeros shaped like the dataset's elements (metrics cannot be created inside fit's trace)."""
+    import tensorflow as tf
+    if self.trackers:
+      return
+    zeros = tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape[1:]], s.dtype), element_spec)
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(zeros)
+    self.trackers = {k: keras.metrics.Mean(name=k) for k in self._figures(x, y, False)}
+
+  def _figures(self, x, y, training):
+    return per_example(self.loss_fn(self.model, x, y, training))
+
+  def train_step(self, data):
+    import tensorflow as tf
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+      figures = self._figures(x, y, True)
+      losses = figures["loss"]
+      # the batch mean, as Keras' sum_over_batch_size losses; divided by the replicas because
+      # tf.distribute sums the replicas' gradients
+      loss = tf.reduce_sum(losses) / tf.cast(tf.size(losses), tf.float32)
+      loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+      scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else the loss
+    variables = self.model.trainable_variables
+    self.optimizer.apply(tape.gradient(scaled, variables), variables)
+    return self._update(figures)
+
+  def test_step(self, data):
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return self._update(self._figures(x, y, False))
+
+  def _update(self, figures):
+    for key, values in figures.items():
+      self.trackers[key].update_state(values)
+    return {k: m.result() for k, m in self.trackers.items()}
+
+
+def fit_resumable(model, train_ds, epochs, state_dir, validation_data=None, verbose=2, callbacks=()):
+  """model.fit that resumes from `state_dir` after a kill (keras BackupAndRestore at every epoch);
+  state_dir None: plain fit."""
+  backup = [] if state_dir is None else [keras.callbacks.BackupAndRestore(
+      os.path.join(state_dir, "backup"), save_freq="epoch", delete_checkpoint=True)]
+  return model.fit(train_ds, epochs=epochs, validation_data=validation_data, verbose=verbose,
+                   callbacks=[*backup, *callbacks])
+
+
+class Training:
+  """A model, its loss and its optimizer under one ExecutionConfig; `fit` may be called several times
+  (the optimizer's state carries over, e.g. on-the-fly fine-tuning with fresh data each epoch).
+
+  The model is trained as a copy built in the strategy's scope when its variables are not;
+  `finish()` copies the trained weights back into the given model and returns it.
+  """
+
+  def __init__(self, model, loss_fn, execution, optimizer, name="train"):
+    self.execution, self.name, self.loss_fn = execution, name, loss_fn
+    self.strategy = execution.get_strategy()
+    self.original = model
+    self.policy = resolve_precision(execution.precision)
+    if self.policy == "float32":
+      self.model = distribute.build_in_scope(model, self.strategy)
+    else:
+      with self.strategy.scope():
+        self.model = with_policy(model, self.policy)
+      self.model = distribute.build_in_scope(self.model, self.strategy)
+    if self.policy == "mixed_float16":  # float16 gradients underflow without loss scaling
+      make = optimizer
+      optimizer = lambda: keras.optimizers.LossScaleOptimizer(make())
+    self.custom = distribute.uses_custom_loop(self.strategy, execution.loop)
+    if self.custom:
+      self.optimizer = distribute.custom_loop_optimizer(self.strategy, optimizer)
+    else:
+      with self.strategy.scope():
+        self.trainer = LossTrainer(self.model, loss_fn)
+        self.trainer.compile(optimizer=optimizer(), jit_compile=execution.jit_compile)
+
+  def fit(self, data, epochs, state_dir=None, validation_data=None, verbose=None, callbacks=()):
+    """Runs (or resumes from state_dir) `epochs` epochs; returns the history dict."""
+    verbose = self.execution.verbose if verbose is None else verbose
+    if self.custom:
+      return distribute.custom_fit(self.model, self.optimizer, self.loss_fn, data, epochs, self.strategy,
+                                   state_dir, validation_data=validation_data, verbose=verbose,
+                                   name=self.name, callbacks=callbacks)
+    with self.strategy.scope():
+      self.trainer.build_metrics(data.element_spec)
+    return fit_resumable(self.trainer, data, epochs, state_dir, validation_data=validation_data,
+                         verbose=verbose, callbacks=callbacks).history
+
+  def finish(self):
+    if self.model is not self.original:
+      self.original.set_weights(self.model.get_weights())
+    return self.original
+
+
+def fit(model, loss_fn, data, execution, epochs, optimizer, state_dir=None, validation_data=None,
+        name="train", callbacks=()):
+  """Trains `model` for `epochs` epochs on `data` to minimise the mean of `loss_fn` (see the module
+  docstring), resumable from `state_dir`; `model` ends trained. `optimizer` is a zero-argument
+  callable (called inside the strategy's scope). Returns the history dict {key: [per epoch]}."""
+  training = Training(model, loss_fn, execution, optimizer, name)
+  history = training.fit(data, epochs, state_dir, validation_data, callbacks=callbacks)
+  training.finish()
+  return {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def evaluate(model, loss_fn, data):
+  """The mean of every figure of `loss_fn` (training=False) over a batched dataset, as floats."""
+  import tensorflow as tf
+
+  @tf.function(reduce_retracing=True)
+  def step(x, y):
+    figures = per_example(loss_fn(model, x, y, False))
+    return {k: tf.reduce_sum(v) for k, v in figures.items()}, tf.size(figures["loss"])
+
+  totals, count = {}, 0
+  for x, y in data:
+    sums, n = step(x, y)
+    count += int(n)
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return {k: v / max(count, 1) for k, v in totals.items()}

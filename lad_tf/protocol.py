@@ -1,0 +1,209 @@
+"""The robustness protocol's attacks and rows (Section IV-D): which examples are attacked, how each
+registered attack is called with the EvalConfig's settings, and the white-box and transfer rows.
+
+Attacks come from the registry (lad_tf.attacks.get): every attack the registry knows can run, with
+EvalConfig's settings (ATTACK_OPTIONS) plus EvalConfig.attack_options. See lad_tf.evaluation for the
+row keys and the whole protocol.
+"""
+import dataclasses
+import logging
+import time
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from lad_tf import attacks as attacks_lib
+from lad_tf import datasets
+from lad_tf.errors import ConfigError
+from lad_tf.training import accuracy
+
+log = logging.getLogger("lad_tf")
+
+ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd")  # the default protocol; any registered attack runs
+BASELINES = ("fgsm", "pgd", "jsma", "cw")
+# GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
+# --workdir=DIR` first and gives transfer rows plus the "fine-tuned on GA" clean-accuracy baseline.
+LATENT_ATTACKS = ("ga",)
+PAPER_EPS = 0.3
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """What `evaluate_workdir` runs. Defaults are sized for 2 CPU cores (minutes, not hours)."""
+  attacks: Tuple[str, ...] = ATTACK_NAMES
+  n_per_class: int = 50            # untargeted sources per class (the paper: 450)
+  m_per_class: int = 5             # targeted sources per class, x every other class (the paper: 50)
+  epsilons: Optional[Tuple[float, ...]] = None  # None: (0.3 as printed in the paper, spec.attack_eps)
+  transfer: bool = True
+  blackbox_epochs: int = 3
+  blackbox_train_examples: Optional[int] = 10000  # stratified subset of the train split (None: all)
+  blackbox_batch_size: Optional[int] = None      # None: the spec's classifier batch size
+  baselines: Tuple[str, ...] = BASELINES
+  baseline_eps: Optional[float] = None   # eps of the FGSM / PGD fine-tuning examples (None: spec's)
+  attack_baselines: bool = False         # also attack each baseline white-box (adaptive; 4x cost)
+  lad_sweep: bool = True
+  sweep_eps: Optional[Tuple[float, ...]] = None  # None: every eps in generated.npz
+  fine_tune_epochs: Optional[int] = None  # None: as the defended model (config.json), else 10
+  pgd_iter: int = 40
+  apgd_iter: int = 100
+  apgd_restarts: int = 1
+  jsma_theta: float = 1.0
+  jsma_gamma: float = 0.1
+  cw_binary_steps: int = 4
+  cw_iterations: int = 30
+  cw_learning_rate: float = 0.1
+  cw_initial_const: float = 0.01
+  examples_per_attack: int = 8
+  ga_per_class: int = 50           # GA tries per source class (the paper: 450)
+  ga_steps: int = 1000             # latent-search steps per try (Song et al.: 1000)
+  attack_options: Dict[str, dict] = dataclasses.field(default_factory=dict)  # name -> extra kwargs
+  seed: int = 0
+
+  def __post_init__(self):
+    unknown = sorted(set(self.attacks) - set(attacks_lib.REGISTRY) - set(LATENT_ATTACKS))
+    if unknown:
+      raise ConfigError(f"unknown attacks {unknown}; known: "
+                       f"{', '.join(sorted(attacks_lib.REGISTRY) + list(LATENT_ATTACKS))}")
+    unknown = sorted(set(self.baselines) - set(BASELINES))
+    if unknown:
+      raise ConfigError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
+    if self.n_per_class < 1 or self.m_per_class < 1:
+      raise ConfigError("n_per_class and m_per_class must be >= 1")
+
+
+# -- sources and attacks -------------------------------------------------------------------------
+
+def select_sources(split, n_per_class, m_per_class, num_classes, seed=0):
+  """Attack sources drawn from `split` (the evaluation part of the test set).
+
+  Returns (untargeted, targeted): untargeted = dict(x, y) with n_per_class images per class;
+  targeted = dict(x, y, target) with m_per_class images per class, each repeated towards every
+  other class (m * C * (C - 1) rows).
+  """
+  u = datasets.stratified_indices(split.y, n_per_class, seed)
+  t = datasets.stratified_indices(split.y, m_per_class, seed + 1)
+  ys = split.y[t]
+  targets = np.array([[c for c in range(num_classes) if c != label] for label in ys], np.int64)
+  rows = np.repeat(np.arange(len(t)), num_classes - 1)
+  return ({"x": split.x[u], "y": split.y[u]},
+          {"x": split.x[t][rows], "y": ys[rows], "target": targets.reshape(-1)})
+
+
+# EvalConfig's settings of each registered attack (an attack missing here runs with its defaults;
+# EvalConfig.attack_options adds or overrides keyword arguments by attack name)
+ATTACK_OPTIONS = {
+    "pgd": lambda c: {"nb_iter": c.pgd_iter, "seed": c.seed},
+    "apgd": lambda c: {"n_iter": c.apgd_iter, "n_restarts": c.apgd_restarts, "seed": c.seed},
+    "jsma": lambda c: {"theta": c.jsma_theta, "gamma": c.jsma_gamma},
+    "cw": lambda c: {"binary_search_steps": c.cw_binary_steps, "max_iterations": c.cw_iterations,
+                     "learning_rate": c.cw_learning_rate, "initial_const": c.cw_initial_const},
+}
+
+
+def is_targeted(attack):
+  return attacks_lib.get(attack).targeted
+
+
+def craft(attack, model, x, y, config, eps=None, target=None):
+  """Adversarial examples of the registered `attack` against `model` (images -> logits) with
+  config's settings: eps-bounded attacks need eps and use the true labels y; targeted ones need
+  target (and use it as their y)."""
+  spec = attacks_lib.get(attack)
+  if spec.targeted and target is None:
+    raise ValueError(f"{attack} needs target classes")
+  options = {**ATTACK_OPTIONS.get(attack, lambda c: {})(config), **config.attack_options.get(attack, {})}
+  return spec(model, x, target if spec.targeted else y, eps if spec.bounded else None, **options)
+
+
+def attack_stats(model, x, x_adv, y, target):
+  """Success of an attack on the model it was crafted on, and the size of its successful
+  perturbations: success means reaching the target (targeted) or flipping a correctly classified
+  example (untargeted); mean L2 / L0 are over the successful examples (nan if none)."""
+  pred = attacks_lib.predict(model, x_adv)
+  if target is not None:
+    success = pred == target
+    rate = float(np.mean(success)) if len(x) else float("nan")
+  else:
+    correct = attacks_lib.predict(model, x) == y
+    success = correct & (pred != y)
+    rate = float(np.sum(success) / max(1, np.sum(correct)))
+  norms = attacks_lib.perturbation_norms(x, x_adv)
+  mean = lambda v: float(np.mean(v[success])) if np.any(success) else float("nan")
+  return {"attack_success_rate": rate, "mean_l2": mean(norms["l2"]), "mean_l0": mean(norms["l0"]),
+          "max_linf": float(np.max(norms["linf"])) if len(x) else 0.0}
+
+
+def attack_rows(attacked, sources, config, blackbox=None, progress=None):
+  """The white-box and transfer rows of the protocol.
+
+  Args:
+    attacked: dict name -> model, with "original" and "defended" first, then baselines
+      ("baseline_fgsm", ...); every model returns logits.
+    sources: (untargeted, targeted) from select_sources.
+    config: EvalConfig (attacks, epsilons must be resolved: a tuple).
+    blackbox: the independently trained model the transfer attacks are crafted on (None: none).
+    progress: callable(str) for progress lines.
+  Returns:
+    (rows, examples): rows as described in the module docstring; examples maps attack name to a
+    dict of a few clean / adversarial images (white-box, against the original) for the report.
+  """
+  say = progress or log.info
+  untargeted, targeted = sources
+  rows, examples = [], {}
+  jobs = []
+  for attack in config.attacks:
+    for eps in (config.epsilons if attacks_lib.get(attack).bounded else (None,)):
+      jobs.append((attack, eps))
+  for i, (attack, eps) in enumerate(jobs):
+    src = targeted if is_targeted(attack) else untargeted
+    x, y, target = src["x"], src["y"], src.get("target")
+    label = f"{attack}" + (f" eps={eps:g}" if eps is not None else "")
+    # White box: each model against its own examples (and the original's, the paper's fixed set).
+    start = time.time()
+    say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: white-box on original ({len(x)} examples)")
+    x_adv = craft(attack, attacked["original"], x, y, config, eps, target)
+    row = {"attack": attack, "setting": "white_box", "epsilon": eps, "n": int(len(x)),
+           "targeted": target is not None,
+           "original_accuracy": accuracy(attacked["original"], x_adv, y),
+           **attack_stats(attacked["original"], x, x_adv, y, target)}
+    if attack not in examples or (eps is not None and eps != PAPER_EPS):
+      pick = np.unique(np.linspace(0, len(x) - 1, min(config.examples_per_attack, len(x))).astype(int))
+      examples[attack] = {"x": x[pick], "x_adv": x_adv[pick], "y": y[pick],
+                          "pred": attacks_lib.predict(attacked["original"], x_adv[pick]),
+                          "target": None if target is None else target[pick], "epsilon": eps}
+    for name, model in attacked.items():
+      if name == "original":
+        continue
+      row[f"{name}_accuracy_fixed_set"] = accuracy(model, x_adv, y)
+      if name == "defended" or config.attack_baselines:
+        say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: white-box on {name}")
+        own = craft(attack, model, x, y, config, eps, target)
+        row[f"{name}_accuracy"] = accuracy(model, own, y)
+      else:
+        row[f"{name}_accuracy"] = None
+    row["seconds"] = time.time() - start
+    rows.append(row)
+    say(f"evaluate: {label} white-box: original {row['original_accuracy']:.3f}, defended "
+        f"{row['defended_accuracy']:.3f} (on the original's examples {row['defended_accuracy_fixed_set']:.3f})")
+    # Transfer: the black-box model's examples, fed to every model.
+    if blackbox is not None:
+      start = time.time()
+      say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: transfer from the black-box model")
+      x_bb = craft(attack, blackbox, x, y, config, eps, target)
+      row = {"attack": attack, "setting": "transfer", "epsilon": eps, "n": int(len(x)),
+             "targeted": target is not None,
+             "blackbox_accuracy": accuracy(blackbox, x_bb, y),
+             **attack_stats(blackbox, x, x_bb, y, target)}
+      for name, model in attacked.items():
+        row[f"{name}_accuracy"] = accuracy(model, x_bb, y)
+      row["seconds"] = time.time() - start
+      rows.append(row)
+      say(f"evaluate: {label} transfer: original {row['original_accuracy']:.3f}, defended "
+          f"{row['defended_accuracy']:.3f}")
+  return rows, examples
+
+
+def attack_settings(config):
+  keys = ("pgd_iter", "apgd_iter", "apgd_restarts", "jsma_theta", "jsma_gamma", "cw_binary_steps",
+          "cw_iterations", "cw_learning_rate", "cw_initial_const", "seed")
+  return {k: getattr(config, k) for k in keys}

@@ -1,0 +1,53 @@
+"""Stages of the command lines that sit above the library: export for TF Serving.
+
+lad_tf never imports serving: the defend command runs the library's stages (lad_tf.pipeline), then
+this export stage, keyed like the others on a fingerprint (the defended model's and the export
+settings), so a re-run exports nothing new and a changed defence exports a new version.
+"""
+import logging
+import os
+
+from lad_tf import pipeline
+from lad_tf.workdir import fingerprint, read_json, write_json
+
+log = logging.getLogger("lad_tf")
+
+
+def export_stage(run, metrics, export_base=None, model_name="lad"):
+  """Exports DIR/defended/model.keras as the next SavedModel version under export_base (default
+  DIR/export) unless the same defended model was exported there already; returns the version path."""
+  from serving import export as serving_export
+  work = run.work
+  base = export_base or work.path("export")
+  key = fingerprint({"defended": work.stage_fingerprint("defended"), "base": os.path.abspath(base),
+                     "model_name": model_name})
+  previous = read_json(work.path("export.json"), {})
+  if previous.get("fingerprint") == key and os.path.isdir(previous.get("path", "")):
+    run.say(f"export: done, skipped ({previous['path']})")
+    return previous["path"]
+  card = {"dataset": run.spec.name, "clean_accuracy": metrics["defended"]["clean_accuracy"],
+          "original_clean_accuracy": metrics["original"]["clean_accuracy"],
+          "defence": "LAD (latent adversarial defence)", "class_names": list(run.spec.class_names)}
+  report = read_json(work.path("evaluation", "report.json"))
+  if report:
+    card["robustness"] = report.get("rows")
+  path = serving_export.export_classifier(work.model("defended"), base, sample_images=run.evaluation.x[:16],
+                                          model_name=model_name, model_card=card)
+  write_json(work.path("export.json"), {"path": path, "fingerprint": key})
+  run.say(f"export: {path}")
+  return path
+
+
+def run_defend(workdir, config=pipeline.DefendConfig(), export=True, export_base=None, model_name="lad",
+               progress=None):
+  """The defend command: every library stage, then (on the chief) the export stage; returns
+  metrics.json's content, with "export_path" when exported."""
+  run = pipeline.DefendRun(workdir, config, progress)
+  try:
+    metrics = run.run()
+    if export and run.chief:
+      metrics["export_path"] = export_stage(run, metrics, export_base, model_name)
+      write_json(run.work.path("metrics.json"), metrics)
+    return metrics
+  finally:
+    run.close()
