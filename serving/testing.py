@@ -3,6 +3,8 @@
 They follow the library's contract (one image input in [0, 1], logits out, a layer named `latent`)
 so the export, the server and the client are exercised exactly as with the zoo models, in seconds.
 """
+import time
+
 import numpy as np
 
 
@@ -52,3 +54,14 @@ def keras_outputs(model, images):
   shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
   return {"probabilities": (shifted / shifted.sum(-1, keepdims=True)).astype(np.float32),
           "classes": logits.argmax(-1).astype(np.int64)}
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+  """Polls predicate() every 0.2 s until it returns a true value (returned); fails after `timeout` s."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(0.2)
+  raise AssertionError(f"{what} not reached within {timeout:.0f}s")

@@ -6,7 +6,6 @@ import concurrent.futures
 import json
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -275,16 +274,6 @@ def test_rest_get_errors(served):
 # -- versions (last: it changes the served model) --------------------------------------------------
 
 
-def _wait_for(predicate, timeout=60.0):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(0.2)
-  raise AssertionError("condition not reached in time")
-
-
 def test_new_version_is_served_without_restart_and_broken_one_is_reported(served):
   pid = served.server.process.pid
   new_model = testing.tiny_classifier(SHAPE, num_classes=3, seed=2)
@@ -292,9 +281,9 @@ def test_new_version_is_served_without_restart_and_broken_one_is_reported(served
   assert not np.array_equal(testing.keras_outputs(new_model, x)["probabilities"],
                             testing.keras_outputs(served.model, x)["probabilities"])
   export.export_classifier(new_model, served.base, sample_images=_images(4, seed=42))
-  _wait_for(lambda: any(s["version"] == 2 and s["state"] == "AVAILABLE"
+  testing.wait_for(lambda: any(s["version"] == 2 and s["state"] == "AVAILABLE"
                         for s in served.grpc.status()))
-  _wait_for(lambda: 1 not in [s["version"] for s in served.grpc.status()
+  testing.wait_for(lambda: 1 not in [s["version"] for s in served.grpc.status()
                               if s["state"] == "AVAILABLE"])
   _assert_matches(served.grpc.predict(x), new_model, x)
   _assert_matches(served.rest.predict(x), new_model, x)
@@ -306,7 +295,7 @@ def test_new_version_is_served_without_restart_and_broken_one_is_reported(served
   os.makedirs(os.path.join(broken, "variables"))
   with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
     f.write(b"this is not a SavedModel")
-  status = _wait_for(lambda: [s for s in served.grpc.status() if s["version"] == 3
+  status = testing.wait_for(lambda: [s for s in served.grpc.status() if s["version"] == 3
                               and s["state"] == "END"])
   assert status[0]["error_code"] != "OK" and "failed to load" in status[0]["error_message"]
   rest_status = {s["version"]: s for s in served.rest.status()}

@@ -16,16 +16,6 @@ from serving import testing
 SHAPE = (8, 8, 1)
 
 
-def _wait_for(predicate, timeout=60.0, what="condition"):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(0.2)
-  raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-
-
 def _states(client):
   return {s["version"]: s for s in client.status()}
 
@@ -145,8 +135,8 @@ def test_odd_folder_names_are_skipped_and_polling_goes_on(versions):
   time.sleep(1.0)  # Several polls over the odd folders.
   assert set(_states(v["client"])) == {1}
   _publish(os.path.join(v["exports"], "2"), v["base"], 2)  # Polling must still pick this up.
-  _wait_for(lambda: _available(v["client"], 2), what="version 2 available")
-  _wait_for(lambda: _states(v["client"])[1]["state"] == "END", what="version 1 unloaded")
+  testing.wait_for(lambda: _available(v["client"], 2), what="version 2 available")
+  testing.wait_for(lambda: _states(v["client"])[1]["state"] == "END", what="version 1 unloaded")
   _assert_serves(v, v["models"][1])
   assert set(_states(v["client"])) == {1, 2}
   rest = client_lib.PredictClient(v["server"].rest_address, model_name="lad", rest=True)
@@ -171,13 +161,13 @@ def test_half_copied_version_is_loaded_once_complete(versions):
     f.write(full[:len(full) // 3])
   x = testing.random_images(3, SHAPE, seed=7)
   served_before = v["client"].predict(x)["probabilities"]
-  status = _wait_for(lambda: _states(v["client"]).get(3, {}).get("state") == "END"
+  status = testing.wait_for(lambda: _states(v["client"]).get(3, {}).get("state") == "END"
                      and _states(v["client"])[3], what="version 3 failing")
   assert status["error_code"] != "OK"
   np.testing.assert_array_equal(v["client"].predict(x)["probabilities"], served_before)
   with open(data, "ab") as f:  # The copy completes: no file added, none renamed.
     f.write(full[len(full) // 3:])
-  _wait_for(lambda: _available(v["client"], 3), what="version 3 available once complete")
+  testing.wait_for(lambda: _available(v["client"], 3), what="version 3 available once complete")
   _assert_serves(v, v["models"][0])
 
 
@@ -189,8 +179,8 @@ def test_version_swaps_give_memory_back(versions):
   def swap():
     nonlocal current
     _publish(sources[current % 2], v["base"], current + 1)
-    _wait_for(lambda: _available(v["client"], current + 1), what=f"version {current + 1}")
-    _wait_for(lambda: _states(v["client"])[current]["state"] == "END",
+    testing.wait_for(lambda: _available(v["client"], current + 1), what=f"version {current + 1}")
+    testing.wait_for(lambda: _states(v["client"])[current]["state"] == "END",
               what=f"version {current} unloaded")
     shutil.rmtree(os.path.join(v["base"], str(current)))
     current += 1

@@ -7,33 +7,28 @@ import keras
 from keras import layers
 
 
-def lenet5(input_shape=(28, 28, 1), num_classes=10):
-  """LeNet-5 as in the paper: conv 20@5x5, pool, conv 50@5x5, pool, fc 500 (latent), fc classes."""
+def _two_conv_net(name, input_shape, num_classes, filters, latent_units, padding):
+  """conv 5x5, pool, conv 5x5, pool, fc `latent` (before its ReLU), logits: LeNet-5's and Madry's shape."""
   x = inputs = keras.Input(input_shape, name="images")
-  x = layers.Conv2D(20, 5, activation="relu", name="conv1")(x)
-  x = layers.MaxPooling2D(2, name="pool1")(x)
-  x = layers.Conv2D(50, 5, activation="relu", name="conv2")(x)
-  x = layers.MaxPooling2D(2, name="pool2")(x)
+  for i, width in enumerate(filters, start=1):
+    x = layers.Conv2D(width, 5, padding=padding, activation="relu", name=f"conv{i}")(x)
+    x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
   x = layers.Flatten(name="flatten")(x)
-  x = layers.Dense(500, name="latent")(x)
+  x = layers.Dense(latent_units, name="latent")(x)
   x = layers.ReLU(name="latent_relu")(x)
   outputs = layers.Dense(num_classes, name="logits")(x)
-  return keras.Model(inputs, outputs, name="lenet5")
+  return keras.Model(inputs, outputs, name=name)
+
+
+def lenet5(input_shape=(28, 28, 1), num_classes=10):
+  """LeNet-5 as in the paper: conv 20@5x5, pool, conv 50@5x5, pool, fc 500 (latent), fc classes."""
+  return _two_conv_net("lenet5", input_shape, num_classes, (20, 50), 500, "valid")
 
 
 def madry_cnn(input_shape=(28, 28, 1), num_classes=10):
   """The CNN MNIST robustness results are reported on (Madry et al. 2018): conv 32@5x5, pool,
   conv 64@5x5, pool, fc 1024 (latent), logits. Convolutions keep the size ("same"), as in their code."""
-  x = inputs = keras.Input(input_shape, name="images")
-  x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
-  x = layers.MaxPooling2D(2, name="pool1")(x)
-  x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
-  x = layers.MaxPooling2D(2, name="pool2")(x)
-  x = layers.Flatten(name="flatten")(x)
-  x = layers.Dense(1024, name="latent")(x)
-  x = layers.ReLU(name="latent_relu")(x)
-  outputs = layers.Dense(num_classes, name="logits")(x)
-  return keras.Model(inputs, outputs, name="madry_cnn")
+  return _two_conv_net("madry_cnn", input_shape, num_classes, (32, 64), 1024, "same")
 
 
 def svhnnet(input_shape=(32, 32, 3), num_classes=10):
