@@ -68,7 +68,7 @@ def lad_parts(setup):
 
 def test_clean_model_is_accurate_and_not_robust(setup):
   data, model, pgd = setup
-  assert training.accuracy(model, data.test) > 0.95
+  assert training.accuracy(model, data.test.x, data.test.y) > 0.95
   assert pgd < 0.4
 
 
@@ -77,7 +77,7 @@ def test_adversarial_methods_raise_pgd_accuracy(setup, method):
   data, model, clean_pgd = setup
   extra = {"options": losses.LadRobustOptions()} if method == "lad_robust" else {}  # N-FGSM alone
   trained, info = robust.train(model, data.train.x, data.train.y, config(method, **extra))
-  assert training.accuracy(trained, data.test) > 0.85
+  assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
   assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
   assert trained.output_shape == (None, 10) and info["train_s"] > 0
   if method in robust.SINGLE_STEP:
@@ -93,7 +93,7 @@ def test_lad_robust_boundary_guided_start_raises_pgd_accuracy(setup, lad_parts, 
   trained, _ = robust.train(model, data.train.x, data.train.y,
                             config("lad_robust", options=options, guide_threshold=0.05),
                             generator=generator, boundaries=fitted)
-  assert training.accuracy(trained, data.test) > 0.85
+  assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
   assert pgd_accuracy(trained, data.test) > clean_pgd + 0.1
   # the export is the classifier alone: one image input, logits out, the Keras model's predictions
   trained.export(str(tmp_path / "export"), verbose=False)
@@ -126,12 +126,12 @@ def test_lad_methods_need_the_lad_parts(setup):
 def test_clean_control_matches_the_clean_model_and_lad_trains(setup, lad_parts):
   data, model, clean_pgd = setup
   trained, _ = robust.train(model, data.train.x, data.train.y, config("clean"))
-  assert training.accuracy(trained, data.test) > 0.95
+  assert training.accuracy(trained, data.test.x, data.test.y) > 0.95
   assert abs(pgd_accuracy(trained, data.test) - clean_pgd) < 0.06
   generator, fitted = lad_parts  # the paper's Eq. 4 on decoded examples keeps the clean accuracy
   lad, _ = robust.train(model, data.train.x, data.train.y, config("lad", epochs=2), generator=generator,
                         boundaries=fitted)
-  assert training.accuracy(lad, data.test) > 0.95
+  assert training.accuracy(lad, data.test.x, data.test.y) > 0.95
 
 
 def test_guard_rolls_back_a_forced_collapse(setup):
