@@ -2,7 +2,7 @@
 
 Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
 - white_box ("known" attacks): each attack gets the full model it is scored on. Untargeted FGSM,
-  PGD and APGD-CE run on `n_per_class` evaluation images per class at every eps of `epsilons`
+  PGD, APGD-CE and AutoAttack (version: EvalConfig.attack_options["autoattack"]) run on `n_per_class` evaluation images per class at every eps of `epsilons`
   (default: the paper's 0.3 as printed, plus the field's usual eps of the dataset,
   DatasetSpec.attack_eps); targeted JSMA and CW-L2 run on `m_per_class` images per class, each
   towards every other class (the paper: 50 per class x 9 = 4,500).
@@ -15,7 +15,8 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
   with EvalConfig.attack_baselines (None otherwise).
 - transfer ("unknown" attacks): a differently built classifier (DatasetSpec.blackbox, "black_cnn"),
   trained independently on the training split, is attacked; its adversarial examples are fed to
-  the original, the defended and the baseline classifiers (Table III).
+  the original, the defended and the baseline classifiers (Table III). APGD returns its highest-loss
+  iterate there (protocol.TRANSFER_OPTIONS), not the first misclassified one.
 Baselines (Tables IV, VII, X): the original classifier fine-tuned with the same Eq. 4 trainer
 (lad_tf.defence.fine_tune) on FGSM, PGD, JSMA and CW examples crafted against it from the same
 calibration sources, as many as the LAD fine-tuning set has (JSMA / CW towards LAD's targets).

@@ -19,7 +19,7 @@ from lad_tf.training import accuracy
 
 log = logging.getLogger("lad_tf")
 
-ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd")  # the default protocol; any registered attack runs
+ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")  # the default protocol; any registered attack runs
 BASELINES = ("fgsm", "pgd", "jsma", "cw")
 # GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
 # --workdir=DIR` first and gives transfer rows plus the "fine-tuned on GA" clean-accuracy baseline.
@@ -94,24 +94,33 @@ def select_sources(split, n_per_class, m_per_class, num_classes, seed=0):
 ATTACK_OPTIONS = {
     "pgd": lambda c: {"nb_iter": c.pgd_iter, "seed": c.seed},
     "apgd": lambda c: {"n_iter": c.apgd_iter, "n_restarts": c.apgd_restarts, "seed": c.seed},
+    "autoattack": lambda c: {"seed": c.seed},  # version: attack_options["autoattack"] (default "standard")
     "jsma": lambda c: {"theta": c.jsma_theta, "gamma": c.jsma_gamma},
     "cw": lambda c: {"binary_search_steps": c.cw_binary_steps, "max_iterations": c.cw_iterations,
                      "learning_rate": c.cw_learning_rate, "initial_const": c.cw_initial_const},
 }
 
 
+# Extra settings of an attack whose examples are fed to models other than the one it was crafted on
+# (the transfer rows): APGD's first misclassified iterate sits on the crafting model's boundary and
+# flips back on any other model, its highest-loss iterate does not.
+TRANSFER_OPTIONS = {"apgd": {"return_highest_loss": True}}
+
+
 def is_targeted(attack):
   return attacks_lib.get(attack).targeted
 
 
-def craft(attack, model, x, y, config, eps=None, target=None):
+def craft(attack, model, x, y, config, eps=None, target=None, transfer=False):
   """Adversarial examples of the registered `attack` against `model` (images -> logits) with
   config's settings: eps-bounded attacks need eps and use the true labels y; targeted ones need
-  target (and use it as their y)."""
+  target (and use it as their y). transfer=True adds TRANSFER_OPTIONS (examples meant for other
+  models)."""
   spec = attacks_lib.get(attack)
   if spec.targeted and target is None:
     raise ValueError(f"{attack} needs target classes")
-  options = {**ATTACK_OPTIONS.get(attack, lambda c: {})(config), **config.attack_options.get(attack, {})}
+  options = {**ATTACK_OPTIONS.get(attack, lambda c: {})(config),
+             **(TRANSFER_OPTIONS.get(attack, {}) if transfer else {}), **config.attack_options.get(attack, {})}
   return spec(model, x, target if spec.targeted else y, eps if spec.bounded else None, **options)
 
 
@@ -189,7 +198,7 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
     if blackbox is not None:
       start = time.time()
       say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: transfer from the black-box model")
-      x_bb = craft(attack, blackbox, x, y, config, eps, target)
+      x_bb = craft(attack, blackbox, x, y, config, eps, target, transfer=True)
       row = {"attack": attack, "setting": "transfer", "epsilon": eps, "n": int(len(x)),
              "targeted": target is not None,
              "blackbox_accuracy": accuracy(blackbox, x_bb, y),

@@ -10,8 +10,11 @@ from absl import flags
 from pipelines import common
 
 flags.DEFINE_string("workdir", None, "Work directory of `python -m pipelines.defend`.")
-flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd"], "Attacks to run; add `ga` after "
+flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd", "autoattack"], "Attacks to run "
+                  "(autoattack: the standard version; --autoattack_version=fast for APGD-CE + APGD-T); add `ga` after "
                   "`python -m pipelines.train_acgan --workdir=DIR` (transfer rows and the GA baseline).")
+flags.DEFINE_enum("autoattack_version", "standard", ["standard", "fast"], "AutoAttack version: standard "
+                  "(APGD-CE, APGD-T, FAB-T, Square) or fast (APGD-CE, APGD-T).")
 flags.DEFINE_integer("n_per_class", 50, "Untargeted attack sources per class (the paper: 450).")
 flags.DEFINE_integer("m_per_class", 5, "Targeted attack sources per class, each towards every other "
                      "class (the paper: 50).")
@@ -52,7 +55,8 @@ def main(argv):
       transfer=FLAGS.transfer, blackbox_epochs=FLAGS.blackbox_epochs, lad_sweep=FLAGS.lad_sweep,
       fine_tune_epochs=FLAGS.fine_tune_epochs, pgd_iter=FLAGS.pgd_iter, apgd_iter=FLAGS.apgd_iter,
       cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, ga_per_class=FLAGS.ga_per_class,
-      ga_steps=FLAGS.ga_steps, seed=FLAGS.seed)
+      ga_steps=FLAGS.ga_steps, seed=FLAGS.seed,
+      attack_options={"autoattack": {"version": FLAGS.autoattack_version}})
   report = evaluation.evaluate_workdir(FLAGS.workdir, config)
   print(f"{'attack':<6} {'setting':<10} {'eps':>6} {'n':>5} {'original':>9} {'defended':>9}")
   for row in report["rows"]:

@@ -18,7 +18,7 @@ from lad_tf.workdir import load_model, read_json, write_json
 
 CALIBRATION_PER_CLASS = 5
 LAD_EPS = (0.1, 0.3)
-ATTACKS = ("fgsm", "pgd", "jsma", "cw", "apgd")
+ATTACKS = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")
 BASELINES = ("fgsm", "pgd", "jsma", "cw")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def small_config(**overrides):
   settings = dict(n_per_class=3, m_per_class=1, blackbox_epochs=2, blackbox_batch_size=32,
                   blackbox_train_examples=800, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
                   cw_binary_steps=2, cw_iterations=20, cw_initial_const=1.0, attack_baselines=False,
-                  examples_per_attack=5)
+                  examples_per_attack=5, attack_options={"autoattack": {"version": "fast", "n_iter": 10}})
   settings.update(overrides)
   return evaluation.EvalConfig(**settings)
 
@@ -91,7 +91,7 @@ def test_report_json_has_its_schema(evaluated):
     for key in ("attack", "setting", "epsilon", "n", "original_accuracy", "defended_accuracy"):
       assert key in row, key
     assert row["setting"] in ("white_box", "transfer")
-    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd") else 90)
+    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd", "autoattack") else 90)
     for name in BASELINES:
       assert f"baseline_{name}_accuracy" in row
     if row["setting"] == "white_box":
@@ -111,9 +111,15 @@ def test_report_json_has_its_schema(evaluated):
 def test_white_box_attacks_hurt_and_progress_is_reported(evaluated):
   _, report, lines = evaluated
   clean = report["clean"]["original"]
+  white = {(r["attack"], r["epsilon"]): r for r in report["rows"] if r["setting"] == "white_box"}
   for row in report["rows"]:
-    if row["setting"] == "white_box" and row["attack"] in ("pgd", "apgd") and row["epsilon"] == 0.3:
+    if row["setting"] == "white_box" and row["attack"] in ("pgd", "apgd", "autoattack") and row["epsilon"] == 0.3:
       assert row["original_accuracy"] < clean - 0.5
+    if row["setting"] == "white_box" and row["attack"] == "autoattack":
+      # AutoAttack's first attack is APGD-CE with the same budget: never weaker than it
+      for name in ("original", "defended"):
+        # (slack of 2 images: APGD-CE draws its random start on the subset still correct)
+        assert row[f"{name}_accuracy"] <= white[("apgd", row["epsilon"])][f"{name}_accuracy"] + 2 / 30 + 1e-9
     if row["setting"] == "white_box" and row["attack"] == "jsma":
       assert row["attack_success_rate"] > 0.5
   for attack in ATTACKS:
@@ -159,6 +165,24 @@ def test_transfer_rows_come_from_the_black_box_model(evaluated):
   np.testing.assert_allclose(x_bb[free], x[free] + 0.1 * step[free], atol=1e-5)
   assert np.mean(np.abs(x_bb - x_wb) > 1e-6) > 0.2
   assert row["blackbox_accuracy"] < report["models"]["blackbox"]["clean_accuracy"]
+
+
+def test_apgd_transfer_rows_use_the_highest_loss_iterate(evaluated):
+  root, report, _ = evaluated
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  blackbox = load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
+  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                            10, config.seed)
+  x, y = untargeted["x"], untargeted["y"]
+  from lad_tf import attacks
+  highest = attacks.apgd(blackbox, x, y, 0.1, n_iter=config.apgd_iter, seed=config.seed,
+                         return_highest_loss=True)
+  np.testing.assert_allclose(evaluation.craft("apgd", blackbox, x, y, config, eps=0.1, transfer=True), highest, atol=1e-6)
+  row = next(r for r in report["rows"] if r["attack"] == "apgd" and r["setting"] == "transfer"
+             and r["epsilon"] == 0.1)
+  assert row["original_accuracy"] == pytest.approx(training.accuracy(contents.original, highest, y))
+  assert row["blackbox_accuracy"] == pytest.approx(training.accuracy(blackbox, highest, y))
 
 
 def _copy(evaluated, tmp_path):
