@@ -1,6 +1,7 @@
 """The evaluation's auxiliary models: the attackers' black-box model (with batch-norm
-recalibration) and the attack-based baselines (the original fine-tuned with the Eq. 4 trainer on
-FGSM, PGD, JSMA or CW examples from the LAD fine-tuning sources). Each is cached in
+recalibration), the attack-based baselines (the original fine-tuned with the Eq. 4 trainer on
+FGSM, PGD, JSMA or CW examples from the LAD fine-tuning sources) and the `clean` control (the
+original fine-tuned exactly as the defence was, on x' = x: what fine-tuning alone buys). Each is cached in
 DIR/evaluation/models keyed on the fingerprint of its settings (lad_tf.workdir.WorkDir.cached_model).
 """
 import dataclasses
@@ -18,6 +19,7 @@ from lad_tf.training import accuracy
 
 log = logging.getLogger("lad_tf")
 CACHE = "evaluation/models"
+CLEAN_CONTROL = "clean"  # the baseline name of the control
 
 
 def fine_tune_config(config, run_config):
@@ -26,6 +28,18 @@ def fine_tune_config(config, run_config):
   full = run_config.get("full", {}) or {}
   epochs = config.fine_tune_epochs or full.get("fine_tune_epochs") or defence.FineTuneConfig().epochs
   return defence.FineTuneConfig(epochs=int(epochs), execution=ExecutionConfig(seed=config.seed, verbose=0))
+
+
+def defence_fine_tune_config(tune, run_config):
+  """The Eq. 4 settings the defence itself was fine-tuned with (config.json: its epochs, seed and
+  training precision), for the clean control; `tune` fills what config.json does not hold."""
+  full = run_config.get("full", {}) or {}
+  run_execution = full.get("execution", {}) or {}
+  epochs = full.get("fine_tune_epochs") or tune.epochs
+  seed = run_config.get("seed", run_execution.get("seed", tune.execution.seed))
+  execution = dataclasses.replace(tune.execution, seed=int(seed),
+                                  precision=run_execution.get("precision", tune.execution.precision))
+  return dataclasses.replace(tune, epochs=int(epochs), execution=execution)
 
 
 def recalibrate_batch_norm(model, x, batch=2000):
@@ -88,11 +102,34 @@ def baseline_examples(attack, original, calibration, generated, rows, config, ep
 
 
 
+def clean_control_examples(contents):
+  """The LAD fine-tuning set with x' = x: the same rows (sources, repeats and order) the defence was
+  fine-tuned on, each paired with its clean source image. Returns (x, x_adv, y)."""
+  index = contents.generated.index[contents.lad_rows]
+  x, y = contents.calibration.x[index], contents.calibration.y[index]
+  return x, x, y
+
+
 def train_baselines(work, contents, config, tune, baseline_eps, say):
-  """The attack-based baselines of config.baselines; returns ({name: model}, {name: info}, timings)."""
+  """The baselines of config.baselines (attack-based, and the clean control); returns
+  ({name: model}, {name: info}, timings)."""
   found, info, timings = {}, {}, {}
   for name in config.baselines:
     start = time.time()
+    if name == CLEAN_CONTROL:
+      control = defence_fine_tune_config(tune, contents.run_config)
+      say(f"evaluate: clean control: fine-tuning the original on {len(contents.lad_rows)} clean images "
+          f"(x' = x), {control.epochs} epochs, seed {control.execution.seed}, as the defence")
+      settings = {"control": "clean", "rows": int(len(contents.lad_rows)), "fine_tune": dataclasses.asdict(control),
+                  "original": work.stage_fingerprint("classifier"),
+                  "generation": work.stage_fingerprint("generation"), "defended": work.stage_fingerprint("defended")}
+      found["baseline_clean"], reused = work.cached_model(
+          CACHE, "baseline_clean", settings,
+          lambda control=control: defence.fine_tune(contents.original, *clean_control_examples(contents), control))
+      info["baseline_clean"] = {"fine_tuned_on": int(len(contents.lad_rows)), "epsilon": None, "reused": reused,
+                                "control": "x' = x, the defence's fine-tuning settings"}
+      timings["baseline_clean"] = time.time() - start
+      continue
     say(f"evaluate: baseline: fine-tuning the original on {len(contents.lad_rows)} {name} examples")
 
     def build(name=name):

@@ -2,7 +2,7 @@
 
 Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
 - white_box ("known" attacks): each attack gets the full model it is scored on. Untargeted FGSM,
-  PGD and APGD-CE run on `n_per_class` evaluation images per class at every eps of `epsilons`
+  PGD, APGD-CE and AutoAttack (version: EvalConfig.attack_options["autoattack"]) run on `n_per_class` evaluation images per class at every eps of `epsilons`
   (default: the paper's 0.3 as printed, plus the field's usual eps of the dataset,
   DatasetSpec.attack_eps); targeted JSMA and CW-L2 run on `m_per_class` images per class, each
   towards every other class (the paper: 50 per class x 9 = 4,500).
@@ -12,17 +12,22 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
   `defended_accuracy_fixed_set` the defended classifier on the original's adversarial examples
   (the paper's Table II protocol, where the attacked set is fixed). Baselines likewise:
   `baseline_<name>_accuracy_fixed_set` always, `baseline_<name>_accuracy` (attacked themselves)
-  with EvalConfig.attack_baselines (None otherwise).
+  with EvalConfig.attack_baselines (the default; None without it).
 - transfer ("unknown" attacks): a differently built classifier (DatasetSpec.blackbox, "black_cnn"),
   trained independently on the training split, is attacked; its adversarial examples are fed to
-  the original, the defended and the baseline classifiers (Table III).
+  the original, the defended and the baseline classifiers (Table III). APGD returns its highest-loss
+  iterate there (protocol.TRANSFER_OPTIONS), not the first misclassified one.
 Baselines (Tables IV, VII, X): the original classifier fine-tuned with the same Eq. 4 trainer
 (lad_tf.defence.fine_tune) on FGSM, PGD, JSMA and CW examples crafted against it from the same
-calibration sources, as many as the LAD fine-tuning set has (JSMA / CW towards LAD's targets).
+calibration sources, as many as the LAD fine-tuning set has (JSMA / CW towards LAD's targets); and the
+control `baseline_clean`: the original fine-tuned exactly as the defence was (its epochs, seed and
+rows) on x' = x, so a gain the control shares is fine-tuning's, not LAD's.
 LAD sweep (Fig. 7): one FT-eps model per eps of generated.npz, fine-tuned on the LAD examples of half
 the calibration sources; clean accuracy, and accuracy on the LAD examples of the other half.
 Accuracies count the source (true) label as correct, for targeted attacks too; every accuracy is
 measured on the evaluation part of the test split (calibration examples excluded).
+Sanity ("sanity"): lad_tf.sanity's gradient-masking checks of the original and the defended model on
+EvalConfig.sanity_n evaluation images at the dataset's eps; a failed check is logged as a warning.
 """
 import dataclasses
 import logging
@@ -33,7 +38,7 @@ import numpy as np
 
 from lad_tf import auxiliary_models, datasets, defence, sweeps
 from lad_tf.protocol import (ATTACK_NAMES, ATTACK_OPTIONS, BASELINES, LATENT_ATTACKS, PAPER_EPS,  # noqa: F401
-                             EvalConfig, attack_rows, craft, select_sources)
+                             EvalConfig, attack_rows, craft, sanity_checks, select_sources)
 from lad_tf.training import accuracy
 from lad_tf.workdir import WorkDir
 
@@ -95,7 +100,8 @@ def evaluate_workdir(workdir, config=None, progress=None):
     config: EvalConfig (None: the defaults).
     progress: callable(str) for progress lines (default: the "lad_tf" logger at INFO).
   Returns:
-    The report as written to report.json (dict with "rows", "clean", "baselines", "lad_sweep", ...).
+    The report as written to report.json (dict with "rows", "clean", "models", "lad_sweep", "sanity"
+    (the gradient-masking checks of the original and the defended model), ...).
   """
   from lad_tf import report as report_lib
   config = config or EvalConfig()
@@ -134,6 +140,10 @@ def evaluate_workdir(workdir, config=None, progress=None):
   say("evaluate: clean accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in clean.items()))
 
   start = time.time()
+  sanity = sanity_checks(attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, progress)
+  timings["sanity"] = time.time() - start
+
+  start = time.time()
   sources = select_sources(contents.evaluation, config.n_per_class, config.m_per_class, spec.num_classes,
                            config.seed)
   image_attacks = tuple(a for a in config.attacks if a not in LATENT_ATTACKS)
@@ -170,6 +180,7 @@ def evaluate_workdir(workdir, config=None, progress=None):
       "clean": clean,
       "rows": rows,
       "lad_sweep": sweep,
+      "sanity": sanity,
       "lad_generation": generation_summary,
       "timings_s": timings,
       "notes": NOTES,
@@ -183,9 +194,11 @@ def evaluate_workdir(workdir, config=None, progress=None):
 NOTES = [
     "Accuracies are on the evaluation part of the test split (calibration examples excluded); for "
     "targeted attacks (JSMA, CW) the source label counts as correct.",
-    "white_box: defended_accuracy / baseline_*_accuracy attack that model itself (adaptive); "
-    "*_accuracy_fixed_set score it on the original classifier's adversarial examples (the paper's "
-    "Table II protocol).",
+    "white_box: defended_accuracy / baseline_*_accuracy attack that model itself (adaptive: the honest "
+    "figure); *_accuracy_fixed_set score it on the original classifier's adversarial examples (the "
+    "paper's Table II fixed-set protocol).",
+    "baseline_clean is the control: the original fine-tuned exactly as the defence was, on the clean "
+    "images (x' = x); a fixed-set gain it shares comes from fine-tuning, not from LAD's examples.",
     "transfer: adversarial examples crafted on an independently trained black-box model of another "
     "architecture, fed to every model (the paper's Table III).",
     "epsilon 0.3 is the paper's value as printed; the dataset's usual eps gives the extra rows.",

@@ -19,8 +19,8 @@ from lad_tf.training import accuracy
 
 log = logging.getLogger("lad_tf")
 
-ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd")  # the default protocol; any registered attack runs
-BASELINES = ("fgsm", "pgd", "jsma", "cw")
+ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")  # the default protocol; any registered attack runs
+BASELINES = ("fgsm", "pgd", "jsma", "cw", "clean")  # clean: the control, fine-tuned on x' = x
 # GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
 # --workdir=DIR` first and gives transfer rows plus the "fine-tuned on GA" clean-accuracy baseline.
 LATENT_ATTACKS = ("ga",)
@@ -40,7 +40,8 @@ class EvalConfig:
   blackbox_batch_size: Optional[int] = None      # None: the spec's classifier batch size
   baselines: Tuple[str, ...] = BASELINES
   baseline_eps: Optional[float] = None   # eps of the FGSM / PGD fine-tuning examples (None: spec's)
-  attack_baselines: bool = False         # also attack each baseline white-box (adaptive; 4x cost)
+  attack_baselines: bool = True          # attack each baseline white-box too (adaptive); False: only
+                                         # the fixed-set columns for baselines (cheaper, weaker)
   lad_sweep: bool = True
   sweep_eps: Optional[Tuple[float, ...]] = None  # None: every eps in generated.npz
   fine_tune_epochs: Optional[int] = None  # None: as the defended model (config.json), else 10
@@ -57,6 +58,8 @@ class EvalConfig:
   ga_per_class: int = 50           # GA tries per source class (the paper: 450)
   ga_steps: int = 1000             # latent-search steps per try (Song et al.: 1000)
   attack_options: Dict[str, dict] = dataclasses.field(default_factory=dict)  # name -> extra kwargs
+  sanity_n: int = 200              # images of the gradient-masking checks per model (0: skip them)
+  sanity_options: Dict[str, object] = dataclasses.field(default_factory=dict)  # gradient_masking_checks kwargs
   seed: int = 0
 
   def __post_init__(self):
@@ -69,6 +72,8 @@ class EvalConfig:
       raise ConfigError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
     if self.n_per_class < 1 or self.m_per_class < 1:
       raise ConfigError("n_per_class and m_per_class must be >= 1")
+    if self.sanity_n < 0:
+      raise ConfigError(f"sanity_n must be >= 0 (0 skips the gradient-masking checks), got {self.sanity_n}")
 
 
 # -- sources and attacks -------------------------------------------------------------------------
@@ -94,24 +99,33 @@ def select_sources(split, n_per_class, m_per_class, num_classes, seed=0):
 ATTACK_OPTIONS = {
     "pgd": lambda c: {"nb_iter": c.pgd_iter, "seed": c.seed},
     "apgd": lambda c: {"n_iter": c.apgd_iter, "n_restarts": c.apgd_restarts, "seed": c.seed},
+    "autoattack": lambda c: {"seed": c.seed},  # version: attack_options["autoattack"] (default "standard")
     "jsma": lambda c: {"theta": c.jsma_theta, "gamma": c.jsma_gamma},
     "cw": lambda c: {"binary_search_steps": c.cw_binary_steps, "max_iterations": c.cw_iterations,
                      "learning_rate": c.cw_learning_rate, "initial_const": c.cw_initial_const},
 }
 
 
+# Extra settings of an attack whose examples are fed to models other than the one it was crafted on
+# (the transfer rows): APGD's first misclassified iterate sits on the crafting model's boundary and
+# flips back on any other model, its highest-loss iterate does not.
+TRANSFER_OPTIONS = {"apgd": {"return_highest_loss": True}}
+
+
 def is_targeted(attack):
   return attacks_lib.get(attack).targeted
 
 
-def craft(attack, model, x, y, config, eps=None, target=None):
+def craft(attack, model, x, y, config, eps=None, target=None, transfer=False):
   """Adversarial examples of the registered `attack` against `model` (images -> logits) with
   config's settings: eps-bounded attacks need eps and use the true labels y; targeted ones need
-  target (and use it as their y)."""
+  target (and use it as their y). transfer=True adds TRANSFER_OPTIONS (examples meant for other
+  models)."""
   spec = attacks_lib.get(attack)
   if spec.targeted and target is None:
     raise ValueError(f"{attack} needs target classes")
-  options = {**ATTACK_OPTIONS.get(attack, lambda c: {})(config), **config.attack_options.get(attack, {})}
+  options = {**ATTACK_OPTIONS.get(attack, lambda c: {})(config),
+             **(TRANSFER_OPTIONS.get(attack, {}) if transfer else {}), **config.attack_options.get(attack, {})}
   return spec(model, x, target if spec.targeted else y, eps if spec.bounded else None, **options)
 
 
@@ -189,7 +203,7 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
     if blackbox is not None:
       start = time.time()
       say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: transfer from the black-box model")
-      x_bb = craft(attack, blackbox, x, y, config, eps, target)
+      x_bb = craft(attack, blackbox, x, y, config, eps, target, transfer=True)
       row = {"attack": attack, "setting": "transfer", "epsilon": eps, "n": int(len(x)),
              "targeted": target is not None,
              "blackbox_accuracy": accuracy(blackbox, x_bb, y),
@@ -201,6 +215,41 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
       say(f"evaluate: {label} transfer: original {row['original_accuracy']:.3f}, defended "
           f"{row['defended_accuracy']:.3f}")
   return rows, examples
+
+
+SANITY_MODELS = ("original", "defended")
+
+
+def sanity_checks(attacked, split, eps, num_classes, config, progress=None):
+  """The gradient-masking checks (lad_tf.sanity.gradient_masking_checks) of the original and the
+  defended model on config.sanity_n stratified images of `split` at the dataset's eps; each failed
+  check is logged as a warning that names it and the model.
+
+  Returns {"n", "eps", "passed", "models": {name: checks}} for report.json's "sanity" ({} when
+  config.sanity_n is 0).
+  """
+  from lad_tf import sanity
+  say = progress or log.info
+  if config.sanity_n == 0:
+    return {}
+  per_class = max(1, config.sanity_n // num_classes)
+  pick = datasets.stratified_indices(split.y, per_class, config.seed + 2)
+  x, y = split.x[pick], split.y[pick]
+  results = {}
+  for name in SANITY_MODELS:
+    if name not in attacked:
+      continue
+    say(f"evaluate: gradient-masking checks on {name} ({len(x)} images, eps {eps:g})")
+    checks = sanity.gradient_masking_checks(attacked[name], x, y, eps, seed=config.seed, warn=False,
+                                            **config.sanity_options)
+    for check, result in checks.items():
+      if isinstance(result, dict) and not result["passed"]:
+        log.warning("gradient-masking check '%s' failed on the %s model: %s", check, name, result["detail"])
+        if progress is not None:
+          say(f"evaluate: WARNING: gradient-masking check '{check}' failed on the {name} model: {result['detail']}")
+    results[name] = checks
+  return {"n": int(len(x)), "eps": float(eps), "passed": all(r["passed"] for r in results.values()),
+          "models": results}
 
 
 def attack_settings(config):

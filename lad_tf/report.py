@@ -71,7 +71,8 @@ def _model_names(report):
 
 
 def _label(name):
-  return {"original": "original", "defended": "LAD-defended"}.get(name, name.replace("baseline_", "FT on "))
+  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control (FT on x'=x)"}.get(
+      name, name.replace("baseline_", "FT on "))
 
 
 def _accuracy_vs_eps(report):
@@ -199,9 +200,9 @@ def _attack_tables(report):
   wb = [r for r in report["rows"] if r["setting"] == "white_box"]
   if wb:
     header = ["attack", "eps", "n", "success on original", "original", "LAD-defended (attacked itself)",
-              "LAD-defended (original's examples)"]
+              "LAD-defended (fixed set: original's examples)"]
     header += [f"{_label(b)} (attacked itself)" for b in baselines]
-    header += [f"{_label(b)} (original's examples)" for b in baselines]
+    header += [f"{_label(b)} (fixed set: original's examples)" for b in baselines]
     header += ["mean L2", "mean L0"]
     body = []
     for r in wb:
@@ -225,6 +226,21 @@ def _attack_tables(report):
   return "\n".join(parts)
 
 
+def _sanity_table(report):
+  sanity = report.get("sanity") or {}
+  if not sanity.get("models"):
+    return ""
+  body = []
+  for name, checks in sanity["models"].items():
+    for check, result in checks.items():
+      if isinstance(result, dict):
+        verdict = "passed" if result.get("passed") else "<b>FAILED</b>"
+        body.append([html.escape(_label(name)), html.escape(check), verdict, html.escape(str(result.get("detail", "")))])
+  status = "all passed" if sanity.get("passed") else "some FAILED: a robustness figure may come from masked gradients"
+  return (f"<h2>Gradient-masking checks ({sanity.get('n')} images, eps {_fmt(sanity.get('eps'), False)}: "
+          f"{status})</h2>" + _table(["model", "check", "result", "figures"], body, left=4))
+
+
 def render_html(report, examples=None, lad_examples=None):
   """The report as one self-contained HTML page (str)."""
   title = f"LAD robustness report: {report.get('dataset', '')}"
@@ -244,6 +260,7 @@ def render_html(report, examples=None, lad_examples=None):
   parts.append("<h2>Clean accuracy (paper Tables IV, VII, X)</h2>")
   parts.append(_table(["model", "clean accuracy", "fine-tuned on (examples)", "attack eps of its set"], body))
   parts.append(_attack_tables(report))
+  parts.append(_sanity_table(report))
   plot = _accuracy_vs_eps(report)
   if plot:
     parts.append("<h2>Robust accuracy against eps (solid: white-box, dashed: transfer)</h2>" + plot)

@@ -10,18 +10,23 @@ from absl import flags
 from pipelines import common
 
 flags.DEFINE_string("workdir", None, "Work directory of `python -m pipelines.defend`.")
-flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd"], "Attacks to run; add `ga` after "
+flags.DEFINE_list("attacks", ["fgsm", "pgd", "jsma", "cw", "apgd", "autoattack"], "Attacks to run "
+                  "(autoattack: the standard version; --autoattack_version=fast for APGD-CE + APGD-T); add `ga` after "
                   "`python -m pipelines.train_acgan --workdir=DIR` (transfer rows and the GA baseline).")
+flags.DEFINE_enum("autoattack_version", "standard", ["standard", "fast"], "AutoAttack version: standard "
+                  "(APGD-CE, APGD-T, FAB-T, Square) or fast (APGD-CE, APGD-T).")
 flags.DEFINE_integer("n_per_class", 50, "Untargeted attack sources per class (the paper: 450).")
 flags.DEFINE_integer("m_per_class", 5, "Targeted attack sources per class, each towards every other "
                      "class (the paper: 50).")
 flags.DEFINE_list("eps", None, "L-inf eps of FGSM / PGD / APGD (default: 0.3 as in the paper and the "
                   "dataset's usual eps).")
-flags.DEFINE_list("baselines", ["fgsm", "pgd", "jsma", "cw"], "Attack-based fine-tuning baselines "
-                  "(empty: none).")
+flags.DEFINE_list("baselines", ["fgsm", "pgd", "jsma", "cw", "clean"], "Fine-tuning baselines (empty: "
+                  "none): the original fine-tuned on FGSM / PGD / JSMA / CW examples, and `clean`, the control "
+                  "fine-tuned exactly as the defence on the clean images (x' = x).")
 flags.DEFINE_float("baseline_eps", None, "eps of the FGSM / PGD baseline examples (default: the dataset's).")
-flags.DEFINE_bool("attack_baselines", False, "Also attack each baseline white-box (adaptive; "
-                  "about 4x the attack time). Without it baselines are scored on the original's examples.")
+flags.DEFINE_bool("attack_baselines", True, "Attack each baseline white-box too (adaptive, like the "
+                  "defended model). --noattack_baselines scores baselines only on the original's examples (the "
+                  "fixed-set columns, always reported), at a fraction of the attack time.")
 flags.DEFINE_integer("ga_per_class", 50, "GA tries per source class.")
 flags.DEFINE_integer("ga_steps", 1000, "GA latent-search steps per try.")
 flags.DEFINE_bool("transfer", True, "Transfer attacks from an independently trained black-box model.")
@@ -33,6 +38,8 @@ flags.DEFINE_integer("pgd_iter", 40, "PGD iterations.")
 flags.DEFINE_integer("apgd_iter", 100, "APGD-CE iterations.")
 flags.DEFINE_integer("cw_iterations", 30, "CW-L2 Adam steps per binary-search step.")
 flags.DEFINE_integer("cw_binary_steps", 4, "CW-L2 binary-search steps.")
+flags.DEFINE_integer("sanity_n", 200, "Images of the gradient-masking checks of the original and the "
+                     "defended model (0: skip them).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
@@ -52,14 +59,17 @@ def main(argv):
       transfer=FLAGS.transfer, blackbox_epochs=FLAGS.blackbox_epochs, lad_sweep=FLAGS.lad_sweep,
       fine_tune_epochs=FLAGS.fine_tune_epochs, pgd_iter=FLAGS.pgd_iter, apgd_iter=FLAGS.apgd_iter,
       cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, ga_per_class=FLAGS.ga_per_class,
-      ga_steps=FLAGS.ga_steps, seed=FLAGS.seed)
+      ga_steps=FLAGS.ga_steps, seed=FLAGS.seed, sanity_n=FLAGS.sanity_n,
+      attack_options={"autoattack": {"version": FLAGS.autoattack_version}})
   report = evaluation.evaluate_workdir(FLAGS.workdir, config)
-  print(f"{'attack':<6} {'setting':<10} {'eps':>6} {'n':>5} {'original':>9} {'defended':>9}")
+  print(f"{'attack':<10} {'setting':<10} {'eps':>6} {'n':>5} {'original':>9} {'defended':>9} "
+        f"{'defended (fixed set)':>21}")
   for row in report["rows"]:
     eps = "-" if row["epsilon"] is None else f"{row['epsilon']:g}"
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
-    print(f"{row['attack']:<6} {row['setting']:<10} {eps:>6} {row['n']:>5} "
-          f"{fmt(row['original_accuracy']):>9} {fmt(row['defended_accuracy']):>9}")
+    print(f"{row['attack']:<10} {row['setting']:<10} {eps:>6} {row['n']:>5} "
+          f"{fmt(row['original_accuracy']):>9} {fmt(row['defended_accuracy']):>9} "
+          f"{fmt(row.get('defended_accuracy_fixed_set')):>21}")
   print(f"report: {FLAGS.workdir}/evaluation/report.html")
 
 

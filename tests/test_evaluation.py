@@ -4,6 +4,8 @@ The fixture builds what `pipelines.defend` would leave (classifier/, defended/, 
 config.json, metrics.json) from a LeNet-5 trained on the real `digits` images, so these tests do not
 depend on the defend pipeline, then runs the whole protocol once with tiny settings.
 """
+import dataclasses
+import html
 import os
 import re
 import subprocess
@@ -18,8 +20,8 @@ from lad_tf.workdir import load_model, read_json, write_json
 
 CALIBRATION_PER_CLASS = 5
 LAD_EPS = (0.1, 0.3)
-ATTACKS = ("fgsm", "pgd", "jsma", "cw", "apgd")
-BASELINES = ("fgsm", "pgd", "jsma", "cw")
+ATTACKS = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")
+BASELINES = ("fgsm", "pgd", "jsma", "cw", "clean")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,7 +29,8 @@ def small_config(**overrides):
   settings = dict(n_per_class=3, m_per_class=1, blackbox_epochs=2, blackbox_batch_size=32,
                   blackbox_train_examples=800, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
                   cw_binary_steps=2, cw_iterations=20, cw_initial_const=1.0, attack_baselines=False,
-                  examples_per_attack=5)
+                  examples_per_attack=5, attack_options={"autoattack": {"version": "fast", "n_iter": 10}},
+                  sanity_n=20, sanity_options={"pgd_steps": 5, "more_steps": 10, "restarts": 2})
   settings.update(overrides)
   return evaluation.EvalConfig(**settings)
 
@@ -91,7 +94,7 @@ def test_report_json_has_its_schema(evaluated):
     for key in ("attack", "setting", "epsilon", "n", "original_accuracy", "defended_accuracy"):
       assert key in row, key
     assert row["setting"] in ("white_box", "transfer")
-    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd") else 90)
+    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd", "autoattack") else 90)
     for name in BASELINES:
       assert f"baseline_{name}_accuracy" in row
     if row["setting"] == "white_box":
@@ -111,9 +114,15 @@ def test_report_json_has_its_schema(evaluated):
 def test_white_box_attacks_hurt_and_progress_is_reported(evaluated):
   _, report, lines = evaluated
   clean = report["clean"]["original"]
+  white = {(r["attack"], r["epsilon"]): r for r in report["rows"] if r["setting"] == "white_box"}
   for row in report["rows"]:
-    if row["setting"] == "white_box" and row["attack"] in ("pgd", "apgd") and row["epsilon"] == 0.3:
+    if row["setting"] == "white_box" and row["attack"] in ("pgd", "apgd", "autoattack") and row["epsilon"] == 0.3:
       assert row["original_accuracy"] < clean - 0.5
+    if row["setting"] == "white_box" and row["attack"] == "autoattack":
+      # AutoAttack's first attack is APGD-CE with the same budget: never weaker than it
+      for name in ("original", "defended"):
+        # (slack of 2 images: APGD-CE draws its random start on the subset still correct)
+        assert row[f"{name}_accuracy"] <= white[("apgd", row["epsilon"])][f"{name}_accuracy"] + 2 / 30 + 1e-9
     if row["setting"] == "white_box" and row["attack"] == "jsma":
       assert row["attack_success_rate"] > 0.5
   for attack in ATTACKS:
@@ -129,8 +138,9 @@ def test_html_report_opens_without_network(evaluated):
   assert references and all(ref.startswith("data:image/png;base64,") for ref in references)
   assert "http://" not in page and "https://" not in page
   assert "<script" not in page.lower() and "<link" not in page.lower()
-  for title in ("White-box", "Transfer", "Clean accuracy", "LAD sweep", "source and target", "Examples"):
-    assert title in page, title
+  for title in ("White-box", "Transfer", "Clean accuracy", "LAD sweep", "source and target", "Examples",
+                "Gradient-masking checks", "fixed set: original's examples", "clean control"):
+    assert html.escape(title) in page, title
 
 
 def test_transfer_rows_come_from_the_black_box_model(evaluated):
@@ -161,6 +171,58 @@ def test_transfer_rows_come_from_the_black_box_model(evaluated):
   assert row["blackbox_accuracy"] < report["models"]["blackbox"]["clean_accuracy"]
 
 
+CHECKS = ("eps_sweep", "pgd_vs_fgsm", "unbounded", "zero_gradient", "more_steps", "more_restarts")
+
+
+def test_sanity_checks_of_each_model_are_in_the_report(evaluated):
+  root, report, _ = evaluated
+  sanity = report["sanity"]
+  assert sanity["n"] == 20 and sanity["eps"] == pytest.approx(0.1)  # digits' eps
+  assert set(sanity["models"]) == {"original", "defended"}
+  for name, checks in sanity["models"].items():
+    for check in CHECKS:
+      assert isinstance(checks[check]["passed"], bool), (name, check)
+    assert checks["n"] == 20
+  # the original is a plain trained LeNet: its gradients reach the input, and eps 1 breaks it
+  assert sanity["models"]["original"]["zero_gradient"]["passed"]
+  assert sanity["models"]["original"]["unbounded"]["passed"]
+  assert read_json(os.path.join(root, "evaluation", "report.json"))["sanity"] == sanity
+
+
+def test_a_failed_sanity_check_warns_by_name(evaluated, caplog):
+  import tensorflow as tf
+  root, _, _ = evaluated
+  contents = evaluation.load_workdir(root)
+  masked = lambda z: contents.original(tf.stop_gradient(z) + 0.0 * z)  # same logits, zero input gradient
+  config = small_config(sanity_n=10)
+  lines = []
+  with caplog.at_level("WARNING", logger="lad_tf"):
+    result = evaluation.sanity_checks({"original": contents.original, "defended": masked}, contents.evaluation,
+                                      0.1, 10, config, lines.append)
+  assert not result["passed"] and not result["models"]["defended"]["zero_gradient"]["passed"]
+  assert result["models"]["original"]["zero_gradient"]["passed"]
+  assert any("'zero_gradient' failed on the defended model" in r.getMessage() for r in caplog.records)
+  assert any("WARNING" in line and "zero_gradient" in line for line in lines)
+
+
+def test_apgd_transfer_rows_use_the_highest_loss_iterate(evaluated):
+  root, report, _ = evaluated
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  blackbox = load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
+  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                            10, config.seed)
+  x, y = untargeted["x"], untargeted["y"]
+  from lad_tf import attacks
+  highest = attacks.apgd(blackbox, x, y, 0.1, n_iter=config.apgd_iter, seed=config.seed,
+                         return_highest_loss=True)
+  np.testing.assert_allclose(evaluation.craft("apgd", blackbox, x, y, config, eps=0.1, transfer=True), highest, atol=1e-6)
+  row = next(r for r in report["rows"] if r["attack"] == "apgd" and r["setting"] == "transfer"
+             and r["epsilon"] == 0.1)
+  assert row["original_accuracy"] == pytest.approx(training.accuracy(contents.original, highest, y))
+  assert row["blackbox_accuracy"] == pytest.approx(training.accuracy(blackbox, highest, y))
+
+
 def _copy(evaluated, tmp_path):
   """A copy of the evaluated work directory, for tests that write their own report.json."""
   import shutil
@@ -189,20 +251,57 @@ def test_each_column_scores_its_own_model(evaluated):
   assert report["clean"]["defended"] != report["clean"]["original"]
 
 
+def test_clean_control_is_fine_tuned_as_the_defence_and_scored_on_lads_images(evaluated):
+  root, report, _ = evaluated
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  control = load_model(os.path.join(root, "evaluation", "models", "baseline_clean.keras"))
+  # its own model: fine-tuned (weights moved off the original's), clean accuracy measured on it
+  moved = [np.max(np.abs(a - b)) for a, b in zip(control.get_weights(), contents.original.get_weights())]
+  assert max(moved) > 0
+  assert report["clean"]["baseline_clean"] == pytest.approx(
+      training.accuracy(control, contents.evaluation.x, contents.evaluation.y))
+  assert report["models"]["baseline_clean"]["fine_tuned_on"] == len(contents.lad_rows)
+  # trained on the LAD rows' clean sources, with the defence's epochs and seed (config.json)
+  from lad_tf import auxiliary_models
+  x, x_adv, y = auxiliary_models.clean_control_examples(contents)
+  index = contents.generated.index[contents.lad_rows]
+  np.testing.assert_array_equal(x_adv, contents.calibration.x[index])
+  np.testing.assert_array_equal(x, x_adv)
+  np.testing.assert_array_equal(y, contents.calibration.y[index])
+  tune = auxiliary_models.defence_fine_tune_config(auxiliary_models.fine_tune_config(
+      dataclasses.replace(config, fine_tune_epochs=7, seed=5), contents.run_config), contents.run_config)
+  assert (tune.epochs, tune.execution.seed) == (1, 0)
+  # its fixed-set accuracy is on exactly the images the defended model's is: the original's examples
+  untargeted, targeted = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+                                                   10, config.seed)
+  on_original = evaluation.craft("fgsm", contents.original, untargeted["x"], untargeted["y"], config, eps=0.1)
+  row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "white_box"
+             and r["epsilon"] == 0.1)
+  assert row["baseline_clean_accuracy_fixed_set"] == pytest.approx(
+      training.accuracy(control, on_original, untargeted["y"]))
+  assert row["defended_accuracy_fixed_set"] == pytest.approx(
+      training.accuracy(contents.defended, on_original, untargeted["y"]))
+
+
 def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated, tmp_path):
   root = _copy(evaluated, tmp_path)
-  config = small_config(attacks=("fgsm",), baselines=("fgsm",), attack_baselines=True, lad_sweep=False,
+  # every model of the table is attacked white-box by default (the adaptive protocol)
+  assert evaluation.EvalConfig().attack_baselines
+  config = small_config(attacks=("fgsm",), baselines=("fgsm", "clean"), attack_baselines=True, lad_sweep=False,
                         epsilons=(0.1,))
   report = evaluation.evaluate_workdir(root, config, progress=lambda _: None)
   assert report["models"]["blackbox"]["reused"] and report["models"]["baseline_fgsm"]["reused"]
+  assert report["models"]["baseline_clean"]["reused"]
   white = next(r for r in report["rows"] if r["setting"] == "white_box")
-  # the baseline attacked itself: its column is its accuracy on its own FGSM examples
-  baseline = load_model(os.path.join(root, "evaluation", "models", "baseline_fgsm.keras"))
+  # each baseline attacked itself: its column is its accuracy on its own FGSM examples
   contents = evaluation.load_workdir(root)
   untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
-  own = evaluation.craft("fgsm", baseline, untargeted["x"], untargeted["y"], config, eps=0.1)
-  assert white["baseline_fgsm_accuracy"] == pytest.approx(training.accuracy(baseline, own, untargeted["y"]))
+  for name in ("baseline_fgsm", "baseline_clean"):
+    baseline = load_model(os.path.join(root, "evaluation", "models", f"{name}.keras"))
+    own = evaluation.craft("fgsm", baseline, untargeted["x"], untargeted["y"], config, eps=0.1)
+    assert white[f"{name}_accuracy"] == pytest.approx(training.accuracy(baseline, own, untargeted["y"]))
 
 
 def test_select_sources_shapes():
@@ -226,8 +325,9 @@ def test_command_line(evaluated, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "pipelines.evaluate", f"--workdir={root}", "--attacks=fgsm",
        "--baselines=", "--transfer=false", "--lad_sweep=false", "--n_per_class=2", "--m_per_class=1",
-       "--eps=0.2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+       "--eps=0.2", "--sanity_n=10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "report:" in result.stdout
   report = read_json(os.path.join(root, "evaluation", "report.json"))
   assert [(r["attack"], r["setting"], r["epsilon"]) for r in report["rows"]] == [("fgsm", "white_box", 0.2)]
+  assert report["sanity"]["n"] == 10 and set(report["sanity"]["models"]) == {"original", "defended"}

@@ -79,11 +79,18 @@ def get(name):
   return REGISTRY[name]
 
 
+def autoattack_images(model_fn, x, y, eps, **options):
+  """autoattack's adversarial images alone (the registry's calling convention); options go to
+  `autoattack` (version="standard" or "fast", n_iter, n_queries, seed, ...)."""
+  return autoattack(model_fn, x, y, eps, **options)[0]
+
+
 register("fgsm", fgsm, targeted=False, norm="linf")
 register("pgd", pgd, targeted=False, norm="linf")
 register("apgd", apgd, targeted=False, norm="linf")
 register("jsma", jsma, targeted=True, norm=None)
 register("cw", functools.partial(carlini_wagner_l2, targeted=True), targeted=True, norm=None)
+register("autoattack", autoattack_images, targeted=False, norm="linf")
 
 __all__ = ["fgsm", "pgd", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab", "square",
-           "autoattack", "Attack", "REGISTRY", "register", "get", "perturbation_norms", "predict"]
+           "autoattack", "autoattack_images", "Attack", "REGISTRY", "register", "get", "perturbation_norms", "predict"]
