@@ -147,5 +147,5 @@ def test_the_registry_calls_every_attack_with_one_argument_order(setup):
     attacks.get("pgd")(model, x, y)
   with pytest.raises(ValueError, match="jsma is not bounded by an eps"):
     attacks.get("jsma")(model, x, target, 0.1)
-  with pytest.raises(ValueError, match="unknown attack 'nope'; known: apgd, cw, fgsm"):
+  with pytest.raises(ValueError, match="unknown attack 'nope'; known: apgd, autoattack, cw, fgsm"):
     attacks.get("nope")
