@@ -4,8 +4,9 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
 - white_box ("known" attacks): each attack gets the full model it is scored on. Untargeted FGSM,
   PGD, APGD-CE and AutoAttack (version: EvalConfig.attack_options["autoattack"]) run on
   `n_per_class` evaluation images per class at every eps of `epsilons` (default: the paper's 0.3 as
-  printed, plus the field's usual eps of the dataset, DatasetSpec.attack_eps); targeted JSMA and CW-L2 run on `m_per_class` images per class, each
-  towards every other class (the paper: 50 per class x 9 = 4,500).
+  printed, plus the field's usual eps of the dataset, DatasetSpec.attack_eps); targeted JSMA and
+  CW-L2 run on `m_per_class` images per class, each towards every other class (the paper: 50 per
+  class x 9 = 4,500).
   `original_accuracy` is the original classifier on its own adversarial examples.
   `defended_accuracy` is the LAD-defended classifier on adversarial examples crafted against the
   defended classifier itself (an adaptive white-box attack: the honest figure), and
