@@ -71,17 +71,14 @@ def lad_generation_summary(generated, num_classes, examples=10):
 def ga_rows(workdir, contents, blackbox, config, tune, say):
   """GA (Song et al.): a transfer row from the black-box model and the GA fine-tuning baseline.
 
-  Returns None (and says why) when DIR/acgan is missing or there is no black-box model."""
+  Returns None (and says why) when there is no black-box model; a missing DIR/acgan is an
+  ArtifactNotFoundError, raised by evaluate_workdir before any attack runs."""
   from lad_tf.attacks import ga
   from lad_tf.models.acgan import ACGAN
-  try:
-    acgan = ACGAN.load(workdir)
-  except FileNotFoundError as e:
-    say(f"evaluate: ga skipped: {e}")
-    return None
   if blackbox is None:
     say("evaluate: ga skipped: its rows are transfer rows and need the black-box model (--transfer)")
     return None
+  acgan = ACGAN.load(workdir)
   say(f"evaluate: ga: {config.ga_per_class} tries per class, {config.ga_steps} steps, against the "
       f"black-box model")
   ga_set = ga.ga_transfer_set(blackbox, acgan, config.ga_per_class, seed=config.seed,

@@ -379,14 +379,18 @@ class RestServer:
               f"({values} values); refused while reading, before parsing: split the request"))
 
     idle = self._config.rest_idle_timeout_s
-    if not chunked:
-      left = length
+
+    async def read_exactly(n):  # n bytes in bounded pieces, each counted by take()
+      left = n
       while left > 0:
         data = await asyncio.wait_for(reader.read(min(left, _READ_CHUNK)), idle)
         if not data:
-          raise asyncio.IncompleteReadError(bytes(body), length)
+          raise asyncio.IncompleteReadError(bytes(body), n)
         take(data)
         left -= len(data)
+
+    if not chunked:
+      await read_exactly(length)
       return bytes(body)
     while True:  # Chunked transfer coding: size line, data, CRLF; a 0 size ends it.
       line = await asyncio.wait_for(reader.readuntil(b"\r\n"), idle)
@@ -401,13 +405,7 @@ class RestServer:
         return bytes(body)
       if len(body) + size > max_bytes:
         raise _Reject(self._too_large(len(body) + size, declared=False))
-      left = size
-      while left > 0:
-        data = await asyncio.wait_for(reader.read(min(left, _READ_CHUNK)), idle)
-        if not data:
-          raise asyncio.IncompleteReadError(bytes(body), size)
-        take(data)
-        left -= len(data)
+      await read_exactly(size)
       if await asyncio.wait_for(reader.readexactly(2), idle) != b"\r\n":
         raise _Reject(errors.invalid("malformed chunked body: a chunk does not end in CRLF"))
 

@@ -4,7 +4,7 @@ on a model that is not trivially broken too."""
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import datasets, models, training
+from lad_tf import attacks, datasets, models, training
 from lad_tf.execution import ExecutionConfig
 
 
@@ -58,3 +58,8 @@ def fgsm_rs_finetune(model, train, eps, epochs=6, batch_size=64, learning_rate=1
 def sample_images(data, per_class, seed=0):
   idx = datasets.stratified_indices(data.test.y, per_class, seed=seed)
   return data.test.x[idx], data.test.y[idx]
+
+
+def accuracy(model_fn, x, y):
+  """Top-1 accuracy of any logits callable (a Keras model or a wrapper around one)."""
+  return float(np.mean(attacks.predict(model_fn, x) == y))

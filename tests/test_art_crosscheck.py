@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lad_tf import attacks
-from digits_models import fgsm_rs_finetune, plain_lenet, sample_images
+from digits_models import accuracy as _accuracy, fgsm_rs_finetune, plain_lenet, sample_images
 
 art = pytest.importorskip("art", reason="ART is not installed: pip install -e '.[bench]'")
 
@@ -35,10 +35,6 @@ def _art_classifier(model):
   from art.estimators.classification import TensorFlowV2Classifier
   return TensorFlowV2Classifier(model=model, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
                                 loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-
-def _accuracy(model, x, y):
-  return float(np.mean(attacks.predict(model, x) == y))
 
 
 @pytest.mark.parametrize("name", ["plain", "fgsm_rs"])

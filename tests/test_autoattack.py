@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from lad_tf import attacks
-from digits_models import fgsm_rs_finetune, plain_lenet, sample_images
+from digits_models import accuracy as _accuracy, fgsm_rs_finetune, plain_lenet, sample_images
 
 fab_module = importlib.import_module("lad_tf.attacks.fab")
 square_module = importlib.import_module("lad_tf.attacks.square")
@@ -30,10 +30,6 @@ def robust(plain):
   clean = _accuracy(robust, x, y)
   assert clean > 0.8, f"FGSM-RS fine-tuning should keep clean accuracy, got {clean}"
   return robust
-
-
-def _accuracy(model, x, y):
-  return float(np.mean(attacks.predict(model, x) == y))
 
 
 def _assert_valid(x, x_adv, eps):
