@@ -63,7 +63,11 @@ def ablation_options():
 
 
 def evaluate(model, x, y, eps, autoattack="standard"):
+  """Clean, PGD-40 and the strongest attack's accuracy, always computed in float32 (a model trained
+  under mixed_bfloat16 is evaluated as the float32 model it exports to)."""
   from lad_tf import attacks
+  from lad_tf.execution import with_policy
+  model = with_policy(model, "float32")
   predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
   clean = predict(x) == y
   pgd = predict(attacks.pgd(model, x, y, eps, nb_iter=40, seed=0)) == y
@@ -84,14 +88,19 @@ def _summary(rows):
 def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, init="finetune",
-        ablation=True, bfloat16=False, attention="none", autoattack="standard", partial=None):
-  """See the module docstring; `n` overrides eval_examples, `seed` is the first seed."""
+        ablation=True, ablation_seeds=None, bfloat16=False, attention="none", autoattack="standard",
+        partial=None):
+  """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
+
+  ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
+    N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
+  partial: a JSON path written after each seed; a run started with the same options (seeds may grow) resumes from it,
+    skipping the seeds it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
+  """
   import keras
-  if bfloat16:
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
   from lad_tf import boundary, datasets, models, robust, training
   from lad_tf import decoder as decoder_lib
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf.execution import ExecutionConfig, with_policy
 
   say = lambda message: print(message, flush=True)
   spec = datasets.get_spec(dataset)
@@ -108,7 +117,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
                  generator_epochs=generator_epochs, generator_examples=generator_examples,
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
-                 attention=attention,
+                 attention=attention, ablation_seeds=ablation_seeds,
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
@@ -142,6 +151,20 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   rows = {name: [] for name, _ in variants}
   guard_logs = {}
   result = {}
+  done = set()
+  if partial and os.path.exists(partial):
+    with open(partial) as f:
+      previous = json.load(f)
+    same = lambda o: {k: v for k, v in o.items() if k != "seeds"}
+    if same(previous.get("options", {})) != same(json.loads(json.dumps(options))):
+      raise ValueError(f"{partial} holds a run with other options; remove it or pass another partial path")
+    for name, summary in {**previous["methods"], **previous["ablation"]}.items():
+      if name in rows:
+        rows[name] = summary["seeds"]
+    rows["+guided_start"] = previous["methods"].get("lad_robust", {}).get("seeds", [])
+    guard_logs.update(previous.get("guard", {}))
+    done = {r["seed"] for r in rows["standard"]}
+    say(f"resuming from {partial}: seeds {sorted(done)} done")
 
   def assemble():
     methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
@@ -154,11 +177,17 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                    "guard": guard_logs})
     return result
 
+  core = {"nfgsm", "+guided_start"}
   for s in range(seed, seed + seeds):
+    if s in done:
+      continue
+    full_ablation = ablation_seeds is None or s < seed + ablation_seeds
     rng = np.random.default_rng(s)
     rows_s = rng.choice(len(data.train), min(train_examples + guard_examples, len(data.train)), replace=False)
     x_train, y_train = data.train.x[rows_s], data.train.y[rows_s]
     for name, opts in variants:
+      if opts is not None and not full_ablation and name not in core:
+        continue
       method = "lad_robust" if opts is not None else name
       config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, seed=s, learning_rate=learning_rate,
                                    guard_examples=guard_examples,
@@ -168,6 +197,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         start = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
       else:
         start = base
+      if bfloat16:  # the methods train under mixed_bfloat16; the setup and evaluation stay float32
+        start = with_policy(start, "mixed_bfloat16")
       trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
                                    lad_classifier=base, log=say)
       figures = evaluate(trained, x_eval, y_eval, eps, autoattack)
@@ -180,7 +211,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
       say(f"seed {s} {name}: {figures}")
     standard_s = rows["standard"][-1]["train_s"]
     for name, _ in variants:
-      rows[name][-1]["cost_ratio"] = rows[name][-1]["train_s"] / standard_s
+      if rows[name] and rows[name][-1]["seed"] == s:
+        rows[name][-1]["cost_ratio"] = rows[name][-1]["train_s"] / standard_s
     if partial:
       with open(partial, "w") as f:
         json.dump(assemble(), f, indent=2, sort_keys=True, default=float)
