@@ -5,8 +5,11 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
   PGD, APGD-CE and AutoAttack (version: EvalConfig.attack_options["autoattack"]) run on
   `n_per_class` evaluation images per class at every eps of `epsilons` (default: the paper's 0.3 as
   printed, plus the field's usual eps of the dataset, DatasetSpec.attack_eps); targeted JSMA and
-  CW-L2 run on `m_per_class` images per class, each towards every other class (the paper: 50 per
-  class x 9 = 4,500).
+  CW-L2 run on `m_per_class` images per class (50: 500 distinct images where the split has them),
+  each towards `targets_per_image` other classes (default 1, spread evenly over the other classes;
+  None: every other class, the paper's 50 per class x 9 = 4,500 pairs). Every row reports `n` (the
+  attacked examples), `n_images` (distinct source images) and `n_pairs` ((image, target) pairs of
+  targeted rows; None for untargeted ones).
   `original_accuracy` is the original classifier on its own adversarial examples.
   `defended_accuracy` is the LAD-defended classifier on adversarial examples crafted against the
   defended classifier itself (an adaptive white-box attack: the honest figure), and
@@ -18,6 +21,11 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
   trained independently on the training split, is attacked; its adversarial examples are fed to
   the original, the defended and the baseline classifiers (Table III). APGD returns its highest-loss
   iterate there (protocol.TRANSFER_OPTIONS), not the first misclassified one.
+GA (EvalConfig.attacks containing "ga", after `python -m pipelines.train_acgan --workdir=DIR`;
+lad_tf.sweeps.ga_rows): a white-box row (GA against the original, every other model scored on its
+examples, the defended model and, with attack_baselines, each baseline attacked itself; accuracies
+over the tries) and a transfer row (the black-box model's kept GA examples), both with the
+fine-tuned-on-GA baseline `baseline_ga` among the models.
 Baselines (Tables IV, VII, X): the original classifier fine-tuned with the same Eq. 4 trainer
 (lad_tf.defence.fine_tune) on FGSM, PGD, JSMA and CW examples crafted against it from the same
 calibration sources, as many as the LAD fine-tuning set has (JSMA / CW towards LAD's targets); and the
@@ -29,6 +37,9 @@ Accuracies count the source (true) label as correct, for targeted attacks too; e
 measured on the evaluation part of the test split (calibration examples excluded).
 Sanity ("sanity"): lad_tf.sanity's gradient-masking checks of the original and the defended model on
 EvalConfig.sanity_n evaluation images at the dataset's eps; a failed check is logged as a warning.
+Eps sweep ("eps_sweep", protocol.eps_sweep): every model's white-box PGD accuracy (attacked itself)
+on those images at eps 0, 0.5x, 1x, 2x and 4x the dataset's eps, drawn by
+lad_tf.figures.robust_accuracy into DIR/evaluation/robust_accuracy.png and the HTML report.
 """
 import dataclasses
 import logging
@@ -37,9 +48,10 @@ import time
 
 import numpy as np
 
-from lad_tf import auxiliary_models, datasets, defence, sweeps
+from lad_tf import auxiliary_models, datasets, defence, figures, sweeps
 from lad_tf.protocol import (ATTACK_NAMES, ATTACK_OPTIONS, BASELINES, LATENT_ATTACKS, PAPER_EPS,  # noqa: F401
-                             EvalConfig, attack_rows, craft, sanity_checks, select_sources)
+                             EvalConfig, attack_rows, craft, eps_sweep, sanity_checks, sanity_images, select_sources,
+                             source_counts)
 from lad_tf.training import accuracy
 from lad_tf.workdir import WorkDir
 
@@ -102,7 +114,8 @@ def evaluate_workdir(workdir, config=None, progress=None):
     progress: callable(str) for progress lines (default: the "lad_tf" logger at INFO).
   Returns:
     The report as written to report.json (dict with "rows", "clean", "models", "lad_sweep", "sanity"
-    (the gradient-masking checks of the original and the defended model), ...).
+    (the gradient-masking checks of the original and the defended model), "eps_sweep" (every model's
+    accuracy against eps), ...).
   """
   from lad_tf import report as report_lib
   config = config or EvalConfig()
@@ -142,22 +155,23 @@ def evaluate_workdir(workdir, config=None, progress=None):
 
   start = time.time()
   sanity = sanity_checks(attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, progress)
+  sweep_of_eps = eps_sweep(attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, sanity, say)
   timings["sanity"] = time.time() - start
 
   start = time.time()
   sources = select_sources(contents.evaluation, config.n_per_class, config.m_per_class, spec.num_classes,
-                           config.seed)
+                           config.seed, config.targets_per_image)
   image_attacks = tuple(a for a in config.attacks if a not in LATENT_ATTACKS)
   rows, examples = attack_rows(attacked, sources, dataclasses.replace(config, attacks=image_attacks),
                                blackbox, say)
   timings["attacks"] = time.time() - start
   if "ga" in config.attacks:
     start = time.time()
-    ga_result = sweeps.ga_rows(workdir, contents, blackbox, config, tune, say)
-    if ga_result:
-      rows.append(ga_result["row"])
-      clean["baseline_ga"] = ga_result["baseline_clean_accuracy"]
-      models_info["baseline_ga"] = ga_result["baseline"]
+    from lad_tf.models.acgan import ACGAN
+    ga_result = sweeps.ga_rows(ACGAN.load(workdir), contents, attacked, blackbox, config, tune, say)
+    rows.extend(ga_result["rows"])
+    clean["baseline_ga"] = ga_result["baseline_clean_accuracy"]
+    models_info["baseline_ga"] = ga_result["baseline"]
     timings["ga"] = time.time() - start
 
   sweep = []
@@ -176,17 +190,22 @@ def evaluate_workdir(workdir, config=None, progress=None):
       "config": {**dataclasses.asdict(config), "fine_tune": dataclasses.asdict(tune),
                  "baseline_eps": baseline_eps},
       "n": {"untargeted": int(len(sources[0]["y"])), "targeted": int(len(sources[1]["y"])),
+            "targeted_images": source_counts(sources[1])["n_images"],
+            "targeted_pairs": source_counts(sources[1])["n_pairs"],
             "evaluation_split": int(len(contents.evaluation))},
       "models": models_info,
       "clean": clean,
       "rows": rows,
       "lad_sweep": sweep,
       "sanity": sanity,
+      "eps_sweep": sweep_of_eps,
       "lad_generation": generation_summary,
       "timings_s": timings,
       "notes": NOTES,
   })
   report_lib.write_report(out_dir, report, examples=examples, lad_examples=lad_examples)
+  if report["eps_sweep"]:
+    figures.robust_accuracy(os.path.join(out_dir, "robust_accuracy.png"), report)
   say(f"evaluate: report written to {out_dir}/report.json and report.html "
       f"({timings['total']:.0f} s)")
   return report
@@ -200,6 +219,10 @@ NOTES = [
     "paper's Table II fixed-set protocol).",
     "baseline_clean is the control: the original fine-tuned exactly as the defence was, on the clean "
     "images (x' = x); a fixed-set gain it shares comes from fine-tuning, not from LAD's examples.",
+    "ga (when run): white_box counts a GA try as broken for a model when the AC-GAN's auxiliary classifier "
+    "still reads the source class and the model says otherwise (accuracy over the tries; n = tries); the "
+    "ga transfer row scores the black-box model's kept GA examples (n = kept) against their source class.",
+    "n_images counts distinct source images, n_pairs the (image, target) pairs of targeted rows.",
     "transfer: adversarial examples crafted on an independently trained black-box model of another "
     "architecture, fed to every model (the paper's Table III).",
     "epsilon 0.3 is the paper's value as printed; the dataset's usual eps gives the extra rows.",

@@ -107,3 +107,48 @@ def accuracy_bars(path, accuracies, title="clean accuracy"):
     ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
+
+
+def model_label(name):
+  """A model's name in the evaluation's tables and plots."""
+  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control (FT on x'=x)"}.get(
+      name, name.replace("baseline_", "FT on "))
+
+
+def robust_accuracy_figure(report):
+  """Accuracy against eps of every model of an evaluation report (report["eps_sweep"]: white-box PGD,
+  each model attacked itself, at eps 0 and 0.5-4x the dataset's eps), with the report's adaptive
+  AutoAttack rows as crosses at their eps. Returns the matplotlib figure (None without a sweep)."""
+  sweep = report.get("eps_sweep") or {}
+  if not sweep.get("accuracy"):
+    return None
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  eps = sweep["eps"]
+  auto = sorted((r for r in report.get("rows", []) if r["attack"] == "autoattack" and r["setting"] == "white_box"
+                 and r.get("epsilon") is not None), key=lambda r: r["epsilon"])
+  order = sorted(sweep["accuracy"], key=lambda n: (n != "original", n != "defended", n))  # JSON sorts keys
+  for j, name in enumerate(order):
+    values = sweep["accuracy"][name]
+    style = "-" if name in ("original", "defended") else "--"  # the controls dashed, markers apart
+    ax.plot(eps, [np.nan if v is None else v for v in values], style, marker="os^vDP*h"[j % 8],
+            markersize=6 - 0.5 * (j % 4), color=f"C{j}", label=model_label(name), alpha=0.85)
+    points = [(r["epsilon"], r.get(f"{name}_accuracy")) for r in auto if r.get(f"{name}_accuracy") is not None]
+    if points:
+      ax.plot(*zip(*points), linestyle="none", marker="x", markersize=8, color=f"C{j}")
+  if auto:
+    ax.plot([], [], linestyle="none", marker="x", color="k", label="AutoAttack (table rows)")
+  if sweep.get("dataset_eps") is not None:
+    ax.axvline(sweep["dataset_eps"], color="grey", linestyle=":", linewidth=1)
+  ax.set_xlabel("eps (L-inf); dotted: the dataset's eps")
+  ax.set_ylabel("accuracy under attack")
+  ax.set_ylim(-0.02, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  ax.set_title(f"white-box PGD-{sweep.get('steps')} on each model itself ({sweep.get('n')} images)", fontsize=9)
+  return fig
+
+
+def robust_accuracy(path, report):
+  """Writes robust_accuracy_figure(report) as a PNG; returns the path (None without a sweep)."""
+  fig = robust_accuracy_figure(report)
+  return None if fig is None else _save(fig, path)

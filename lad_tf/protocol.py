@@ -22,7 +22,8 @@ log = logging.getLogger("lad_tf")
 ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")  # the default protocol; any registered attack runs
 BASELINES = ("fgsm", "pgd", "jsma", "cw", "clean")  # clean: the control, fine-tuned on x' = x
 # GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
-# --workdir=DIR` first and gives transfer rows plus the "fine-tuned on GA" clean-accuracy baseline.
+# --workdir=DIR` first and gives a white-box and a transfer row plus the "fine-tuned on GA" baseline
+# (lad_tf.sweeps.ga_rows).
 LATENT_ATTACKS = ("ga",)
 PAPER_EPS = 0.3
 
@@ -32,7 +33,9 @@ class EvalConfig:
   """What `evaluate_workdir` runs. Defaults are sized for 2 CPU cores (minutes, not hours)."""
   attacks: Tuple[str, ...] = ATTACK_NAMES
   n_per_class: int = 50            # untargeted sources per class (the paper: 450)
-  m_per_class: int = 5             # targeted sources per class, x every other class (the paper: 50)
+  m_per_class: int = 50            # targeted source images per class (the paper: 50)
+  targets_per_image: Optional[int] = 1  # targets per targeted source (None: every other class, the
+                                        # paper's m x C x (C - 1) pairs; 1: as many pairs as images)
   epsilons: Optional[Tuple[float, ...]] = None  # None: (0.3 as printed in the paper, spec.attack_eps)
   transfer: bool = True
   blackbox_epochs: int = 3
@@ -58,7 +61,7 @@ class EvalConfig:
   ga_per_class: int = 50           # GA tries per source class (the paper: 450)
   ga_steps: int = 1000             # latent-search steps per try (Song et al.: 1000)
   attack_options: Dict[str, dict] = dataclasses.field(default_factory=dict)  # name -> extra kwargs
-  sanity_n: int = 200              # images of the gradient-masking checks per model (0: skip them)
+  sanity_n: int = 200              # images of the gradient-masking checks and the eps sweep (0: skip both)
   sanity_options: Dict[str, object] = dataclasses.field(default_factory=dict)  # gradient_masking_checks kwargs
   seed: int = 0
 
@@ -72,26 +75,53 @@ class EvalConfig:
       raise ConfigError(f"unknown baselines {unknown}; known: {', '.join(BASELINES)}")
     if self.n_per_class < 1 or self.m_per_class < 1:
       raise ConfigError("n_per_class and m_per_class must be >= 1")
+    if self.targets_per_image is not None and self.targets_per_image < 1:
+      raise ConfigError(f"targets_per_image must be >= 1 (None: every other class), got {self.targets_per_image}")
     if self.sanity_n < 0:
       raise ConfigError(f"sanity_n must be >= 0 (0 skips the gradient-masking checks), got {self.sanity_n}")
 
 
 # -- sources and attacks -------------------------------------------------------------------------
 
-def select_sources(split, n_per_class, m_per_class, num_classes, seed=0):
+def select_sources(split, n_per_class, m_per_class, num_classes, seed=0, targets_per_image=1):
   """Attack sources drawn from `split` (the evaluation part of the test set).
 
   Returns (untargeted, targeted): untargeted = dict(x, y) with n_per_class images per class;
-  targeted = dict(x, y, target) with m_per_class images per class, each repeated towards every
-  other class (m * C * (C - 1) rows).
+  targeted = dict(x, y, target, image) with m_per_class images per class (fewer where the split has
+  fewer), each towards `targets_per_image` other classes (None: every other class). Targets are
+  drawn without repeats per image and spread evenly over the other classes within each source class;
+  `image` is the row's source image in the targeted set (0 .. distinct images - 1), so the number of
+  distinct images and of (image, target) pairs can be told apart.
   """
+  k = num_classes - 1 if targets_per_image is None else int(targets_per_image)
+  if not 1 <= k <= num_classes - 1:
+    raise ConfigError(f"targets_per_image must be between 1 and {num_classes - 1} (the other classes) "
+                      f"for {num_classes} classes, got {targets_per_image}")
   u = datasets.stratified_indices(split.y, n_per_class, seed)
   t = datasets.stratified_indices(split.y, m_per_class, seed + 1)
   ys = split.y[t]
-  targets = np.array([[c for c in range(num_classes) if c != label] for label in ys], np.int64)
-  rows = np.repeat(np.arange(len(t)), num_classes - 1)
+  rng = np.random.default_rng(seed + 1)
+  offsets = np.zeros((len(t), k), np.int64)  # target = (label + offset) % C, offset in 1 .. C - 1
+  for label in np.unique(ys):
+    rows = np.flatnonzero(ys == label)
+    # each image takes k consecutive offsets of one shuffled cycle through 1 .. C - 1: every other
+    # class is a target about equally often, and no image gets the same target twice
+    cycle = rng.permutation(np.arange(1, num_classes))
+    start = rng.integers(num_classes - 1)
+    for j, row in enumerate(rows):
+      offsets[row] = cycle[(start + j * k + np.arange(k)) % (num_classes - 1)]
+  targets = (ys[:, None] + offsets) % num_classes
+  rows = np.repeat(np.arange(len(t)), k)
   return ({"x": split.x[u], "y": split.y[u]},
-          {"x": split.x[t][rows], "y": ys[rows], "target": targets.reshape(-1)})
+          {"x": split.x[t][rows], "y": ys[rows], "target": targets.reshape(-1), "image": rows})
+
+
+def source_counts(src):
+  """Distinct source images and attacked (image, target) pairs of a source set (pairs: None when
+  untargeted)."""
+  if "target" not in src:
+    return {"n_images": int(len(src["y"])), "n_pairs": None}
+  return {"n_images": int(len(np.unique(src["image"]))), "n_pairs": int(len(src["y"]))}
 
 
 # EvalConfig's settings of each registered attack (an attack missing here runs with its defaults;
@@ -176,7 +206,7 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
     start = time.time()
     say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: white-box on original ({len(x)} examples)")
     x_adv = craft(attack, attacked["original"], x, y, config, eps, target)
-    row = {"attack": attack, "setting": "white_box", "epsilon": eps, "n": int(len(x)),
+    row = {"attack": attack, "setting": "white_box", "epsilon": eps, "n": int(len(x)), **source_counts(src),
            "targeted": target is not None,
            "original_accuracy": accuracy(attacked["original"], x_adv, y),
            **attack_stats(attacked["original"], x, x_adv, y, target)}
@@ -204,7 +234,7 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
       start = time.time()
       say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: transfer from the black-box model")
       x_bb = craft(attack, blackbox, x, y, config, eps, target, transfer=True)
-      row = {"attack": attack, "setting": "transfer", "epsilon": eps, "n": int(len(x)),
+      row = {"attack": attack, "setting": "transfer", "epsilon": eps, "n": int(len(x)), **source_counts(src),
              "targeted": target is not None,
              "blackbox_accuracy": accuracy(blackbox, x_bb, y),
              **attack_stats(blackbox, x, x_bb, y, target)}
@@ -220,6 +250,13 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
 SANITY_MODELS = ("original", "defended")
 
 
+def sanity_images(split, num_classes, config):
+  """The config.sanity_n stratified images (x, y) of the gradient-masking checks and the eps sweep."""
+  per_class = max(1, config.sanity_n // num_classes)
+  pick = datasets.stratified_indices(split.y, per_class, config.seed + 2)
+  return split.x[pick], split.y[pick]
+
+
 def sanity_checks(attacked, split, eps, num_classes, config, progress=None):
   """The gradient-masking checks (lad_tf.sanity.gradient_masking_checks) of the original and the
   defended model on config.sanity_n stratified images of `split` at the dataset's eps; each failed
@@ -232,9 +269,7 @@ def sanity_checks(attacked, split, eps, num_classes, config, progress=None):
   say = progress or log.info
   if config.sanity_n == 0:
     return {}
-  per_class = max(1, config.sanity_n // num_classes)
-  pick = datasets.stratified_indices(split.y, per_class, config.seed + 2)
-  x, y = split.x[pick], split.y[pick]
+  x, y = sanity_images(split, num_classes, config)
   results = {}
   for name in SANITY_MODELS:
     if name not in attacked:
@@ -250,6 +285,38 @@ def sanity_checks(attacked, split, eps, num_classes, config, progress=None):
     results[name] = checks
   return {"n": int(len(x)), "eps": float(eps), "passed": all(r["passed"] for r in results.values()),
           "models": results}
+
+
+def eps_sweep(attacked, split, eps, num_classes, config, sanity=None, progress=None):
+  """White-box PGD accuracy against eps of every model of the table (original, defended, the
+  baselines and the clean control), each attacked itself, on the gradient-masking checks' images:
+  eps 0 (clean) and sanity.sweep_eps(eps) (0.5x, 1x, 2x, 4x the dataset's eps), with the checks'
+  PGD steps. Models the checks ran on (`sanity`, from sanity_checks) reuse their figures.
+
+  Returns {"attack": "pgd", "steps", "n", "dataset_eps", "eps": [...], "accuracy": {name: [...]}} for
+  report.json's "eps_sweep" ({} when config.sanity_n is 0).
+  """
+  from lad_tf import sanity as sanity_lib
+  say = progress or log.info
+  if config.sanity_n == 0:
+    return {}
+  steps = int(config.sanity_options.get("pgd_steps", sanity_lib.PGD_STEPS))
+  batch_size = int(config.sanity_options.get("batch_size", 512))
+  x, y = sanity_images(split, num_classes, config)
+  checked = (sanity or {}).get("models", {})
+  points = sanity_lib.sweep_eps(eps)
+  curves = {}
+  for name, model in attacked.items():
+    if name in checked:
+      figures = checked[name]["eps_sweep"]["accuracy"]
+      curves[name] = [checked[name]["clean_accuracy"]] + [figures[f"{e:.4g}"] for e in points]
+      continue
+    say(f"evaluate: accuracy against eps of {name} (PGD-{steps}, {len(x)} images)")
+    figures = sanity_lib.accuracy_against_eps(model, x, y, eps, steps, config.seed, batch_size)
+    curves[name] = [accuracy(model, x, y)] + list(figures.values())
+  return {"attack": "pgd", "steps": steps, "n": int(len(x)), "dataset_eps": float(eps),
+          "eps": [0.0] + [float(e) for e in points],
+          "accuracy": curves}
 
 
 def attack_settings(config):

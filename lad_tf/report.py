@@ -3,7 +3,8 @@
 The HTML needs nothing but the file: styles are inline, every plot is a base64 PNG drawn with
 matplotlib (Agg), and there are no links, scripts or fonts to fetch. Tables follow the paper's shape
 (original vs defended, white-box and transfer, the fine-tuning baselines); plots show robust accuracy
-against eps, the LAD sweep (Fig. 7), the LAD success heatmap (source x target) and example grids.
+against eps (lad_tf.figures.robust_accuracy_figure), the LAD sweep (Fig. 7), the LAD success heatmap
+(source x target) and example grids.
 """
 import base64
 import html
@@ -13,7 +14,8 @@ import tempfile
 
 import numpy as np
 
-from lad_tf.figures import show_image
+from lad_tf import figures
+from lad_tf.figures import model_label as _label, show_image
 from lad_tf.workdir import write_json
 
 _STYLE = """
@@ -70,37 +72,9 @@ def _model_names(report):
   return [name for name in report.get("models", {}) if name != "blackbox"]
 
 
-def _label(name):
-  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control (FT on x'=x)"}.get(
-      name, name.replace("baseline_", "FT on "))
-
-
 def _accuracy_vs_eps(report):
-  rows = [r for r in report["rows"] if r.get("epsilon") is not None]
-  attacks = sorted({r["attack"] for r in rows})
-  if not attacks:
-    return ""
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.3), squeeze=False)
-  for ax, attack in zip(axes[0], attacks):
-    for setting, style in (("white_box", "-"), ("transfer", "--")):
-      sel = sorted((r for r in rows if r["attack"] == attack and r["setting"] == setting),
-                   key=lambda r: r["epsilon"])
-      if not sel:
-        continue
-      for j, name in enumerate(_model_names(report)):
-        values = [r.get(f"{name}_accuracy") for r in sel]
-        if all(v is None for v in values):
-          continue
-        ax.plot([r["epsilon"] for r in sel], [np.nan if v is None else v for v in values], style,
-                marker="o", color=f"C{j}", label=f"{_label(name)} ({setting.replace('_', '-')})")
-    ax.set_title(attack.upper(), fontsize=10)
-    ax.set_xlabel("eps (L-inf)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=6)
-  return _png(fig)
+  fig = figures.robust_accuracy_figure(report)
+  return "" if fig is None else _png(fig)
 
 
 def _sweep_plot(report):
@@ -193,20 +167,26 @@ def _example_grid(examples, lad_examples, class_names):
   return _png(fig)
 
 
+def _counts(row):
+  """The row's distinct source images and (image, target) pairs ("-" for untargeted rows)."""
+  images = row.get("n_images", row.get("n"))
+  return [_fmt(images, False), _fmt(row.get("n_pairs"), False)]
+
+
 def _attack_tables(report):
   names = _model_names(report)
   baselines = [n for n in names if n.startswith("baseline_")]
   parts = []
   wb = [r for r in report["rows"] if r["setting"] == "white_box"]
   if wb:
-    header = ["attack", "eps", "n", "success on original", "original", "LAD-defended (attacked itself)",
+    header = ["attack", "eps", "images", "(image, target) pairs", "success on original", "original", "LAD-defended (attacked itself)",
               "LAD-defended (fixed set: original's examples)"]
     header += [f"{_label(b)} (attacked itself)" for b in baselines]
     header += [f"{_label(b)} (fixed set: original's examples)" for b in baselines]
     header += ["mean L2", "mean L0"]
     body = []
     for r in wb:
-      body.append([r["attack"].upper(), _fmt(r["epsilon"], False), str(r["n"]),
+      body.append([r["attack"].upper(), _fmt(r["epsilon"], False), *_counts(r),
                    _fmt(r.get("attack_success_rate")), _fmt(r.get("original_accuracy")),
                    _fmt(r.get("defended_accuracy")), _fmt(r.get("defended_accuracy_fixed_set"))]
                   + [_fmt(r.get(f"{b}_accuracy")) for b in baselines]
@@ -216,9 +196,9 @@ def _attack_tables(report):
     parts.append(_table(header, body))
   tr = [r for r in report["rows"] if r["setting"] == "transfer"]
   if tr:
-    header = ["attack", "eps", "n", "black-box model", "original", "LAD-defended"]
+    header = ["attack", "eps", "images", "(image, target) pairs", "black-box model", "original", "LAD-defended"]
     header += [_label(b) for b in baselines]
-    body = [[r["attack"].upper(), _fmt(r["epsilon"], False), str(r["n"]), _fmt(r.get("blackbox_accuracy")),
+    body = [[r["attack"].upper(), _fmt(r["epsilon"], False), *_counts(r), _fmt(r.get("blackbox_accuracy")),
              _fmt(r.get("original_accuracy")), _fmt(r.get("defended_accuracy"))]
             + [_fmt(r.get(f"{b}_accuracy")) for b in baselines] for r in tr]
     parts.append("<h2>Transfer (unknown) attacks from the black-box model (paper Tables III, VI, IX)</h2>")
@@ -248,9 +228,10 @@ def render_html(report, examples=None, lad_examples=None):
            f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
   n = report.get("n", {})
   parts.append(f"<p class='note'>work directory {html.escape(str(report.get('workdir', '')))}; created "
-               f"{html.escape(str(report.get('created', '')))}; {n.get('untargeted', '-')} untargeted and "
-               f"{n.get('targeted', '-')} targeted attack examples from {n.get('evaluation_split', '-')} "
-               f"evaluation images.</p>")
+               f"{html.escape(str(report.get('created', '')))}; {n.get('untargeted', '-')} untargeted attack "
+               f"images; {n.get('targeted_images', '-')} distinct targeted source images in "
+               f"{n.get('targeted_pairs', n.get('targeted', '-'))} (image, target) pairs; from "
+               f"{n.get('evaluation_split', '-')} evaluation images.</p>")
   models = report.get("models", {})
   body = []
   for name, info in models.items():
@@ -263,7 +244,11 @@ def render_html(report, examples=None, lad_examples=None):
   parts.append(_sanity_table(report))
   plot = _accuracy_vs_eps(report)
   if plot:
-    parts.append("<h2>Robust accuracy against eps (solid: white-box, dashed: transfer)</h2>" + plot)
+    sweep = report["eps_sweep"]
+    parts.append("<h2>Robust accuracy against eps</h2><p class='note'>Each model attacked itself (white-box "
+                 f"PGD-{sweep.get('steps')}) on the {sweep.get('n')} images of the gradient-masking checks at eps "
+                 f"{', '.join(f'{e:g}' for e in sweep.get('eps', []))}; crosses: the table's adaptive AutoAttack "
+                 "rows.</p>" + plot)
   sweep = report.get("lad_sweep") or []
   if sweep:
     parts.append("<h2>LAD sweep: FT-eps models (paper Fig. 7)</h2>")

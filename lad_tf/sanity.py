@@ -22,6 +22,12 @@ from lad_tf.attacks.fgsm import fgsm
 from lad_tf.attacks.pgd import pgd
 
 EPS_FACTORS = (0.5, 1.0, 2.0, 4.0)
+PGD_STEPS = 20  # steps of the reference PGD
+
+
+def sweep_eps(eps):
+  """The eps points of the accuracy-against-eps sweep: EPS_FACTORS x the dataset's eps, at most 1."""
+  return [min(f * eps, 1.0) for f in EPS_FACTORS]
 
 
 def _accuracy(model_fn, x, y, batch_size):
@@ -43,7 +49,24 @@ def zero_gradient_fraction(model_fn, x, y, batch_size=512):
   return float(np.mean(np.concatenate(zero))) if zero else 0.0
 
 
-def gradient_masking_checks(model_fn, x, y, eps, pgd_steps=20, more_steps=100, restarts=5,
+def accuracy_against_eps(model_fn, x, y, eps, pgd_steps=PGD_STEPS, seed=0, batch_size=512):
+  """PGD accuracy at each eps of sweep_eps(eps) (0.5x, 1x, 2x, 4x the dataset's eps): the curve a
+  robust model draws falling towards 0, and the eps-sweep check's figures.
+
+  Args:
+    model_fn, x, y: as in gradient_masking_checks (images float32 NHWC in [0, 1], labels).
+    eps: the dataset's L-inf eps.
+    pgd_steps: PGD steps (20), seed: PGD's random start, batch_size: images per batch.
+  Returns:
+    dict f"{eps:.4g}" -> accuracy, in increasing eps.
+  """
+  x = common.as_images(x)
+  y = common.as_labels(y, len(x), "y", common.num_classes_of(model_fn, x))
+  return {f"{e:.4g}": _accuracy(model_fn, pgd(model_fn, x=x, eps=e, y=y, nb_iter=pgd_steps, seed=seed,
+                                               batch_size=batch_size), y, batch_size) for e in sweep_eps(eps)}
+
+
+def gradient_masking_checks(model_fn, x, y, eps, pgd_steps=PGD_STEPS, more_steps=100, restarts=5,
                             sweep_floor=0.1, tolerance=0.03, max_zero_gradient=0.01, seed=0,
                             batch_size=512, warn=True):
   """Runs the gradient-masking checks on one model; a failed check warns by name.
@@ -79,7 +102,7 @@ def gradient_masking_checks(model_fn, x, y, eps, pgd_steps=20, more_steps=100, r
                                             batch_size=batch_size))
   checks = {}
 
-  sweep = {f"{min(f * eps, 1.0):.4g}": attack(min(f * eps, 1.0), pgd_steps) for f in EPS_FACTORS}
+  sweep = accuracy_against_eps(model_fn, x, y, eps, pgd_steps, seed, batch_size)
   values = list(sweep.values())
   falling = all(b <= a + tolerance for a, b in zip(values, values[1:]))
   checks["eps_sweep"] = dict(

@@ -1,8 +1,9 @@
 """The evaluation's sweeps: the LAD sweep (Fig. 7: one FT-eps model per eps), the LAD generation
-summary (source x target rates and fooling examples for the report) and the GA transfer row with its
-fine-tuned-on-GA baseline."""
+summary (source x target rates and fooling examples for the report) and the GA rows (white-box on
+every model of the table, transfer from the black-box model) with the fine-tuned-on-GA baseline."""
 import dataclasses
 import logging
+import time
 
 import numpy as np
 
@@ -68,32 +69,71 @@ def lad_generation_summary(generated, num_classes, examples=10):
   return summary, lad_examples
 
 
-def ga_rows(workdir, contents, blackbox, config, tune, say):
-  """GA (Song et al.): a transfer row from the black-box model and the GA fine-tuning baseline.
+def ga_rows(acgan, contents, attacked, blackbox, config, tune, say):
+  """GA (Song et al.): the fine-tuned-on-GA baseline, a white-box row and a transfer row.
 
-  Returns None (and says why) when there is no black-box model; a missing DIR/acgan is an
-  ArtifactNotFoundError, raised by evaluate_workdir before any attack runs."""
+  Each GA run makes config.ga_per_class tries per source class with config.ga_steps steps (plus
+  EvalConfig.attack_options["ga"], passed to generative_attack). The models of the GA rows are
+  `attacked` (original, defended, the baselines) and the GA baseline.
+  white_box: GA against the original (seed config.seed + 1: other start points than the baseline's
+    fine-tuning set, config.seed); every other model is scored on the original's examples
+    (`*_accuracy_fixed_set`), and, as in the other white-box rows, GA attacks the defended model
+    itself (and each baseline with config.attack_baselines) from the same start points
+    (`*_accuracy`). Accuracies are over the tries (ga.accuracy_over_tries): a try breaks a model when
+    the AC-GAN's auxiliary classifier still reads the source class and the model says otherwise, so
+    `original_accuracy` is 1 - GA's success rate against it and `n` is the number of tries.
+  transfer: the kept GA examples made against the black-box model (the paper's Table III), accuracy
+    of every model with respect to their source class; `n` is the number of kept examples. None
+    without a black-box model.
+  Returns {"rows": [...], "baseline_clean_accuracy": float, "baseline": info for report["models"]}.
+  """
   from lad_tf.attacks import ga
-  from lad_tf.models.acgan import ACGAN
-  if blackbox is None:
-    say("evaluate: ga skipped: its rows are transfer rows and need the black-box model (--transfer)")
-    return None
-  acgan = ACGAN.load(workdir)
-  say(f"evaluate: ga: {config.ga_per_class} tries per class, {config.ga_steps} steps, against the "
-      f"black-box model")
-  ga_set = ga.ga_transfer_set(blackbox, acgan, config.ga_per_class, seed=config.seed,
-                              num_steps=config.ga_steps)
-  accuracy_on_set = ga.transfer_accuracy({"original": contents.original, "defended": contents.defended},
-                                         ga_set)
-  say(f"evaluate: ga: {ga_set['success_rate']:.3f} of tries fooled the black-box model; "
-      f"original {accuracy_on_set['original']:.3f}, defended {accuracy_on_set['defended']:.3f}")
+  options = {"num_steps": config.ga_steps, **config.attack_options.get("ga", {})}
   tuned, tuned_set = ga.ga_fine_tuned(contents.original, acgan, contents.calibration, config.ga_per_class,
-                                      config=tune, seed=config.seed, num_steps=config.ga_steps)
+                                      config=tune, seed=config.seed, **options)
   baseline_clean = accuracy(tuned, contents.evaluation.x, contents.evaluation.y)
   say(f"evaluate: ga baseline: fine-tuned on {int(tuned_set['kept'].sum())} GA examples, clean accuracy "
       f"{baseline_clean:.4f}")
-  row = {"attack": "ga", "setting": "transfer", "epsilon": None, "n": int(np.sum(ga_set["kept"])),
-         "tries": int(ga_set["tries"]), "blackbox_success_rate": float(ga_set["success_rate"]),
-         "original_accuracy": accuracy_on_set["original"], "defended_accuracy": accuracy_on_set["defended"]}
-  return {"row": row, "baseline_clean_accuracy": baseline_clean,
+  models = {**attacked, "baseline_ga": tuned}
+  rows = []
+
+  start = time.time()
+  say(f"evaluate: ga: {config.ga_per_class} tries per class, {config.ga_steps} steps, white-box on original")
+  crafted = lambda model: ga.make_ga_set(model, acgan, config.ga_per_class, seed=config.seed + 1, **options)
+  own = crafted(contents.original)
+  tries = int(len(own["kept"]))
+  row = {"attack": "ga", "setting": "white_box", "epsilon": None, "n": tries, "n_images": tries, "n_pairs": None,
+         "targeted": False, "tries": tries, "n_kept": int(np.sum(own["kept"])),
+         "attack_success_rate": float(own["success_rate"]), "original_accuracy": 1.0 - float(own["success_rate"])}
+  fixed = ga.accuracy_over_tries({name: m for name, m in models.items() if name != "original"}, own)
+  for name, model in models.items():
+    if name == "original":
+      continue
+    row[f"{name}_accuracy_fixed_set"] = fixed[name]
+    if name == "defended" or config.attack_baselines:
+      say(f"evaluate: ga: white-box on {name}")
+      row[f"{name}_accuracy"] = 1.0 - float(crafted(model)["success_rate"])
+    else:
+      row[f"{name}_accuracy"] = None
+  row["seconds"] = time.time() - start
+  rows.append(row)
+  say(f"evaluate: ga white-box: original {row['original_accuracy']:.3f}, defended {row['defended_accuracy']:.3f} "
+      f"(on the original's examples {row['defended_accuracy_fixed_set']:.3f})")
+
+  if blackbox is None:
+    say("evaluate: ga transfer row skipped: it needs the black-box model (--transfer)")
+  else:
+    start = time.time()
+    say(f"evaluate: ga: {config.ga_per_class} tries per class against the black-box model")
+    ga_set = ga.ga_transfer_set(blackbox, acgan, config.ga_per_class, seed=config.seed, **options)
+    on_set = ga.transfer_accuracy(models, ga_set)
+    kept = int(np.sum(ga_set["kept"]))
+    rows.append({"attack": "ga", "setting": "transfer", "epsilon": None, "n": kept, "n_images": kept,
+                 "n_pairs": None, "targeted": False, "tries": int(ga_set["tries"]),
+                 "blackbox_success_rate": float(ga_set["success_rate"]),
+                 **{f"{name}_accuracy": value for name, value in on_set.items()},
+                 "seconds": time.time() - start})
+    say(f"evaluate: ga transfer: {ga_set['success_rate']:.3f} of tries fooled the black-box model; "
+        f"original {on_set['original']:.3f}, defended {on_set['defended']:.3f}")
+  return {"rows": rows, "baseline_clean_accuracy": baseline_clean,
           "baseline": {"fine_tuned_on": int(tuned_set["kept"].sum()), "clean_accuracy": baseline_clean}}

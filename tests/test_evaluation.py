@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**overrides):
-  settings = dict(n_per_class=3, m_per_class=1, blackbox_epochs=2, blackbox_batch_size=32,
+  settings = dict(n_per_class=3, m_per_class=1, targets_per_image=2, blackbox_epochs=2, blackbox_batch_size=32,
                   blackbox_train_examples=800, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
                   cw_binary_steps=2, cw_iterations=20, cw_initial_const=1.0, attack_baselines=False,
                   examples_per_attack=5, attack_options={"autoattack": {"version": "fast", "n_iter": 10}},
@@ -94,7 +94,10 @@ def test_report_json_has_its_schema(evaluated):
     for key in ("attack", "setting", "epsilon", "n", "original_accuracy", "defended_accuracy"):
       assert key in row, key
     assert row["setting"] in ("white_box", "transfer")
-    assert row["n"] == (30 if row["attack"] in ("fgsm", "pgd", "apgd", "autoattack") else 90)
+    if row["attack"] in ("fgsm", "pgd", "apgd", "autoattack"):
+      assert (row["n"], row["n_images"], row["n_pairs"]) == (30, 30, None)
+    else:  # targeted: 1 image per class, each towards 2 other classes
+      assert (row["n"], row["n_images"], row["n_pairs"]) == (20, 10, 20)
     for name in BASELINES:
       assert f"baseline_{name}_accuracy" in row
     if row["setting"] == "white_box":
@@ -106,6 +109,7 @@ def test_report_json_has_its_schema(evaluated):
   assert set(report["clean"]) == {"original", "defended"} | {f"baseline_{b}" for b in BASELINES}
   for name in BASELINES:
     assert report["models"][f"baseline_{name}"]["fine_tuned_on"] == 10 * CALIBRATION_PER_CLASS
+  assert report["n"]["targeted_images"] == 10 and report["n"]["targeted_pairs"] == 20
   assert [r["epsilon"] for r in report["lad_sweep"]] == pytest.approx(list(LAD_EPS))
   matrix = np.array(report["lad_generation"]["success_matrix"], dtype=float)
   assert matrix.shape == (10, 10)
@@ -139,8 +143,12 @@ def test_html_report_opens_without_network(evaluated):
   assert "http://" not in page and "https://" not in page
   assert "<script" not in page.lower() and "<link" not in page.lower()
   for title in ("White-box", "Transfer", "Clean accuracy", "LAD sweep", "source and target", "Examples",
-                "Gradient-masking checks", "fixed set: original's examples", "clean control"):
+                "Gradient-masking checks", "fixed set: original's examples", "clean control",
+                "(image, target) pairs"):
     assert html.escape(title) in page, title
+  # targeted rows show their distinct images and their pairs apart: JSMA, 10 images, 20 pairs
+  assert re.search(r"<td class='l'>JSMA</td><td>-</td><td>10</td><td>20</td>", page)
+  assert re.search(r"<td class='l'>FGSM</td><td>0.1</td><td>30</td><td>-</td>", page)
 
 
 def test_transfer_rows_come_from_the_black_box_model(evaluated):
@@ -187,6 +195,42 @@ def test_sanity_checks_of_each_model_are_in_the_report(evaluated):
   assert sanity["models"]["original"]["zero_gradient"]["passed"]
   assert sanity["models"]["original"]["unbounded"]["passed"]
   assert read_json(os.path.join(root, "evaluation", "report.json"))["sanity"] == sanity
+
+
+def test_robust_accuracy_plot_draws_each_models_eps_sweep(evaluated):
+  root, report, _ = evaluated
+  sweep = report["eps_sweep"]
+  # digits' eps 0.1: clean, then 0.5x, 1x, 2x, 4x; PGD with the checks' steps on the checks' images
+  assert sweep["eps"] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.4]) and sweep["dataset_eps"] == pytest.approx(0.1)
+  assert (sweep["steps"], sweep["n"]) == (5, 20)
+  names = ["original", "defended"] + [f"baseline_{b}" for b in BASELINES]
+  assert list(sweep["accuracy"]) == names
+  for name in ("original", "defended"):  # the gradient-masking checks' own figures
+    checks = report["sanity"]["models"][name]
+    own = [checks["clean_accuracy"]] + list(checks["eps_sweep"]["accuracy"].values())
+    assert sweep["accuracy"][name] == pytest.approx(own)
+  # a control's curve: its own white-box PGD accuracy on the same images
+  from lad_tf import sanity
+  config = small_config()
+  contents = evaluation.load_workdir(root)
+  x, y = evaluation.sanity_images(contents.evaluation, 10, config)
+  control = load_model(os.path.join(root, "evaluation", "models", "baseline_clean.keras"))
+  want = [training.accuracy(control, x, y)]
+  want += list(sanity.accuracy_against_eps(control, x, y, 0.1, 5, config.seed).values())
+  assert sweep["accuracy"]["baseline_clean"] == pytest.approx(want)
+  assert want[-1] < want[0] - 0.3  # attacked itself, the control falls with eps
+  # the plot: one curve of five points per model, written next to report.json
+  from lad_tf import figures
+  fig = figures.robust_accuracy_figure(report)
+  curves = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+  for name in names:
+    line = curves[figures.model_label(name)]
+    assert list(line.get_xdata()) == pytest.approx(sweep["eps"])
+    assert list(line.get_ydata()) == pytest.approx(sweep["accuracy"][name])
+  path = os.path.join(root, "evaluation", "robust_accuracy.png")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(path) > 10000
 
 
 def test_a_failed_sanity_check_warns_by_name(evaluated, caplog):
@@ -306,10 +350,40 @@ def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated, tmp_pat
 
 def test_select_sources_shapes():
   split = datasets.Split(np.zeros((40, 2, 2, 1), np.float32), np.repeat(np.arange(4), 10))
-  untargeted, targeted = evaluation.select_sources(split, 3, 2, 4, seed=0)
+  untargeted, targeted = evaluation.select_sources(split, 3, 2, 4, seed=0, targets_per_image=None)
   assert len(untargeted["y"]) == 12 and np.all(np.bincount(untargeted["y"]) == 3)
-  assert len(targeted["y"]) == 2 * 4 * 3
+  assert len(targeted["y"]) == 2 * 4 * 3  # the paper's protocol: every image towards every other class
   assert np.all(targeted["target"] != targeted["y"])
+  for image in np.unique(targeted["image"]):
+    rows = targeted["image"] == image
+    assert sorted(targeted["target"][rows]) == [c for c in range(4) if c != targeted["y"][rows][0]]
+  _, two = evaluation.select_sources(split, 3, 2, 4, seed=0, targets_per_image=2)
+  assert len(two["y"]) == 16 and np.all(two["target"] != two["y"])
+  assert all(len(set(two["target"][two["image"] == i])) == 2 for i in range(8))  # no repeated target
+  with pytest.raises(ValueError, match="targets_per_image must be between 1 and 3"):
+    evaluation.select_sources(split, 3, 2, 4, targets_per_image=4)
+
+
+def test_default_targeted_rows_attack_500_distinct_images_in_as_many_pairs():
+  # Fashion-MNIST's evaluation split: 10,000 test images less 50 calibration images per class
+  n_eval, classes = 9500, 10
+  labels = np.repeat(np.arange(classes), n_eval // classes)
+  images = np.arange(n_eval, dtype=np.float32).reshape(-1, 1, 1, 1)  # each image tells its index
+  config = evaluation.EvalConfig()
+  _, targeted = evaluation.select_sources(datasets.Split(images, labels), config.n_per_class, config.m_per_class,
+                                          classes, config.seed, config.targets_per_image)
+  distinct = np.unique(targeted["x"].reshape(-1))
+  assert len(distinct) >= 500
+  assert evaluation.source_counts(targeted) == {"n_images": len(distinct), "n_pairs": len(targeted["y"])}
+  # one target per image: no more pairs (attack time) than the 450 of the former 5 x 9 default
+  assert len(targeted["y"]) == len(distinct) <= 520
+  np.testing.assert_array_equal(labels[targeted["x"].reshape(-1).astype(int)], targeted["y"])
+  assert np.all(targeted["target"] != targeted["y"])
+  # the targets of each source class spread over all the other classes (50 images: 5 or 6 each)
+  pairs = np.zeros((classes, classes), int)
+  np.add.at(pairs, (targeted["y"], targeted["target"]), 1)
+  off_diagonal = pairs[~np.eye(classes, dtype=bool)]
+  assert off_diagonal.min() >= 5 and off_diagonal.max() <= 6
 
 
 def test_missing_workdir_pieces_are_named(tmp_path):

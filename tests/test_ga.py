@@ -170,3 +170,56 @@ def test_evaluation_helpers_pair_by_source_class_and_fine_tune(gan, lenet, digit
   assert used["kept"].any()
   assert training.accuracy(tuned, digits.test.x, digits.test.y) >= 0.85
   assert tuned is not lenet
+
+
+def test_evaluation_ga_rows_attack_the_defended_model_itself_and_score_it_on_the_originals_examples(gan, lenet, digits):
+  from types import SimpleNamespace
+  from lad_tf import evaluation, sweeps
+
+  def trained(seed, epochs):
+    keras.utils.set_random_seed(seed)
+    model = models.build_classifier("lenet5", digits.spec.image_shape, digits.spec.num_classes)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.train.x, digits.train.y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+  defended, other = trained(1, 3), trained(2, 2)  # models that differ from the original and each other
+  calibration, held_out = datasets.calibration_split(digits.test, 5, 0)
+  contents = SimpleNamespace(original=lenet, defended=defended, calibration=calibration, evaluation=held_out)
+  attacked = {"original": lenet, "defended": defended, "baseline_fgsm": other}
+  options = dict(learning_rate=0.2, log_every=0)
+  config = evaluation.EvalConfig(ga_per_class=2, ga_steps=150, attack_options={"ga": options})
+  tune = defence.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0))
+  result = sweeps.ga_rows(gan, contents, attacked, other, config, tune, lambda _: None)
+  white, transfer = result["rows"]
+  assert (white["attack"], white["setting"], transfer["setting"]) == ("ga", "white_box", "transfer")
+
+  # white box: GA against the original from seed + 1's start points, every try counted
+  craft = lambda model: ga.make_ga_set(model, gan, 2, seed=config.seed + 1, num_steps=150, **options)
+  own = craft(lenet)
+  assert white["n"] == white["tries"] == white["n_images"] == 20 and white["n_pairs"] is None
+  assert white["n_kept"] == int(own["kept"].sum()) >= 1
+  assert white["original_accuracy"] == pytest.approx(1 - own["kept"].mean())
+  assert white["original_accuracy"] == pytest.approx(ga.accuracy_over_tries({"o": lenet}, own)["o"])
+  # fixed set: the defended model on the original's GA images; broken where the auxiliary classifier
+  # still says the source and the defended model does not
+  valid = np.argmax(gan.aux_fn(own["x_adv"]).numpy(), -1) == own["source"]
+  said = np.argmax(defended.predict(own["x_adv"], verbose=0), -1)
+  assert white["defended_accuracy_fixed_set"] == pytest.approx(1 - np.mean(valid & (said != own["source"])))
+  # adaptive: GA run against the defended model itself (its own figure, not the original's)
+  assert white["defended_accuracy"] == pytest.approx(1 - craft(defended)["kept"].mean())
+  # every baseline the other rows report gets its fixed-set figure and (attack_baselines, the
+  # default) is attacked itself; the GA baseline is among the models
+  said = np.argmax(other.predict(own["x_adv"], verbose=0), -1)
+  assert white["baseline_fgsm_accuracy_fixed_set"] == pytest.approx(1 - np.mean(valid & (said != own["source"])))
+  assert white["baseline_fgsm_accuracy"] == pytest.approx(1 - craft(other)["kept"].mean())
+  assert 0 <= white["baseline_ga_accuracy_fixed_set"] <= 1 and 0 <= white["baseline_ga_accuracy"] <= 1
+  assert 0.5 < result["baseline_clean_accuracy"] <= 1
+
+  # transfer: the black-box model's kept GA examples (seed), fed to every model
+  bb = ga.ga_transfer_set(other, gan, 2, seed=config.seed, num_steps=150, **options)
+  assert transfer["n"] == len(bb["x_adv"]) and transfer["tries"] == 20
+  for name, model in (("original", lenet), ("defended", defended)):
+    said = np.argmax(model.predict(bb["x_adv"], verbose=0), -1)
+    assert transfer[f"{name}_accuracy"] == pytest.approx(np.mean(said == bb["source"]))
+  assert "baseline_fgsm_accuracy" in transfer and "baseline_ga_accuracy" in transfer

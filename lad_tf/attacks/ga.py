@@ -23,8 +23,9 @@ succeeds at some step keeps its last successful image even if later steps wander
 checks the last step).
 
 `generative_attack` runs the search; `make_ga_set` builds an evaluation set over all classes;
-`ga_transfer_set`, `transfer_accuracy`, `fine_tune_pairs` and `ga_fine_tuned` serve the evaluation
-protocol (the paper's Table III transfer rows and Table IV's "fine-tuned on GA" baseline).
+`ga_transfer_set`, `transfer_accuracy`, `accuracy_over_tries`, `fine_tune_pairs` and `ga_fine_tuned`
+serve the evaluation protocol (the white-box row, the paper's Table III transfer row and Table IV's
+"fine-tuned on GA" baseline).
 """
 import logging
 import os
@@ -280,6 +281,31 @@ def transfer_accuracy(models, ga_set, batch_size=512):
   for name, model in models.items():
     model = _load_model(model)
     out[name] = float(np.mean(common.predict(model, x, batch_size) == y)) if len(y) else float("nan")
+  return out
+
+
+def accuracy_over_tries(models, ga_set, batch_size=512):
+  """Accuracy of each model over every try of a GA set (from make_ga_set, not kept_only): a try
+  counts against a model when the auxiliary classifier reads its image as the source class (a valid
+  example of it) and the model labels it otherwise.
+
+  On the model the set was crafted on this is 1 - success_rate (with pixel_eps 0, where both judge
+  the same image); on any other model it is that model's accuracy on the examples crafted against
+  the first one (the fixed-set protocol), over the same tries, so the two compare directly.
+
+  Args:
+    models: dict name -> classifier (callable images -> logits, or a path to a .keras model).
+    ga_set: make_ga_set's result (x_adv, source, aux_prediction over all tries).
+    batch_size: images per prediction batch.
+  Returns:
+    dict name -> accuracy (nan when the set has no try).
+  """
+  source = ga_set["source"]
+  valid = ga_set["aux_prediction"] == source
+  out = {}
+  for name, model in models.items():
+    fooled = common.predict(_load_model(model), ga_set["x_adv"], batch_size) != source
+    out[name] = float(1.0 - np.mean(valid & fooled)) if len(source) else float("nan")
   return out
 
 
