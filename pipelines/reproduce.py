@@ -9,8 +9,9 @@ the published figures) into one work directory per run under --workdir, then wri
   mnist_authors   MNIST with the authors' fine-tuning schedule (100 epochs, SGD lr 0.01), evaluated
                   without the LAD sweep; starts from mnist's finished classifier/decoder/generation
   mnist_decoder   the decoder trained 100 epochs, its train/test MSE recorded at 10, 30 and 100
-Resumable: the defend stages are fingerprinted (a rerun skips what is done) and an evaluation is
-skipped when its report exists for the same defended model and command. Each step records the git
+Resumable: a step that finished with the same command is skipped (delete a run's folder to redo
+it); a killed defend step resumes at its unfinished stage (the stages are fingerprinted), and an
+evaluation is skipped when its report exists for the same defended model and command. Each step records the git
 commit it started from in DIR/<run>/run_info.json; the document states those, never the commit at
 render time. `--render_only` rewrites the document from existing work directories without running
 anything (`--runs=fashion_mnist=/path,mnist=/path` points at directories made elsewhere).
@@ -148,6 +149,14 @@ def run_step(step, args, workdir, say, skip=None):
   return info
 
 
+def finished(entry, args, output):
+  """Whether a step's last attempt ran this very command to the end and its output is there. A step
+  killed midway runs again; the defend pipeline's stage fingerprints then skip its finished stages,
+  and the document lists the commits of every attempt that contributed."""
+  last = (entry.get("attempts") or [{}])[-1]
+  return last.get("returncode") == 0 and entry.get("command") == shown(args) and os.path.exists(output)
+
+
 def reuse_stages(spec, root, workdir, say):
   """Copies the finished stages of the run spec.reuse names into `workdir` when it has none yet; the
   defend pipeline's fingerprints then decide whether they apply."""
@@ -168,17 +177,15 @@ def run(spec, root, say=print):
   workdir = os.path.abspath(os.path.join(root, spec.name))
   os.makedirs(workdir, exist_ok=True)
   reuse_stages(spec, root, workdir, say)
-  run_step("defend", command("pipelines.defend", workdir, spec.defend, spec.dataset), workdir, say)
+  args = command("pipelines.defend", workdir, spec.defend, spec.dataset)
+  run_step("defend", args, workdir, say, skip=lambda entry: finished(entry, args, os.path.join(workdir, "metrics.json")))
   if spec.evaluate is not None:
     args = command("pipelines.evaluate", workdir, spec.evaluate)
     defended = WorkDir(workdir).stage_fingerprint("defended")
     report = os.path.join(workdir, "evaluation", "report.json")
 
-    def done(entry):
-      last = (entry.get("attempts") or [{}])[-1]
-      return (os.path.exists(report) and last.get("returncode") == 0 and entry.get("command") == shown(args)
-              and entry.get("defended") == defended)
-    info = run_step("evaluate", args, workdir, say, skip=done)
+    info = run_step("evaluate", args, workdir, say,
+                    skip=lambda entry: finished(entry, args, report) and entry.get("defended") == defended)
     if info["evaluate"].get("defended") != defended:
       from lad_tf.workdir import write_json
       info["evaluate"]["defended"] = defended

@@ -294,7 +294,7 @@ def sanity_section(report):
         body.append([model_label(name), check, "passed" if result.get("passed") else "**FAILED**",
                      str(result.get("detail", "")).replace("|", "/")])
   status = "all passed" if sanity.get("passed") else "some FAILED: a robustness figure may come from masked gradients"
-  return (f"### Gradient-masking checks ({sanity.get('n')} images, eps {sanity.get('eps'):g}): {status}\n\n" +
+  return (f"### Gradient-masking checks ({sanity.get('n')} images, eps {sanity.get('eps')}): {status}\n\n" +
           table(["model", "check", "result", "figures"], body))
 
 

@@ -47,10 +47,18 @@ def test_a_rerun_skips_what_is_done(reproduced):
   before = os.path.getmtime(report)
   lines = []
   reproduce.run(spec, root, say=lines.append)
-  assert os.path.getmtime(report) == before
+  assert any("defend done, skipped" in line for line in lines)
   assert any("evaluate done, skipped" in line for line in lines)
-  info = read_json(os.path.join(workdir, "run_info.json"))
+  assert os.path.getmtime(report) == before
+  # a defend step killed midway runs again, and its finished stages are skipped by their fingerprints
+  info_path = os.path.join(workdir, "run_info.json")
+  info = read_json(info_path)
+  del info["defend"]["attempts"][-1]["returncode"]
+  write_json(info_path, info)
+  reproduce.run(spec, root, say=lines.append)
+  info = read_json(info_path)
   assert len(info["evaluate"]["attempts"]) == 1 and len(info["defend"]["attempts"]) == 2
+  assert info["defend"]["attempts"][-1]["returncode"] == 0 and os.path.getmtime(report) == before
   with open(os.path.join(workdir, "defend.log")) as f:
     log = f.read()
   for stage in ("classifier", "generator", "boundaries", "generation", "defended"):
