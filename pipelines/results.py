@@ -337,17 +337,19 @@ def defence_section(run):
 
 
 def figures_section(run, figure_dir, doc_dir, name):
-  """Copies the run's PNG figures next to the document and links them (relative links)."""
-  source = os.path.join(run["path"], "figures")
-  if not os.path.isdir(source):
-    return ""
-  target = os.path.join(figure_dir, name)
-  os.makedirs(target, exist_ok=True)
+  """Copies the run's PNG figures (the defence's figures/ and the evaluation's evaluation/figures/)
+  next to the document and links them (relative links)."""
   links = []
-  for png in sorted(f for f in os.listdir(source) if f.endswith(".png")):
-    shutil.copyfile(os.path.join(source, png), os.path.join(target, png))
-    rel = os.path.relpath(os.path.join(target, png), doc_dir)
-    links.append(f"[{png[:-4].replace('_', ' ')}]({rel})")
+  for folder in ("figures", os.path.join("evaluation", "figures")):
+    source = os.path.join(run["path"], folder)
+    if not os.path.isdir(source):
+      continue
+    target = os.path.join(figure_dir, name)
+    os.makedirs(target, exist_ok=True)
+    for png in sorted(f for f in os.listdir(source) if f.endswith(".png")):
+      shutil.copyfile(os.path.join(source, png), os.path.join(target, png))
+      rel = os.path.relpath(os.path.join(target, png), doc_dir)
+      links.append(f"[{png[:-4].replace('_', ' ')}]({rel})")
   report_html = os.path.join(run["path"], "evaluation", "report.html")
   extra = f" The full HTML report (with its plots) is `{report_html}` in the work directory." if os.path.exists(
       report_html) else ""

@@ -142,7 +142,8 @@ def test_the_document_states_the_recorded_commit_command_and_configuration(docum
 def test_figures_are_copied_and_linked(document):
   text, doc, _, _ = document
   links = re.findall(r"\]\((figures/results/digits/[a-z_]+\.png)\)", text)
-  assert "figures/results/digits/reconstructions.png" in links
+  assert "figures/results/digits/reconstructions.png" in links  # the defence's
+  assert "figures/results/digits/accuracy_vs_eps.png" in links  # the evaluation's
   for link in links:
     assert os.path.getsize(os.path.join(os.path.dirname(doc), link)) > 1000
 
