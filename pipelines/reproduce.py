@@ -14,7 +14,7 @@ it); a killed defend step resumes at its unfinished stage (the stages are finger
 evaluation is skipped when its report exists for the same defended model and command. Each step records the git
 commit it started from in DIR/<run>/run_info.json; the document states those, never the commit at
 render time. `--render_only` rewrites the document from existing work directories without running
-anything (`--runs=fashion_mnist=/path,mnist=/path` points at directories made elsewhere).
+anything; `--runs=fashion_mnist=/path,mnist=/path` points at directories made elsewhere.
 """
 import dataclasses
 import os
@@ -78,7 +78,8 @@ flags.DEFINE_list("only", list(RUN_NAMES), f"Runs to execute, of {', '.join(RUN_
                   "shows whatever work directories exist).")
 flags.DEFINE_bool("render_only", False, "Only rewrite the document from existing work directories.")
 flags.DEFINE_list("runs", [], "NAME=DIR pairs overriding a run's work directory (e.g. "
-                  "fashion_mnist=/work/runs/fm,mnist=/work/runs/mnist); with --render_only.")
+                  "fashion_mnist=/work/runs/fm,mnist=/work/runs/mnist): the document reads it, and a run in "
+                  "--only runs there (mnist_authors / mnist_decoder start from the mnist directory's stages).")
 flags.DEFINE_list("commits", [], "NAME=COMMIT pairs for work directories that did not record their commit "
                   "(not made by this command); the document labels them as stated by you.")
 flags.DEFINE_string("output", os.path.join(REPO, "docs", "RESULTS.md"), "The document to write.")
@@ -157,26 +158,27 @@ def finished(entry, args, output):
   return last.get("returncode") == 0 and entry.get("command") == shown(args) and os.path.exists(output)
 
 
-def reuse_stages(spec, root, workdir, say):
-  """Copies the finished stages of the run spec.reuse names into `workdir` when it has none yet; the
-  defend pipeline's fingerprints then decide whether they apply."""
+def reuse_stages(spec, source_dir, workdir, say):
+  """Copies the finished stages spec.reuse names from `source_dir` (that run's work directory, only
+  read) into `workdir` when it has none yet; the defend pipeline's fingerprints then decide whether
+  they apply."""
   import shutil
-  if spec.reuse is None:
+  if spec.reuse is None or source_dir is None:
     return
-  source, stages = spec.reuse
-  for stage in stages:
-    src, dst = os.path.join(root, source, stage), os.path.join(workdir, stage)
+  for stage in spec.reuse[1]:
+    src, dst = os.path.join(source_dir, stage), os.path.join(workdir, stage)
     if os.path.isdir(src) and not os.path.exists(dst):
       shutil.copytree(src, dst)
-      say(f"{spec.name}: starting from {source}'s {stage} stage")
+      say(f"{spec.name}: starting from {src}")
 
 
-def run(spec, root, say=print):
-  """Runs (or resumes) one RunSpec under `root`; returns its work directory."""
+def run(spec, root, say=print, dirs=None):
+  """Runs (or resumes) one RunSpec in <root>/<name> (or dirs[name]); returns its work directory."""
   from lad_tf.workdir import WorkDir
-  workdir = os.path.abspath(os.path.join(root, spec.name))
+  where = lambda name: os.path.abspath((dirs or {}).get(name) or os.path.join(root, name))
+  workdir = where(spec.name)
   os.makedirs(workdir, exist_ok=True)
-  reuse_stages(spec, root, workdir, say)
+  reuse_stages(spec, where(spec.reuse[0]) if spec.reuse else None, workdir, say)
   args = command("pipelines.defend", workdir, spec.defend, spec.dataset)
   run_step("defend", args, workdir, say, skip=lambda entry: finished(entry, args, os.path.join(workdir, "metrics.json")))
   if spec.evaluate is not None:
@@ -222,8 +224,6 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--only: unknown runs {unknown}; runs: {', '.join(RUN_NAMES)}")
   overrides = pairs(FLAGS.runs, "runs")
-  if overrides and not FLAGS.render_only:
-    raise app.UsageError("--runs points the document at directories made elsewhere: use it with --render_only")
   root = os.path.abspath(FLAGS.workdir)
   if not FLAGS.render_only:
     specs = pinned_runs(FLAGS.mnist_dir)
@@ -232,7 +232,7 @@ def main(argv):
     started = time.time()
     for name in RUN_NAMES:
       if name in FLAGS.only:
-        run(specs[name], root)
+        run(specs[name], root, dirs=overrides)
     print(f"reproduce: runs finished in {(time.time() - started) / 60:.1f} min")
   runs = {name: overrides.get(name, os.path.join(root, name)) for name in RUN_NAMES}
   results.render(runs, REPO, FLAGS.output, pairs(FLAGS.commits, "commits"))

@@ -386,18 +386,20 @@ def dataset_section(name, run, figure_dir, doc_dir, stated_commit=None):
   dataset = ((run or {}).get("config") or {}).get("dataset", name)
   title = DATASET_TITLES.get(dataset, dataset)
   if run is None:
-    return f"## {title}\n\nNo work directory: run `python -m pipelines.reproduce --datasets={name}`."
+    return f"## {title}\n\nNo work directory: run `python -m pipelines.reproduce --only={name}`."
   parts = [f"## {title}", "", provenance(run, stated_commit)]
   report = run.get("report")
+  commit = commits_of(run, stated_commit)
+  source = lambda f: f"_Source: `{os.path.join(run['path'], f)}`, git commit {commit}; command and configuration above._"
   if report:
-    parts += [adaptive_section(report), control_section(report), fixed_set_section(report),
-              transfer_section(report), sanity_section(report)]
+    for section in (adaptive_section, control_section, fixed_set_section, transfer_section, sanity_section):
+      parts += [section(report), source("evaluation/report.json")]
   else:
     parts.append("No evaluation report (evaluation/report.json) in this work directory yet: the attack "
                  "tables follow once `python -m pipelines.evaluate` has run on it.")
-  parts.append(defence_section(run))
-  if report:
-    parts.append(sweep_section(report))
+  parts += [defence_section(run), source("metrics.json")]
+  if report and report.get("lad_sweep"):
+    parts += [sweep_section(report), source("evaluation/report.json")]
   parts.append(figures_section(run, figure_dir, doc_dir, name))
   if report:
     parts += ["### Reading (generated from the figures above)", "",
@@ -415,7 +417,7 @@ def _row(report, attack, setting, eps=None):
   return None
 
 
-def paper_section(run, authors=None, decoder=None):
+def paper_section(run, authors=None, decoder=None, stated_commit=None):
   """The paper's MNIST tables next to ours, both fine-tuning schedules, the decoder's loss curve."""
   paper = PAPER_MNIST
   report = (run or {}).get("report")
@@ -424,7 +426,9 @@ def paper_section(run, authors=None, decoder=None):
   parts = ["## MNIST against the paper's printed numbers", "",
            "The paper's figures are printed ones (LeNet, its Tables II-IV); ours are measured on the evaluation "
            "part of the MNIST test split with our protocol (sources per row as stated above). The paper's "
-           "Table III defended model is FT-0.1, ours the defence as configured above."]
+           "Table III defended model is FT-0.1, ours the defence as configured above.",
+           f"_Ours: `{(run or {}).get('path')}` (metrics.json, evaluation/report.json), git commit "
+           f"{commits_of(run, stated_commit)}; command and configuration in the MNIST section above._"]
   clean = lambda m, k: (m.get(k) or {}).get("clean_accuracy")
   parts += ["### Clean accuracy and Table IV", "",
             table(["model", "ours", "paper"],
@@ -485,9 +489,15 @@ def decoder_section(run, decoder):
   rows.append([f"{paper['epochs']} (paper)", f"{paper['train']:.5f}", f"{paper['test']:.5f}"])
   note = "" if curve else ("\n\nThe decoder's loss curve run (`mnist_decoder`) is not in these work directories "
                            "yet.")
-  where = f" Curve run: `{decoder['path']}`, git commit {commits_of(decoder)}." if decoder else ""
+  where = f" Curve run: {run_line(decoder)}" if decoder else ""
   return ("### The decoder's reconstruction MSE against epochs\n\n" +
           table(["epochs", "train MSE", "test MSE"], rows) + note + (("\n\n" + where.strip()) if where else ""))
+
+
+def run_line(run):
+  """Where a companion run's figures come from: directory, commit, commands."""
+  commands = "; ".join(f"`{c}`" for c in commands_of(run)) or "commands not recorded"
+  return f"`{run['path']}`, git commit {commits_of(run)}, {commands}."
 
 
 def schedules_section(run, authors):
@@ -509,7 +519,7 @@ def schedules_section(run, authors):
       if any(c != "-" for c in cells):
         body.append([f"{attack.upper()}{'' if eps is None else f' eps {eps:g}'}, {what}"] + cells)
   lines.append(table(["figure (%)", "ours (lad_tf)", "authors'"], body))
-  lines += ["", f"Authors'-schedule run: `{authors['path']}`, git commit {commits_of(authors)}."]
+  lines += ["", f"Authors'-schedule run: {run_line(authors)}"]
   return "\n".join(lines)
 
 
@@ -644,7 +654,8 @@ def render(runs, repo, doc_path, stated_commits=None):
     if name not in COMPANIONS:
       parts.append(dataset_section(name, loaded.get(name), figure_dir, doc_dir, stated_commits.get(name)))
   if "mnist" in runs:
-    parts.append(paper_section(loaded.get("mnist"), loaded.get("mnist_authors"), loaded.get("mnist_decoder")))
+    parts.append(paper_section(loaded.get("mnist"), loaded.get("mnist_authors"), loaded.get("mnist_decoder"),
+                               stated_commits.get("mnist")))
   bench = benchmark_section(repo)
   if bench:
     parts.append(bench)

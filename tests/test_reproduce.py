@@ -213,3 +213,20 @@ def test_mnist_against_the_paper_puts_our_figures_beside_the_printed_ones():
   assert "Table II PGD (paper 0.60 -> 9.44): ours 2.00 -> 2.00 on the fixed set: does not reproduce" in claims
   assert "test MSE 0.00720 after 100 epochs" in claims
   assert "The authors'-schedule run (`mnist_authors`) is not in these work directories yet." in text
+
+
+def test_companion_runs_start_from_the_mnist_directorys_stages(tmp_path):
+  source = tmp_path / "elsewhere" / "mnist"
+  (source / "classifier").mkdir(parents=True)
+  (source / "classifier" / "stage.json").write_text("{}")
+  spec = reproduce.pinned_runs(str(tmp_path))["mnist_decoder"]
+  assert spec.reuse == ("mnist", ("classifier",)) and spec.defend["stop_after"] == "generator"
+  target = tmp_path / "w" / "mnist_decoder"
+  target.mkdir(parents=True)
+  reproduce.reuse_stages(spec, str(source), str(target), say=lambda _: None)
+  assert (target / "classifier" / "stage.json").exists() and (source / "classifier" / "stage.json").exists()
+  # the pinned MNIST runs differ from the main one only where they mean to
+  runs = reproduce.pinned_runs(str(tmp_path))
+  assert runs["mnist_authors"].defend == {**runs["mnist"].defend, "fine_tune_schedule": "authors",
+                                          "fine_tune_epochs": "100"}
+  assert runs["mnist"].defend["data_dir"] == str(tmp_path) and runs["fashion_mnist"].evaluate == reproduce.EVALUATE
