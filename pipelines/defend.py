@@ -47,6 +47,14 @@ flags.DEFINE_list("force", [], "Stages to recompute (classifier, generator, boun
 FLAGS = flags.FLAGS
 
 
+def _epochs(values):
+  from absl import app
+  try:
+    return tuple(int(e) for e in values)
+  except ValueError:
+    raise app.UsageError(f"--decoder_mse_epochs takes whole epoch numbers such as 10,30,100, got {','.join(values)}")
+
+
 def main(argv):
   del argv
   common.setup_logging()
@@ -61,7 +69,7 @@ def main(argv):
       target=FLAGS.target, adaptive=FLAGS.adaptive, fine_tune_mode=FLAGS.fine_tune_mode,
       fine_tune_eps=tuple(float(e) for e in FLAGS.fine_tune_eps), fine_tune_epochs=FLAGS.fine_tune_epochs,
       fine_tune_schedule=FLAGS.fine_tune_schedule,
-      decoder_loss_epochs=tuple(int(e) for e in FLAGS.decoder_mse_epochs),
+      decoder_loss_epochs=_epochs(FLAGS.decoder_mse_epochs),
       force=tuple(FLAGS.force), execution=execution)
   workdir = common.workdir(FLAGS)
   from pipelines import stages
