@@ -78,8 +78,9 @@ flags.DEFINE_list("only", list(RUN_NAMES), f"Runs to execute, of {', '.join(RUN_
                   "shows whatever work directories exist).")
 flags.DEFINE_bool("render_only", False, "Only rewrite the document from existing work directories.")
 flags.DEFINE_list("runs", [], "NAME=DIR pairs overriding a run's work directory (e.g. "
-                  "fashion_mnist=/work/runs/fm,mnist=/work/runs/mnist): the document reads it, and a run in "
-                  "--only runs there (mnist_authors / mnist_decoder start from the mnist directory's stages).")
+                  "fashion_mnist=/work/runs/fm,mnist=/work/runs/mnist) with a directory made elsewhere: the "
+                  "document reads it, nothing runs or writes there (mnist_authors / mnist_decoder start from "
+                  "a copy of the mnist directory's stages).")
 flags.DEFINE_list("commits", [], "NAME=COMMIT pairs for work directories that did not record their commit "
                   "(not made by this command); the document labels them as stated by you.")
 flags.DEFINE_string("output", os.path.join(REPO, "docs", "RESULTS.md"), "The document to write.")
@@ -227,11 +228,13 @@ def main(argv):
   root = os.path.abspath(FLAGS.workdir)
   if not FLAGS.render_only:
     specs = pinned_runs(FLAGS.mnist_dir)
-    if any(specs[name].dataset == "mnist" for name in FLAGS.only):
+    if any(specs[name].dataset == "mnist" for name in FLAGS.only if name not in overrides):
       check_mnist(FLAGS.mnist_dir)
     started = time.time()
     for name in RUN_NAMES:
-      if name in FLAGS.only:
+      if name in FLAGS.only and name in overrides:
+        print(f"reproduce: {name}: {overrides[name]} is given by --runs: read, never run or written")
+      elif name in FLAGS.only:
         run(specs[name], root, dirs=overrides)
     print(f"reproduce: runs finished in {(time.time() - started) / 60:.1f} min")
   runs = {name: overrides.get(name, os.path.join(root, name)) for name in RUN_NAMES}

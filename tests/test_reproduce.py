@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from lad_tf.errors import ConfigError
 from lad_tf.workdir import read_json, write_json
 from pipelines import reproduce, results
 
@@ -180,10 +181,15 @@ def test_render_only_command_line_and_missing_mnist(reproduced, tmp_path):
   new_readme = readme.read_text()
   assert "old figures" not in new_readme and new_readme.startswith("intro\n") and new_readme.endswith("rest\n")
   assert "adaptive (attacked itself)" in new_readme and "docs/RESULTS.md" in new_readme
-  done = subprocess.run([sys.executable, "-m", "pipelines.reproduce", f"--mnist_dir={tmp_path / 'nothing'}",
-                         "--only=mnist", f"--workdir={tmp_path / 'w'}", f"--output={doc}", "--readme="],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 1 and "no MNIST IDX files" in done.stderr and "--mnist_dir" in done.stderr
+  with pytest.raises(ConfigError, match="no MNIST IDX files in .*nothing.*--mnist_dir=DIR"):
+    reproduce.check_mnist(str(tmp_path / "nothing"))
+  # a directory given by --runs is only read: running every run writes nothing there
+  before = sorted(os.listdir(workdir))
+  done = subprocess.run([sys.executable, "-m", "pipelines.reproduce", "--only=fashion_mnist",
+                         f"--runs=fashion_mnist={workdir}", f"--workdir={tmp_path / 'w'}", f"--output={doc}",
+                         "--readme="], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "read, never run or written" in done.stdout and sorted(os.listdir(workdir)) == before
 
 
 def test_mnist_against_the_paper_puts_our_figures_beside_the_printed_ones():
