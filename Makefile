@@ -5,11 +5,13 @@
 #                (installed with apt-get when missing), then `bazel test //...`;
 #                ends with the line `bazel: N passed, M failed`
 #   make pytest  the same tests straight through pytest (no Bazel)
+#   make results rerun the published figures (pipelines.reproduce; long) and rewrite
+#                docs/RESULTS.md; RESULTS_FLAGS=--render_only only rewrites it
 #   make clean   drop Bazel outputs and the install stamps (keeps .venv)
 #
 # Variables: PYTHON (interpreter that creates the venv, default python3),
 # VENV (default .venv), BAZEL (default bazel), BAZEL_TARGETS (default //...),
-# BAZEL_FLAGS (extra flags for `bazel test`), PYTEST_FLAGS.
+# BAZEL_FLAGS (extra flags for `bazel test`), PYTEST_FLAGS, RESULTS_FLAGS.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -25,6 +27,7 @@ BAZEL_TARGETS ?= //...
 BAZEL_FLAGS ?=
 BAZEL_LOG := bazel-test.log
 PYTEST_FLAGS ?= -q
+RESULTS_FLAGS ?=
 
 # Debian packages `make test` needs: Bazel 4.2.3, the two Bazel repositories it
 # would otherwise download (see .bazelrc) and the Fashion-MNIST files.
@@ -36,10 +39,10 @@ PIP_FLAGS := --quiet --disable-pip-version-check --progress-bar off
 # / index locations of this machine's pip.conf that do not exist.
 PIP_FILTER := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: help venv install install-test demo test bazel-deps pytest clean
+.PHONY: help venv install install-test demo results test bazel-deps pytest clean
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 # --- virtualenv and installs (idempotent; re-run only when setup.py changes) ---
 
@@ -70,6 +73,11 @@ install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(VENV_PY) -m pipelines.defend
+
+# --- the published figures (docs/RESULTS.md) ----------------------------------
+
+results: $(VENV)/.installed
+	$(VENV_PY) -m pipelines.reproduce $(RESULTS_FLAGS)
 
 # --- tests -----------------------------------------------------------------------
 

@@ -23,11 +23,13 @@ CLEAN_CONTROL = "clean"  # the baseline name of the control
 
 
 def fine_tune_config(config, run_config):
-  """The Eq. 4 settings of the evaluation's fine-tunings: EvalConfig.fine_tune_epochs, else the
-  defended model's (config.json), else FineTuneConfig's."""
+  """The Eq. 4 settings of the evaluation's fine-tunings: the defended model's schedule (config.json;
+  learning rate, momentum, batch), with EvalConfig.fine_tune_epochs, else the defended model's epochs,
+  else the schedule's."""
   full = run_config.get("full", {}) or {}
-  epochs = config.fine_tune_epochs or full.get("fine_tune_epochs") or defence.FineTuneConfig().epochs
-  return defence.FineTuneConfig(epochs=int(epochs), execution=ExecutionConfig(seed=config.seed, verbose=0))
+  epochs = config.fine_tune_epochs or full.get("fine_tune_epochs")
+  return defence.schedule_config(full.get("fine_tune_schedule") or defence.DEFAULT_SCHEDULE, epochs,
+                                 execution=ExecutionConfig(seed=config.seed, verbose=0))
 
 
 def defence_fine_tune_config(tune, run_config):

@@ -4,6 +4,8 @@ Not to be confused with lad_tf.generation (decoding perturbed latents into the L
 lad_tf.models.generators (the decoder architectures).
 """
 import dataclasses
+import os
+from typing import Tuple
 
 import keras
 import numpy as np
@@ -11,6 +13,7 @@ import tensorflow as tf
 
 from lad_tf import execution, losses
 from lad_tf.execution import ExecutionConfig
+from lad_tf.workdir import read_json, write_json
 
 
 @dataclasses.dataclass
@@ -20,6 +23,7 @@ class DecoderConfig:
   batch_size: int = 256
   learning_rate: float = 1e-3
   recon_norm: str = "l2"
+  loss_at_epochs: Tuple[int, ...] = ()  # epochs at which the train / test loss is measured (the MSE curve)
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
@@ -46,21 +50,48 @@ def _pairs(z, x, batch_size, seed=None):
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+class LossAtEpochs(keras.callbacks.Callback):
+  """Measures the decoder's loss on the whole train and test splits when each of `epochs` ends, so one
+  training run gives the loss curve (the paper reports it after 1000 epochs only). The figures are
+  kept in `path`, so a resumed run keeps those measured before the kill."""
+
+  def __init__(self, training, loss, splits, epochs, path):
+    super().__init__()
+    self.training, self.loss, self.splits, self.path = training, loss, splits, path
+    self.epochs = set(int(e) for e in epochs)
+    self.values = read_json(path, {}) if path else {}
+
+  def on_epoch_end(self, epoch, logs=None):
+    if epoch + 1 not in self.epochs:
+      return
+    self.values[str(epoch + 1)] = {name: execution.evaluate(self.training.model, self.loss, data)["loss"]
+                                   for name, data in self.splits.items()}
+    if self.path:
+      write_json(self.path, self.values)
+
+
 def train_decoder(phi, generator, train, test, config, state_dir):
   """Fits G(phi(x)) ~ x on the training split with phi frozen; resumable from state_dir.
 
-  `generator` ends trained. Returns {"train_loss", "test_loss", "history"}: losses are the chosen
-  norm's mean per pixel, measured after training on the whole train and test splits.
+  `generator` ends trained. Returns {"train_loss", "test_loss", "history", "loss_at_epoch"}: losses
+  are the chosen norm's mean per pixel, measured after training on the whole train and test splits,
+  and (loss_at_epoch, keyed by epoch) when each of config.loss_at_epochs ends.
   """
   loss = losses.reconstruction(config.recon_norm)
   run = config.execution
   run.seed_everything()
   z_train, z_test = latents(phi, train.x), latents(phi, test.x)
-  history = execution.fit(generator, loss, _pairs(z_train, train.x, config.batch_size, run.seed), run,
-                          config.epochs, lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
-                          name="generator")
+  training = execution.Training(generator, loss, run, lambda: keras.optimizers.Adam(config.learning_rate),
+                                name="generator")
+  splits = {"train": _pairs(z_train, train.x, 512), "test": _pairs(z_test, test.x, 512)}
+  curve = LossAtEpochs(training, loss, splits, config.loss_at_epochs,
+                       os.path.join(state_dir, "loss_at_epoch.json") if state_dir else None)
+  history = training.fit(_pairs(z_train, train.x, config.batch_size, run.seed), config.epochs, state_dir,
+                         callbacks=[curve] if config.loss_at_epochs else ())
+  training.finish()
   return {
-      "train_loss": execution.evaluate(generator, loss, _pairs(z_train, train.x, 512))["loss"],
-      "test_loss": execution.evaluate(generator, loss, _pairs(z_test, test.x, 512))["loss"],
-      "history": history,
+      "train_loss": execution.evaluate(generator, loss, splits["train"])["loss"],
+      "test_loss": execution.evaluate(generator, loss, splits["test"])["loss"],
+      "history": {k: [float(v) for v in values] for k, values in history.items()},
+      "loss_at_epoch": {e: curve.values[e] for e in sorted(curve.values, key=int)},
   }

@@ -56,7 +56,9 @@ class DefendConfig:
   adaptive: bool = False
   fine_tune_mode: str = "mix"
   fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
-  fine_tune_epochs: int = 10
+  fine_tune_schedule: str = defence.DEFAULT_SCHEDULE  # defence.FINE_TUNE_SCHEDULES: "lad_tf" or "authors"
+  fine_tune_epochs: Optional[int] = None    # default: the schedule's
+  decoder_loss_epochs: Tuple[int, ...] = ()  # epochs at which the decoder's train / test loss is recorded
   on_the_fly_per_epoch: int = 2000
   force: Sequence[str] = ()
   # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
@@ -75,13 +77,21 @@ class DefendConfig:
                         "have theirs (drop --latent_layer, or pass --classifier=FILE.keras)")
     if not self.fine_tune_eps or any(e <= 0 for e in self.fine_tune_eps):
       raise ConfigError(f"fine_tune_eps must be positive values, got {tuple(self.fine_tune_eps)}")
+    schedule = defence.schedule_config(self.fine_tune_schedule, self.fine_tune_epochs)  # checks the name
+    generator_epochs = self.generator_epochs or spec.generator_epochs
+    late = [e for e in self.decoder_loss_epochs if not 1 <= e <= generator_epochs]
+    if late:
+      raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
+                        f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
     return dataclasses.replace(
         self,
         latent_layer=self.latent_layer or spec.latent_layer,
         calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
         architecture=self.architecture or spec.classifier,
         classifier_epochs=self.classifier_epochs or spec.classifier_epochs,
-        generator_epochs=self.generator_epochs or spec.generator_epochs,
+        generator_epochs=generator_epochs,
+        fine_tune_epochs=schedule.epochs,
+        decoder_loss_epochs=tuple(sorted(set(int(e) for e in self.decoder_loss_epochs))),
         recon_norm=self.recon_norm or spec.recon_norm,
         eps_grid=tuple(self.eps_grid or spec.eps_grid),
         force=tuple(STAGES) if "all" in self.force else tuple(self.force))
@@ -103,7 +113,8 @@ def stage_settings(config, spec):
   up = lambda *stages: {s: fingerprint(out[s]) for s in stages}
   out["generator"] = {**up("classifier"), "architecture": c.generator_architecture or spec.generator,
                       "epochs": c.generator_epochs, "recon_norm": c.recon_norm,
-                      "batch_size": spec.generator_batch_size}
+                      "batch_size": spec.generator_batch_size,
+                      **({"loss_at_epochs": list(c.decoder_loss_epochs)} if c.decoder_loss_epochs else {})}
   out["boundaries"] = {**up("classifier"), "attention": c.attention}
   generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
   out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
@@ -111,6 +122,7 @@ def stage_settings(config, spec):
   tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
   out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
                      "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
+                     **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != defence.DEFAULT_SCHEDULE else {}),
                      **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {})}
   return out
 
@@ -219,9 +231,11 @@ class DefendRun:
       result = decoder_lib.train_decoder(
           phi, generator, self.data.train, self.evaluation,
           decoder_lib.DecoderConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
-                                        recon_norm=c.recon_norm, execution=c.execution), out)
+                                    recon_norm=c.recon_norm, loss_at_epochs=c.decoder_loss_epochs,
+                                    execution=c.execution), out)
       save_model(generator, os.path.join(out, "model.keras"))
-      write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm, **result})
+      write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm,
+                                                     "epochs": c.generator_epochs, **result})
       sample = self.evaluation.x[:12]
       figures.reconstructions(self.work.path("figures", "reconstructions.png"), sample,
                               generator.predict(phi.predict(sample, verbose=0), verbose=0))
@@ -301,7 +315,7 @@ class DefendRun:
     def run(out):
       c = self.config
       classifier = self.classifier()
-      tune = defence.FineTuneConfig(epochs=c.fine_tune_epochs, execution=c.execution)
+      tune = self.fine_tune_config()
       if c.fine_tune_mode == "on_the_fly":
         defended = self._fine_tune_on_the_fly(classifier, tune, out)
       else:
@@ -309,15 +323,24 @@ class DefendRun:
         rows = defence.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
         index = generated.index[rows]
         self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in np.unique(generated.eps[rows]))}): "
-                 f"{len(rows)} generated examples, {c.fine_tune_epochs} epochs")
+                 f"{len(rows)} generated examples, {c.fine_tune_schedule} schedule: {tune.epochs} epochs, "
+                 f"SGD lr {tune.learning_rate:g}, momentum {tune.momentum:g}, batch {tune.batch_size}")
         defended = defence.fine_tune(classifier, self.calibration.x[index], generated.x_adv[rows],
                                      self.calibration.y[index], tune, state_dir=out)
       accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
       save_model(defended, os.path.join(out, "model.keras"))
-      write_json(os.path.join(out, "metrics.json"), {"clean_accuracy": accuracy, "mode": c.fine_tune_mode,
-                                                     "eps": list(c.fine_tune_eps)})
+      write_json(os.path.join(out, "metrics.json"), {
+          "clean_accuracy": accuracy, "mode": c.fine_tune_mode, "eps": list(c.fine_tune_eps),
+          "schedule": c.fine_tune_schedule,
+          "optimizer": {k: getattr(tune, k) for k in ("epochs", "batch_size", "learning_rate", "momentum")}})
       shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
     return self._stage("defended", run)
+
+  def fine_tune_config(self):
+    """The defence's Eq. 4 settings: the named schedule (defence.FINE_TUNE_SCHEDULES) with the
+    configured epochs, under the run's execution settings."""
+    c = self.config
+    return defence.schedule_config(c.fine_tune_schedule, c.fine_tune_epochs, execution=c.execution)
 
   def _fine_tune_on_the_fly(self, classifier, tune, out):
     """Each epoch draws fresh training examples, random targets and eps, and decodes them anew."""
@@ -356,9 +379,11 @@ class DefendRun:
         "calibration_per_class": self.config.calibration_per_class,
         "original": {"clean_accuracy": original.get("test_accuracy")},
         "defended": {"clean_accuracy": defended.get("clean_accuracy"), "fine_tune_mode": defended.get("mode"),
-                     "fine_tune_eps": defended.get("eps")},
+                     "fine_tune_eps": defended.get("eps"), "fine_tune_schedule": defended.get("schedule"),
+                     "fine_tune_optimizer": defended.get("optimizer")},
         "generator": {"train_loss": gen.get("train_loss"), "test_loss": gen.get("test_loss"),
-                      "recon_norm": gen.get("recon_norm")},
+                      "recon_norm": gen.get("recon_norm"), "epochs": gen.get("epochs"),
+                      "loss_at_epoch": gen.get("loss_at_epoch")},
         "boundary": {"accuracy": bounds.get(attention, {}).get("heldout_accuracy"),
                      "plain_svm_accuracy": bounds.get("none", {}).get("heldout_accuracy"),
                      "attention": attention},
@@ -376,14 +401,16 @@ class DefendRun:
                              "LAD-defended": metrics["defended"]["clean_accuracy"]})
     return metrics
 
-  def run(self):
-    """Every stage, then metrics.json; returns its content."""
+  def run(self, stop_after=None):
+    """Every stage (up to and including `stop_after`, a name of STAGES, when given), then
+    metrics.json; returns its content."""
+    if stop_after is not None and stop_after not in STAGES:
+      raise ConfigError(f"stop_after must be one of {STAGES}, got '{stop_after}'")
     try:
-      self.classifier_stage()
-      self.generator_stage()
-      self.boundaries_stage()
-      self.generation_stage()
-      self.defended_stage()
+      for stage in STAGES:
+        getattr(self, f"{stage}_stage")()
+        if stage == stop_after:
+          break
       return self.write_metrics()
     finally:
       self.close()

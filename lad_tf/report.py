@@ -16,7 +16,7 @@ import numpy as np
 
 from lad_tf import figures
 from lad_tf.figures import model_label as _label, show_image
-from lad_tf.workdir import write_json
+from lad_tf.workdir import atomic_path, write_json
 
 _STYLE = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1200px; }
@@ -52,11 +52,17 @@ def _table(header, rows, left=1):
   return "\n".join(out)
 
 
-def _png(fig):
+def _png(fig, path=None):
+  """The figure as an inline <img>; also saved as a PNG file at `path` when given (for documents
+  that link the evaluation's plots, e.g. docs/RESULTS.md)."""
   import matplotlib.pyplot as plt
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
   plt.close(fig)
+  if path:
+    with atomic_path(path) as tmp:
+      with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
   data = base64.b64encode(buffer.getvalue()).decode("ascii")
   return f"<img alt='figure' src='data:image/png;base64,{data}'>"
 
@@ -72,12 +78,12 @@ def _model_names(report):
   return [name for name in report.get("models", {}) if name != "blackbox"]
 
 
-def _accuracy_vs_eps(report):
+def _accuracy_vs_eps(report, figure_dir=None):
   fig = figures.robust_accuracy_figure(report)
-  return "" if fig is None else _png(fig)
+  return "" if fig is None else _png(fig, figure_dir and os.path.join(figure_dir, "accuracy_vs_eps.png"))
 
 
-def _sweep_plot(report):
+def _sweep_plot(report, figure_dir=None):
   sweep = report.get("lad_sweep") or []
   if not sweep:
     return ""
@@ -99,10 +105,10 @@ def _sweep_plot(report):
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  return _png(fig)
+  return _png(fig, figure_dir and os.path.join(figure_dir, "lad_sweep.png"))
 
 
-def _heatmaps(report):
+def _heatmaps(report, figure_dir=None):
   gen = report.get("lad_generation") or {}
   if not gen.get("success_matrix"):
     return ""
@@ -121,10 +127,10 @@ def _heatmaps(report):
     ax.set_ylabel("source")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-  return _png(fig)
+  return _png(fig, figure_dir and os.path.join(figure_dir, "lad_success_heatmaps.png"))
 
 
-def _example_grid(examples, lad_examples, class_names):
+def _example_grid(examples, lad_examples, class_names, figure_dir=None):
   """One row pair per attack (clean above, adversarial below, with the model's label), then LAD's."""
   rows = [(name, ex) for name, ex in examples.items() if len(ex["x"])]
   lad = lad_examples is not None and len(lad_examples.get("x_adv", []))
@@ -164,7 +170,7 @@ def _example_grid(examples, lad_examples, class_names):
       ax.set_title(caption + f" e{float(lad_examples['eps'][c]):g}", fontsize=6)
     axes[r, 0].set_ylabel("LAD", fontsize=7)
   fig.tight_layout()
-  return _png(fig)
+  return _png(fig, figure_dir and os.path.join(figure_dir, "attack_examples.png"))
 
 
 def _counts(row):
@@ -221,8 +227,9 @@ def _sanity_table(report):
           f"{status})</h2>" + _table(["model", "check", "result", "figures"], body, left=4))
 
 
-def render_html(report, examples=None, lad_examples=None):
-  """The report as one self-contained HTML page (str)."""
+def render_html(report, examples=None, lad_examples=None, figure_dir=None):
+  """The report as one self-contained HTML page (str); its plots are also saved as PNG files in
+  figure_dir when given."""
   title = f"LAD robustness report: {report.get('dataset', '')}"
   parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
            f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
@@ -242,7 +249,7 @@ def render_html(report, examples=None, lad_examples=None):
   parts.append(_table(["model", "clean accuracy", "fine-tuned on (examples)", "attack eps of its set"], body))
   parts.append(_attack_tables(report))
   parts.append(_sanity_table(report))
-  plot = _accuracy_vs_eps(report)
+  plot = _accuracy_vs_eps(report, figure_dir)
   if plot:
     sweep = report["eps_sweep"]
     parts.append("<h2>Robust accuracy against eps</h2><p class='note'>Each model attacked itself (white-box "
@@ -258,13 +265,13 @@ def render_html(report, examples=None, lad_examples=None):
                           _fmt(r["ft_clean_accuracy"]), _fmt(r["ft_lad_accuracy"]),
                           _fmt(r["original_lad_accuracy"]), _fmt(r["defended_lad_accuracy"]),
                           _fmt(r["defended_trained_on_this_eps"])] for r in sweep]))
-    parts.append(_sweep_plot(report))
-  heat = _heatmaps(report)
+    parts.append(_sweep_plot(report, figure_dir))
+  heat = _heatmaps(report, figure_dir)
   if heat:
     gen = report["lad_generation"]
     parts.append(f"<h2>LAD generated set: success by source and target ({gen.get('n')} examples, eps "
                  f"{', '.join(f'{e:g}' for e in gen.get('eps_values', []))})</h2>" + heat)
-  grid = _example_grid(examples or {}, lad_examples, report.get("class_names"))
+  grid = _example_grid(examples or {}, lad_examples, report.get("class_names"), figure_dir)
   if grid:
     parts.append("<h2>Examples: each attack next to LAD's</h2><p class='note'>Clean images (their label) "
                  "above their adversarial versions against the original classifier (its label; t: target); "
@@ -283,12 +290,13 @@ def render_html(report, examples=None, lad_examples=None):
 
 
 def write_report(out_dir, report, examples=None, lad_examples=None):
-  """Writes out_dir/report.json (atomically) and out_dir/report.html (temp file, then rename)."""
+  """Writes out_dir/report.json (atomically), out_dir/report.html (temp file, then rename) and its
+  plots as out_dir/figures/*.png."""
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, "report.json")
   html_path = os.path.join(out_dir, "report.html")
   write_json(json_path, report)
-  page = render_html(report, examples, lad_examples)
+  page = render_html(report, examples, lad_examples, figure_dir=os.path.join(out_dir, "figures"))
   fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".html")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(page)

@@ -29,7 +29,15 @@ flags.DEFINE_bool("adaptive", False, "Also find each example's smallest crossing
 flags.DEFINE_enum("fine_tune_mode", "mix", ["mix", "eps", "on_the_fly"], "mix: all --fine_tune_eps; eps: the "
                   "first only (FT-eps); on_the_fly: generate from the training set during fine-tuning.")
 flags.DEFINE_list("fine_tune_eps", ["0.1", "0.2", "0.3"], "eps of the fine-tuning set.")
-flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs.")
+flags.DEFINE_enum("fine_tune_schedule", "lad_tf", ["lad_tf", "authors"], "Fine-tuning schedule (SGD): "
+                  "lad_tf: 10 epochs, lr 0.001, momentum 0.5, batch 64; authors: the authors' MNIST run, 100 "
+                  "epochs, lr 0.01, momentum 0.5, batch 64.")
+flags.DEFINE_integer("fine_tune_epochs", None, "Fine-tuning epochs (default: the schedule's).")
+flags.DEFINE_list("decoder_mse_epochs", [], "Epochs at which the decoder's train and test loss (MSE with "
+                  "the l2 loss) is measured during its training, e.g. 10,30,100 (generator/metrics.json "
+                  "loss_at_epoch; each must be <= --generator_epochs).")
+flags.DEFINE_enum("stop_after", None, ["classifier", "generator", "boundaries", "generation", "defended"],
+                  "Stop after this stage (e.g. generator: only the decoder's loss curve).")
 flags.DEFINE_bool("export", True, "Export the defended classifier as a SavedModel for TF Serving.")
 flags.DEFINE_string("export_base", None, "Export base path (default: DIR/export).")
 flags.DEFINE_string("model_name", "lad", "Model name in models.config.")
@@ -37,6 +45,14 @@ flags.DEFINE_bool("evaluate", False, "Run the robustness evaluation (pipelines.e
 flags.DEFINE_list("force", [], "Stages to recompute (classifier, generator, boundaries, generation, "
                   "defended) or 'all'.")
 FLAGS = flags.FLAGS
+
+
+def _epochs(values):
+  from absl import app
+  try:
+    return tuple(int(e) for e in values)
+  except ValueError:
+    raise app.UsageError(f"--decoder_mse_epochs takes whole epoch numbers such as 10,30,100, got {','.join(values)}")
 
 
 def main(argv):
@@ -52,19 +68,21 @@ def main(argv):
       eps_grid=tuple(float(e) for e in FLAGS.eps) if FLAGS.eps else None, normal=FLAGS.normal,
       target=FLAGS.target, adaptive=FLAGS.adaptive, fine_tune_mode=FLAGS.fine_tune_mode,
       fine_tune_eps=tuple(float(e) for e in FLAGS.fine_tune_eps), fine_tune_epochs=FLAGS.fine_tune_epochs,
+      fine_tune_schedule=FLAGS.fine_tune_schedule,
+      decoder_loss_epochs=_epochs(FLAGS.decoder_mse_epochs),
       force=tuple(FLAGS.force), execution=execution)
   workdir = common.workdir(FLAGS)
   from pipelines import stages
   metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,
-                              model_name=FLAGS.model_name)
+                              model_name=FLAGS.model_name, stop_after=FLAGS.stop_after)
   from lad_tf import distribute
   if not distribute.is_chief(FLAGS.strategy):
     print(f"worker {distribute.task(FLAGS.strategy)}: done (the chief writes {workdir})")
     return
-  if FLAGS.evaluate:
+  if FLAGS.evaluate and not FLAGS.stop_after:
     from lad_tf import evaluation
     evaluation.evaluate_workdir(workdir)
-  print(json.dumps({k: metrics[k] for k in ("dataset", "original", "defended", "generator", "boundary", "lad")},
+  print(json.dumps({k: metrics.get(k) for k in ("dataset", "original", "defended", "generator", "boundary", "lad")},
                    indent=1))
   print(f"work directory: {workdir} (metrics.json, figures/, export/)")
 

@@ -39,13 +39,14 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
 
 
 def run_defend(workdir, config=pipeline.DefendConfig(), export=True, export_base=None, model_name="lad",
-               progress=None):
-  """The defend command: every library stage, then (on the chief) the export stage; returns
-  metrics.json's content, with "export_path" when exported."""
+               progress=None, stop_after=None):
+  """The defend command: every library stage (up to stop_after), then (on the chief, when the
+  defended model exists) the export stage; returns metrics.json's content, with "export_path" when
+  exported."""
   run = pipeline.DefendRun(workdir, config, progress)
   try:
-    metrics = run.run()
-    if export and run.chief:
+    metrics = run.run(stop_after)
+    if export and run.chief and stop_after in (None, "defended"):
       metrics["export_path"] = export_stage(run, metrics, export_base, model_name)
       write_json(run.work.path("metrics.json"), metrics)
     return metrics

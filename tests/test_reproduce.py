@@ -1,0 +1,238 @@
+"""pipelines.reproduce and pipelines.results on a real (tiny) digits run: `pipelines.defend` and
+`pipelines.evaluate` run as the reproduction runs them, then docs/RESULTS.md is written from their JSON."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lad_tf.errors import ConfigError
+from lad_tf.workdir import read_json, write_json
+from pipelines import reproduce, results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DEFEND = {"classifier_epochs": "4", "generator_epochs": "4", "calibration_per_class": "5", "eps": "0.1,0.3",
+          "fine_tune_eps": "0.1,0.3", "fine_tune_epochs": "1", "seed": "0", "export": "false"}
+EVALUATE = {"attacks": "fgsm,pgd,autoattack", "autoattack_version": "fast", "n_per_class": "3", "m_per_class": "1",
+            "eps": "0.1", "baselines": "clean,fgsm", "blackbox_epochs": "1", "pgd_iter": "5", "apgd_iter": "5",
+            "fine_tune_epochs": "1", "sanity_n": "10", "lad_sweep": "true", "attack_baselines": "false",
+            "seed": "0"}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("reproduce"))
+  spec = reproduce.RunSpec("digits", "digits", DEFEND, EVALUATE)
+  lines = []
+  workdir = reproduce.run(spec, root, say=lines.append)
+  return spec, root, workdir, lines
+
+
+def test_each_step_records_the_commit_it_started_from(reproduced):
+  _, _, workdir, _ = reproduced
+  info = read_json(os.path.join(workdir, "run_info.json"))
+  commit, dirty = reproduce.git_state()
+  for step in ("defend", "evaluate"):
+    attempt = info[step]["attempts"][-1]
+    assert attempt["commit"] == commit and attempt["dirty"] == dirty and attempt["returncode"] == 0
+    assert info[step]["command"][:3] == ["python", "-m", f"pipelines.{step}"]
+  assert "--fine_tune_eps=0.1,0.3" in info["defend"]["command"] and "--noexport" in info["defend"]["command"]
+  assert os.path.exists(os.path.join(workdir, "evaluation", "report.json"))
+
+
+def test_a_rerun_skips_what_is_done(reproduced):
+  spec, root, workdir, _ = reproduced
+  report = os.path.join(workdir, "evaluation", "report.json")
+  before = os.path.getmtime(report)
+  lines = []
+  reproduce.run(spec, root, say=lines.append)
+  assert any("defend done, skipped" in line for line in lines)
+  assert any("evaluate done, skipped" in line for line in lines)
+  assert os.path.getmtime(report) == before
+  # a defend step killed midway runs again, and its finished stages are skipped by their fingerprints
+  info_path = os.path.join(workdir, "run_info.json")
+  info = read_json(info_path)
+  del info["defend"]["attempts"][-1]["returncode"]
+  write_json(info_path, info)
+  reproduce.run(spec, root, say=lines.append)
+  info = read_json(info_path)
+  assert len(info["evaluate"]["attempts"]) == 1 and len(info["defend"]["attempts"]) == 2
+  assert info["defend"]["attempts"][-1]["returncode"] == 0 and os.path.getmtime(report) == before
+  with open(os.path.join(workdir, "defend.log")) as f:
+    log = f.read()
+  for stage in ("classifier", "generator", "boundaries", "generation", "defended"):
+    assert f"stage {stage}: done, skipped" in log
+
+
+def table_after(text, heading):
+  """The first markdown table after the line starting with `heading`: a list of cell lists."""
+  lines = text[text.index(heading):].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+  rows = []
+  for line in lines[start:]:
+    if not line.startswith("|"):
+      break
+    rows.append([c.strip() for c in line.strip("|").split("|")])
+  return rows[0], rows[2:]
+
+
+@pytest.fixture(scope="module")
+def document(reproduced, tmp_path_factory):
+  _, _, workdir, _ = reproduced
+  out = tmp_path_factory.mktemp("doc")
+  doc = str(out / "docs" / "RESULTS.md")
+  text = results.render({"digits": workdir}, REPO, doc)
+  return text, doc, read_json(os.path.join(workdir, "evaluation", "report.json")), workdir
+
+
+def test_the_adaptive_table_leads_and_equals_the_report(document):
+  text, _, report, _ = document
+  order = [text.index(h) for h in ("### Adaptive white-box", "### The clean control", "### The paper's fixed-set",
+                                   "### Transfer", "### Gradient-masking")]
+  assert order == sorted(order)
+  header, rows = table_after(text, "### Adaptive white-box")
+  assert header[:4] == ["attack", "n", "original", "LAD-defended"]
+  assert [r[0].split()[0] for r in rows] == ["AutoAttack", "PGD-5", "FGSM"]
+  white = results.ordered_rows(report, "white_box")
+  for cells, row in zip(rows, white):
+    assert cells[0] == results.attack_label(row, report)
+    assert cells[2] == f"{100 * row['original_accuracy']:.2f}" and cells[3] == f"{100 * row['defended_accuracy']:.2f}"
+
+
+def test_the_fixed_set_and_transfer_tables_equal_the_report(document):
+  text, _, report, _ = document
+  header, rows = table_after(text, "### The paper's fixed-set")
+  assert header[3] == "LAD-defended (fixed set)" and header[4] == "clean control (fixed set)"
+  for cells, row in zip(rows, results.ordered_rows(report, "white_box")):
+    assert cells[3] == results.pct(row["defended_accuracy_fixed_set"])
+    assert cells[4] == results.pct(row["baseline_clean_accuracy_fixed_set"])
+    assert cells[-1] == results.verdict(row["original_accuracy"], row["defended_accuracy_fixed_set"],
+                                        row["baseline_clean_accuracy_fixed_set"], row["n"])[1]
+  header, rows = table_after(text, "### Transfer")
+  transfer = results.ordered_rows(report, "transfer")
+  assert len(rows) == len(transfer) == 3
+  for cells, row in zip(rows, transfer):
+    assert cells[2:5] == [results.pct(row[k]) for k in ("blackbox_accuracy", "original_accuracy",
+                                                          "defended_accuracy")]
+  header, rows = table_after(text, "### The clean control")
+  assert rows[0][1:] == [results.pct(report["clean"][m]) for m in ("original", "defended", "baseline_clean",
+                                                                    "baseline_fgsm")]
+  _, rows = table_after(text, "### Gradient-masking")
+  assert {r[0] for r in rows} == {"original", "LAD-defended"} and len(rows) >= 10
+
+
+def test_the_document_states_the_recorded_commit_command_and_configuration(document, tmp_path):
+  text, doc, _, workdir = document
+  info = read_json(os.path.join(workdir, "run_info.json"))
+  assert f"Git commit: {info['defend']['attempts'][0]['commit']}" in text
+  assert " ".join(info["defend"]["command"]) in text and " ".join(info["evaluate"]["command"]) in text
+  assert "fine_tune_schedule=lad_tf" in text and "n_per_class=3" in text
+  # the commit comes from the work directory, not from the checkout at render time
+  for step in ("defend", "evaluate"):
+    for attempt in info[step]["attempts"]:
+      attempt["commit"], attempt["dirty"] = "0123456789ab", False
+  copy = tmp_path / "copy"
+  subprocess.run(["cp", "-r", workdir, str(copy)], check=True)
+  write_json(str(copy / "run_info.json"), info)
+  again = results.render({"digits": str(copy)}, REPO, str(tmp_path / "RESULTS.md"))
+  assert "Git commit: 0123456789ab" in again and reproduce.git_state()[0] not in again
+
+
+def test_figures_are_copied_and_linked(document):
+  text, doc, _, _ = document
+  links = re.findall(r"\]\((figures/results/digits/[a-z_]+\.png)\)", text)
+  assert "figures/results/digits/reconstructions.png" in links  # the defence's
+  assert "figures/results/digits/accuracy_vs_eps.png" in links  # the evaluation's
+  for link in links:
+    assert os.path.getsize(os.path.join(os.path.dirname(doc), link)) > 1000
+
+
+def test_the_sentences_come_from_the_rule():
+  n = 500
+  assert results.verdict(0.02, 0.20, 0.05, n)[0] == "helps"
+  assert results.verdict(0.02, 0.20, 0.19, n)[0] == "control_explains"
+  assert results.verdict(0.02, 0.03, 0.30, n)[0] == "no_gain"
+  assert results.verdict(0.02, 0.20, None, n)[0] == "no_control"
+  row = lambda lad, control: {"attack": "cw", "setting": "white_box", "epsilon": None, "n": n, "targeted": True,
+                              "original_accuracy": 0.01, "defended_accuracy": 0.01, "baseline_clean_accuracy": 0.01,
+                              "defended_accuracy_fixed_set": lad, "baseline_clean_accuracy_fixed_set": control}
+  report = lambda r: {"rows": [r], "config": {}, "class_names": list("0123456789")}
+  helps = " ".join(results.readings(report(row(0.40, 0.10))))
+  explained = " ".join(results.readings(report(row(0.40, 0.38))))
+  assert "LAD helps on the paper's fixed sets beyond the clean control for: CW-L2" in helps
+  assert "LAD helps" not in explained and "the clean control explains LAD's gain for: CW-L2" in explained
+
+
+def test_render_only_command_line_and_missing_mnist(reproduced, tmp_path):
+  _, _, workdir, _ = reproduced
+  doc = tmp_path / "RESULTS.md"
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{results.README_BEGIN}\nold figures\n{results.README_END}\nrest\n")
+  env = {**os.environ, "PYTHONPATH": REPO}
+  done = subprocess.run([sys.executable, "-m", "pipelines.reproduce", "--render_only",
+                         f"--runs=fashion_mnist={workdir}", f"--workdir={tmp_path / 'none'}", f"--output={doc}",
+                         f"--readme={readme}", "--commits=mnist=feedbeef"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  text = doc.read_text()
+  assert "## digits" in text and "No work directory" in text  # mnist: nothing at the default place
+  new_readme = readme.read_text()
+  assert "old figures" not in new_readme and new_readme.startswith("intro\n") and new_readme.endswith("rest\n")
+  assert "adaptive (attacked itself)" in new_readme and "docs/RESULTS.md" in new_readme
+  with pytest.raises(ConfigError, match="no MNIST IDX files in .*nothing.*--mnist_dir=DIR"):
+    reproduce.check_mnist(str(tmp_path / "nothing"))
+  # a directory given by --runs is only read: running every run writes nothing there
+  before = sorted(os.listdir(workdir))
+  done = subprocess.run([sys.executable, "-m", "pipelines.reproduce", "--only=fashion_mnist",
+                         f"--runs=fashion_mnist={workdir}", f"--workdir={tmp_path / 'w'}", f"--output={doc}",
+                         "--readme="], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "read, never run or written" in done.stdout and sorted(os.listdir(workdir)) == before
+
+
+def test_mnist_against_the_paper_puts_our_figures_beside_the_printed_ones():
+  rows = [{"attack": a, "setting": s, "epsilon": 0.3 if a in ("fgsm", "pgd") else None, "n": 450, "targeted": False,
+           "original_accuracy": 0.02, "defended_accuracy": 0.03, "defended_accuracy_fixed_set": f,
+           "baseline_clean_accuracy_fixed_set": c, "baseline_clean_accuracy": 0.02, "blackbox_accuracy": 0.0}
+          for a, f, c in (("fgsm", 0.30, 0.05), ("jsma", 0.20, 0.19), ("pgd", 0.02, 0.02), ("cw", 0.5, 0.1))
+          for s in ("white_box", "transfer")]
+  run = {"path": "/x", "config": {"full": {"generator_epochs": 10}},
+         "metrics": {"original": {"clean_accuracy": 0.9911}, "defended": {"clean_accuracy": 0.9915},
+                     "evaluation_examples": 9500, "generator": {"train_loss": 0.0087, "test_loss": 0.0086}},
+         "report": {"rows": rows, "config": {}, "clean": {"baseline_clean": 0.99, "baseline_fgsm": 0.95}}}
+  decoder = {"path": "/y", "generator": {"loss_at_epoch": {"10": {"train": 0.0087, "test": 0.0086},
+                                                           "100": {"train": 0.0071, "test": 0.0072}}}}
+  text = results.paper_section(run, None, decoder)
+  _, body = table_after(text, "### Table II")
+  assert body[0][:4] == ["FGSM eps 0.3", "2.00 -> 30.00", "1.77 -> 21.67", "5.00"]
+  assert body[0][-1].startswith("LAD helps on this set") and body[1][-1].startswith("the clean control explains")
+  assert body[2][1:3] == ["2.00 -> 2.00", "0.60 -> 9.44"] and body[2][-1].startswith("no gain")
+  _, body = table_after(text, "### The decoder's")
+  assert body == [["10 (the defence's decoder)", "0.00870", "0.00860"],
+                  ["10 (one run, recorded as it trained)", "0.00870", "0.00860"],
+                  ["100 (one run, recorded as it trained)", "0.00710", "0.00720"], ["1000 (paper)", "0.00757", "0.00765"]]
+  claims = text[text.index("### Which of the paper's"):]
+  assert "Table II FGSM (paper 1.77 -> 21.67): ours 2.00 -> 30.00 on the fixed set: reproduces, and beyond the clean control" in claims
+  assert "Table II JSMA (paper 8.71 -> 39.89): ours 2.00 -> 20.00 on the fixed set: a gain as the paper's, but the clean control explains it" in claims
+  assert "Table II PGD (paper 0.60 -> 9.44): ours 2.00 -> 2.00 on the fixed set: does not reproduce" in claims
+  assert "test MSE 0.00720 after 100 epochs" in claims
+  assert "The authors'-schedule run (`mnist_authors`) is not in these work directories yet." in text
+
+
+def test_companion_runs_start_from_the_mnist_directorys_stages(tmp_path):
+  source = tmp_path / "elsewhere" / "mnist"
+  (source / "classifier").mkdir(parents=True)
+  (source / "classifier" / "stage.json").write_text("{}")
+  spec = reproduce.pinned_runs(str(tmp_path))["mnist_decoder"]
+  assert spec.reuse == ("mnist", ("classifier",)) and spec.defend["stop_after"] == "generator"
+  target = tmp_path / "w" / "mnist_decoder"
+  target.mkdir(parents=True)
+  reproduce.reuse_stages(spec, str(source), str(target), say=lambda _: None)
+  assert (target / "classifier" / "stage.json").exists() and (source / "classifier" / "stage.json").exists()
+  # the pinned MNIST runs differ from the main one only where they mean to
+  runs = reproduce.pinned_runs(str(tmp_path))
+  assert runs["mnist_authors"].defend == {**runs["mnist"].defend, "fine_tune_schedule": "authors",
+                                          "fine_tune_epochs": "100"}
+  assert runs["mnist"].defend["data_dir"] == str(tmp_path) and runs["fashion_mnist"].evaluate == reproduce.EVALUATE
