@@ -35,7 +35,7 @@ DEFEND = {"classifier_epochs": "10", "generator_epochs": "10", "calibration_per_
           "target": "random", "fine_tune_mode": "mix", "fine_tune_eps": "0.1,0.2,0.3",
           "fine_tune_schedule": "lad_tf", "fine_tune_epochs": "10", "seed": "0"}
 EVALUATE = {"attacks": "fgsm,pgd,jsma,cw,apgd,autoattack", "autoattack_version": "standard",
-            "n_per_class": "50", "m_per_class": "5", "baselines": "fgsm,pgd,jsma,cw,clean",
+            "n_per_class": "50", "m_per_class": "50", "targets_per_image": "1", "baselines": "fgsm,pgd,jsma,cw,clean",
             "attack_baselines": "true", "transfer": "true", "blackbox_epochs": "3", "lad_sweep": "true",
             "pgd_iter": "40", "apgd_iter": "100", "cw_iterations": "30", "cw_binary_steps": "4",
             "sanity_n": "200", "seed": "0"}
