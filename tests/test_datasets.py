@@ -113,6 +113,7 @@ def test_svhn_mat_files(tmp_path, digits):
   np.testing.assert_allclose(data.train.x[:], images / 255.0, atol=1e-6)
   streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 16).as_numpy_iterator()])
   np.testing.assert_array_equal(streamed, data.train.x[:])
+  _assert_shuffled_pairs_match(data.train.x, data.train.x[:])
   with pytest.raises(TypeError, match="index the rows you need"):
     np.asarray(data.train.x)
 
@@ -155,6 +156,17 @@ def test_celeba_folder_gives_smiling_labels(tmp_path, digits):
   streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
   np.testing.assert_allclose(streamed, faces, atol=1e-6)
   np.testing.assert_allclose(data.train.take([2, 0]).x[:], faces[[2, 0]], atol=1e-6)
+  _assert_shuffled_pairs_match(data.train.x, faces)
+
+
+def _assert_shuffled_pairs_match(lazy, images):
+  """A shuffled stream keeps each image with its row's value (labels, latents), in a new order."""
+  rows, streamed = [], []
+  for image, row in lazy.pairs(np.arange(len(lazy)), shuffle=True, seed=3).as_numpy_iterator():
+    rows.append(row)
+    streamed.append(image)
+  assert sorted(rows) == list(range(len(lazy))) and rows != sorted(rows)
+  np.testing.assert_allclose(np.stack(streamed), images[rows], atol=1e-6)
 
 
 def test_celeba_attributes_without_smiling(tmp_path, digits):
@@ -262,8 +274,7 @@ def test_tfds_and_local_celeba_give_the_same_faces(tmp_path, monkeypatch):
     np.testing.assert_array_equal(data.train.take([4, 1]).x[:], through_tfds[[4, 1]])
     streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
     np.testing.assert_array_equal(streamed, through_tfds)
-    shuffled = list(datasets.to_tf_dataset(data.train, 6, shuffle=True, seed=1).as_numpy_iterator())[0]
-    assert sorted(x.tobytes() for x in shuffled[0]) == sorted(x.tobytes() for x in through_tfds)
+    _assert_shuffled_pairs_match(data.train.x, through_tfds)
   images = tmp_path / "img_align_celeba"
   images.mkdir()
   for i, record in enumerate(raw):
