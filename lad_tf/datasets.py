@@ -7,37 +7,44 @@ module needs `if dataset == ...`. Images are float32 NHWC in [0, 1]; labels int6
 Sources are tried in this order (unless `source` names one): local files in `data_dir`, the files of
 Debian's `dataset-fashion-mnist` package, then TensorFlow Datasets by name.
 """
+import contextlib
 import dataclasses
 import os
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from lad_tf.sources import DataFormatError, DatasetNotFoundError
-from lad_tf.sources import celeba, digits, idx, svhn, tfds_source
+from lad_tf.sources import celeba, digits, idx, images, svhn, tfds_source
 
 __all__ = ["DatasetSpec", "Split", "Dataset", "REGISTRY", "get_spec", "load", "stratified_indices",
-           "calibration_split", "to_tf_dataset", "DataFormatError", "DatasetNotFoundError"]
+           "calibration_split", "to_tf_dataset", "naming_unreadable_files", "DataFormatError", "DatasetNotFoundError"]
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  x: np.ndarray
+  """Images and their labels. `x` is a float32 array, or for large splits a LazyImages that stands for
+  one (decoded per row or streamed, lad_tf.sources.images); `y` is always an int64 array."""
+  x: Any
   y: np.ndarray
 
   def __len__(self):
     return len(self.y)
 
   def take(self, indices):
-    """The examples at `indices` (images read from files stay unread: see sources.celeba.FaceFiles)."""
-    return Split(self.x.subset(indices) if hasattr(self.x, "subset") else self.x[indices], self.y[indices])
+    """The examples at `indices` (lazy images stay unread)."""
+    return Split(self.x.subset(indices) if self.streamed else self.x[indices], self.y[indices])
+
+  def in_memory(self):
+    """The same examples with the images as a numpy array (for bounded splits: decodes them all)."""
+    return Split(np.asarray(self.x[:], np.float32), self.y) if self.streamed else self
 
   @property
   def streamed(self):
-    """Whether the images are decoded on the fly (files) rather than held in memory."""
-    return hasattr(self.x, "decode")
+    """Whether the images are decoded on the fly rather than held in memory."""
+    return images.is_lazy(self.x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +85,10 @@ _MNIST_EPS = (0.5, 2.0, 5.0, 10.0, 12.0, 15.0, 18.0, 20.0, 25.0)
 
 
 def _celeba_tfds(data_dir):
-  # the same face square as the local folder (celeba.crop_face), not a squash of the whole 178x218
+  # the same face square as the local folder (celeba.crop_face), not a squash of the whole 178x218;
+  # always streamed from the records (162,770 training faces are 32 GB as float32)
   return tfds_source.load("celeb_a", data_dir=data_dir, label_fn=lambda e: e["attributes"]["Smiling"],
-                          image_fn=celeba.crop_face)
+                          image_fn=celeba.crop_face, in_memory_bytes=0)
 
 
 REGISTRY = {
@@ -167,7 +175,8 @@ def _not_found(spec, data_dir, tfds_error):
 
 
 def load(name, data_dir=None, source="auto"):
-  """Loads dataset `name` as numpy splits.
+  """Loads dataset `name`: labels as numpy, images as numpy for the small datasets and as LazyImages
+  (decoded on the fly) for the large ones (CelebA, SVHN, TFDS splits over 256 MB as float32).
 
   Args:
     name: a key of REGISTRY.
@@ -225,25 +234,25 @@ def calibration_split(test, n_per_class, seed=0):
   """Splits the test set into (calibration, evaluation).
 
   The calibration examples (n per class) fit the boundaries and seed the generation; every accuracy
-  lad_tf reports is measured on the evaluation part, which never saw them.
+  lad_tf reports is measured on the evaluation part, which never saw them. The calibration split is
+  always in memory (it is small and its stages index it freely); the evaluation part stays streamed
+  when the test set is.
   """
   chosen = stratified_indices(test.y, n_per_class, seed)
   rest = np.setdiff1d(np.arange(len(test)), chosen)
   if len(rest) < len(chosen) // 2:
     raise ValueError(f"{n_per_class} calibration examples per class leave {len(rest)} of {len(test)} test "
                      f"examples for evaluation: choose fewer per class")
-  return test.take(chosen), test.take(rest)
+  return test.take(chosen).in_memory(), test.take(rest)
 
 
 def to_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True, drop_remainder=False):
-  """A batched, prefetched tf.data pipeline over a Split. Images read from files are shuffled as file
-  names and decoded on the fly (never cached), so memory does not grow with the split."""
+  """A batched, prefetched tf.data pipeline of (x, y) over a Split. Lazy images are streamed
+  (LazyImages.pairs: decoded on the fly, never cached), so memory does not grow with the split;
+  arrays are sliced (and cached) as before."""
   import tensorflow as tf
   if split.streamed:
-    ds = tf.data.Dataset.from_tensor_slices((split.x.paths, split.y))
-    if shuffle:
-      ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda path, y: (split.x.decode(path), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = split.x.pairs(split.y, shuffle=shuffle, seed=seed)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
   ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
   if cache:
@@ -251,3 +260,23 @@ def to_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True, drop_rem
   if shuffle:
     ds = ds.shuffle(min(len(split), 10000), seed=seed, reshuffle_each_iteration=True)
   return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def naming_unreadable_files(*splits):
+  """Turns TensorFlow's decode error from a stream (a corrupt image hit mid-pass: it names no file)
+  into a DataFormatError naming the files and the way out. On such an error, the streamed splits are
+  scanned for the unreadable items (LazyImages.unreadable); other errors pass unchanged."""
+  import tensorflow as tf
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    if not any(word in e.message.lower() for word in ("image", "jpeg", "png", "decode")):
+      raise  # not a decoding error: no scan
+    for split in splits:
+      bad = split.x.unreadable() if split.streamed else []
+      if bad:
+        raise DataFormatError(
+            f"{len(bad)} image(s) cannot be decoded: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+            f"(TensorFlow: {e.message.strip().splitlines()[-1][:200]}). Way out: {split.x.way_out}") from e
+    raise

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import execution, losses
+from lad_tf import datasets, execution, losses, training
 from lad_tf.execution import ExecutionConfig
 from lad_tf.workdir import read_json, write_json
 
@@ -28,22 +28,15 @@ class DecoderConfig:
 
 
 def latents(phi, x, batch_size=512):
-  """phi(x) as float32 numpy, in batches (images read from files are streamed)."""
-  if hasattr(x, "decode"):
-    from lad_tf import datasets
-    images = datasets.to_tf_dataset(datasets.Split(x, np.zeros(len(x), np.int64)), batch_size)
-    return phi.predict(images.map(lambda xb, _: xb), verbose=0).astype(np.float32)
-  return phi.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
+  """phi(x) as float32 numpy, in batches (lazy images are streamed)."""
+  return training.predict(phi, x, batch_size).astype(np.float32)
 
 
 def _pairs(z, x, batch_size, seed=None):
-  """(z, x) batches, shuffled when a seed is given; images read from files are decoded on the fly."""
-  if hasattr(x, "decode"):
-    ds = tf.data.Dataset.from_tensor_slices((z, x.paths))
-    if seed is not None:
-      ds = ds.shuffle(len(z), seed=seed)
-    ds = ds.map(lambda zi, path: (zi, x.decode(path)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  """(z, x) batches, shuffled when a seed is given; lazy images are decoded on the fly."""
+  if datasets.images.is_lazy(x):
+    ds = x.pairs(z, shuffle=seed is not None, seed=seed or 0)
+    return ds.map(lambda xi, zi: (zi, xi)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
   ds = tf.data.Dataset.from_tensor_slices((z, x))
   if seed is not None:
     ds = ds.cache().shuffle(min(len(z), 20000), seed=seed)
@@ -81,17 +74,18 @@ def train_decoder(phi, generator, train, test, config, state_dir):
   run = config.execution
   run.seed_everything()
   z_train, z_test = latents(phi, train.x), latents(phi, test.x)
-  training = execution.Training(generator, loss, run, lambda: keras.optimizers.Adam(config.learning_rate),
-                                name="generator")
+  trainer = execution.Training(generator, loss, run, lambda: keras.optimizers.Adam(config.learning_rate),
+                               name="generator")
   splits = {"train": _pairs(z_train, train.x, 512), "test": _pairs(z_test, test.x, 512)}
-  curve = LossAtEpochs(training, loss, splits, config.loss_at_epochs,
+  curve = LossAtEpochs(trainer, loss, splits, config.loss_at_epochs,
                        os.path.join(state_dir, "loss_at_epoch.json") if state_dir else None)
-  history = training.fit(_pairs(z_train, train.x, config.batch_size, run.seed), config.epochs, state_dir,
-                         callbacks=[curve] if config.loss_at_epochs else ())
-  training.finish()
-  return {
-      "train_loss": execution.evaluate(generator, loss, splits["train"])["loss"],
-      "test_loss": execution.evaluate(generator, loss, splits["test"])["loss"],
-      "history": {k: [float(v) for v in values] for k, values in history.items()},
-      "loss_at_epoch": {e: curve.values[e] for e in sorted(curve.values, key=int)},
-  }
+  with datasets.naming_unreadable_files(train, test):
+    history = trainer.fit(_pairs(z_train, train.x, config.batch_size, run.seed), config.epochs, state_dir,
+                          callbacks=[curve] if config.loss_at_epochs else ())
+    trainer.finish()
+    return {
+        "train_loss": execution.evaluate(generator, loss, splits["train"])["loss"],
+        "test_loss": execution.evaluate(generator, loss, splits["test"])["loss"],
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
+        "loss_at_epoch": {e: curve.values[e] for e in sorted(curve.values, key=int)},
+    }

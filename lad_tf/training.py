@@ -17,11 +17,21 @@ class TrainConfig:
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
+def predict(model, x, batch_size=512):
+  """model.predict over images x, in batches; lazy images (lad_tf.sources.images) are streamed,
+  never decoded whole."""
+  split = datasets.Split(x, np.zeros(len(x), np.int64))
+  if not split.streamed:
+    return model.predict(x, batch_size=batch_size, verbose=0)
+  with datasets.naming_unreadable_files(split):
+    return model.predict(datasets.to_tf_dataset(split, batch_size).map(lambda xb, _: xb), verbose=0)
+
+
 def accuracy(model, x, y, batch_size=512):
   """Top-1 accuracy of a logits model on images x with labels y (nan when x is empty)."""
   if len(x) == 0:
     return float("nan")
-  logits = model.predict(x, batch_size=batch_size, verbose=0)
+  logits = predict(model, x, batch_size)
   return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
@@ -36,7 +46,8 @@ def train_classifier(model, train, test, config, state_dir):
   run.seed_everything()
   train_ds = datasets.to_tf_dataset(train, config.batch_size, shuffle=True, seed=run.seed)
   test_ds = datasets.to_tf_dataset(test, 512)
-  history = execution.fit(model, losses.classification, train_ds, run, config.epochs,
-                          lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
-                          validation_data=test_ds, name="classifier")
+  with datasets.naming_unreadable_files(train, test):
+    history = execution.fit(model, losses.classification, train_ds, run, config.epochs,
+                            lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
+                            validation_data=test_ds, name="classifier")
   return history, accuracy(model, test.x, test.y)

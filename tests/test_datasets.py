@@ -109,7 +109,13 @@ def test_svhn_mat_files(tmp_path, digits):
   data = datasets.load("svhn", data_dir=str(tmp_path))
   assert data.train.x.shape == (40, 32, 32, 3)
   np.testing.assert_array_equal(data.test.y, labels)
-  np.testing.assert_allclose(data.train.x, images / 255.0, atol=1e-6)
+  assert data.train.streamed  # uint8 pixels kept, scaled per row or per streamed batch
+  np.testing.assert_allclose(data.train.x[:], images / 255.0, atol=1e-6)
+  streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 16).as_numpy_iterator()])
+  np.testing.assert_array_equal(streamed, data.train.x[:])
+  _assert_shuffled_pairs_match(data.train.x, data.train.x[:])
+  with pytest.raises(TypeError, match="index the rows you need"):
+    np.asarray(data.train.x)
 
 
 def test_svhn_mat_without_labels(tmp_path, digits):
@@ -143,13 +149,24 @@ def test_celeba_folder_gives_smiling_labels(tmp_path, digits):
   assert len(data.train) + len(data.test) == 12
   all_labels = np.concatenate([data.train.y, data.test.y])
   np.testing.assert_array_equal(all_labels, [1 if i % 3 == 0 else 0 for i in range(12)])
-  assert data.train.streamed and not data.test.streamed  # training faces are decoded on the fly
+  assert data.train.streamed and data.test.streamed  # faces are decoded on the fly, never held whole
   faces = data.train.x[:]
   assert faces.dtype == np.float32 and 0.0 <= faces.min() and faces.max() <= 1.0 and faces.std() > 0.05
   # the tf.data stream decodes the same faces, in order, as indexing does
   streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
   np.testing.assert_allclose(streamed, faces, atol=1e-6)
   np.testing.assert_allclose(data.train.take([2, 0]).x[:], faces[[2, 0]], atol=1e-6)
+  _assert_shuffled_pairs_match(data.train.x, faces)
+
+
+def _assert_shuffled_pairs_match(lazy, images):
+  """A shuffled stream keeps each image with its row's value (labels, latents), in a new order."""
+  rows, streamed = [], []
+  for image, row in lazy.pairs(np.arange(len(lazy)), shuffle=True, seed=3).as_numpy_iterator():
+    rows.append(row)
+    streamed.append(image)
+  assert sorted(rows) == list(range(len(lazy))) and rows != sorted(rows)
+  np.testing.assert_allclose(np.stack(streamed), images[rows], atol=1e-6)
 
 
 def test_celeba_attributes_without_smiling(tmp_path, digits):
@@ -192,20 +209,78 @@ def test_unknown_dataset():
     datasets.get_spec("cifar10")
 
 
-def test_tfds_and_local_celeba_crop_the_same_face_square(tmp_path, monkeypatch):
+def _tiny_face_classifier():
+  import keras
+  inputs = keras.Input((128, 128, 3))
+  x = keras.layers.Conv2D(2, 3, strides=4)(inputs)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, keras.layers.Dense(2)(x))
+
+
+def test_truncated_celeba_jpeg_fails_at_load_naming_the_file(tmp_path, digits):
+  _write_celeba(tmp_path, digits, n=6)
+  broken = tmp_path / "img_align_celeba" / "000004.jpg"
+  broken.write_bytes(broken.read_bytes()[:300])  # a half-downloaded file
+  with pytest.raises(DataFormatError) as error:
+    datasets.load("celeba_smile", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert str(broken) in message and "truncated" in message
+  assert "download CelebA's img_align_celeba again" in message and "remove the file" in message
+
+
+def test_garbled_celeba_jpeg_hit_mid_training_is_named(tmp_path, digits):
+  from lad_tf import training
+  _write_celeba(tmp_path, digits, n=12)
+  data = datasets.load("celeba_smile", data_dir=str(tmp_path))  # all whole JPEGs: loads
+  garbled = data.train.x.paths[5]
+  content = bytearray(open(garbled, "rb").read())
+  content[3:400] = bytes((7 * b + 13) % 256 for b in content[3:400])  # headers garbled, markers intact
+  with open(garbled, "wb") as f:
+    f.write(bytes(content))
+  datasets.celeba.check_files(data.train.x.paths)  # passes the load-time check: only decoding finds it
+  for run in (lambda: training.train_classifier(_tiny_face_classifier(), data.train, data.test,
+                                                training.TrainConfig(epochs=1, batch_size=4), None),
+              lambda: training.accuracy(_tiny_face_classifier(), data.train.x, data.train.y)):
+    with pytest.raises(DataFormatError) as error:
+      run()
+    message = str(error.value)
+    assert message.startswith("1 image(s) cannot be decoded: " + garbled)
+    assert "download CelebA's img_align_celeba again" in message
+  assert data.train.x.unreadable() == [garbled]
+  assert data.test.x.unreadable() == []
+
+
+def test_tfds_and_local_celeba_give_the_same_faces(tmp_path, monkeypatch):
+  """The same record through the TFDS loader (streamed from the records) and, written as a file,
+  through the local folder: the same face square, the same pixels."""
+  import socket
   import tensorflow as tf
-  from lad_tf.sources import celeba, tfds_source
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)
-  image[:20] = 0  # the rows above the face square must not reach the crop
-  path = tmp_path / "face.png"
-  tf.io.write_file(str(path), tf.io.encode_png(image))  # lossless: both paths see the same pixels
-  local = celeba.decode_face(str(path))
-  seen = {}
-  monkeypatch.setattr(tfds_source, "load", lambda name, **kw: seen.update(kw) or {})
-  datasets._celeba_tfds(None)
-  through_tfds = seen["image_fn"](tf.constant(image)).numpy()
-  assert local.shape == through_tfds.shape == (128, 128, 3)
-  np.testing.assert_allclose(through_tfds, local, atol=1e-6)
-  squashed = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (128, 128), antialias=True).numpy()
-  assert np.abs(squashed - local).mean() > 0.05  # the old TFDS path (the whole image squashed) differs
+  import tensorflow_datasets as tfds
+  from lad_tf.sources import celeba
+  monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                                                                 ("127.0.0.1", 0))])
+  with tfds.testing.mock_data(num_examples=6):
+    data = datasets.load("celeba_smile", source="tfds")
+    # the raw records as the loader reads them: image left encoded, decoded by the feature (under
+    # mock_data, a plain as_dataset draws other random images than one with SkipDecoding)
+    builder = tfds.builder("celeb_a")
+    raw = [{"image": builder.info.features["image"].decode_example(r["image"]), "attributes": r["attributes"]}
+           for r in builder.as_dataset(split="train", shuffle_files=False,
+                                       decoders={"image": tfds.decode.SkipDecoding()})]
+    assert data.train.streamed and data.test.streamed and len(data.train) == 6
+    np.testing.assert_array_equal(data.train.y, [int(r["attributes"]["Smiling"]) for r in raw])
+    through_tfds = data.train.x[:]
+    # a subset reads the same records; the stream (in order, and shuffled) decodes the same faces
+    np.testing.assert_array_equal(data.train.take([4, 1]).x[:], through_tfds[[4, 1]])
+    streamed = np.concatenate([xb for xb, _ in datasets.to_tf_dataset(data.train, 4).as_numpy_iterator()])
+    np.testing.assert_array_equal(streamed, through_tfds)
+    _assert_shuffled_pairs_match(data.train.x, through_tfds)
+  images = tmp_path / "img_align_celeba"
+  images.mkdir()
+  for i, record in enumerate(raw):
+    assert record["image"].shape == (218, 178, 3)
+    tf.io.write_file(str(images / f"{i:06d}.png"), tf.io.encode_png(record["image"]))  # lossless
+    local = celeba.decode_face(str(images / f"{i:06d}.png"))
+    np.testing.assert_allclose(local, through_tfds[i], atol=1e-6)
+  squashed = tf.image.resize(tf.cast(raw[0]["image"], tf.float32) / 255.0, (128, 128), antialias=True).numpy()
+  assert np.abs(squashed - through_tfds[0]).mean() > 0.02  # the old TFDS path (the whole image squashed)

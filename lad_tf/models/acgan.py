@@ -304,9 +304,12 @@ def train_acgan(train, image_shape, num_classes, config=ACGANConfig(), state_dir
   """
   from lad_tf.execution import fit_resumable  # pylint: disable=import-outside-toplevel
   trainer = build_trainer(image_shape, num_classes, config)
-  ds = (tf.data.Dataset.from_tensor_slices((np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)))
-        .cache().shuffle(min(len(train.y), 20000), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size, drop_remainder=len(train.y) > config.batch_size).prefetch(tf.data.AUTOTUNE))
+  if train.streamed:  # decoded on the fly (lad_tf.sources.images), never held whole
+    ds = train.x.pairs(np.asarray(train.y, np.int32), shuffle=True, seed=config.seed)
+  else:
+    ds = (tf.data.Dataset.from_tensor_slices((np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)))
+          .cache().shuffle(min(len(train.y), 20000), seed=config.seed, reshuffle_each_iteration=True))
+  ds = ds.batch(config.batch_size, drop_remainder=len(train.y) > config.batch_size).prefetch(tf.data.AUTOTUNE)
   extra = [*callbacks] + ([_EpochLog(progress, config.epochs)] if progress else [])
   if state_dir is None:
     history = trainer.fit(ds, epochs=config.epochs, verbose=config.verbose, callbacks=extra)
@@ -337,7 +340,7 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   Returns acgan.json's content plus "path" (the stage folder).
   """
   import shutil  # pylint: disable=import-outside-toplevel
-  from lad_tf import datasets, workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from lad_tf import datasets, training, workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   say = progress or workdir_lib.log.info
   work = workdir_lib.WorkDir(workdir)
   spec = datasets.get_spec(dataset)
@@ -350,7 +353,7 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
         f"(z {config.noise_dim}-d, width {config.width}, {config.critic_steps} critic steps)")
     model, history = train_acgan(data.train, spec.image_shape, spec.num_classes, config, state_dir=out,
                                  callbacks=callbacks, progress=say)
-    aux_pred = np.argmax(model.critic.predict(data.test.x, batch_size=512, verbose=0)[1], axis=-1)
+    aux_pred = np.argmax(training.predict(model.critic, data.test.x)[1], axis=-1)
     labels = np.repeat(np.arange(spec.num_classes), 100).astype(np.int32)
     samples = model.sample(labels, seed=config.seed + 1)
     info = {**settings, "history": history, "aux_test_accuracy": float(np.mean(aux_pred == data.test.y)),

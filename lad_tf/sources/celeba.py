@@ -9,13 +9,12 @@ import os
 import numpy as np
 
 from lad_tf.sources import DataFormatError
+from lad_tf.sources.images import LazyImages
 
 ATTRIBUTES = "list_attr_celeba.txt"
 PARTITION = "list_eval_partition.txt"
 IMAGES = "img_align_celeba"
 CROP_TOP, CROP_SIZE = 20, 178
-# The paper's sizes: 19,999 training and 2,000 test images.
-DEFAULT_TRAIN, DEFAULT_TEST = 20000, 2000
 
 
 def has_files(directory):
@@ -70,57 +69,92 @@ def crop_face(image, size=128):
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
+WAY_OUT = ("download CelebA's img_align_celeba again (or remove the file and its line from "
+           f"{ATTRIBUTES} and {PARTITION})")
+
+
+def check_files(paths):
+  """Raises DataFormatError naming the images that cannot be whole JPEGs: empty, not starting with
+  the JPEG start marker, or truncated (no end marker in the last bytes). Reads 2 + 64 bytes a file,
+  so a half-downloaded folder fails at load, not hours into training."""
+  bad = []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        head = f.read(3)
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read()
+    except OSError as e:
+      bad.append(f"{path} ({e.strerror})")
+      continue
+    if head != b"\xff\xd8\xff":
+      bad.append(f"{path} (not a JPEG)" if head else f"{path} (empty)")
+    elif b"\xff\xd9" not in tail:
+      bad.append(f"{path} (truncated: no JPEG end marker)")
+  if bad:
+    raise DataFormatError(f"{len(bad)} CelebA image(s) are unreadable: {'; '.join(bad[:5])}"
+                          f"{' ...' if len(bad) > 5 else ''}. Way out: {WAY_OUT}")
+
+
+def _decode(path, size):
+  """A file path tensor -> its face, float32 (size, size, 3) in [0, 1] (TensorFlow ops)."""
+  import tensorflow as tf
+  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  face = crop_face(image, size)
+  face.set_shape([size, size, 3])
+  return face
+
+
 def decode_face(path, size=128):
   import tensorflow as tf
   try:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return _decode(tf.constant(path), size).numpy()
   except tf.errors.OpError as e:
-    raise DataFormatError(f"{path}: not a readable image ({e.message})") from e
-  return crop_face(image, size).numpy()
+    raise DataFormatError(f"{path}: not a readable image ({e.message.strip()}). Way out: {WAY_OUT}") from e
 
 
-class FaceFiles:
-  """The faces of a CelebA split, decoded on demand (memory does not grow with the split): indexing
-  decodes only the files asked for; `decode` is the tf.data map that streams them (datasets.to_tf_dataset).
-  Behaves as the float32 array (N, size, size, 3) it stands for where lad_tf indexes images."""
-  dtype = np.float32
+class FaceFiles(LazyImages):
+  """The faces of a CelebA split as files, decoded on demand: indexing decodes only the rows asked
+  for; `pairs` streams them (file names shuffled, then decoded in parallel)."""
+  way_out = WAY_OUT
 
   def __init__(self, paths, size=128):
     self.paths, self.size = np.asarray(paths, dtype=str), size
+    self.image_shape = (size, size, 3)
 
   def __len__(self):
     return len(self.paths)
 
-  @property
-  def shape(self):
-    return (len(self.paths), self.size, self.size, 3)
+  def read(self, rows):
+    return np.stack([decode_face(p, self.size) for p in self.paths[rows]]).astype(np.float32)
 
-  def __getitem__(self, index):
-    if isinstance(index, (int, np.integer)):
-      return decode_face(self.paths[index], self.size)
-    chosen = self.paths[index]
-    if len(chosen) == 0:
-      return np.zeros((0, self.size, self.size, 3), np.float32)
-    return np.stack([decode_face(p, self.size) for p in chosen]).astype(np.float32)
+  def subset(self, rows):
+    return FaceFiles(self.paths[rows], self.size)
 
-  def subset(self, index):
-    return FaceFiles(self.paths[index], self.size)
-
-  def decode(self, path):
-    """A file path tensor -> its face, float32 (size, size, 3) in [0, 1] (TensorFlow ops)."""
+  def pairs(self, values, shuffle=False, seed=0):
     import tensorflow as tf
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    face = crop_face(image, self.size)
-    face.set_shape([self.size, self.size, 3])
-    return face
+    ds = tf.data.Dataset.from_tensor_slices((self.paths, values))
+    if shuffle:
+      ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda path, v: (_decode(path, self.size), v), num_parallel_calls=tf.data.AUTOTUNE)
+
+  def unreadable(self):
+    """The paths that fail to decode (one parallel pass over the files, decode errors dropped)."""
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(self)), self.paths))
+    ds = ds.map(lambda i, path: (i, tf.shape(_decode(path, self.size))[0]), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors().batch(4096)
+    read = np.concatenate([i for i, _ in ds.as_numpy_iterator()] + [np.zeros(0, np.int64)])
+    return [str(p) for p in np.delete(self.paths, read)]
 
 
-def load(directory, max_train=DEFAULT_TRAIN, max_test=DEFAULT_TEST, size=128):
-  """Train: partition 0 (or the first files), test: partition 2 (or the files after), capped.
+def load(directory, max_train=None, max_test=None, size=128):
+  """Train: partition 0 (or the first files), test: partition 2 (or the last tenth), each optionally
+  capped; both splits are FaceFiles, decoded on the fly, so neither is held in memory whole.
 
-  The training split's images are FaceFiles, decoded on the fly; the test split (capped at max_test)
-  is decoded into memory."""
+  Every listed file is checked to be a whole JPEG first (check_files)."""
   labels = read_attribute(os.path.join(directory, ATTRIBUTES))
   files = sorted(f for f in labels if os.path.isfile(os.path.join(directory, IMAGES, f)))
   if not files:
@@ -130,13 +164,13 @@ def load(directory, max_train=DEFAULT_TRAIN, max_test=DEFAULT_TEST, size=128):
     partition = read_partition(partition_path)
     train_files = [f for f in files if partition.get(f) == 0][:max_train]
     test_files = [f for f in files if partition.get(f) == 2][:max_test]
-  else:  # no official partition: the last tenth (at most max_test) is the test split
-    n_test = min(max_test, max(1, len(files) // 10))
-    train_files, test_files = files[:-n_test][:max_train], files[-n_test:]
+  else:  # no official partition: the last tenth is the test split
+    n_test = max(1, len(files) // 10)
+    train_files, test_files = files[:-n_test][:max_train], files[-n_test:][:max_test]
 
   def read(names):
-    x = FaceFiles([os.path.join(directory, IMAGES, f) for f in names], size)
-    return x, np.array([labels[f] for f in names], dtype=np.int64)
+    paths = [os.path.join(directory, IMAGES, f) for f in names]
+    check_files(paths)
+    return FaceFiles(paths, size), np.array([labels[f] for f in names], dtype=np.int64)
 
-  (train_x, train_y), (test_x, test_y) = read(train_files), read(test_files)
-  return {"train": (train_x, train_y), "test": (test_x[:], test_y)}
+  return {"train": read(train_files), "test": read(test_files)}
