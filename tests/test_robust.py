@@ -154,3 +154,15 @@ def test_guard_rolls_back_a_forced_collapse(setup):
   # the selected epoch is a good one, at least as robust on the held-out images as the start
   assert max(row["pgd10"] for row in history if not row["collapsed"]) >= history[0]["pgd10"]
   assert pgd_accuracy(trained, data.test) > pgd_accuracy(robust_start, data.test) - 0.1
+
+
+def test_bf16_run_returns_a_float32_robust_model(setup):
+  """Under mixed_bfloat16 (ExecutionConfig.precision) the executor trains a bf16 copy, the guard
+  watches that copy, and the float32 weights come back: a float32 model, robust on digits."""
+  data, model, clean_pgd = setup
+  execution = ExecutionConfig(precision="mixed_bfloat16", verbose=0)
+  trained, info = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", execution=execution))
+  assert all(v.dtype == "float32" for v in trained.weights)
+  assert all(layer.dtype_policy.name == "float32" for layer in trained.layers)
+  assert len(info["guard"]["history"]) == 6
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
