@@ -78,13 +78,16 @@ def test_clean_control_stays_within_noise_of_the_original(fgsm_rs_run):
   workdir, _ = fgsm_rs_run
   before = os.path.getmtime(os.path.join(workdir, "classifier", "stage.json"))
   import dataclasses
-  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="clean"), export=False)
+  # (plain SVMs, a short eps grid, no AutoAttack: the control's PGD accuracy is the figure here)
+  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="clean", attention="none",
+                                                           eps_grid=(0.1,), robust_eval="none"), export=False)
   assert os.path.getmtime(os.path.join(workdir, "classifier", "stage.json")) == before
   work, evaluation = WorkDir(workdir), evaluation_split()
   assert metrics["defence"] == "clean"
   original = pgd_accuracy(work.model("classifier"), evaluation)
   assert abs(pgd_accuracy(work.model("defended"), evaluation) - original) < 0.06
-  assert abs(metrics["defended"]["robust_accuracy"] - metrics["original"]["robust_accuracy"]) < 0.06
+  # no robustness stage this time: no figure, rather than fgsm_rs's stale one
+  assert metrics["defended"]["robust_accuracy"] is None and metrics["robust_evaluation"] == {}
 
 
 def test_help_names_every_defence_and_the_default():
