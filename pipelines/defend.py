@@ -74,6 +74,11 @@ def main(argv):
       defence=FLAGS.defence, defence_eps=FLAGS.defence_eps, defence_epochs=FLAGS.defence_epochs,
       defence_train_examples=FLAGS.defence_train_examples, robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
+  if FLAGS.evaluate and FLAGS.defence not in ("lad", "clean"):
+    from lad_tf.errors import ConfigError
+    raise ConfigError(f"--evaluate runs the paper's protocol, which needs LAD's generated set; "
+                      f"--defence={FLAGS.defence} does not make one. Its AutoAttack figures are in "
+                      f"metrics.json (--autoattack); drop --evaluate")
   workdir = common.workdir(FLAGS)
   from pipelines import stages
   metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,
