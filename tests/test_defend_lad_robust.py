@@ -62,3 +62,16 @@ def test_export_is_the_classifier_alone_with_the_keras_predictions(defended):
   np.testing.assert_array_equal(out["classes"].numpy(), np.argmax(logits, -1))
   card = json.load(open(os.path.join(metrics["export_path"], "assets.extra", "model_card.json")))
   assert card["defence"] == "lad_robust" and card["robust_accuracy"] == metrics["defended"]["robust_accuracy"]
+
+
+def test_a_second_run_skips_every_stage(defended, caplog):
+  workdir, first = defended
+  needed = CONFIG.resolved().needed_stages()
+  assert needed == ("classifier", "generator", "boundaries", "defended", "robustness")
+  stamps = {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in needed}
+  with caplog.at_level("INFO", logger="lad_tf"):
+    again = stages.run_defend(workdir, CONFIG)
+  assert {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in needed} == stamps
+  assert sum("done, skipped" in r.getMessage() for r in caplog.records) == len(needed) + 1  # and the export
+  assert again["export_path"] == first["export_path"]
+  assert again["defended"]["robust_accuracy"] == first["defended"]["robust_accuracy"]

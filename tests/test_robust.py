@@ -54,8 +54,9 @@ def setup():
 def lad_parts(setup):
   """LAD's decoder and boundaries for the tiny model (short training: they only steer)."""
   data, model, _ = setup
+  # phi shares the model's layers: freezing it would freeze them in every later test's fine-tuning
+  # copy (train_decoder never trains phi anyway)
   phi, _ = models.split_at_latent(model)
-  phi.trainable = False
   generator = models.build_generator("conv_decoder", 64, (28, 28, 1))
   decoder_lib.train_decoder(phi, generator, data.train, data.test,
                             decoder_lib.DecoderConfig(epochs=3, execution=ExecutionConfig(verbose=0)), None)
@@ -176,3 +177,9 @@ def test_guard_works_under_the_custom_loop(setup):
   trained, info = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", execution=execution))
   assert len(info["guard"]["history"]) == 6 and info["guard"]["selected_epoch"] is not None
   assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
+
+
+def test_every_layer_of_the_classifier_trains(setup, lad_parts):
+  """The fixtures leave the shared model fully trainable, so each method fine-tunes every layer."""
+  _, model, _ = setup
+  assert len(model.trainable_weights) == len(model.weights)

@@ -16,6 +16,7 @@ as lad_tf.defence's Eq. 4 fine-tuning. The decoder and boundaries are used only 
 result is the classifier alone.
 """
 import dataclasses
+import logging
 import time
 from typing import Optional
 
@@ -131,6 +132,10 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   """
   _check(config, generator, boundaries)
   say = log or (lambda _: None)
+  frozen = [layer.name for layer in classifier.layers if layer.weights and not layer.trainable]
+  if frozen:  # e.g. a sub-model (phi.trainable = False) froze the layers it shares with the classifier
+    logging.getLogger("lad_tf").warning("robust.train: layers %s of the classifier are frozen and will not "
+                                        "train (set layer.trainable = True to train them)", frozen)
   lad_classifier = classifier if lad_classifier is None else lad_classifier
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
   rows, held = holdout_split(len(y), config.guard_examples, config.seed)

@@ -117,8 +117,9 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   base = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
   training.train_classifier(base, data.train, datasets.Split(x_eval, y_eval), training.TrainConfig(
       epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, execution=ExecutionConfig(verbose=0, precision=precision)), None)
+  # no phi.trainable = False: phi shares base's layers, and freezing them froze every layer below the
+  # latent in each method's fine-tuning copy (clone_model keeps the flag); train_decoder never trains phi
   phi, _ = models.split_at_latent(base)
-  phi.trainable = False
   latent_dim = int(phi.output_shape[-1])
   try:
     generator = models.build_generator(spec.generator, latent_dim, spec.image_shape)
