@@ -15,7 +15,7 @@ from lad_tf.workdir import WorkDir
 from pipelines import stages
 
 EPS = 0.1
-MARGIN = 0.1  # the boundary-guided start gains less PGD accuracy on digits than N-FGSM alone (test_robust)
+MARGIN = 0.1  # PGD-accuracy gain over the original: 4 short epochs, 259 evaluation images (SE about 0.03)
 CONFIG = pipeline.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, attention="none",
     defence="lad_robust", defence_epochs=4, robust_eval="fast", robust_eval_examples=60,

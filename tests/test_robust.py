@@ -86,8 +86,9 @@ def test_adversarial_methods_raise_pgd_accuracy(setup, method):
 
 
 def test_lad_robust_boundary_guided_start_raises_pgd_accuracy(setup, lad_parts, tmp_path):
-  """Half of each batch starts from the boundary-guided direction. Measured on digits it lifts PGD
-  accuracy less than N-FGSM alone (about +0.18 against +0.43 here), hence its own, smaller margin."""
+  """Half of each batch starts from the boundary-guided direction. Measured on digits with every layer
+  training: PGD-10 0.156 -> 0.557, against N-FGSM alone's 0.579 (one seed; the +0.18 quoted before
+  came from a run whose lower layers were frozen by this file's LAD fixture)."""
   data, model, clean_pgd = setup
   generator, fitted = lad_parts
   options = losses.LadRobustOptions(guided_fraction=0.5)
@@ -95,7 +96,7 @@ def test_lad_robust_boundary_guided_start_raises_pgd_accuracy(setup, lad_parts, 
                             config("lad_robust", options=options, guide_threshold=0.05),
                             generator=generator, boundaries=fitted)
   assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
-  assert pgd_accuracy(trained, data.test) > clean_pgd + 0.1
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
   # the export is the classifier alone: one image input, logits out, the Keras model's predictions
   trained.export(str(tmp_path / "export"), verbose=False)
   served = tf.saved_model.load(str(tmp_path / "export"))
