@@ -98,3 +98,13 @@ def test_help_names_every_defence_and_the_default():
   for name in defences.DEFENCES:
     assert f"{name}: {' '.join(defences.DESCRIPTIONS[name].split())[:40]}" in text
   assert f"(default: '{defences.DEFAULT_DEFENCE}')" in text
+
+
+def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--defence=pgd_at", "--evaluate",
+                           f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": REPO})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --evaluate") and "drop --evaluate" in last
+  assert not os.path.exists(tmp_path / "w" / "classifier")
