@@ -231,10 +231,9 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
       every worker alike; reported as val_<key>.
     verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
     name: what the progress lines call this loop.
-    callbacks: objects with Keras' callback methods; `on_epoch_begin(epoch, logs)` and
-      `on_epoch_end(epoch, logs)` (before each epoch's checkpoint, so weights a callback rolls back are
-      what is saved) and `on_train_begin` / `on_train_end` when they have them; training stops after
-      an epoch where a callback's `stop_training` attribute is True.
+    callbacks: objects with Keras' callback methods: `on_epoch_end(epoch, logs)` after each epoch's
+      checkpoint, and `on_train_begin`, `on_epoch_begin(epoch, logs)`, `on_train_end` when they have
+      them; training stops after an epoch where a callback's `stop_training` attribute is True.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
@@ -307,13 +306,13 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
         figures.update({f"val_{k}": v for k, v in _means(val).items()})
       for key, value in figures.items():
         history.setdefault(key, []).append(value)
-      hook("on_epoch_end", epoch, figures)
       epoch_var.assign(epoch + 1)
       if manager:
         manager.save(checkpoint_number=epoch + 1)
       if verbose and chief:
         log.info("%s epoch %d/%d - %.1fs - %s", name, epoch + 1, epochs, time.time() - start,
                  " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
+      hook("on_epoch_end", epoch, figures)
       if any(getattr(c, "stop_training", False) for c in callbacks):
         break
     hook("on_train_end", None)

@@ -202,13 +202,12 @@ class LossTrainer(keras.Model):
 
 def fit_resumable(model, train_ds, epochs, state_dir, validation_data=None, verbose=2, callbacks=()):
   """model.fit that resumes from `state_dir` after a kill (keras BackupAndRestore at every epoch);
-  state_dir None: plain fit. `callbacks` run before the backup, so a callback that changes the
-  weights at an epoch's end (lad_tf.robust.guard's rollback) is what the backup saves; a callback's
-  on_train_begin therefore sees the weights before a resumed run's restore (use on_epoch_begin)."""
+  state_dir None: plain fit. `callbacks` run after the backup (a callback that stops or kills the run
+  at an epoch's end leaves that epoch saved)."""
   backup = [] if state_dir is None else [keras.callbacks.BackupAndRestore(
       os.path.join(state_dir, "backup"), save_freq="epoch", delete_checkpoint=True)]
   return model.fit(train_ds, epochs=epochs, validation_data=validation_data, verbose=verbose,
-                   callbacks=[*callbacks, *backup])
+                   callbacks=[*backup, *callbacks])
 
 
 class Training:
