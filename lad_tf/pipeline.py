@@ -124,10 +124,8 @@ class DefendConfig:
 
   def needed_stages(self):
     """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
-    lad_parts = self.defence in ("lad", "clean") or (
-        self.defence not in ("lad", "clean") and self.robust_config().needs_lad())
     needed = ["classifier"]
-    if lad_parts:
+    if self.defence in ("lad", "clean") or self.robust_config().needs_lad():
       needed += ["generator", "boundaries"]
     if self.defence in ("lad", "clean"):
       needed.append("generation")
