@@ -231,7 +231,9 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
       every worker alike; reported as val_<key>.
     verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
     name: what the progress lines call this loop.
-    callbacks: objects with Keras' `on_epoch_end(epoch, logs)`, called after each epoch's checkpoint.
+    callbacks: objects with Keras' callback methods: `on_epoch_end(epoch, logs)` after each epoch's
+      checkpoint, and `on_train_begin`, `on_epoch_begin(epoch, logs)`, `on_train_end` when they have
+      them; training stops after an epoch where a callback's `stop_training` attribute is True.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
@@ -286,7 +288,10 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
   chief = is_chief(strategy)
   with _checkpoint_dir(backup, strategy) as write_to:
     manager = tf.train.CheckpointManager(checkpoint, write_to, max_to_keep=1) if write_to else None
+    hook = lambda name, *args: [getattr(c, name)(*args) for c in callbacks if hasattr(c, name)]
+    hook("on_train_begin", None)
     for epoch in range(start_epoch, epochs):
+      hook("on_epoch_begin", epoch, None)
       start = time.time()
       totals = None
       for batch in distributed:
@@ -307,8 +312,10 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
       if verbose and chief:
         log.info("%s epoch %d/%d - %.1fs - %s", name, epoch + 1, epochs, time.time() - start,
                  " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
-      for callback in callbacks:
-        callback.on_epoch_end(epoch, figures)
+      hook("on_epoch_end", epoch, figures)
+      if any(getattr(c, "stop_training", False) for c in callbacks):
+        break
+    hook("on_train_end", None)
   if backup and chief:
     shutil.rmtree(backup, ignore_errors=True)  # as BackupAndRestore(delete_checkpoint=True)
   return history

@@ -202,7 +202,8 @@ class LossTrainer(keras.Model):
 
 def fit_resumable(model, train_ds, epochs, state_dir, validation_data=None, verbose=2, callbacks=()):
   """model.fit that resumes from `state_dir` after a kill (keras BackupAndRestore at every epoch);
-  state_dir None: plain fit."""
+  state_dir None: plain fit. `callbacks` run after the backup (a callback that stops or kills the run
+  at an epoch's end leaves that epoch saved)."""
   backup = [] if state_dir is None else [keras.callbacks.BackupAndRestore(
       os.path.join(state_dir, "backup"), save_freq="epoch", delete_checkpoint=True)]
   return model.fit(train_ds, epochs=epochs, validation_data=validation_data, verbose=verbose,
@@ -213,8 +214,10 @@ class Training:
   """A model, its loss and its optimizer under one ExecutionConfig; `fit` may be called several times
   (the optimizer's state carries over, e.g. on-the-fly fine-tuning with fresh data each epoch).
 
-  The model is trained as a copy built in the strategy's scope when its variables are not;
-  `finish()` copies the trained weights back into the given model and returns it.
+  The model is trained as a copy built in the strategy's scope when its variables are not (or under
+  a mixed precision policy); `self.model` and `self.optimizer` are what trains (callbacks that
+  watch or roll back weights use them), `finish()` copies the trained weights back into the given
+  model and returns it.
   """
 
   def __init__(self, model, loss_fn, execution, optimizer, name="train"):
@@ -238,6 +241,7 @@ class Training:
       with self.strategy.scope():
         self.trainer = LossTrainer(self.model, loss_fn)
         self.trainer.compile(optimizer=optimizer(), jit_compile=execution.jit_compile)
+      self.optimizer = self.trainer.optimizer
 
   def fit(self, data, epochs, state_dir=None, validation_data=None, verbose=None, callbacks=()):
     """Runs (or resumes from state_dir) `epochs` epochs; returns the history dict."""

@@ -1,4 +1,13 @@
-"""The defend pipeline: classifier -> generator -> boundaries -> generation -> fine-tuning.
+"""The defend pipeline: classifier -> generator -> boundaries -> generation -> defended -> robustness.
+
+The defended stage applies DefendConfig.defence (lad_tf.robust.DEFENCES): `lad`, the paper's Eq. 4
+fine-tuning on the generated examples; `clean`, its control (the same fine-tuning with x' = x on the
+same calibration examples); or a robust-training method (`fgsm_rs`, `pgd_at`, `trades`,
+`lad_robust`: lad_tf.robust.train on the training split, the decoder and boundaries only steering
+lad_robust's adversary). Only the stages a defence needs run (the adversarial methods but lad_robust
+need no generator, boundaries or generation). The robustness stage attacks the original and the
+defended classifier with AutoAttack (lad_tf.attacks.autoattack) at the dataset's eps on the same
+evaluation images (never the calibration ones).
 
 Each stage writes one folder of the work directory (lad_tf.workdir) keyed on the fingerprint of the
 settings it depends on (its own and its inputs'): a re-run does nothing, a changed setting reruns
@@ -24,7 +33,7 @@ import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
-from lad_tf import datasets, defence, distribute, execution, figures, generation, models, training
+from lad_tf import datasets, defence, distribute, execution, figures, generation, models, robust, training
 from lad_tf.execution import ExecutionConfig
 from lad_tf import decoder as decoder_lib
 from lad_tf.errors import ConfigError
@@ -32,8 +41,9 @@ from lad_tf.workdir import WorkDir, load_model, read_json, save_model, write_jso
 
 log = logging.getLogger("lad_tf")
 
-STAGES = ("classifier", "generator", "boundaries", "generation", "defended")
+STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
+ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
 
 
 @dataclasses.dataclass
@@ -60,6 +70,12 @@ class DefendConfig:
   fine_tune_epochs: Optional[int] = None    # default: the schedule's
   decoder_loss_epochs: Tuple[int, ...] = ()  # epochs at which the decoder's train / test loss is recorded
   on_the_fly_per_epoch: int = 2000
+  defence: Optional[str] = None             # lad_tf.robust.DEFENCES; default lad_tf.robust.DEFAULT_DEFENCE
+  defence_eps: Optional[float] = None       # robust methods' L-inf eps; default: the spec's attack_eps
+  defence_epochs: int = 5                   # robust methods' epochs (lad and clean: fine_tune_epochs)
+  defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
+  robust_eval: str = "standard"             # ROBUST_EVALS
+  robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
   force: Sequence[str] = ()
   # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
@@ -83,8 +99,23 @@ class DefendConfig:
     if late:
       raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
                         f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
+    defence_name = self.defence or robust.DEFAULT_DEFENCE
+    if defence_name not in robust.DEFENCES:
+      raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(robust.DEFENCES)}")
+    if self.defence_eps is not None and not 0 < self.defence_eps <= 1:
+      raise ConfigError(f"defence_eps is an L-inf radius on [0, 1] images: give one in (0, 1], "
+                        f"got {self.defence_eps}")
+    if self.defence_epochs < 1 or (self.defence_train_examples is not None and self.defence_train_examples < 100):
+      raise ConfigError(f"defence_epochs must be >= 1 and defence_train_examples >= 100, got "
+                        f"{self.defence_epochs} and {self.defence_train_examples}")
+    if defence_name == "clean" and self.fine_tune_mode == "on_the_fly":
+      raise ConfigError("the clean control fine-tunes on the generated set's examples with x' = x: use "
+                        "--fine_tune_mode=mix or eps with --defence=clean")
+    if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
+      raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
+                        f"'{self.robust_eval}' and {self.robust_eval_examples}")
     return dataclasses.replace(
-        self,
+        self, defence=defence_name, defence_eps=float(self.defence_eps or spec.attack_eps),
         latent_layer=self.latent_layer or spec.latent_layer,
         calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
         architecture=self.architecture or spec.classifier,
@@ -95,6 +126,23 @@ class DefendConfig:
         recon_norm=self.recon_norm or spec.recon_norm,
         eps_grid=tuple(self.eps_grid or spec.eps_grid),
         force=tuple(STAGES) if "all" in self.force else tuple(self.force))
+
+  def robust_config(self):
+    """The lad_tf.robust.RobustConfig of a robust defence (of a resolved config)."""
+    return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
+                               latent_layer=self.latent_layer, execution=self.execution)
+
+  def needed_stages(self):
+    """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
+    needed = ["classifier"]
+    if self.defence in ("lad", "clean") or self.robust_config().needs_lad():
+      needed += ["generator", "boundaries"]
+    if self.defence in ("lad", "clean"):
+      needed.append("generation")
+    needed.append("defended")
+    if self.robust_eval != "none":
+      needed.append("robustness")
+    return tuple(needed)
 
 
 def stage_settings(config, spec):
@@ -119,11 +167,21 @@ def stage_settings(config, spec):
   generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
   out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
                        "normal": c.normal, "target": c.target, "adaptive": c.adaptive}
-  tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
-  out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
-                     "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
-                     **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != defence.DEFAULT_SCHEDULE else {}),
-                     **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {})}
+  if c.defence in ("lad", "clean"):
+    tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
+    # lad's settings carry no "defence" key: work directories made before there was a choice stay done
+    out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
+                       "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
+                       **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != defence.DEFAULT_SCHEDULE else {}),
+                       **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {}),
+                       **({"defence": "clean"} if c.defence == "clean" else {})}
+  else:
+    rc = c.robust_config()
+    out["defended"] = {**up("classifier"), **(up("generator", "boundaries") if rc.needs_lad() else {}),
+                       "defence": c.defence, "robust": rc.identity(),
+                       "train_examples": c.defence_train_examples}
+  out["robustness"] = {**up("classifier", "defended"), "attack": "autoattack", "version": c.robust_eval,
+                       "examples": c.robust_eval_examples, "eps": spec.attack_eps}
   return out
 
 
@@ -314,6 +372,8 @@ class DefendRun:
   def defended_stage(self):
     def run(out):
       c = self.config
+      if c.defence not in ("lad", "clean"):
+        return self._robust_training(out)
       classifier = self.classifier()
       tune = self.fine_tune_config()
       if c.fine_tune_mode == "on_the_fly":
@@ -322,16 +382,20 @@ class DefendRun:
         generated = self.work.generated(len(self.calibration))
         rows = defence.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
         index = generated.index[rows]
-        self.say(f"fine-tuning ({c.fine_tune_mode}, eps {', '.join(f'{e:g}' for e in np.unique(generated.eps[rows]))}): "
-                 f"{len(rows)} generated examples, {c.fine_tune_schedule} schedule: {tune.epochs} epochs, "
-                 f"SGD lr {tune.learning_rate:g}, momentum {tune.momentum:g}, batch {tune.batch_size}")
-        defended = defence.fine_tune(classifier, self.calibration.x[index], generated.x_adv[rows],
+        # the clean control: the same examples, schedule and seed, with x' = x
+        x_adv = self.calibration.x[index] if c.defence == "clean" else generated.x_adv[rows]
+        self.say(f"fine-tuning ({c.defence}, {c.fine_tune_mode}, eps "
+                 f"{', '.join(f'{e:g}' for e in np.unique(generated.eps[rows]))}): "
+                 f"{len(rows)} {'clean pairs' if c.defence == 'clean' else 'generated examples'}, "
+                 f"{c.fine_tune_schedule} schedule: {tune.epochs} epochs, SGD lr {tune.learning_rate:g}, "
+                 f"momentum {tune.momentum:g}, batch {tune.batch_size}")
+        defended = defence.fine_tune(classifier, self.calibration.x[index], x_adv,
                                      self.calibration.y[index], tune, state_dir=out)
       accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
       save_model(defended, os.path.join(out, "model.keras"))
       write_json(os.path.join(out, "metrics.json"), {
           "clean_accuracy": accuracy, "mode": c.fine_tune_mode, "eps": list(c.fine_tune_eps),
-          "schedule": c.fine_tune_schedule,
+          "defence": c.defence, "schedule": c.fine_tune_schedule,
           "optimizer": {k: getattr(tune, k) for k in ("epochs", "batch_size", "learning_rate", "momentum")}})
       shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
     return self._stage("defended", run)
@@ -341,6 +405,57 @@ class DefendRun:
     configured epochs, under the run's execution settings."""
     c = self.config
     return defence.schedule_config(c.fine_tune_schedule, c.fine_tune_epochs, execution=c.execution)
+
+  def _robust_training(self, out):
+    """A robust defence (lad_tf.robust.train) fine-tuning the classifier on the training split."""
+    c = self.config
+    rc = c.robust_config()
+    train = self.data.train
+    if c.defence_train_examples and c.defence_train_examples < len(train):
+      train = train.take(np.sort(np.random.default_rng(c.seed).choice(
+          len(train), c.defence_train_examples, replace=False)))
+    if train.streamed:
+      raise ConfigError(f"{self.spec.name}'s training images are read from files; robust training holds "
+                        f"its images in memory: pass --defence_train_examples (e.g. 20000)")
+    lad_parts = {}
+    if rc.needs_lad():
+      lad_parts = {"generator": self.work.model("generator"), "boundaries": self.boundaries()}
+    self.say(f"robust training ({c.defence}: {robust.DESCRIPTIONS[c.defence]}): eps {rc.eps:g}, "
+             f"{rc.epochs} epochs on {len(train)} training images")
+    defended, info = robust.train(self.classifier(), train.x, train.y, rc, log=self.say, state_dir=out,
+                                  **lad_parts)
+    accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
+    save_model(defended, os.path.join(out, "model.keras"))
+    write_json(os.path.join(out, "metrics.json"), {
+        "clean_accuracy": accuracy, "defence": c.defence, "eps": rc.eps, "epochs": rc.epochs,
+        "train_examples": info["train_examples"], "train_s": info["train_s"], "guard": info.get("guard")})
+    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+
+  def robustness_stage(self):
+    """AutoAttack on the original and the defended classifier, the same evaluation images for both."""
+    def run(out):
+      c = self.config
+      from lad_tf.attacks.autoattack import CLEAN, ROBUST, autoattack
+      n = min(c.robust_eval_examples, len(self.evaluation))
+      pick = np.sort(np.random.default_rng(c.seed).choice(len(self.evaluation), n, replace=False))
+      x, y = self.evaluation.x[pick], self.evaluation.y[pick]
+      eps = self.spec.attack_eps
+      result = {"attack": f"AutoAttack {c.robust_eval} (lad_tf.attacks.autoattack)", "version": c.robust_eval,
+                "eps": eps, "examples": n}
+      if n < c.robust_eval_examples:
+        result["note"] = (f"{self.spec.name}'s evaluation split (the test split without the calibration "
+                          f"examples) has {len(self.evaluation)} images, fewer than {c.robust_eval_examples}: "
+                          f"all of them were attacked")
+      for name in ("original", "defended"):
+        model = self.classifier() if name == "original" else self.work.model("defended")
+        self.say(f"robustness: AutoAttack {c.robust_eval} on the {name} classifier, {n} images, eps {eps:g}")
+        _, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed)
+        result[name] = {"robust_accuracy": float(np.mean(broken_by == ROBUST)),
+                        "clean_accuracy": float(np.mean(broken_by != CLEAN)),
+                        "broken_by": {k: int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}
+        self.say(f"robustness: {name}: robust accuracy {result[name]['robust_accuracy']:.4f}")
+      write_json(os.path.join(out, "metrics.json"), result)
+    return self._stage("robustness", run)
 
   def _fine_tune_on_the_fly(self, classifier, tune, out):
     """Each epoch draws fresh training examples, random targets and eps, and decodes them anew."""
@@ -366,21 +481,37 @@ class DefendRun:
 
   # -- summary and export -------------------------------------------------------------------
   def write_metrics(self):
-    read = lambda *p: read_json(self.work.path(*p), {})
+    needed = self.config.needed_stages()
+
+    def read(stage, name):  # only what this run's stages made with its settings (not a stale folder)
+      if stage not in needed or not self.work.done(stage, self.settings[stage]):
+        return {}
+      return read_json(self.work.path(stage, name), {})
     original = read("classifier", "metrics.json")
     defended = read("defended", "metrics.json")
     gen = read("generator", "metrics.json")
     bounds = read("boundaries", "metrics.json")
     summary = read("generation", "summary.json")
+    robustness = read("robustness", "metrics.json")
     attention = bounds.get("attention", self.config.attention)
+    name = defended.get("defence", "lad")
+    lad_like = name in ("lad", "clean")
     metrics = {
         "dataset": self.spec.name,
+        "defence": name,
         "evaluation_examples": len(self.evaluation),
         "calibration_per_class": self.config.calibration_per_class,
-        "original": {"clean_accuracy": original.get("test_accuracy")},
-        "defended": {"clean_accuracy": defended.get("clean_accuracy"), "fine_tune_mode": defended.get("mode"),
-                     "fine_tune_eps": defended.get("eps"), "fine_tune_schedule": defended.get("schedule"),
-                     "fine_tune_optimizer": defended.get("optimizer")},
+        "original": {"clean_accuracy": original.get("test_accuracy"),
+                     "robust_accuracy": robustness.get("original", {}).get("robust_accuracy")},
+        "defended": {"clean_accuracy": defended.get("clean_accuracy"),
+                     "robust_accuracy": robustness.get("defended", {}).get("robust_accuracy"),
+                     **({"fine_tune_mode": defended.get("mode"), "fine_tune_eps": defended.get("eps"),
+                         "fine_tune_schedule": defended.get("schedule"),
+                         "fine_tune_optimizer": defended.get("optimizer")} if lad_like
+                        else {"eps": defended.get("eps"), "epochs": defended.get("epochs"),
+                              "train_examples": defended.get("train_examples"), "train_s": defended.get("train_s"),
+                              "guard_rollbacks": (defended.get("guard") or {}).get("rollbacks")})},
+        "robust_evaluation": {k: v for k, v in robustness.items() if k not in ("original", "defended")},
         "generator": {"train_loss": gen.get("train_loss"), "test_loss": gen.get("test_loss"),
                       "recon_norm": gen.get("recon_norm"), "epochs": gen.get("epochs"),
                       "loss_at_epoch": gen.get("loss_at_epoch")},
@@ -392,13 +523,13 @@ class DefendRun:
                 "targeted_rate": summary.get("targeted_rate"),
                 "inconsistency_rate": summary.get("inconsistency_rate"),
                 "eps_convention": self.config.normal},
-        "stages_s": read("stages.json"),
+        "stages_s": read_json(self.work.path("stages.json"), {}),
     }
     write_json(self.work.path("metrics.json"), metrics)
     if metrics["original"]["clean_accuracy"] is not None and metrics["defended"]["clean_accuracy"] is not None:
       figures.accuracy_bars(self.work.path("figures", "clean_accuracy.png"),
                             {"original": metrics["original"]["clean_accuracy"],
-                             "LAD-defended": metrics["defended"]["clean_accuracy"]})
+                             ("LAD" if name == "lad" else name) + "-defended": metrics["defended"]["clean_accuracy"]})
     return metrics
 
   def run(self, stop_after=None):
@@ -407,7 +538,7 @@ class DefendRun:
     if stop_after is not None and stop_after not in STAGES:
       raise ConfigError(f"stop_after must be one of {STAGES}, got '{stop_after}'")
     try:
-      for stage in STAGES:
+      for stage in self.config.needed_stages():
         getattr(self, f"{stage}_stage")()
         if stage == stop_after:
           break

@@ -2,12 +2,14 @@
 
 lad_tf never imports serving: the defend command runs the library's stages (lad_tf.pipeline), then
 this export stage, keyed like the others on a fingerprint (the defended model's and the export
-settings), so a re-run exports nothing new and a changed defence exports a new version.
+settings), so a re-run exports nothing new and a changed defence exports a new version. The model
+card carries the defence's name and the robustness stage's AutoAttack figures (defended and original,
+same images).
 """
 import logging
 import os
 
-from lad_tf import pipeline
+from lad_tf import pipeline, robust
 from lad_tf.workdir import fingerprint, read_json, write_json
 
 log = logging.getLogger("lad_tf")
@@ -20,14 +22,20 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
   work = run.work
   base = export_base or work.path("export")
   key = fingerprint({"defended": work.stage_fingerprint("defended"), "base": os.path.abspath(base),
-                     "model_name": model_name})
+                     "model_name": model_name,
+                     **({"robustness": work.stage_fingerprint("robustness")}
+                        if metrics["defended"].get("robust_accuracy") is not None else {})})
   previous = read_json(work.path("export.json"), {})
   if previous.get("fingerprint") == key and os.path.isdir(previous.get("path", "")):
     run.say(f"export: done, skipped ({previous['path']})")
     return previous["path"]
+  name = metrics["defence"]
   card = {"dataset": run.spec.name, "clean_accuracy": metrics["defended"]["clean_accuracy"],
           "original_clean_accuracy": metrics["original"]["clean_accuracy"],
-          "defence": "LAD (latent adversarial defence)", "class_names": list(run.spec.class_names)}
+          "defence": name, "defence_description": robust.DESCRIPTIONS[name],
+          "robust_accuracy": metrics["defended"]["robust_accuracy"],
+          "original_robust_accuracy": metrics["original"]["robust_accuracy"],
+          "robust_evaluation": metrics["robust_evaluation"], "class_names": list(run.spec.class_names)}
   report = read_json(work.path("evaluation", "report.json"))
   if report:
     card["robustness"] = report.get("rows")

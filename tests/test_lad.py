@@ -110,7 +110,8 @@ def test_fine_tune_leaves_the_original_untouched():
 # -- the pipeline on digits ---------------------------------------------------------------------
 CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
-                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), execution=QUIET)
+                               eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), robust_eval="fast",
+                               robust_eval_examples=100, execution=QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_pa
   # the target choice is a generation setting: generation and the fine-tuning on its output rerun
   metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
   after = stamps()
-  assert [s for s in pipeline.STAGES if after[s] != before[s]] == ["generation", "defended"]
+  assert [s for s in pipeline.STAGES if after[s] != before[s]] == ["generation", "defended", "robustness"]
   assert metrics["defended"]["clean_accuracy"] > 0.85
   again = stamps()
   stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
@@ -210,6 +211,13 @@ def test_defend_metrics_match_the_pinned_values(defended):
   with open(PINNED) as f:
     pinned = dict(_leaves(json.load(f)))
   got = dict(_leaves({k: v for k, v in metrics.items() if k not in ("stages_s", "export_path")}))
+  # keys added after the pin (issue 13): the defence's name and the robustness stage's figures
+  added = ["defence", "defended.robust_accuracy", "original.robust_accuracy"] + [
+      k for k in got if k.startswith("robust_evaluation.")]
+  assert got.pop("defence") == "lad"
+  for key in added[1:]:
+    value = got.pop(key)
+    assert key.startswith("robust_evaluation.") or 0 <= value <= 1
   assert sorted(got) == sorted(pinned)
   for key, value in pinned.items():
     if isinstance(value, float):

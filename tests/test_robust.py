@@ -54,8 +54,9 @@ def setup():
 def lad_parts(setup):
   """LAD's decoder and boundaries for the tiny model (short training: they only steer)."""
   data, model, _ = setup
+  # phi shares the model's layers: freezing it would freeze them in every later test's fine-tuning
+  # copy (train_decoder never trains phi anyway)
   phi, _ = models.split_at_latent(model)
-  phi.trainable = False
   generator = models.build_generator("conv_decoder", 64, (28, 28, 1))
   decoder_lib.train_decoder(phi, generator, data.train, data.test,
                             decoder_lib.DecoderConfig(epochs=3, execution=ExecutionConfig(verbose=0)), None)
@@ -85,8 +86,9 @@ def test_adversarial_methods_raise_pgd_accuracy(setup, method):
 
 
 def test_lad_robust_boundary_guided_start_raises_pgd_accuracy(setup, lad_parts, tmp_path):
-  """Half of each batch starts from the boundary-guided direction. Measured on digits it lifts PGD
-  accuracy less than N-FGSM alone (about +0.18 against +0.43 here), hence its own, smaller margin."""
+  """Half of each batch starts from the boundary-guided direction. Measured on digits with every layer
+  training: PGD-10 0.156 -> 0.557, against N-FGSM alone's 0.579 (one seed; the +0.18 quoted before
+  came from a run whose lower layers were frozen by this file's LAD fixture)."""
   data, model, clean_pgd = setup
   generator, fitted = lad_parts
   options = losses.LadRobustOptions(guided_fraction=0.5)
@@ -94,7 +96,7 @@ def test_lad_robust_boundary_guided_start_raises_pgd_accuracy(setup, lad_parts, 
                             config("lad_robust", options=options, guide_threshold=0.05),
                             generator=generator, boundaries=fitted)
   assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
-  assert pgd_accuracy(trained, data.test) > clean_pgd + 0.1
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
   # the export is the classifier alone: one image input, logits out, the Keras model's predictions
   trained.export(str(tmp_path / "export"), verbose=False)
   served = tf.saved_model.load(str(tmp_path / "export"))
@@ -154,3 +156,31 @@ def test_guard_rolls_back_a_forced_collapse(setup):
   # the selected epoch is a good one, at least as robust on the held-out images as the start
   assert max(row["pgd10"] for row in history if not row["collapsed"]) >= history[0]["pgd10"]
   assert pgd_accuracy(trained, data.test) > pgd_accuracy(robust_start, data.test) - 0.1
+
+
+def test_bf16_run_returns_a_float32_robust_model(setup):
+  """Under mixed_bfloat16 (ExecutionConfig.precision) the executor trains a bf16 copy, the guard
+  watches that copy, and the float32 weights come back: a float32 model, robust on digits."""
+  data, model, clean_pgd = setup
+  execution = ExecutionConfig(precision="mixed_bfloat16", verbose=0)
+  trained, info = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", execution=execution))
+  assert all(v.dtype == "float32" for v in trained.weights)
+  assert all(layer.dtype_policy.name == "float32" for layer in trained.layers)
+  assert len(info["guard"]["history"]) == 6
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
+
+
+def test_guard_works_under_the_custom_loop(setup):
+  """The multi-worker custom loop (here forced on the default strategy) calls the guard's hooks: its
+  checks run every epoch, and the robust result matches Keras fit's."""
+  data, model, clean_pgd = setup
+  execution = ExecutionConfig(loop="custom", verbose=0)
+  trained, info = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", execution=execution))
+  assert len(info["guard"]["history"]) == 6 and info["guard"]["selected_epoch"] is not None
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
+
+
+def test_every_layer_of_the_classifier_trains(setup, lad_parts):
+  """The fixtures leave the shared model fully trainable, so each method fine-tunes every layer."""
+  _, model, _ = setup
+  assert len(model.trainable_weights) == len(model.weights)

@@ -19,11 +19,12 @@ from lad_tf.robust import adversaries as adv
 
 
 class OverfittingGuard(keras.callbacks.Callback):
-  """Watches a RobustTrainer (its `classifier` and `loss_fn.step_scale`).
+  """Watches one training of lad_tf.execution (`watch(model, optimizer)`) and a loss's step scale.
 
   Args:
     x, y: held-out training images and labels (about 1,000).
     eps: L-inf radius of the PGD-10 and FGSM checks.
+    step_scale: the loss's step-scale variable (lad_tf.robust.losses), shrunk after a collapse.
     max_drop: a PGD-accuracy fall (fraction) beyond this from the last good epoch is a collapse.
     max_gap: FGSM minus PGD accuracy beyond this is a collapse.
     shrink: factor applied to the step after a collapse.
@@ -31,22 +32,30 @@ class OverfittingGuard(keras.callbacks.Callback):
     select_best: restore the best held-out PGD epoch when training ends.
     batch_size: images per PGD batch.
     log: optional callable(str).
-  After training, `history` lists one dict per check (epoch 0: before training); `seconds` is the
-  time the checks took.
+  After training, `history` lists one dict per check (the first: before the first epoch this run
+  trains, i.e. after a resumed run's restore); `seconds` is the time the checks took. The model
+  watched may compute in bfloat16 (its variables stay float32, which the guard saves and restores).
   """
 
-  def __init__(self, x, y, eps, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
+  def __init__(self, x, y, eps, step_scale, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
                select_best=True, batch_size=500, log=None):
     super().__init__()
     self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
-    self.eps, self.max_drop, self.max_gap = float(eps), max_drop, max_gap
+    self.eps, self.step_scale, self.max_drop, self.max_gap = float(eps), step_scale, max_drop, max_gap
     self.shrink, self.min_step_scale, self.select_best = shrink, min_step_scale, select_best
     self.batch_size, self.log = batch_size, log or (lambda _: None)
     self.history, self.rollbacks, self.seconds = [], 0, 0.0
+    self.classifier = self.optimizer = None
+    self.stop_training, self.selected_epoch = False, None
     self._check = None
+    self._started = False
+
+  def watch(self, classifier, optimizer):
+    """The model being trained (logits) and its optimizer (lad_tf.execution.Training's)."""
+    self.classifier, self.optimizer = classifier, optimizer
 
   def _accuracies(self):
-    classifier = self.model.classifier
+    classifier = self.classifier
     if self._check is None:
       eps = self.eps
 
@@ -64,50 +73,61 @@ class OverfittingGuard(keras.callbacks.Callback):
     return totals / len(self.y)
 
   def _state(self):
-    return ([v.numpy() for v in self.model.classifier.weights],
-            [v.numpy() for v in self.model.optimizer.variables])
+    return ([v.numpy() for v in self.classifier.weights], [v.numpy() for v in self.optimizer.variables])
 
   def _restore(self, state):
-    for v, value in zip(self.model.classifier.weights, state[0]):
+    for v, value in zip(self.classifier.weights, state[0]):
       v.assign(value)
-    if self.model.optimizer.variables and len(state[1]) == len(self.model.optimizer.variables):
-      for v, value in zip(self.model.optimizer.variables, state[1]):
+    if self.optimizer.variables and len(state[1]) == len(self.optimizer.variables):
+      for v, value in zip(self.optimizer.variables, state[1]):
         v.assign(value)
 
-  def _record(self, epoch, collapsed):
+  def _record(self, epoch):
     start = time.perf_counter()
     clean, fgsm, pgd = self._accuracies()
     self.seconds += time.perf_counter() - start
     row = {"epoch": epoch, "clean": clean, "fgsm": fgsm, "pgd10": pgd,
-           "step_scale": float(self.model.loss_fn.step_scale.numpy()), "collapsed": False}
+           "step_scale": float(self.step_scale.numpy()), "collapsed": False}
     self.history.append(row)
     return row
 
-  def on_train_begin(self, logs=None):
-    row = self._record(0, False)
+  def on_epoch_begin(self, epoch, logs=None):
+    # the start's check waits for the first epoch: a resumed run's backup is restored by then
+    if self._started:
+      return
+    if self.classifier is None:
+      raise ValueError("OverfittingGuard: call watch(model, optimizer) before training")
+    self._started = True
+    row = self._record(epoch)
     self._good, self._good_row = self._state(), row
     self._best, self._best_row = self._good, row
-    self.log(f"guard: start: clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} pgd10 {row['pgd10']:.3f}")
+    self.log(f"guard: start (epoch {epoch}): clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} "
+             f"pgd10 {row['pgd10']:.3f}")
+
+  def _stop(self):
+    self.stop_training = True
+    trainer = getattr(self, "_model", None)  # the LossTrainer under Keras fit
+    if trainer is not None:
+      trainer.stop_training = True
 
   def on_epoch_end(self, epoch, logs=None):
-    row = self._record(epoch + 1, False)
+    row = self._record(epoch + 1)
     drop = self._good_row["pgd10"] - row["pgd10"]
     gap = row["fgsm"] - row["pgd10"]
     if drop > self.max_drop or gap > self.max_gap:
       row["collapsed"] = True
       self.rollbacks += 1
       self._restore(self._good)
-      scale = self.model.loss_fn.step_scale
-      new_scale = float(scale.numpy()) * self.shrink
+      new_scale = float(self.step_scale.numpy()) * self.shrink
       row["rolled_back_to"] = self._good_row["epoch"]
       self.log(f"guard: epoch {epoch + 1}: collapse (pgd10 {row['pgd10']:.3f}, fgsm {row['fgsm']:.3f}, "
                f"last good {self._good_row['pgd10']:.3f} at epoch {self._good_row['epoch']}): rolled back, "
                f"step scale -> {new_scale:g}")
       if new_scale < self.min_step_scale:
-        self.model.stop_training = True
+        self._stop()
         self.log("guard: step scale below its floor: training stops at the last good epoch")
       else:
-        scale.assign(new_scale)
+        self.step_scale.assign(new_scale)
     else:
       self._good, self._good_row = self._state(), row
       if row["pgd10"] >= self._best_row["pgd10"]:
@@ -118,6 +138,8 @@ class OverfittingGuard(keras.callbacks.Callback):
       logs.update(guard_pgd10=row["pgd10"], guard_fgsm=row["fgsm"], guard_clean=row["clean"])
 
   def on_train_end(self, logs=None):
+    if not self._started:  # a resumed run that had no epoch left
+      return
     chosen = self._best_row if self.select_best else self._good_row
     self._restore(self._best if self.select_best else self._good)
     self.selected_epoch = chosen["epoch"]

@@ -9,9 +9,14 @@
   trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
   lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
 
-The decoder and boundaries are used only while training; the result is the classifier alone.
+Every method trains through lad_tf.execution (one training path: the ExecutionConfig's strategy,
+seeding, precision with float32 weights copied back, per-epoch backups in `state_dir`): the
+adversarial methods as a per-example loss over `{"image": x, ...extras}` batches, `clean` and `lad`
+as lad_tf.defence's Eq. 4 fine-tuning. The decoder and boundaries are used only while training; the
+result is the classifier alone.
 """
 import dataclasses
+import logging
 import time
 from typing import Optional
 
@@ -19,12 +24,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import defence
+from lad_tf import defence, execution
+from lad_tf.defences import DESCRIPTIONS
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
-from lad_tf.robust.trainer import RobustTrainer
 
-METHODS = ("standard", "clean", "lad", "fgsm_rs", "pgd_at", "trades", "lad_robust")
+METHODS = tuple(DESCRIPTIONS)
 SINGLE_STEP = ("fgsm_rs", "lad_robust")
 
 
@@ -37,7 +42,6 @@ class RobustConfig:
   epochs: int = 5
   batch_size: int = 128
   learning_rate: float = 1e-3
-  seed: int = 0
   pgd_steps: int = 10
   trades_beta: float = 6.0
   fgsm_alpha: float = 1.25
@@ -50,7 +54,26 @@ class RobustConfig:
   guard_max_drop: float = 0.2
   guard_max_gap: float = 0.3
   latent_layer: str = "latent"
-  verbose: int = 0
+  # seed, strategy, precision, verbosity of the training (lad_tf.execution)
+  execution: ExecutionConfig = dataclasses.field(default_factory=lambda: ExecutionConfig(verbose=0))
+
+  @property
+  def seed(self):
+    return self.execution.seed
+
+  def needs_lad(self):
+    """Whether this method uses LAD's generator and boundaries."""
+    o = self.options
+    return self.method == "lad" or (self.method == "lad_robust" and (
+        o.guided_fraction > 0 or o.targeted or o.manifold_weight > 0))
+
+  def identity(self):
+    """The settings that decide the trained model (not how it is computed): a stage fingerprint's
+    input."""
+    out = dataclasses.asdict(self)
+    out.pop("execution")
+    out["seed"] = self.seed
+    return out
 
 
 def make_loss(config):
@@ -74,9 +97,7 @@ def _check(config, generator, boundaries):
     raise ValueError(f"unknown method '{config.method}'; one of {', '.join(METHODS)}")
   if not config.eps > 0:
     raise ValueError(f"eps must be > 0, got {config.eps}")
-  needs_lad = config.method == "lad" or (config.method == "lad_robust" and (
-      config.options.guided_fraction > 0 or config.options.targeted or config.options.manifold_weight > 0))
-  if needs_lad and (generator is None or boundaries is None):
+  if config.needs_lad() and (generator is None or boundaries is None):
     raise ValueError(f"method '{config.method}' with these options needs LAD's generator and boundaries "
                      f"(run `python -m pipelines.defend` once, or pass generator= and boundaries=)")
 
@@ -89,7 +110,7 @@ def holdout_split(n, holdout, seed):
 
 
 def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=None, log=None,
-          lad_classifier=None):
+          lad_classifier=None, state_dir=None):
   """Trains a copy of `classifier` with config.method on training images x, labels y.
 
   Args:
@@ -97,22 +118,28 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
       from scratch); left unchanged.
     x, y: training images (float32 NHWC in [0, 1]) and int labels. config.guard_examples of them are
       held out for the guard (the same rows for every method of a seed), the rest train.
-    config: RobustConfig.
+    config: RobustConfig (config.execution: strategy, seed, precision, verbosity).
     generator, boundaries: LAD's decoder and the classifier's fitted boundaries (for `lad`, and for
       `lad_robust` with a guided start, a targeted step or the on-manifold term).
     log: optional callable(str) for progress lines.
     lad_classifier: the classifier the generator and boundaries belong to (default: `classifier`;
       pass the trained one when `classifier` is a fresh model trained from scratch).
+    state_dir: folder for per-epoch backups so a killed run resumes there (None: no backups).
   Returns:
-    (model, info): the trained classifier (keras.Model, logits) and a dict with train_s (wall time,
-    including the boundary-guided precomputation and the guard), prepare_s, guard history, epochs run.
+    (model, info): the trained classifier (keras.Model, logits, float32 weights) and a dict with
+    train_s (wall time, including the boundary-guided precomputation and the guard), prepare_s, guard
+    history, epochs run.
   """
   _check(config, generator, boundaries)
   say = log or (lambda _: None)
+  frozen = [layer.name for layer in classifier.layers if layer.weights and not layer.trainable]
+  if frozen:  # e.g. a sub-model (phi.trainable = False) froze the layers it shares with the classifier
+    logging.getLogger("lad_tf").warning("robust.train: layers %s of the classifier are frozen and will not "
+                                        "train (set layer.trainable = True to train them)", frozen)
   lad_classifier = classifier if lad_classifier is None else lad_classifier
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
   rows, held = holdout_split(len(y), config.guard_examples, config.seed)
-  keras.utils.set_random_seed(config.seed)
+  config.execution.seed_everything()
   start = time.perf_counter()
   info = {"method": config.method, "epochs": config.epochs, "train_examples": int(len(rows))}
   if config.method in ("clean", "lad"):
@@ -122,8 +149,9 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
                                       latent_layer=config.latent_layer, seed=config.seed,
                                       need=("decoded",))["decoded"]
     info["prepare_s"] = time.perf_counter() - start
-    model = defence.fine_tune(classifier, x[rows], x_adv, y[rows], defence.FineTuneConfig(
-        epochs=config.epochs, execution=ExecutionConfig(seed=config.seed, verbose=config.verbose)))
+    model = defence.fine_tune(classifier, x[rows], x_adv, y[rows],
+                              defence.FineTuneConfig(epochs=config.epochs, execution=config.execution),
+                              state_dir=state_dir)
     info["train_s"] = time.perf_counter() - start
     return model, info
   loss_fn = make_loss(config)
@@ -138,21 +166,23 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   ds = tf.data.Dataset.from_tensor_slices((inputs, y[rows])).shuffle(
       min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
           config.batch_size).prefetch(tf.data.AUTOTUNE)
-  trainer = RobustTrainer(defence.clone_classifier(classifier), loss_fn)
-  trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+  training = execution.Training(defence.clone_classifier(classifier), loss_fn, config.execution,
+                                lambda: keras.optimizers.Adam(config.learning_rate), name=config.method)
   use_guard = config.method in SINGLE_STEP if config.guard is None else config.guard
   callbacks = []
   if use_guard:
     if len(held) == 0:
       raise ValueError("the guard needs held-out training images: set guard_examples > 0")
-    guard = guard_lib.OverfittingGuard(x[held], y[held], config.eps, max_drop=config.guard_max_drop,
-                                       max_gap=config.guard_max_gap, log=say)
+    guard = guard_lib.OverfittingGuard(x[held], y[held], config.eps, loss_fn.step_scale,
+                                       max_drop=config.guard_max_drop, max_gap=config.guard_max_gap, log=say)
+    guard.watch(training.model, training.optimizer)
     callbacks.append(guard)
-  history = trainer.fit(ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks).history
+  history = training.fit(ds, config.epochs, state_dir, callbacks=callbacks)
+  model = training.finish()
   info["train_s"] = time.perf_counter() - start
   info["loss"] = [float(v) for v in history.get("loss", [])]
   if use_guard:
     info["guard"] = {"history": guard.history, "rollbacks": guard.rollbacks,
                      "selected_epoch": guard.selected_epoch,
                      "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
-  return trainer.classifier, info
+  return model, info

@@ -103,6 +103,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig, with_policy
 
   say = lambda message: print(message, flush=True)
+  # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
+  precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
   data = datasets.load(dataset, data_dir)
   eps = float(eps or DATASET_EPS.get(dataset, spec.attack_eps))
@@ -125,9 +127,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   keras.utils.set_random_seed(0)
   base = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
   training.train_classifier(base, data.train, datasets.Split(x_eval, y_eval), training.TrainConfig(
-      epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, execution=ExecutionConfig(verbose=0)), None)
+      epochs=pretrain_epochs, batch_size=spec.classifier_batch_size, execution=ExecutionConfig(verbose=0, precision=precision)), None)
+  # no phi.trainable = False: phi shares base's layers, and freezing them froze every layer below the
+  # latent in each method's fine-tuning copy (clone_model keeps the flag); train_decoder never trains phi
   phi, _ = models.split_at_latent(base)
-  phi.trainable = False
   latent_dim = int(phi.output_shape[-1])
   try:
     generator = models.build_generator(spec.generator, latent_dim, spec.image_shape)
@@ -137,7 +140,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                                              replace=False)
   gen_result = decoder_lib.train_decoder(
       phi, generator, data.train.take(gen_rows), calibration, decoder_lib.DecoderConfig(
-          epochs=generator_epochs, recon_norm=spec.recon_norm, execution=ExecutionConfig(verbose=0)), None)
+          epochs=generator_epochs, recon_norm=spec.recon_norm, execution=ExecutionConfig(verbose=0, precision=precision)), None)
   fitted = boundary.fit_boundaries(decoder_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
                                    boundary.BoundaryConfig(mode=attention))
   setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack),
@@ -189,8 +192,9 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
       if opts is not None and not full_ablation and name not in core:
         continue
       method = "lad_robust" if opts is not None else name
-      config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, seed=s, learning_rate=learning_rate,
+      config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
                                    guard_examples=guard_examples,
+                                   execution=ExecutionConfig(seed=s, verbose=0, precision=precision),
                                    **({"options": opts} if opts is not None else {}))
       if init == "scratch":
         keras.utils.set_random_seed(s)

@@ -1,0 +1,24 @@
+"""The defences lad_tf offers, by name, and the default: plain data (no TensorFlow), so command lines
+can list them in --help without starting TensorFlow. lad_tf.robust re-exports them; `train` there
+implements every one (lad_tf.robust.methods), the defend pipeline applies one (lad_tf.pipeline)."""
+
+# What each method is, in one line (pipelines.defend's --help, the README and the model card say it).
+DESCRIPTIONS = {
+    "standard": "clean training, CE(f(x), y): no defence (the robust benchmark's cost reference)",
+    "lad": "the paper's latent adversarial defence: Eq. 4 fine-tuning on decoded boundary-crossing "
+           "examples (holds against fixed adversarial sets, not against a white-box attacker)",
+    "clean": "LAD's control: the same Eq. 4 fine-tuning (examples, schedule, seed) with x' = x",
+    "fgsm_rs": "FGSM adversarial training with a random start (Wong et al. 2020): one input-space step "
+               "per batch, about 2x the cost of clean training",
+    "pgd_at": "PGD-10 adversarial training (Madry et al. 2018): the standard, about 11x the cost",
+    "trades": "TRADES (Zhang et al. 2019): CE + 6 KL(clean || adversarial), 10-step inner maximisation",
+    "lad_robust": "ours: one N-FGSM input-space step per batch, half the batch starting from LAD's "
+                  "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
+}
+
+# The defences `python -m pipelines.defend --defence=NAME` offers (every method but the cost reference).
+DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "lad_robust")
+
+# The defence `pipelines.defend` applies without --defence: the paper's method until the robust
+# benchmark (pipelines/benchmarks/robust.py, issue 13 section 4) says which protects best.
+DEFAULT_DEFENCE = "lad"

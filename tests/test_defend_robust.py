@@ -1,0 +1,110 @@
+"""`python -m pipelines.defend --defence=...` on digits: the robust defences through the command line
+and the stage mechanism, what metrics.json and the model card report.
+
+What the defences must achieve: fgsm_rs lifts PGD-10 accuracy at eps 0.1 on the evaluation images well
+above the original's; the clean control stays within noise of the original's.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lad_tf import datasets, pipeline
+from lad_tf.execution import ExecutionConfig
+from lad_tf.robust import adversaries
+from lad_tf.workdir import WorkDir
+from pipelines import stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.1
+MARGIN = 0.15
+FLAGS = {"classifier_epochs": 8, "generator_epochs": 5, "calibration_per_class": 10, "fine_tune_epochs": 3,
+         "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 100}
+# the same settings as the command line's, for the library calls that share its work directory
+CONFIG = pipeline.DefendConfig(
+    dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, fine_tune_epochs=3,
+    defence_epochs=4, robust_eval="fast", robust_eval_examples=100, execution=ExecutionConfig(verbose=0))
+
+
+def pgd_accuracy(model, split):
+  x_adv = adversaries.pgd(model, tf.constant(split.x), tf.constant(split.y), EPS, steps=10)
+  return float(np.mean(np.argmax(model.predict(x_adv.numpy(), verbose=0), -1) == split.y))
+
+
+def evaluation_split():
+  data = datasets.load("digits")
+  return datasets.calibration_split(data.test, CONFIG.calibration_per_class, CONFIG.seed)[1]
+
+
+@pytest.fixture(scope="module")
+def fgsm_rs_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("defend"))
+  args = [f"--{k}={v}" for k, v in FLAGS.items()]
+  result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--dataset=digits", "--defence=fgsm_rs",
+                           f"--workdir={workdir}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    return workdir, json.load(f)
+
+
+def test_fgsm_rs_raises_pgd_accuracy_and_metrics_say_so(fgsm_rs_run):
+  workdir, metrics = fgsm_rs_run
+  work, evaluation = WorkDir(workdir), evaluation_split()
+  original = pgd_accuracy(work.model("classifier"), evaluation)
+  defended = pgd_accuracy(work.model("defended"), evaluation)
+  assert defended > original + MARGIN, (original, defended)
+  assert metrics["defence"] == "fgsm_rs"
+  assert metrics["defended"]["clean_accuracy"] > 0.85
+  # AutoAttack on the same evaluation images (never calibration ones) for both models
+  robust_eval = metrics["robust_evaluation"]
+  assert robust_eval["version"] == "fast" and robust_eval["eps"] == EPS and robust_eval["examples"] == 100
+  assert "note" not in robust_eval  # the split holds the 100 asked for
+  assert metrics["defended"]["robust_accuracy"] > metrics["original"]["robust_accuracy"] + 0.1
+  # only the stages fgsm_rs needs ran: no decoder, boundaries or generation
+  assert not any(os.path.exists(os.path.join(workdir, s)) for s in ("generator", "boundaries", "generation"))
+  card = json.load(open(os.path.join(metrics["export_path"], "assets.extra", "model_card.json")))
+  assert card["defence"] == "fgsm_rs" and "Wong" in card["defence_description"]
+  assert card["robust_accuracy"] == metrics["defended"]["robust_accuracy"]
+  assert card["original_robust_accuracy"] == metrics["original"]["robust_accuracy"]
+
+
+def test_clean_control_stays_within_noise_of_the_original(fgsm_rs_run):
+  """The same work directory, --defence=clean: the classifier is reused, the defended stage reruns."""
+  workdir, _ = fgsm_rs_run
+  before = os.path.getmtime(os.path.join(workdir, "classifier", "stage.json"))
+  import dataclasses
+  # (plain SVMs, a short eps grid, no AutoAttack: the control's PGD accuracy is the figure here)
+  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="clean", attention="none",
+                                                           eps_grid=(0.1,), robust_eval="none"), export=False)
+  assert os.path.getmtime(os.path.join(workdir, "classifier", "stage.json")) == before
+  work, evaluation = WorkDir(workdir), evaluation_split()
+  assert metrics["defence"] == "clean"
+  original = pgd_accuracy(work.model("classifier"), evaluation)
+  assert abs(pgd_accuracy(work.model("defended"), evaluation) - original) < 0.06
+  # no robustness stage this time: no figure, rather than fgsm_rs's stale one
+  assert metrics["defended"]["robust_accuracy"] is None and metrics["robust_evaluation"] == {}
+
+
+def test_help_names_every_defence_and_the_default():
+  result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+  from lad_tf import defences
+  text = " ".join(result.stdout.split())
+  for name in defences.DEFENCES:
+    assert f"{name}: {' '.join(defences.DESCRIPTIONS[name].split())[:40]}" in text
+  assert f"(default: '{defences.DEFAULT_DEFENCE}')" in text
+
+
+def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--defence=pgd_at", "--evaluate",
+                           f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": REPO})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --evaluate") and "drop --evaluate" in last
+  assert not os.path.exists(tmp_path / "w" / "classifier")
