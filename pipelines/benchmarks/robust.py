@@ -21,7 +21,6 @@ same optimizer, epochs and data) in the same seed, side by side on the same mach
 The ablation trains lad_robust's parts cumulatively: N-FGSM alone, + boundary-guided start (the
 default `lad_robust`, which is this row), + targeted step, + on-manifold term, + TRADES loss.
 """
-import dataclasses
 import json
 import os
 import time
@@ -100,7 +99,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   import keras
   from lad_tf import boundary, datasets, models, robust, training
   from lad_tf import decoder as decoder_lib
-  from lad_tf.execution import ExecutionConfig, with_policy
+  from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
@@ -201,8 +200,6 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         start = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
       else:
         start = base
-      if bfloat16:  # the methods train under mixed_bfloat16; the setup and evaluation stay float32
-        start = with_policy(start, "mixed_bfloat16")
       trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
                                    lad_classifier=base, log=say)
       figures = evaluate(trained, x_eval, y_eval, eps, autoattack)
