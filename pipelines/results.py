@@ -88,11 +88,14 @@ def attack_label(row, report):
 
 
 def row_size(row, report):
-  """n as images, and (image, target) pairs for targeted rows."""
-  if row.get("targeted"):
+  """Distinct source images, and (image, target) pairs for targeted rows (report.json's n_images /
+  n_pairs; reports older than those keys attacked every other class of n / (classes - 1) images)."""
+  if row.get("n_pairs") is not None:
+    return f"{row['n_images']} images, {row['n_pairs']} (image, target) pairs"
+  if row.get("targeted") and "n_images" not in row:
     classes = len(report.get("class_names") or []) or 10
     return f"{row['n'] // max(1, classes - 1)} images x {classes - 1} targets"
-  return f"{row['n']} images"
+  return f"{row.get('n_images', row['n'])} images"
 
 
 def baselines(report):
