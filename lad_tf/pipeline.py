@@ -27,162 +27,18 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
 from lad_tf import datasets, defence, distribute, execution, figures, generation, models, robust, training
-from lad_tf.execution import ExecutionConfig
 from lad_tf import decoder as decoder_lib
+from lad_tf.defend_config import STAGES, DefendConfig, stage_settings
 from lad_tf.errors import ConfigError
 from lad_tf.workdir import WorkDir, load_model, read_json, save_model, write_json
 
 log = logging.getLogger("lad_tf")
-
-STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
-FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
-ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
-
-
-@dataclasses.dataclass
-class DefendConfig:
-  """Everything `run_defend` needs; None fields take the dataset spec's defaults."""
-  dataset: str = "digits"
-  data_dir: Optional[str] = None
-  classifier_path: Optional[str] = None     # a user's Keras classifier (.keras) instead of training one
-  latent_layer: Optional[str] = None        # default: the spec's ("latent")
-  architecture: Optional[str] = None        # zoo classifier to train; default: the spec's
-  generator_architecture: Optional[str] = None
-  calibration_per_class: Optional[int] = None
-  classifier_epochs: Optional[int] = None
-  generator_epochs: Optional[int] = None
-  recon_norm: Optional[str] = None
-  attention: str = "authors"
-  eps_grid: Optional[Tuple[float, ...]] = None
-  normal: str = "relative"
-  target: str = "random"
-  adaptive: bool = False
-  fine_tune_mode: str = "mix"
-  fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
-  fine_tune_schedule: str = defence.DEFAULT_SCHEDULE  # defence.FINE_TUNE_SCHEDULES: "lad_tf" or "authors"
-  fine_tune_epochs: Optional[int] = None    # default: the schedule's
-  decoder_loss_epochs: Tuple[int, ...] = ()  # epochs at which the decoder's train / test loss is recorded
-  on_the_fly_per_epoch: int = 2000
-  defence: Optional[str] = None             # lad_tf.robust.DEFENCES; default lad_tf.robust.DEFAULT_DEFENCE
-  defence_eps: Optional[float] = None       # robust methods' L-inf eps; default: the spec's attack_eps
-  defence_epochs: int = 5                   # robust methods' epochs (lad and clean: fine_tune_epochs)
-  defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
-  robust_eval: str = "standard"             # ROBUST_EVALS
-  robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
-  force: Sequence[str] = ()
-  # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
-  execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
-
-  @property
-  def seed(self):
-    return self.execution.seed
-
-  def resolved(self):
-    spec = datasets.get_spec(self.dataset)
-    if self.fine_tune_mode not in FINE_TUNE_MODES:
-      raise ConfigError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
-    if self.latent_layer and not self.classifier_path:
-      raise ConfigError("--latent_layer names a layer of your own --classifier; the zoo's classifiers "
-                        "have theirs (drop --latent_layer, or pass --classifier=FILE.keras)")
-    if not self.fine_tune_eps or any(e <= 0 for e in self.fine_tune_eps):
-      raise ConfigError(f"fine_tune_eps must be positive values, got {tuple(self.fine_tune_eps)}")
-    schedule = defence.schedule_config(self.fine_tune_schedule, self.fine_tune_epochs)  # checks the name
-    generator_epochs = self.generator_epochs or spec.generator_epochs
-    late = [e for e in self.decoder_loss_epochs if not 1 <= e <= generator_epochs]
-    if late:
-      raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
-                        f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
-    defence_name = self.defence or robust.DEFAULT_DEFENCE
-    if defence_name not in robust.DEFENCES:
-      raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(robust.DEFENCES)}")
-    if self.defence_eps is not None and not 0 < self.defence_eps <= 1:
-      raise ConfigError(f"defence_eps is an L-inf radius on [0, 1] images: give one in (0, 1], "
-                        f"got {self.defence_eps}")
-    if self.defence_epochs < 1 or (self.defence_train_examples is not None and self.defence_train_examples < 100):
-      raise ConfigError(f"defence_epochs must be >= 1 and defence_train_examples >= 100, got "
-                        f"{self.defence_epochs} and {self.defence_train_examples}")
-    if defence_name == "clean" and self.fine_tune_mode == "on_the_fly":
-      raise ConfigError("the clean control fine-tunes on the generated set's examples with x' = x: use "
-                        "--fine_tune_mode=mix or eps with --defence=clean")
-    if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
-      raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
-                        f"'{self.robust_eval}' and {self.robust_eval_examples}")
-    return dataclasses.replace(
-        self, defence=defence_name, defence_eps=float(self.defence_eps or spec.attack_eps),
-        latent_layer=self.latent_layer or spec.latent_layer,
-        calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
-        architecture=self.architecture or spec.classifier,
-        classifier_epochs=self.classifier_epochs or spec.classifier_epochs,
-        generator_epochs=generator_epochs,
-        fine_tune_epochs=schedule.epochs,
-        decoder_loss_epochs=tuple(sorted(set(int(e) for e in self.decoder_loss_epochs))),
-        recon_norm=self.recon_norm or spec.recon_norm,
-        eps_grid=tuple(self.eps_grid or spec.eps_grid),
-        force=tuple(STAGES) if "all" in self.force else tuple(self.force))
-
-  def robust_config(self):
-    """The lad_tf.robust.RobustConfig of a robust defence (of a resolved config)."""
-    return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
-                               latent_layer=self.latent_layer, execution=self.execution)
-
-  def needed_stages(self):
-    """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
-    needed = ["classifier"]
-    if self.defence in ("lad", "clean") or self.robust_config().needs_lad():
-      needed += ["generator", "boundaries"]
-    if self.defence in ("lad", "clean"):
-      needed.append("generation")
-    needed.append("defended")
-    if self.robust_eval != "none":
-      needed.append("robustness")
-    return tuple(needed)
-
-
-def stage_settings(config, spec):
-  """What each stage's content depends on: its own settings plus the fingerprints of its inputs
-  (lad_tf.workdir.fingerprint), so a change propagates downstream and nowhere else. Execution
-  settings (strategy, precision, verbosity, ...) are not part of any: they do not change what a
-  stage means."""
-  from lad_tf.workdir import fingerprint
-  c = config
-  data = {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
-          "calibration_per_class": c.calibration_per_class}
-  out = {"classifier": {**data, "classifier_path": c.classifier_path, "latent_layer": c.latent_layer,
-                        **({} if c.classifier_path else {"architecture": c.architecture,
-                                                          "epochs": c.classifier_epochs,
-                                                          "batch_size": spec.classifier_batch_size})}}
-  up = lambda *stages: {s: fingerprint(out[s]) for s in stages}
-  out["generator"] = {**up("classifier"), "architecture": c.generator_architecture or spec.generator,
-                      "epochs": c.generator_epochs, "recon_norm": c.recon_norm,
-                      "batch_size": spec.generator_batch_size,
-                      **({"loss_at_epochs": list(c.decoder_loss_epochs)} if c.decoder_loss_epochs else {})}
-  out["boundaries"] = {**up("classifier"), "attention": c.attention}
-  generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
-  out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
-                       "normal": c.normal, "target": c.target, "adaptive": c.adaptive}
-  if c.defence in ("lad", "clean"):
-    tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
-    # lad's settings carry no "defence" key: work directories made before there was a choice stay done
-    out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
-                       "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
-                       **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != defence.DEFAULT_SCHEDULE else {}),
-                       **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {}),
-                       **({"defence": "clean"} if c.defence == "clean" else {})}
-  else:
-    rc = c.robust_config()
-    out["defended"] = {**up("classifier"), **(up("generator", "boundaries") if rc.needs_lad() else {}),
-                       "defence": c.defence, "robust": rc.identity(),
-                       "train_examples": c.defence_train_examples}
-  out["robustness"] = {**up("classifier", "defended"), "attack": "autoattack", "version": c.robust_eval,
-                       "examples": c.robust_eval_examples, "eps": spec.attack_eps}
-  return out
 
 
 class DefendRun:
