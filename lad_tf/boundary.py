@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf.progress import Progress
+
 ATTENTION_MODES = ("authors", "budget", "none")
 
 
@@ -197,6 +199,13 @@ def _accuracy(svm_scores_fn, z, y, pairs, cap):
   return np.array(accuracies, np.float32)
 
 
+def compiled_fitter(num_pairs, config=BoundaryConfig()):
+  """A BoundaryFitter for `num_pairs` pairs, compiled with config's optimizer (plain SGD)."""
+  fitter = BoundaryFitter(num_pairs, config.mode, config.c)
+  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate))
+  return fitter
+
+
 def fit_boundaries(z, y, num_classes, config=BoundaryConfig(), heldout=None, heldout_cap=200):
   """Fits one attention-SVM per unordered class pair on latents z (N, D) with labels y.
 
@@ -219,10 +228,9 @@ def fit_boundaries(z, y, num_classes, config=BoundaryConfig(), heldout=None, hel
   n = int(counts.min())
   pairs = np.array(list(itertools.combinations(range(num_classes), 2)), np.int64)
   latents, labels = _pair_tensors(z, y, pairs, n)
-  fitter = BoundaryFitter(len(pairs), config.mode, config.c)
-  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate))
+  fitter = compiled_fitter(len(pairs), config)
   fitter.fit(latents, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-             verbose=config.verbose)
+             verbose=config.verbose, callbacks=[Progress(f"boundaries ({config.mode})", batch_size=config.batch_size)])
   svm = fitter.svm
   result = Boundaries(
       pairs=pairs, w=svm.w.numpy(), b=svm.b.numpy(), mode=config.mode, num_classes=num_classes,

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from lad_tf import execution, losses
 from lad_tf.execution import ExecutionConfig
+from lad_tf.progress import Progress
 
 
 @dataclasses.dataclass
@@ -23,13 +24,15 @@ class DecoderConfig:
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
-def latents(phi, x, batch_size=512):
-  """phi(x) as float32 numpy, in batches (images read from files are streamed)."""
+def latents(phi, x, batch_size=512, name="latents"):
+  """phi(x) as float32 numpy, in batches (images read from files are streamed); progress lines with
+  the time left when it takes long (lad_tf.progress)."""
+  progress = [Progress(name, batch_size=batch_size, steps=-(-len(x) // batch_size))]
   if hasattr(x, "decode"):
     from lad_tf import datasets
     images = datasets.to_tf_dataset(datasets.Split(x, np.zeros(len(x), np.int64)), batch_size)
-    return phi.predict(images.map(lambda xb, _: xb), verbose=0).astype(np.float32)
-  return phi.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
+    return phi.predict(images.map(lambda xb, _: xb), verbose=0, callbacks=progress).astype(np.float32)
+  return phi.predict(x, batch_size=batch_size, verbose=0, callbacks=progress).astype(np.float32)
 
 
 def _pairs(z, x, batch_size, seed=None):
@@ -55,12 +58,15 @@ def train_decoder(phi, generator, train, test, config, state_dir):
   loss = losses.reconstruction(config.recon_norm)
   run = config.execution
   run.seed_everything()
-  z_train, z_test = latents(phi, train.x), latents(phi, test.x)
+  z_train, z_test = latents(phi, train.x, name="generator: train latents"), latents(
+      phi, test.x, name="generator: test latents")
   history = execution.fit(generator, loss, _pairs(z_train, train.x, config.batch_size, run.seed), run,
                           config.epochs, lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
-                          name="generator")
+                          name="generator", batch_size=config.batch_size)
   return {
-      "train_loss": execution.evaluate(generator, loss, _pairs(z_train, train.x, 512))["loss"],
-      "test_loss": execution.evaluate(generator, loss, _pairs(z_test, test.x, 512))["loss"],
+      "train_loss": execution.evaluate(generator, loss, _pairs(z_train, train.x, 512),
+                                       name="generator: train loss")["loss"],
+      "test_loss": execution.evaluate(generator, loss, _pairs(z_test, test.x, 512),
+                                      name="generator: test loss")["loss"],
       "history": history,
   }

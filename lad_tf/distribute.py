@@ -231,7 +231,9 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
       every worker alike; reported as val_<key>.
     verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
     name: what the progress lines call this loop.
-    callbacks: objects with Keras' `on_epoch_end(epoch, logs)`, called after each epoch's checkpoint.
+    callbacks: objects with Keras' `on_epoch_end(epoch, logs)`, called after each epoch's checkpoint;
+      those that also have `on_train_begin`, `on_epoch_begin` and `on_train_batch_end` (Keras
+      callbacks, e.g. lad_tf.progress.Progress) get them too.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
@@ -284,13 +286,24 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
   distributed = distribute_dataset(dataset, strategy)
   history = {}
   chief = is_chief(strategy)
+  hooks = lambda method: [getattr(c, method) for c in callbacks if hasattr(c, method)]
+  steps = int(dataset.cardinality())
+  for callback in callbacks:
+    if hasattr(callback, "set_params"):
+      callback.set_params({"epochs": epochs, "steps": steps if steps > 0 else None, "verbose": verbose})
+  for hook in hooks("on_train_begin"):
+    hook()
   with _checkpoint_dir(backup, strategy) as write_to:
     manager = tf.train.CheckpointManager(checkpoint, write_to, max_to_keep=1) if write_to else None
     for epoch in range(start_epoch, epochs):
       start = time.time()
       totals = None
-      for batch in distributed:
+      for hook in hooks("on_epoch_begin"):
+        hook(epoch)
+      for step, batch in enumerate(distributed):
         sums = train_step(batch)
+        for hook in hooks("on_train_batch_end"):
+          hook(step)
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
       figures = _means(totals)
       if validation_data is not None:
@@ -309,6 +322,8 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
                  " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
       for callback in callbacks:
         callback.on_epoch_end(epoch, figures)
+  for hook in hooks("on_train_end"):
+    hook()
   if backup and chief:
     shutil.rmtree(backup, ignore_errors=True)  # as BackupAndRestore(delete_checkpoint=True)
   return history

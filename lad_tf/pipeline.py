@@ -208,12 +208,7 @@ class DefendRun:
       phi, _ = models.split_at_latent(classifier, c.latent_layer)
       phi.trainable = False
       latent_dim = int(phi.output_shape[-1])
-      name = c.generator_architecture or self.spec.generator
-      try:
-        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
-      except ValueError:
-        name = "conv_decoder"
-        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
+      name, generator = self._build_generator(latent_dim)
       self.say(f"generator: training {name} on {latent_dim}-d latents for {c.generator_epochs} epochs "
                f"({c.recon_norm} loss)")
       result = decoder_lib.train_decoder(
@@ -228,6 +223,36 @@ class DefendRun:
       shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
       self.say(f"generator: train loss {result['train_loss']:.5f}, test loss {result['test_loss']:.5f}")
     return self._stage("generator", run)
+
+  def _build_generator(self, latent_dim):
+    """(architecture name, fresh decoder): the configured one, or conv_decoder where the spec's
+    does not fit the images."""
+    name = self.config.generator_architecture or self.spec.generator
+    try:
+      return name, models.build_generator(name, latent_dim, self.spec.image_shape)
+    except ValueError:
+      return "conv_decoder", models.build_generator("conv_decoder", latent_dim, self.spec.image_shape)
+
+  # -- the plan (lad_tf.plan) -------------------------------------------------------------------
+  def planned_classifier(self):
+    """The classifier the later stages will use: the trained one when the stage is done, the user's,
+    else a fresh zoo build (same shapes and cost)."""
+    c = self.config
+    if self.work.done("classifier", self.settings["classifier"]) and "classifier" not in c.force:
+      return self.classifier()
+    if c.classifier_path:
+      return load_model(c.classifier_path, "classifier (--classifier)")
+    return models.build_classifier(c.architecture, self.spec.image_shape, self.spec.num_classes)
+
+  def planned_generator(self, latent_dim):
+    return self._build_generator(latent_dim)[1]
+
+  def plan(self, batches=3):
+    """(lad_tf.plan.StageEstimate list, printable lines): each stage's time estimated from `batches`
+    timed batches of its pieces."""
+    from lad_tf import plan as plan_lib
+    self.prepare()
+    return plan_lib.plan(self, batches)
 
   def boundaries_stage(self):
     def run(out):

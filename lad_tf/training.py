@@ -21,7 +21,9 @@ def accuracy(model, x, y, batch_size=512):
   """Top-1 accuracy of a logits model on images x with labels y (nan when x is empty)."""
   if len(x) == 0:
     return float("nan")
-  logits = model.predict(x, batch_size=batch_size, verbose=0)
+  from lad_tf.progress import Progress
+  logits = model.predict(x, batch_size=batch_size, verbose=0,
+                         callbacks=[Progress("accuracy", batch_size=batch_size)])
   return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
@@ -38,5 +40,5 @@ def train_classifier(model, train, test, config, state_dir):
   test_ds = datasets.to_tf_dataset(test, 512)
   history = execution.fit(model, losses.classification, train_ds, run, config.epochs,
                           lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
-                          validation_data=test_ds, name="classifier")
+                          validation_data=test_ds, name="classifier", batch_size=config.batch_size)
   return history, accuracy(model, test.x, test.y)

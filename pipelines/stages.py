@@ -39,11 +39,15 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
 
 
 def run_defend(workdir, config=pipeline.DefendConfig(), export=True, export_base=None, model_name="lad",
-               progress=None):
-  """The defend command: every library stage, then (on the chief) the export stage; returns
+               progress=None, plan_batches=0):
+  """The defend command: the plan (each stage's estimated time from `plan_batches` timed batches of
+  its pieces, printed; 0: none), every library stage, then (on the chief) the export stage; returns
   metrics.json's content, with "export_path" when exported."""
   run = pipeline.DefendRun(workdir, config, progress)
   try:
+    if plan_batches and run.chief:
+      _, lines = run.plan(plan_batches)
+      print("\n".join(lines), flush=True)
     metrics = run.run()
     if export and run.chief:
       metrics["export_path"] = export_stage(run, metrics, export_base, model_name)
