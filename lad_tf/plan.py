@@ -26,9 +26,11 @@ INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
 
 @dataclasses.dataclass
 class Timings:
-  """Seconds per batch of each piece (batch sizes in `batch`); see `measure`."""
+  """Wall seconds per batch of each piece (batch sizes in `batch`, this process's CPU seconds per
+  batch in `cpu_seconds`); see `measure`."""
   seconds: Dict[str, float]
   batch: Dict[str, int]
+  cpu_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -40,8 +42,8 @@ class StageEstimate:
 
 
 def time_training(model, loss_fn, x, y, run, optimizer, batches, name="warm-up"):
-  """Seconds per training step of `loss_fn` on batches like (x, y) under the ExecutionConfig `run`,
-  over `batches` steps after a first (compiling) one. The weights of `model` are left as they were
+  """A StepTimer of `batches` training steps of `loss_fn` on batches like (x, y) under the
+  ExecutionConfig `run`, after a first (compiling) one. The weights of `model` are left as they were
   (the step trains a copy)."""
   import tensorflow as tf
   ds = tf.data.Dataset.from_tensors((x, y)).repeat(batches + 1)
@@ -50,14 +52,14 @@ def time_training(model, loss_fn, x, y, run, optimizer, batches, name="warm-up")
   training = execution.Training(copy, loss_fn, run, optimizer, name)
   timer = StepTimer()
   training.fit(ds, 1, verbose=0, callbacks=[timer])
-  return timer.seconds_per_batch()
+  return timer
 
 
 def time_inference(model, x, batches):
-  """Seconds per `predict` batch of len(x) inputs, over `batches` batches after a first one."""
+  """A StepTimer of `batches` `predict` batches of len(x) inputs, after a first one."""
   timer = StepTimer()
   model.predict(np.concatenate([x] * (batches + 1)), batch_size=len(x), verbose=0, callbacks=[timer])
-  return timer.seconds_per_batch()
+  return timer
 
 
 def _random_images(rng, n, shape):
@@ -78,7 +80,7 @@ def measure(run, batches=3, pieces=None):
   classifier = run.planned_classifier()
   phi, _ = models.split_at_latent(classifier, c.latent_layer)
   latent_dim = int(phi.output_shape[-1])
-  seconds, batch = {}, {}
+  seconds, batch, cpu = {}, {}, {}
 
   def images(n):
     return _random_images(rng, n, spec.image_shape)
@@ -88,7 +90,8 @@ def measure(run, batches=3, pieces=None):
 
   def timed(piece, size, fn):
     if piece in wanted:
-      seconds[piece], batch[piece] = fn(size), size
+      timer = fn(size)
+      seconds[piece], cpu[piece], batch[piece] = timer.seconds_per_batch(), timer.cpu_seconds_per_batch(), size
 
   bs = spec.classifier_batch_size
   timed("classifier_step", bs, lambda n: time_training(
@@ -112,14 +115,14 @@ def measure(run, batches=3, pieces=None):
       y = np.sign(rng.standard_normal((n * (batches + 1), pairs))).astype(np.float32)
       timer = StepTimer()
       fitter.fit(z, y, batch_size=n, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-      return timer.seconds_per_batch()
+      return timer
     timed(piece, config.batch_size, fit_window)
   tune = defence.FineTuneConfig()
   timed("fine_tune_step", tune.batch_size, lambda n: time_training(
       classifier, defence.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
       lambda: keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum), batches, "fine-tuning"))
   keras.utils.set_random_seed(c.seed)  # the stages start from the same seed with or without a plan
-  return Timings(seconds, batch)
+  return Timings(seconds, batch, cpu)
 
 
 def _batches(n, batch_size):

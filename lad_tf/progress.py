@@ -146,20 +146,30 @@ class Progress(keras.callbacks.Callback):
 
 
 class StepTimer(keras.callbacks.Callback):
-  """Records the clock at the end of every training/prediction batch: `seconds_per_batch()` is the
-  mean over the batches after the first (which holds the tracing/compilation)."""
+  """Records the wall clock and this process's CPU time (all threads) at the end of every training or
+  prediction batch: `seconds_per_batch()` and `cpu_seconds_per_batch()` are means over the batches
+  after the first (which holds the tracing/compilation). On a shared machine the CPU time varies less
+  with the other processes' load than the wall time."""
 
-  def __init__(self, clock=time.perf_counter):
+  def __init__(self, clock=time.perf_counter, cpu_clock=time.process_time):
     super().__init__()
-    self.clock, self.ends = clock, []
+    self.clock, self.cpu_clock, self.ends, self.cpu_ends = clock, cpu_clock, [], []
 
   def on_train_batch_end(self, batch, logs=None):
     self.ends.append(self.clock())
+    self.cpu_ends.append(self.cpu_clock())
 
   on_predict_batch_end = on_train_batch_end
   on_test_batch_end = on_train_batch_end
 
+  @staticmethod
+  def _per_batch(ends):
+    if len(ends) < 2:
+      raise ValueError(f"timing needs at least 2 batches (the first holds the compilation), got {len(ends)}")
+    return (ends[-1] - ends[0]) / (len(ends) - 1)
+
   def seconds_per_batch(self):
-    if len(self.ends) < 2:
-      raise ValueError(f"timing needs at least 2 batches (the first holds the compilation), got {len(self.ends)}")
-    return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+    return self._per_batch(self.ends)
+
+  def cpu_seconds_per_batch(self):
+    return self._per_batch(self.cpu_ends)

@@ -102,12 +102,14 @@ def test_the_executor_logs_progress_with_the_time_left_while_training(caplog):
 
 
 def test_step_timer_leaves_out_the_first_batch():
-  clock = FakeClock()
-  timer = StepTimer(clock)
+  clock, cpu = FakeClock(), FakeClock()
+  timer = StepTimer(clock, cpu)
   for step in (30.0, 2.0, 2.0, 2.0):
     clock.now += step
+    cpu.now += 2 * step  # two busy threads
     timer.on_train_batch_end(0)
   assert timer.seconds_per_batch() == pytest.approx(2.0)
+  assert timer.cpu_seconds_per_batch() == pytest.approx(4.0)
   with pytest.raises(ValueError, match="at least 2 batches"):
     StepTimer().seconds_per_batch()
 
