@@ -22,6 +22,8 @@ from lad_tf import defence, execution, losses, models
 from lad_tf.progress import StepTimer, duration
 
 INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
+ALL_PIECES = ("classifier_step", "classifier_inference", "decoder_step", "decoder_inference", "boundary_step",
+              "boundary_none_step", "fine_tune_step")
 
 
 @dataclasses.dataclass
@@ -74,8 +76,7 @@ def measure(run, batches=3, pieces=None):
   """
   c, spec = run.config, run.spec
   rng = np.random.default_rng(c.seed)
-  wanted = set(pieces if pieces is not None else ("classifier_step", "classifier_inference", "decoder_step", "decoder_inference",
-                          "boundary_step", "boundary_none_step", "fine_tune_step"))
+  wanted = set(ALL_PIECES if pieces is None else pieces)
   exec_ = dataclasses.replace(c.execution, verbose=0)
   classifier = run.planned_classifier()
   phi, _ = models.split_at_latent(classifier, c.latent_layer)
@@ -185,7 +186,8 @@ def describe(estimates, timings, measured_s=None):
     biggest = sorted(e.parts.items(), key=lambda kv: -kv[1])
     detail = ", ".join(f"{k} {duration(v)}" for k, v in biggest if v >= 0.5) or "under a second"
     lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s}  ({detail})")
-  lines.append(f"  {'total':<11s} about {duration(total):>6s} (export and figures not included)")
+  lines.append(f"  {'total':<11s} about {duration(total):>6s} "
+               "(compilation, saving, figures and export not included)")
   rates = ", ".join(f"{k} {v * 1000:.0f} ms/batch of {timings.batch[k]}" for k, v in timings.seconds.items())
   lines.append(f"  measured: {rates}")
   return lines

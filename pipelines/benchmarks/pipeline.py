@@ -195,14 +195,21 @@ def _summary(result, peak):
           "forward_multiply_adds": result["forward_multiply_adds"]}
 
 
+CONFIGS = {"before": BEFORE, "after": {}}
+
+
 def windows_run(root, dataset, data_dir, seed, batches, variants=True, configs=None):
-  """Full stage windows for each of `configs` ({name: options}; default: BEFORE and the current
-  defaults), then (variants) the classifier and decoder pieces under each of VARIANTS; one process
+  """Full stage windows for each of `configs` (names of CONFIGS joined by '+'; default: before+after
+  for SVHN), then (variants) the classifier and decoder pieces under each of VARIANTS; one process
   each, one after the other in this one invocation."""
   from pipelines.benchmarks.windows import cpu_peak
   peak = cpu_peak()
   base = {"dataset": dataset, "data_dir": data_dir, "seed": seed, "batches": batches}
-  configs = configs or ({"before": BEFORE, "after": {}} if dataset == "svhn" else {"defaults": {}})
+  names = configs.split("+") if configs else (["before", "after"] if dataset == "svhn" else ["after"])
+  unknown = [n for n in names if n not in CONFIGS]
+  if unknown:
+    raise ValueError(f"configs: unknown {unknown}; known: {'+'.join(CONFIGS)}")
+  configs = {n: CONFIGS[n] for n in names}
   out = {"mode": f"windows: {batches} timed batches per piece after one compiling batch, extrapolated "
                  "to the full stages (extrapolated_s); window_s is the measured wall time of the "
                  "window (compilation and model building included)",

@@ -191,7 +191,8 @@ def measure(options):
   out["forward_multiply_adds"] = macs
   if options.get("input_pipeline") and "classifier_step" in seconds:
     pipe = _input_pipeline_s(run.data.train, batch["classifier_step"], batches, execution.seed)
-    out["input_pipeline"] = {"seconds_per_batch": pipe, "share_of_classifier_step": pipe / seconds["classifier_step"]}
+    out["input_pipeline"] = {"seconds_per_batch": pipe,
+                             "share_of_classifier_step": pipe / seconds["classifier_step"]}
   return out
 
 
