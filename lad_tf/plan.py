@@ -22,8 +22,8 @@ from lad_tf import defence, execution, losses, models
 from lad_tf.progress import StepTimer, duration
 
 INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
-ALL_PIECES = ("classifier_step", "classifier_inference", "decoder_step", "decoder_inference", "boundary_step",
-              "boundary_none_step", "fine_tune_step")
+ALL_PIECES = ("classifier_step", "classifier_validation", "classifier_inference", "decoder_step",
+              "decoder_inference", "boundary_step", "boundary_none_step", "fine_tune_step")
 
 
 @dataclasses.dataclass
@@ -71,7 +71,8 @@ def _random_images(rng, n, shape):
 def measure(run, batches=3, pieces=None):
   """Timings of the pieces of DefendRun `run` (its spec, config and execution settings).
 
-  pieces: the names to measure (default all): classifier_step, classifier_inference, decoder_step,
+  pieces: the names to measure (default ALL_PIECES): classifier_step, classifier_validation (inference
+  under the training policy), classifier_inference, decoder_step,
   decoder_inference, boundary_step (the config's attention) and boundary_none_step, fine_tune_step.
   """
   c, spec = run.config, run.spec
@@ -99,6 +100,9 @@ def measure(run, batches=3, pieces=None):
       classifier, losses.classification, images(n), labels(n), exec_,
       lambda: keras.optimizers.Adam(1e-3), batches, "classifier"))
   timed("classifier_inference", INFERENCE_BATCH, lambda n: time_inference(classifier, images(n), batches))
+  # validation during training runs on the trained copy, under the training policy (bf16 or not)
+  timed("classifier_validation", INFERENCE_BATCH, lambda n: time_inference(
+      execution.with_policy(classifier, execution.resolve_precision(exec_.precision)), images(n), batches))
   if {"decoder_step", "decoder_inference"} & wanted:
     generator = run.planned_generator(latent_dim)
     z = rng.standard_normal((max(spec.generator_batch_size, INFERENCE_BATCH), latent_dim)).astype(np.float32)
@@ -140,7 +144,8 @@ def estimate(run, timings):
   parts = {
       "classifier": {
           "training": steps("classifier_step", n_train, c.classifier_epochs),
-          "validation (each epoch)": c.classifier_epochs * infer("classifier_inference", n_eval),
+          "validation (each epoch)": c.classifier_epochs * infer(
+              "classifier_validation" if "classifier_validation" in s else "classifier_inference", n_eval),
           "test accuracy": infer("classifier_inference", n_eval)},
       "generator": {
           "latents (train and test)": infer("classifier_inference", n_train + n_eval),
@@ -194,7 +199,7 @@ def describe(estimates, timings, measured_s=None):
 
 
 PIECES = {  # what each stage's estimate needs
-    "classifier": ("classifier_step", "classifier_inference"),
+    "classifier": ("classifier_step", "classifier_validation", "classifier_inference"),
     "generator": ("classifier_inference", "decoder_step", "decoder_inference"),
     "boundaries": ("classifier_inference", "boundary_step", "boundary_none_step"),
     "generation": ("classifier_inference", "decoder_inference"),
@@ -210,7 +215,7 @@ def plan(run, batches=3):
   todo = [s for s in PIECES if s in c.force or not run.work.done(s, run.settings[s])]
   pieces = {p for s in todo for p in PIECES[s]}
   if c.classifier_path:
-    pieces.discard("classifier_step")
+    pieces -= {"classifier_step", "classifier_validation"}
   timings = measure(run, batches, sorted(pieces)) if pieces else Timings({}, {})
   estimates = estimate(run, timings)
   return estimates, describe(estimates, timings, time.perf_counter() - start)
