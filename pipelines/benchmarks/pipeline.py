@@ -201,6 +201,35 @@ def _summary(result, peak):
 CONFIGS = {"before": BEFORE, "after": {}, "light_decoder": {"generator": "svhnnet_decoder_light"}}
 
 
+PART_PIECES = {  # which measured pieces each part of lad_tf.plan.estimate multiplies
+    "training": {"classifier": "classifier_step", "generator": "decoder_step"},
+    "validation (each epoch)": "classifier_validation", "test accuracy": "classifier_inference",
+    "latents (train and test)": "classifier_inference", "latents": "classifier_inference",
+    "train and test loss": "decoder_inference", "fine-tuning": "fine_tune_step",
+    "decode and classify": ("decoder_inference", "classifier_inference"),
+}
+
+
+def cpu_bound(summary, cores):
+  """Each stage's extrapolation with every piece's CPU seconds per batch spread over `cores` instead
+  of its wall time: the stage's time on an otherwise idle machine if the work used every core fully
+  (a lower bound there; on a shared machine the wall time is what the load leaves)."""
+  wall, cpu = summary["seconds_per_batch"], summary["cpu_seconds_per_batch"]
+  out = {}
+  for stage, figures in summary["stages"].items():
+    total = 0.0
+    for part, seconds in figures["extrapolated_parts_s"].items():
+      pieces = PART_PIECES.get(part) or ("boundary_none_step" if part == "fit (none)" else "boundary_step")
+      pieces = pieces[stage] if isinstance(pieces, dict) else pieces
+      pieces = (pieces,) if isinstance(pieces, str) else pieces
+      if "classifier_validation" in pieces and "classifier_validation" not in wall:
+        pieces = ("classifier_inference",)  # the estimate used it in its place
+      measured = sum(wall[p] for p in pieces)
+      total += seconds * sum(cpu[p] for p in pieces) / cores / measured if measured else 0.0
+    out[stage] = total
+  return {"stages_s": out, "total_s": sum(out.values())}
+
+
 def windows_run(root, dataset, data_dir, seed, batches, variants=True, configs=None):
   """Full stage windows for each of `configs` (names of CONFIGS joined by '+'; default: before+after
   for SVHN), then (variants) the classifier and decoder pieces under each of VARIANTS; one process
@@ -222,6 +251,7 @@ def windows_run(root, dataset, data_dir, seed, batches, variants=True, configs=N
                        "forward); elementwise, batch-norm and pooling work not counted"}
   for name, options in configs.items():
     out["configs"][name] = _summary(_worker(root, {**base, **options, "input_pipeline": True}), peak)
+    out["configs"][name]["cpu_bound_estimate"] = cpu_bound(out["configs"][name], peak["cores"])
   if variants:
     reference = dict(configs.get("before", {}))
     for name, change in VARIANTS.items():
