@@ -7,7 +7,11 @@ Two modes. `batches=0` (the default except for SVHN) runs the whole pipeline (be
 (pipelines/benchmarks/windows.py: the same windows `pipelines.defend` prints its plan from) and
 extrapolates them to the full stages: the JSON marks those seconds as extrapolations. It runs in
 minutes where the full SVHN run takes hours, and measures settings side by side, one process each
-(see `windows_run`).
+(see `windows_run`). Each piece's CPU seconds are recorded beside its wall seconds: on a shared
+machine the wall time follows the other processes' load, the CPU time much less, so `cpu_bound`
+gives each stage's time with the CPU seconds spread over the cores; throughput is reported against
+the cores' peak (windows.cpu_peak, formula in the JSON). `--set=configs=after+light_decoder` picks
+full-stage configurations from CONFIGS, `variants=False` skips the one-setting-at-a-time VARIANTS.
 
 SVHN runs on full-size files in its own format (train_32x32.mat: 73,257 images; test_32x32.mat:
 26,032): the real ones from --data_dir when there, else written from a seeded generator into a cache
