@@ -12,6 +12,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -146,17 +147,27 @@ def measure(options):
     tf.config.threading.set_intra_op_parallelism_threads(int(options["intra_op"]))
   if options.get("inter_op") is not None:
     tf.config.threading.set_inter_op_parallelism_threads(int(options["inter_op"]))
-  import dataclasses
   import tempfile
-  from lad_tf import models, pipeline, plan
-  from lad_tf.execution import ExecutionConfig, resolve_precision
-  batches = int(options.get("batches", 5))
+  from lad_tf import pipeline
+  from lad_tf.execution import ExecutionConfig
   execution = ExecutionConfig(seed=options.get("seed", 0), precision=options.get("precision", "auto"),
                               jit_compile=bool(options.get("jit_compile", False)), verbose=0)
   config = pipeline.DefendConfig(dataset=options["dataset"], data_dir=options.get("data_dir"),
                                  generator_architecture=options.get("generator"), execution=execution)
   start = time.perf_counter()
-  run = pipeline.DefendRun(tempfile.mkdtemp(prefix="lad_tf-windows-"), config, progress=lambda _: None)
+  workdir = tempfile.mkdtemp(prefix="lad_tf-windows-")
+  try:
+    return _measure(pipeline.DefendRun(workdir, config, progress=lambda _: None), options, execution, start)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(run, options, execution, start):
+  import dataclasses
+  import tensorflow as tf
+  from lad_tf import models, plan
+  from lad_tf.execution import resolve_precision
+  batches = int(options.get("batches", 5))
   load_s = time.perf_counter() - start
   changes = {k: options[f"{k}"] for k in ("classifier_batch_size", "generator_batch_size") if options.get(k)}
   run.spec = dataclasses.replace(run.spec, **changes)
