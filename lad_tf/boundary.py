@@ -112,6 +112,10 @@ class BoundaryConfig:
   epochs: int = 10
   seed: int = 0
   verbose: int = 0
+  # XLA for the fit's train step: with batch 1 the attention kernel's gradient is an outer product
+  # that XLA fuses into the SGD update instead of writing it out (SVHN: 45 x 4096 x 4096, 3 GB), the
+  # same boundaries about 10x faster (benchmarks/svhn_speed.json); the spec decides (DatasetSpec)
+  jit_compile: bool = False
 
 
 @dataclasses.dataclass
@@ -202,7 +206,7 @@ def _accuracy(svm_scores_fn, z, y, pairs, cap):
 def compiled_fitter(num_pairs, config=BoundaryConfig()):
   """A BoundaryFitter for `num_pairs` pairs, compiled with config's optimizer (plain SGD)."""
   fitter = BoundaryFitter(num_pairs, config.mode, config.c)
-  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate))
+  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate), jit_compile=config.jit_compile)
   return fitter
 
 

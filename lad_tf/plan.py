@@ -112,7 +112,7 @@ def measure(run, batches=3, pieces=None):
     timed("decoder_inference", INFERENCE_BATCH, lambda n: time_inference(generator, z[:n], batches))
   pairs = spec.num_classes * (spec.num_classes - 1) // 2
   for piece, mode in (("boundary_step", c.attention), ("boundary_none_step", "none")):
-    config = boundary_lib.BoundaryConfig(mode=mode, seed=c.seed)
+    config = run.boundary_config(mode)
 
     def fit_window(n, config=config):
       fitter = boundary_lib.compiled_fitter(pairs, config)
