@@ -13,6 +13,9 @@ gives each stage's time with the CPU seconds spread over the cores; throughput i
 the cores' peak (windows.cpu_peak, formula in the JSON). `--set=configs=after+light_decoder` picks
 full-stage configurations from CONFIGS, `variants=False` skips the one-setting-at-a-time VARIANTS.
 
+`decoder_comparison=True` instead trains the paper's SVHN decoder and the lighter option side by side
+on real images (`compare_decoders`): their reconstruction errors.
+
 SVHN runs on full-size files in its own format (train_32x32.mat: 73,257 images; test_32x32.mat:
 26,032): the real ones from --data_dir when there, else written from a seeded generator into a cache
 folder (lad_tf.sources.svhn.write_synthetic); the JSON says which. Synthetic files give times only:
@@ -67,8 +70,10 @@ def svhn_files(data_dir, seed=0):
 
 
 def run(dataset="fashion_mnist", n=0, seed=0, extra_args=(), compare_with=None, batches=None, data_dir=None,
-        variants=True, configs=None):
+        variants=True, configs=None, decoder_comparison=False):
   del n
+  if decoder_comparison:
+    return {"decoder_comparison": compare_decoders(seed)}
   here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   data_note = None
   if dataset == "svhn":
@@ -262,4 +267,38 @@ def windows_run(root, dataset, data_dir, seed, batches, variants=True, configs=N
       stages = ["generator"] if "generator" in change and len(change) <= 2 and "precision" not in change else [
           "classifier", "generator"]
       out["variants"][name] = _summary(_worker(root, {**base, **reference, **change, "stages": stages}), peak)
+  return out
+
+
+# -- the lighter decoder's reconstruction error (decoder_comparison=True) ----------------------------
+def compare_decoders(seed=0, classifier_epochs=10, decoder_epochs=30):
+  """The paper's SVHN decoder and the lighter one trained side by side on the same frozen svhnNet
+  latents of real images: scikit-learn's digits (1,438 train, 359 test) centred in 32x32 and
+  repeated over 3 channels (SVHN itself is not on this machine). Test L1 error per pixel (the SVHN
+  spec's norm) and training time; an indication of what the lighter decoder costs in fidelity."""
+  import keras
+  import numpy as np
+  from lad_tf import datasets, decoder as decoder_lib, models, training
+  from lad_tf.execution import ExecutionConfig
+  data = datasets.load("digits")
+  rgb = lambda x: np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
+  train, test = datasets.Split(rgb(data.train.x), data.train.y), datasets.Split(rgb(data.test.x), data.test.y)
+  run = ExecutionConfig(seed=seed, precision="auto", verbose=0)
+  keras.utils.set_random_seed(seed)
+  classifier = models.build_classifier("svhnnet", (32, 32, 3), 10)
+  _, accuracy = training.train_classifier(classifier, train, test, training.TrainConfig(
+      epochs=classifier_epochs, batch_size=128, execution=run), None)
+  phi, _ = models.split_at_latent(classifier, "latent")
+  out = {"data": "digits centred in 32x32x3 (real images, not SVHN)", "classifier_test_accuracy": accuracy,
+         "decoder_epochs": decoder_epochs, "decoders": {}}
+  for name in ("svhnnet_decoder", "svhnnet_decoder_light"):
+    keras.utils.set_random_seed(seed)
+    generator = models.build_generator(name, 4096, (32, 32, 3))
+    start = time.perf_counter()
+    result = decoder_lib.train_decoder(phi, generator, train, test, decoder_lib.DecoderConfig(
+        epochs=decoder_epochs, batch_size=256, recon_norm="l1", execution=run), None)
+    out["decoders"][name] = {"test_l1": result["test_loss"], "train_l1": result["train_loss"],
+                             "train_s": time.perf_counter() - start, "parameters": generator.count_params()}
+  paper, light = (out["decoders"][n] for n in ("svhnnet_decoder", "svhnnet_decoder_light"))
+  out["light_over_paper_test_l1"] = light["test_l1"] / paper["test_l1"]
   return out
