@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf.progress import Progress
+
 ATTENTION_MODES = ("authors", "budget", "none")
 
 
@@ -110,6 +112,10 @@ class BoundaryConfig:
   epochs: int = 10
   seed: int = 0
   verbose: int = 0
+  # XLA for the fit's train step: with batch 1 the attention kernel's gradient is an outer product
+  # that XLA fuses into the SGD update instead of writing it out (SVHN: 45 x 4096 x 4096, 3 GB), the
+  # same boundaries about 10x faster (benchmarks/svhn_speed.json); the spec decides (DatasetSpec)
+  jit_compile: bool = False
 
 
 @dataclasses.dataclass
@@ -197,6 +203,13 @@ def _accuracy(svm_scores_fn, z, y, pairs, cap):
   return np.array(accuracies, np.float32)
 
 
+def compiled_fitter(num_pairs, config=BoundaryConfig()):
+  """A BoundaryFitter for `num_pairs` pairs, compiled with config's optimizer (plain SGD)."""
+  fitter = BoundaryFitter(num_pairs, config.mode, config.c)
+  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate), jit_compile=config.jit_compile)
+  return fitter
+
+
 def fit_boundaries(z, y, num_classes, config=BoundaryConfig(), heldout=None, heldout_cap=200):
   """Fits one attention-SVM per unordered class pair on latents z (N, D) with labels y.
 
@@ -219,10 +232,9 @@ def fit_boundaries(z, y, num_classes, config=BoundaryConfig(), heldout=None, hel
   n = int(counts.min())
   pairs = np.array(list(itertools.combinations(range(num_classes), 2)), np.int64)
   latents, labels = _pair_tensors(z, y, pairs, n)
-  fitter = BoundaryFitter(len(pairs), config.mode, config.c)
-  fitter.compile(optimizer=keras.optimizers.SGD(config.learning_rate))
+  fitter = compiled_fitter(len(pairs), config)
   fitter.fit(latents, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-             verbose=config.verbose)
+             verbose=config.verbose, callbacks=[Progress(f"boundaries ({config.mode})", batch_size=config.batch_size)])
   svm = fitter.svm
   result = Boundaries(
       pairs=pairs, w=svm.w.numpy(), b=svm.b.numpy(), mode=config.mode, num_classes=num_classes,

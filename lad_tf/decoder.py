@@ -27,9 +27,10 @@ class DecoderConfig:
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
-def latents(phi, x, batch_size=512):
-  """phi(x) as float32 numpy, in batches (lazy images are streamed)."""
-  return training.predict(phi, x, batch_size).astype(np.float32)
+def latents(phi, x, batch_size=512, name="latents"):
+  """phi(x) as float32 numpy, in batches (lazy images are streamed); progress lines with the time
+  left when it takes long (lad_tf.progress)."""
+  return training.predict(phi, x, batch_size, name=name).astype(np.float32)
 
 
 def _pairs(z, x, batch_size, seed=None):
@@ -73,7 +74,8 @@ def train_decoder(phi, generator, train, test, config, state_dir):
   loss = losses.reconstruction(config.recon_norm)
   run = config.execution
   run.seed_everything()
-  z_train, z_test = latents(phi, train.x), latents(phi, test.x)
+  z_train, z_test = latents(phi, train.x, name="generator: train latents"), latents(
+      phi, test.x, name="generator: test latents")
   trainer = execution.Training(generator, loss, run, lambda: keras.optimizers.Adam(config.learning_rate),
                                name="generator")
   splits = {"train": _pairs(z_train, train.x, 512), "test": _pairs(z_test, test.x, 512)}
@@ -81,11 +83,11 @@ def train_decoder(phi, generator, train, test, config, state_dir):
                        os.path.join(state_dir, "loss_at_epoch.json") if state_dir else None)
   with datasets.naming_unreadable_files(train, test):
     history = trainer.fit(_pairs(z_train, train.x, config.batch_size, run.seed), config.epochs, state_dir,
-                          callbacks=[curve] if config.loss_at_epochs else ())
+                          callbacks=[curve] if config.loss_at_epochs else (), batch_size=config.batch_size)
     trainer.finish()
     return {
-        "train_loss": execution.evaluate(generator, loss, splits["train"])["loss"],
-        "test_loss": execution.evaluate(generator, loss, splits["test"])["loss"],
+        "train_loss": execution.evaluate(generator, loss, splits["train"], name="generator: train loss")["loss"],
+        "test_loss": execution.evaluate(generator, loss, splits["test"], name="generator: test loss")["loss"],
         "history": {k: [float(v) for v in values] for k, values in history.items()},
         "loss_at_epoch": {e: curve.values[e] for e in sorted(curve.values, key=int)},
     }

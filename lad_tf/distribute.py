@@ -232,8 +232,9 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
     verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
     name: what the progress lines call this loop.
     callbacks: objects with Keras' callback methods: `on_epoch_end(epoch, logs)` after each epoch's
-      checkpoint, and `on_train_begin`, `on_epoch_begin(epoch, logs)`, `on_train_end` when they have
-      them; training stops after an epoch where a callback's `stop_training` attribute is True.
+      checkpoint, and `on_train_begin`, `on_epoch_begin`, `on_train_batch_end` and `on_train_end`
+      when they have them (Keras callbacks, e.g. lad_tf.progress.Progress); training stops after an
+      epoch where a callback's `stop_training` attribute is True.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
@@ -286,16 +287,21 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
   distributed = distribute_dataset(dataset, strategy)
   history = {}
   chief = is_chief(strategy)
+  call = lambda method, *args: [getattr(c, method)(*args) for c in callbacks if hasattr(c, method)]
+  steps = int(dataset.cardinality())
+  for callback in callbacks:
+    if hasattr(callback, "set_params"):
+      callback.set_params({"epochs": epochs, "steps": steps if steps > 0 else None, "verbose": verbose})
   with _checkpoint_dir(backup, strategy) as write_to:
     manager = tf.train.CheckpointManager(checkpoint, write_to, max_to_keep=1) if write_to else None
-    hook = lambda name, *args: [getattr(c, name)(*args) for c in callbacks if hasattr(c, name)]
-    hook("on_train_begin", None)
+    call("on_train_begin", None)
     for epoch in range(start_epoch, epochs):
-      hook("on_epoch_begin", epoch, None)
+      call("on_epoch_begin", epoch, None)
       start = time.time()
       totals = None
-      for batch in distributed:
+      for step, batch in enumerate(distributed):
         sums = train_step(batch)
+        call("on_train_batch_end", step, None)
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
       figures = _means(totals)
       if validation_data is not None:
@@ -312,10 +318,10 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
       if verbose and chief:
         log.info("%s epoch %d/%d - %.1fs - %s", name, epoch + 1, epochs, time.time() - start,
                  " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
-      hook("on_epoch_end", epoch, figures)
+      call("on_epoch_end", epoch, figures)
       if any(getattr(c, "stop_training", False) for c in callbacks):
         break
-    hook("on_train_end", None)
+    call("on_train_end", None)
   if backup and chief:
     shutil.rmtree(backup, ignore_errors=True)  # as BackupAndRestore(delete_checkpoint=True)
   return history

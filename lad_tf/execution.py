@@ -38,7 +38,9 @@ class ExecutionConfig:
     model under that policy and copies the float32 weights back, so saved models, inference, the
     boundaries and serving stay float32.
   jit_compile: XLA for the Keras fit train steps.
-  verbose: 0 silent, 1 or 2 progress per epoch.
+  verbose: 0 silent, 1 or 2 progress per epoch, plus (both) a lad_tf.progress line with the time
+    left every `progress_s` seconds.
+  progress_s: seconds between two progress lines of a training loop.
   """
   strategy: Any = "default"
   loop: str = "auto"
@@ -47,6 +49,7 @@ class ExecutionConfig:
   precision: str = "float32"
   jit_compile: bool = False
   verbose: int = 2
+  progress_s: float = 10.0
 
   def __post_init__(self):
     if isinstance(self.strategy, str) and self.strategy not in distribute.STRATEGIES:
@@ -243,9 +246,15 @@ class Training:
         self.trainer.compile(optimizer=optimizer(), jit_compile=execution.jit_compile)
       self.optimizer = self.trainer.optimizer
 
-  def fit(self, data, epochs, state_dir=None, validation_data=None, verbose=None, callbacks=()):
-    """Runs (or resumes from state_dir) `epochs` epochs; returns the history dict."""
+  def fit(self, data, epochs, state_dir=None, validation_data=None, verbose=None, callbacks=(),
+          batch_size=None):
+    """Runs (or resumes from state_dir) `epochs` epochs; returns the history dict. With verbose, a
+    lad_tf.progress.Progress line (the time left) every execution.progress_s seconds; `batch_size`
+    adds images/s to it."""
     verbose = self.execution.verbose if verbose is None else verbose
+    if verbose:
+      from lad_tf.progress import Progress
+      callbacks = [*callbacks, Progress(self.name, self.execution.progress_s, batch_size)]
     if self.custom:
       return distribute.custom_fit(self.model, self.optimizer, self.loss_fn, data, epochs, self.strategy,
                                    state_dir, validation_data=validation_data, verbose=verbose,
@@ -262,19 +271,25 @@ class Training:
 
 
 def fit(model, loss_fn, data, execution, epochs, optimizer, state_dir=None, validation_data=None,
-        name="train", callbacks=()):
+        name="train", callbacks=(), batch_size=None):
   """Trains `model` for `epochs` epochs on `data` to minimise the mean of `loss_fn` (see the module
   docstring), resumable from `state_dir`; `model` ends trained. `optimizer` is a zero-argument
-  callable (called inside the strategy's scope). Returns the history dict {key: [per epoch]}."""
+  callable (called inside the strategy's scope); `batch_size` only labels the progress lines
+  (images/s). Returns the history dict {key: [per epoch]}."""
   training = Training(model, loss_fn, execution, optimizer, name)
-  history = training.fit(data, epochs, state_dir, validation_data, callbacks=callbacks)
+  history = training.fit(data, epochs, state_dir, validation_data, callbacks=callbacks, batch_size=batch_size)
   training.finish()
   return {k: [float(v) for v in values] for k, values in history.items()}
 
 
-def evaluate(model, loss_fn, data):
-  """The mean of every figure of `loss_fn` (training=False) over a batched dataset, as floats."""
+def evaluate(model, loss_fn, data, name=None):
+  """The mean of every figure of `loss_fn` (training=False) over a batched dataset, as floats; with a
+  `name`, lad_tf.progress lines (the time left) while it runs."""
   import tensorflow as tf
+  from lad_tf.progress import Progress
+  progress = Progress(name) if name else keras.callbacks.Callback()
+  steps = int(data.cardinality())
+  progress.set_params({"epochs": 1, "steps": steps if steps > 0 else None})
 
   @tf.function(reduce_retracing=True)
   def step(x, y):
@@ -282,9 +297,12 @@ def evaluate(model, loss_fn, data):
     return {k: tf.reduce_sum(v) for k, v in figures.items()}, tf.size(figures["loss"])
 
   totals, count = {}, 0
-  for x, y in data:
+  progress.on_predict_begin()
+  for batch, (x, y) in enumerate(data):
     sums, n = step(x, y)
+    progress.on_predict_batch_end(batch)
     count += int(n)
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
+  progress.on_predict_end()
   return {k: v / max(count, 1) for k, v in totals.items()}

@@ -134,12 +134,7 @@ class DefendRun:
       phi, _ = models.split_at_latent(classifier, c.latent_layer)
       phi.trainable = False
       latent_dim = int(phi.output_shape[-1])
-      name = c.generator_architecture or self.spec.generator
-      try:
-        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
-      except ValueError:
-        name = "conv_decoder"
-        generator = models.build_generator(name, latent_dim, self.spec.image_shape)
+      name, generator = self._build_generator(latent_dim)
       self.say(f"generator: training {name} on {latent_dim}-d latents for {c.generator_epochs} epochs "
                f"({c.recon_norm} loss)")
       result = decoder_lib.train_decoder(
@@ -157,6 +152,36 @@ class DefendRun:
       self.say(f"generator: train loss {result['train_loss']:.5f}, test loss {result['test_loss']:.5f}")
     return self._stage("generator", run)
 
+  def _build_generator(self, latent_dim):
+    """(architecture name, fresh decoder): the configured one, or conv_decoder where the spec's
+    does not fit the images."""
+    name = self.config.generator_architecture or self.spec.generator
+    try:
+      return name, models.build_generator(name, latent_dim, self.spec.image_shape)
+    except ValueError:
+      return "conv_decoder", models.build_generator("conv_decoder", latent_dim, self.spec.image_shape)
+
+  # -- the plan (lad_tf.plan) -------------------------------------------------------------------
+  def planned_classifier(self):
+    """The classifier the later stages will use: the trained one when the stage is done, the user's,
+    else a fresh zoo build (same shapes and cost)."""
+    c = self.config
+    if self.work.done("classifier", self.settings["classifier"]) and "classifier" not in c.force:
+      return self.classifier()
+    if c.classifier_path:
+      return load_model(c.classifier_path, "classifier (--classifier)")
+    return models.build_classifier(c.architecture, self.spec.image_shape, self.spec.num_classes)
+
+  def planned_generator(self, latent_dim):
+    return self._build_generator(latent_dim)[1]
+
+  def plan(self, batches=3):
+    """(lad_tf.plan.StageEstimate list, printable lines): each stage's time estimated from `batches`
+    timed batches of its pieces."""
+    from lad_tf import plan as plan_lib
+    self.prepare()
+    return plan_lib.plan(self, batches)
+
   def boundaries_stage(self):
     def run(out):
       c = self.config
@@ -168,8 +193,7 @@ class DefendRun:
       for mode in dict.fromkeys([c.attention, "none"]):
         self.say(f"boundaries: fitting {k * (k - 1) // 2} {mode}-attention SVMs on "
                  f"{len(z_cal)} calibration latents")
-        fitted = boundary_lib.fit_boundaries(z_cal, self.calibration.y, k,
-                                             boundary_lib.BoundaryConfig(mode=mode, seed=c.seed), heldout)
+        fitted = boundary_lib.fit_boundaries(z_cal, self.calibration.y, k, self.boundary_config(mode), heldout)
         fitted.save(os.path.join(out, f"boundaries_{mode}.npz"))
         summary[mode] = {"heldout_accuracy": float(np.nanmean(fitted.heldout_accuracy)),
                          "fit_accuracy": float(np.mean(fitted.fit_accuracy)),
@@ -179,6 +203,11 @@ class DefendRun:
       shutil.copyfile(os.path.join(out, f"boundaries_{c.attention}.npz"), os.path.join(out, "boundaries.npz"))
       write_json(os.path.join(out, "metrics.json"), {"attention": c.attention, **summary})
     return self._stage("boundaries", run)
+
+  def boundary_config(self, mode):
+    """The boundary fit's settings: the authors', XLA where the spec measured it faster."""
+    return boundary_lib.BoundaryConfig(mode=mode, seed=self.config.seed,
+                                       jit_compile=self.spec.boundary_jit_compile)
 
   def boundaries(self):
     return self.work.boundaries()

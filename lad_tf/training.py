@@ -7,6 +7,7 @@ import numpy as np
 
 from lad_tf import datasets, execution, losses
 from lad_tf.execution import ExecutionConfig
+from lad_tf.progress import Progress
 
 
 @dataclasses.dataclass
@@ -17,21 +18,23 @@ class TrainConfig:
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
-def predict(model, x, batch_size=512):
-  """model.predict over images x, in batches; lazy images (lad_tf.sources.images) are streamed,
-  never decoded whole."""
+def predict(model, x, batch_size=512, name="predict"):
+  """model.predict over images x, in batches, with progress lines when it takes long
+  (lad_tf.progress); lazy images (lad_tf.sources.images) are streamed, never decoded whole."""
   split = datasets.Split(x, np.zeros(len(x), np.int64))
+  progress = [Progress(name, batch_size=batch_size, steps=-(-len(x) // batch_size))]
   if not split.streamed:
-    return model.predict(x, batch_size=batch_size, verbose=0)
+    return model.predict(x, batch_size=batch_size, verbose=0, callbacks=progress)
   with datasets.naming_unreadable_files(split):
-    return model.predict(datasets.to_tf_dataset(split, batch_size).map(lambda xb, _: xb), verbose=0)
+    return model.predict(datasets.to_tf_dataset(split, batch_size).map(lambda xb, _: xb), verbose=0,
+                         callbacks=progress)
 
 
 def accuracy(model, x, y, batch_size=512):
   """Top-1 accuracy of a logits model on images x with labels y (nan when x is empty)."""
   if len(x) == 0:
     return float("nan")
-  logits = predict(model, x, batch_size)
+  logits = predict(model, x, batch_size, name="accuracy")
   return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
@@ -49,5 +52,5 @@ def train_classifier(model, train, test, config, state_dir):
   with datasets.naming_unreadable_files(train, test):
     history = execution.fit(model, losses.classification, train_ds, run, config.epochs,
                             lambda: keras.optimizers.Adam(config.learning_rate), state_dir,
-                            validation_data=test_ds, name="classifier")
+                            validation_data=test_ds, name="classifier", batch_size=config.batch_size)
   return history, accuracy(model, test.x, test.y)

@@ -65,8 +65,8 @@ def define_distribution_flags():
                     "Keras dtype policy of training (losses in float32): mixed_float16 on GPUs (float32 "
                     "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
                     "lad_tf.execution.auto_precision measured accurate enough on this hardware.")
-  flags.DEFINE_bool("jit_compile", False, "XLA-compile the Keras fit train steps (measured slower for "
-                    "LeNet on CPU; try it on GPUs).")
+  flags.DEFINE_bool("jit_compile", False, "XLA-compile the Keras fit train steps (measured slower on CPU: "
+                    "LeNet, and svhnNet 2.2x / its decoder 5x the CPU time per batch; try it on GPUs).")
 
 
 def execution_config(flag_values):

@@ -22,6 +22,11 @@ flags.DEFINE_integer("calibration_per_class", None, "Test examples per class for
                      "(the paper: 20-200; default: the spec's); excluded from every reported accuracy.")
 flags.DEFINE_integer("classifier_epochs", None, "Classifier training epochs (default: the spec's).")
 flags.DEFINE_integer("generator_epochs", None, "Generator training epochs (default: the spec's).")
+flags.DEFINE_string("generator", None, "Decoder architecture of lad_tf.models.GENERATORS (default: the "
+                    "spec's, the paper's; e.g. svhnnet_decoder_light, 3x faster but 2.4x the L1 error, "
+                    "benchmarks/svhn_speed.json).")
+flags.DEFINE_integer("plan_batches", 3, "Before running, time this many batches of each stage's pieces "
+                     "and print the plan with each stage's estimated time (0: no plan).")
 flags.DEFINE_enum("recon_norm", None, ["l1", "l2"], "Generator loss (default: the spec's).")
 flags.DEFINE_enum("attention", "authors", ["authors", "budget", "none"], "Attention of the SVM.")
 flags.DEFINE_list("eps", None, "eps grid (default: the spec's), in units of --normal.")
@@ -83,6 +88,7 @@ def main(argv):
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, classifier_path=FLAGS.classifier,
       latent_layer=FLAGS.latent_layer, calibration_per_class=FLAGS.calibration_per_class,
       classifier_epochs=FLAGS.classifier_epochs, generator_epochs=FLAGS.generator_epochs,
+      generator_architecture=FLAGS.generator,
       recon_norm=FLAGS.recon_norm, attention=FLAGS.attention,
       eps_grid=tuple(float(e) for e in FLAGS.eps) if FLAGS.eps else None, normal=FLAGS.normal,
       target=FLAGS.target, adaptive=FLAGS.adaptive, fine_tune_mode=FLAGS.fine_tune_mode,
@@ -100,7 +106,8 @@ def main(argv):
   workdir = common.workdir(FLAGS)
   from pipelines import stages
   metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,
-                              model_name=FLAGS.model_name, stop_after=FLAGS.stop_after)
+                              model_name=FLAGS.model_name, stop_after=FLAGS.stop_after,
+                              plan_batches=FLAGS.plan_batches)
   from lad_tf import distribute
   if not distribute.is_chief(FLAGS.strategy):
     print(f"worker {distribute.task(FLAGS.strategy)}: done (the chief writes {workdir})")

@@ -47,12 +47,16 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
 
 
 def run_defend(workdir, config=pipeline.DefendConfig(), export=True, export_base=None, model_name="lad",
-               progress=None, stop_after=None):
-  """The defend command: every library stage (up to stop_after), then (on the chief, when the
+               progress=None, stop_after=None, plan_batches=0):
+  """The defend command: the plan (each stage's estimated time from `plan_batches` timed batches of
+  its pieces, printed; 0: none), every library stage (up to stop_after), then (on the chief, when the
   defended model exists) the export stage; returns metrics.json's content, with "export_path" when
   exported."""
   run = pipeline.DefendRun(workdir, config, progress)
   try:
+    if plan_batches and run.chief:
+      _, lines = run.plan(plan_batches)
+      print("\n".join(lines), flush=True)
     metrics = run.run(stop_after)
     if export and run.chief and stop_after in (None, "defended"):
       metrics["export_path"] = export_stage(run, metrics, export_base, model_name)

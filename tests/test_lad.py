@@ -16,6 +16,20 @@ QUIET = execution.ExecutionConfig(verbose=0)
 
 
 # -- attention and boundaries -------------------------------------------------------------------
+def test_the_xla_boundary_fit_finds_the_same_boundaries():
+  # DatasetSpec.boundary_jit_compile (SVHN) must not change what is fitted, only how fast
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 8)
+  z = (rng.normal(size=(24, 32)) + 2.0 * np.eye(3, 32)[y]).astype(np.float32)
+  fits = [boundary.fit_boundaries(z, y, 3, boundary.BoundaryConfig(mode="authors", epochs=3, jit_compile=jit))
+          for jit in (False, True)]
+  np.testing.assert_allclose(fits[1].w, fits[0].w, atol=1e-5)
+  np.testing.assert_allclose(fits[1].b, fits[0].b, atol=1e-5)
+  np.testing.assert_allclose(fits[1].kernel, fits[0].kernel, atol=1e-5)
+  assert np.abs(fits[0].w).max() > 1e-3  # it learnt something
+  np.testing.assert_array_equal(fits[1].fit_accuracy, fits[0].fit_accuracy)
+
+
 @pytest.mark.parametrize("mode", ["authors", "budget", "none"])
 def test_attention_shape_range_and_gradients(mode):
   layer = boundary.PairwiseAttentionSVM(num_pairs=3, mode=mode)

@@ -73,6 +73,10 @@ def test_decoders_match_tables_xi_xiii_xv():
   assert lenet_decoder.get_layer("deconv1").output.shape[1:3] == (14, 14)  # kernel 2, stride 4 on 4x4
   svhn_decoder = models.build_generator("svhnnet_decoder", 4096, (32, 32, 3))
   assert _params(svhn_decoder, "fc") == 4096 * 512 * 2 * 2 + 512 * 2 * 2
+  light = models.build_generator("svhnnet_decoder_light", 4096, (32, 32, 3))  # the CPU option: half width
+  assert light.output_shape[1:] == (32, 32, 3)
+  widths = lambda m: [l.filters for l in m.layers if isinstance(l, keras.layers.Conv2D)]
+  assert widths(light) == [w // 2 for w in widths(svhn_decoder)[:-1]] + [3]
   celeba_decoder = models.build_generator("celebanet_decoder", 4096, (128, 128, 3))
   assert _params(celeba_decoder, "fc") == 4096 * 512 * 4 * 4 + 512 * 4 * 4
 

@@ -12,6 +12,7 @@ CLASSIFIERS = {
 GENERATORS = {
     "lenet5_decoder": generators.lenet5_decoder,
     "svhnnet_decoder": generators.svhnnet_decoder,
+    "svhnnet_decoder_light": generators.svhnnet_decoder_light,
     "celebanet_decoder": generators.celebanet_decoder,
     "conv_decoder": generators.conv_decoder,
 }

@@ -1,0 +1,221 @@
+"""The defend pipeline's plan: each stage's time estimated from a short timed warm-up.
+
+Before a long run (SVHN: hours on two CPU cores) the user sees what will run and for about how long.
+`measure` times a few batches of each costly piece with the run's own models, batch sizes and
+execution settings (precision, XLA), on random inputs of the right shapes (time does not depend on
+the values): a training step of the classifier, of the decoder, of the boundary fit and of the
+Eq. 4 fine-tuning, and the inference of the classifier and the decoder. The first batch of each is
+left out (it holds the tracing/compilation). `estimate` multiplies them by the stage's counts
+(examples, epochs, batch sizes): the estimate is an extrapolation of those windows, not a run.
+pipelines.benchmark's pipeline suite uses the same windows to time SVHN's stages.
+"""
+import dataclasses
+import math
+import time
+from typing import Dict
+
+import keras
+import numpy as np
+
+from lad_tf import boundary as boundary_lib
+from lad_tf import defence, execution, losses, models
+from lad_tf.progress import StepTimer, duration
+
+INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
+ALL_PIECES = ("classifier_step", "classifier_validation", "classifier_inference", "decoder_step",
+              "decoder_inference", "boundary_step", "boundary_none_step", "fine_tune_step")
+
+
+@dataclasses.dataclass
+class Timings:
+  """Wall seconds per batch of each piece (batch sizes in `batch`, this process's CPU seconds per
+  batch in `cpu_seconds`); see `measure`."""
+  seconds: Dict[str, float]
+  batch: Dict[str, int]
+  cpu_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class StageEstimate:
+  name: str
+  seconds: float
+  parts: Dict[str, float]  # what the estimate adds up, in seconds
+  done: bool = False       # already in the work directory: it will be skipped
+
+
+def time_training(model, loss_fn, x, y, run, optimizer, batches, name="warm-up"):
+  """A StepTimer of `batches` training steps of `loss_fn` on batches like (x, y) under the
+  ExecutionConfig `run`, after a first (compiling) one. The weights of `model` are left as they were
+  (the step trains a copy)."""
+  import tensorflow as tf
+  ds = tf.data.Dataset.from_tensors((x, y)).repeat(batches + 1)
+  copy = keras.models.clone_model(model)
+  copy.set_weights(model.get_weights())
+  training = execution.Training(copy, loss_fn, run, optimizer, name)
+  timer = StepTimer()
+  training.fit(ds, 1, verbose=0, callbacks=[timer])
+  return timer
+
+
+def time_inference(model, x, batches):
+  """A StepTimer of `batches` `predict` batches of len(x) inputs, after a first one."""
+  timer = StepTimer()
+  model.predict(np.concatenate([x] * (batches + 1)), batch_size=len(x), verbose=0, callbacks=[timer])
+  return timer
+
+
+def _random_images(rng, n, shape):
+  return rng.random((n, *shape), dtype=np.float32)
+
+
+def measure(run, batches=3, pieces=None):
+  """Timings of the pieces of DefendRun `run` (its spec, config and execution settings).
+
+  pieces: the names to measure (default ALL_PIECES): classifier_step, classifier_validation (inference
+  under the training policy), classifier_inference, decoder_step,
+  decoder_inference, boundary_step (the config's attention) and boundary_none_step, fine_tune_step.
+  """
+  c, spec = run.config, run.spec
+  rng = np.random.default_rng(c.seed)
+  wanted = set(ALL_PIECES if pieces is None else pieces)
+  exec_ = dataclasses.replace(c.execution, verbose=0)
+  classifier = run.planned_classifier()
+  phi, _ = models.split_at_latent(classifier, c.latent_layer)
+  latent_dim = int(phi.output_shape[-1])
+  seconds, batch, cpu = {}, {}, {}
+
+  def images(n):
+    return _random_images(rng, n, spec.image_shape)
+
+  def labels(n):
+    return rng.integers(0, spec.num_classes, n).astype(np.int64)
+
+  def timed(piece, size, fn):
+    if piece in wanted:
+      timer = fn(size)
+      seconds[piece], cpu[piece], batch[piece] = timer.seconds_per_batch(), timer.cpu_seconds_per_batch(), size
+
+  bs = spec.classifier_batch_size
+  timed("classifier_step", bs, lambda n: time_training(
+      classifier, losses.classification, images(n), labels(n), exec_,
+      lambda: keras.optimizers.Adam(1e-3), batches, "classifier"))
+  timed("classifier_inference", INFERENCE_BATCH, lambda n: time_inference(classifier, images(n), batches))
+  # validation during training runs on the trained copy, under the training policy (bf16 or not)
+  timed("classifier_validation", INFERENCE_BATCH, lambda n: time_inference(
+      execution.with_policy(classifier, execution.resolve_precision(exec_.precision)), images(n), batches))
+  if {"decoder_step", "decoder_inference"} & wanted:
+    generator = run.planned_generator(latent_dim)
+    z = rng.standard_normal((max(spec.generator_batch_size, INFERENCE_BATCH), latent_dim)).astype(np.float32)
+    timed("decoder_step", spec.generator_batch_size, lambda n: time_training(
+        generator, losses.reconstruction(c.recon_norm), z[:n], images(n), exec_,
+        lambda: keras.optimizers.Adam(1e-3), batches, "generator"))
+    timed("decoder_inference", INFERENCE_BATCH, lambda n: time_inference(generator, z[:n], batches))
+  pairs = spec.num_classes * (spec.num_classes - 1) // 2
+  for piece, mode in (("boundary_step", c.attention), ("boundary_none_step", "none")):
+    config = run.boundary_config(mode)
+
+    def fit_window(n, config=config):
+      fitter = boundary_lib.compiled_fitter(pairs, config)
+      z = rng.standard_normal((n * (batches + 1), pairs, latent_dim)).astype(np.float32)
+      y = np.sign(rng.standard_normal((n * (batches + 1), pairs))).astype(np.float32)
+      timer = StepTimer()
+      fitter.fit(z, y, batch_size=n, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+      return timer
+    timed(piece, config.batch_size, fit_window)
+  tune = defence.FineTuneConfig()
+  timed("fine_tune_step", tune.batch_size, lambda n: time_training(
+      classifier, defence.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
+      lambda: keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum), batches, "fine-tuning"))
+  keras.utils.set_random_seed(c.seed)  # the stages start from the same seed with or without a plan
+  return Timings(seconds, batch, cpu)
+
+
+def _batches(n, batch_size):
+  return math.ceil(n / batch_size)
+
+
+def estimate(run, timings):
+  """StageEstimates of every stage of DefendRun `run` from `timings` (see `measure`)."""
+  c, spec = run.config, run.spec
+  s, b = timings.seconds, timings.batch
+  n_train, n_eval, n_cal = len(run.data.train), len(run.evaluation), len(run.calibration)
+  infer = lambda piece, n: _batches(n, b[piece]) * s[piece] if piece in s else 0.0
+  steps = lambda piece, n, epochs: epochs * _batches(n, b[piece]) * s[piece] if piece in s else 0.0
+  parts = {
+      "classifier": {
+          "training": steps("classifier_step", n_train, c.classifier_epochs),
+          "validation (each epoch)": c.classifier_epochs * infer(
+              "classifier_validation" if "classifier_validation" in s else "classifier_inference", n_eval),
+          "test accuracy": infer("classifier_inference", n_eval)},
+      "generator": {
+          "latents (train and test)": infer("classifier_inference", n_train + n_eval),
+          "training": steps("decoder_step", n_train, c.generator_epochs),
+          "train and test loss": infer("decoder_inference", n_train + n_eval)},
+      "boundaries": {
+          "latents": infer("classifier_inference", n_cal + n_eval),
+          # fit_boundaries: per pair n_cal / k examples of each of its two classes, config epochs
+          f"fit ({c.attention})": steps("boundary_step", 2 * n_cal // spec.num_classes,
+                                        boundary_lib.BoundaryConfig().epochs),
+          **({"fit (none)": steps("boundary_none_step", 2 * n_cal // spec.num_classes,
+                                  boundary_lib.BoundaryConfig().epochs)} if c.attention != "none" else {})},
+      "generation": {
+          # latents, reconstructions, then per eps: decode and classify the calibration seeds
+          "decode and classify": (1 + len(set(c.eps_grid) | set(c.fine_tune_eps))) * (
+              infer("decoder_inference", n_cal) + infer("classifier_inference", n_cal))},
+      "defended": {
+          "fine-tuning": steps("fine_tune_step", _fine_tune_rows(c, n_cal), c.fine_tune_epochs),
+          "test accuracy": infer("classifier_inference", n_eval)},
+  }
+  return [StageEstimate(name, float(sum(p.values())), p, run.work.done(name, run.settings[name])
+                        and name not in c.force) for name, p in parts.items()]
+
+
+def _fine_tune_rows(config, n_cal):
+  if config.fine_tune_mode == "on_the_fly":
+    return config.on_the_fly_per_epoch
+  if config.fine_tune_mode == "eps":
+    return n_cal
+  return n_cal * len(config.fine_tune_eps)
+
+
+def describe(estimates, timings, measured_s=None):
+  """The plan as printable lines: each stage, its estimate and its biggest parts, and the total."""
+  lines = ["plan (estimates extrapolated from a short timed warm-up of each piece"
+           + (f", {measured_s:.0f} s" if measured_s is not None else "") + "):"]
+  total = 0.0
+  for e in estimates:
+    if e.done:
+      lines.append(f"  {e.name:<11s} done, skipped")
+      continue
+    total += e.seconds
+    biggest = sorted(e.parts.items(), key=lambda kv: -kv[1])
+    detail = ", ".join(f"{k} {duration(v)}" for k, v in biggest if v >= 0.5) or "under a second"
+    lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s}  ({detail})")
+  lines.append(f"  {'total':<11s} about {duration(total):>6s} "
+               "(compilation, saving, figures and export not included)")
+  rates = ", ".join(f"{k} {v * 1000:.0f} ms/batch of {timings.batch[k]}" for k, v in timings.seconds.items())
+  lines.append(f"  measured: {rates}")
+  return lines
+
+
+PIECES = {  # what each stage's estimate needs
+    "classifier": ("classifier_step", "classifier_validation", "classifier_inference"),
+    "generator": ("classifier_inference", "decoder_step", "decoder_inference"),
+    "boundaries": ("classifier_inference", "boundary_step", "boundary_none_step"),
+    "generation": ("classifier_inference", "decoder_inference"),
+    "defended": ("classifier_inference", "fine_tune_step"),
+}
+
+
+def plan(run, batches=3):
+  """Measures the pieces the stages still to run need, estimates every stage and returns
+  (estimates, printable lines) for DefendRun `run`."""
+  start = time.perf_counter()
+  c = run.config
+  todo = [s for s in PIECES if s in c.force or not run.work.done(s, run.settings[s])]
+  pieces = {p for s in todo for p in PIECES[s]}
+  if c.classifier_path:
+    pieces -= {"classifier_step", "classifier_validation"}
+  timings = measure(run, batches, sorted(pieces)) if pieces else Timings({}, {})
+  estimates = estimate(run, timings)
+  return estimates, describe(estimates, timings, time.perf_counter() - start)

@@ -1,0 +1,174 @@
+"""Progress lines with the time left (lad_tf.progress), the defend plan (lad_tf.plan) and SVHN's .mat
+writer (the benchmark's full-size stand-in files), on the embedded digits and tiny synthetic files."""
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from lad_tf import datasets, execution, losses, models, pipeline, plan
+from lad_tf.progress import Progress, StepTimer, duration
+from lad_tf.sources import svhn
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_duration_reads_like_a_person_would():
+  assert duration(7.4) == "7s"
+  assert duration(185) == "3m05s"
+  assert duration(3720) == "1h02m"
+  assert duration(float("inf")) == "?"
+
+
+def test_progress_estimates_the_time_left_of_the_whole_stage_without_the_compiling_batch():
+  clock, lines = FakeClock(), []
+  progress = Progress("classifier", every_s=0, batch_size=128, say=lines.append, clock=clock)
+  progress.set_params({"epochs": 2, "steps": 10})
+  progress.on_train_begin()
+  progress.on_epoch_begin(0)
+  clock.now += 5.0  # the first batch traces and compiles: slow, left out of the rate
+  progress.on_train_batch_end(0)
+  for batch in range(1, 5):
+    clock.now += 1.0  # then 1 batch/s
+    progress.on_train_batch_end(batch)
+  # 5 of 20 batches done; 15 left at 1 batch/s
+  assert lines[-1] == ("classifier: epoch 1/2, batch 5/10 (25% of classifier), 1.00 batch/s, 128 images/s, "
+                       "9s elapsed, about 15s left")
+  assert "left" not in lines[0]  # one batch gives no rate yet
+  progress.on_epoch_end(0)
+  progress.on_epoch_begin(1)
+  for batch in range(10):
+    clock.now += 2.0  # slower now: the rate is the mean since the first batch
+    progress.on_train_batch_end(batch)
+    if batch == 4:
+      rate = (4 + 5) / (4 * 1.0 + 5 * 2.0)  # the batches after the very first over their time
+      assert lines[-1].endswith(f"about {duration(5 / rate)} left")
+  progress.on_train_end()
+  assert lines[-1].endswith("done") and "epoch 2/2, batch 10/10" in lines[-1]
+
+
+def test_progress_learns_the_steps_per_epoch_when_keras_does_not_know_them():
+  clock, lines = FakeClock(), []
+  progress = Progress("generator", every_s=0, say=lines.append, clock=clock)
+  progress.set_params({"epochs": 3, "steps": None})
+  progress.on_train_begin()
+  progress.on_epoch_begin(0)
+  for batch in range(4):
+    clock.now += 1.0
+    progress.on_train_batch_end(batch)
+  assert "left" not in lines[-1] and "batch 4," in lines[-1]
+  progress.on_epoch_end(0)
+  progress.on_epoch_begin(1)
+  clock.now += 1.0
+  progress.on_train_batch_end(0)
+  assert "batch 1/4" in lines[-1] and lines[-1].endswith("about 7s left")  # 3 + 4 batches at 1/s
+
+
+def test_progress_stays_silent_on_short_loops():
+  clock, lines = FakeClock(), []
+  progress = Progress("latents", every_s=10, say=lines.append, clock=clock)
+  progress.set_params({"steps": 3})
+  progress.on_predict_begin()
+  for batch in range(3):
+    clock.now += 1.0
+    progress.on_predict_batch_end(batch)
+  progress.on_predict_end()
+  assert lines == []
+
+
+def test_the_executor_logs_progress_with_the_time_left_while_training(caplog):
+  data = datasets.load("digits")
+  keras.utils.set_random_seed(0)
+  model = models.build_classifier("lenet5", (28, 28, 1), 10)
+  train = datasets.to_tf_dataset(data.train.take(np.arange(640)), 64, shuffle=True)
+  run = execution.ExecutionConfig(verbose=1, progress_s=0.0)
+  with caplog.at_level(logging.INFO, logger="lad_tf"):
+    history = execution.fit(model, losses.classification, train, run, 2, lambda: keras.optimizers.Adam(1e-3),
+                            name="classifier", batch_size=64)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("classifier: ")]
+  assert len(lines) >= 19  # one per batch (progress_s=0) plus the final one
+  assert any("epoch 2/2, batch 10/10" in line for line in lines)
+  assert any(line.endswith("left") and "images/s" in line for line in lines)
+  assert lines[-1].endswith("done")
+  assert history["loss"][1] < history["loss"][0]
+
+
+def test_step_timer_leaves_out_the_first_batch():
+  clock, cpu = FakeClock(), FakeClock()
+  timer = StepTimer(clock, cpu)
+  for step in (30.0, 2.0, 2.0, 2.0):
+    clock.now += step
+    cpu.now += 2 * step  # two busy threads
+    timer.on_train_batch_end(0)
+  assert timer.seconds_per_batch() == pytest.approx(2.0)
+  assert timer.cpu_seconds_per_batch() == pytest.approx(4.0)
+  with pytest.raises(ValueError, match="at least 2 batches"):
+    StepTimer().seconds_per_batch()
+
+
+# -- the plan -------------------------------------------------------------------------------------
+def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_path):
+  config = pipeline.DefendConfig(dataset="digits", classifier_epochs=2, generator_epochs=3,
+                                 execution=execution.ExecutionConfig(verbose=0))
+  run = pipeline.DefendRun(str(tmp_path), config)
+
+  def fake_classifier(out):  # the classifier stage, done (an untrained model is enough to plan)
+    model = models.build_classifier("lenet5", (28, 28, 1), 10)
+    model.save(os.path.join(out, "model.keras"))
+  run.prepare()
+  run.work.run_stage("classifier", run.settings["classifier"], fake_classifier)
+
+  estimates, lines = run.plan(batches=2)
+  by_name = {e.name: e for e in estimates}
+  assert [e.name for e in estimates] == list(pipeline.STAGES)
+  assert by_name["classifier"].done and not by_name["generator"].done
+  assert "classifier_step" not in lines[-1]  # a done stage's training is not timed
+  # the estimate is the stage's counts times the measured batch times
+  fake = plan.Timings({"decoder_step": 0.5, "decoder_inference": 0.1, "classifier_inference": 0.2},
+                      {"decoder_step": 64, "decoder_inference": 512, "classifier_inference": 512})
+  generator = {e.name: e for e in plan.estimate(run, fake)}["generator"]
+  n_train, n_eval = len(run.data.train), len(run.evaluation)
+  assert generator.parts["training"] == pytest.approx(3 * math.ceil(n_train / 64) * 0.5)
+  assert generator.parts["latents (train and test)"] == pytest.approx(math.ceil((n_train + n_eval) / 512) * 0.2)
+  assert generator.seconds == pytest.approx(sum(generator.parts.values()))
+  assert lines[0].startswith("plan") and any(line.strip().startswith("classifier  done") for line in lines)
+  total = [line for line in lines if line.strip().startswith("total")][0]
+  expected = sum(e.seconds for e in estimates if not e.done)
+  assert f"about {duration(expected):>6s}" in total
+  assert all(e.seconds > 0 for e in estimates if not e.done)
+
+
+# -- SVHN's .mat files ----------------------------------------------------------------------------
+def test_written_mat_files_read_back_through_the_svhn_loader(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(12) % 10
+  svhn.write_mat(tmp_path / "train_32x32.mat", images, labels)
+  svhn.write_mat(tmp_path / "test_32x32.mat", images[:5] / 255.0, labels[:5])  # floats in [0, 1] too
+  data = datasets.load("svhn", data_dir=str(tmp_path), source="local")
+  np.testing.assert_array_equal(data.train.y, labels)
+  np.testing.assert_allclose(data.train.x, images / 255.0, atol=1e-7)
+  np.testing.assert_allclose(data.test.x, images[:5] / 255.0, atol=1e-7)
+  from scipy import io as scipy_io
+  raw = scipy_io.loadmat(tmp_path / "train_32x32.mat")
+  assert raw["X"].shape == (32, 32, 3, 12) and raw["X"].dtype == np.uint8
+  assert raw["y"][0, 0] == 10  # SVHN writes the digit 0 as 10
+
+
+def test_synthetic_svhn_files_have_the_requested_sizes_and_are_seeded(tmp_path):
+  a = svhn.write_synthetic(str(tmp_path / "a"), {"train": 30, "test": 20}, seed=3)
+  b = svhn.write_synthetic(str(tmp_path / "b"), {"train": 30, "test": 20}, seed=3)
+  da, db = datasets.load("svhn", data_dir=a), datasets.load("svhn", data_dir=b)
+  assert (len(da.train), len(da.test)) == (30, 20)
+  np.testing.assert_array_equal(da.train.x, db.train.x)
+  assert set(np.unique(da.train.y)) <= set(range(10))
+  with pytest.raises(ValueError, match="images"):
+    svhn.write_mat(tmp_path / "bad.mat", np.zeros((2, 28, 28, 1)), [0, 1])
