@@ -166,8 +166,11 @@ def estimate(run, timings):
           "fine-tuning": steps("fine_tune_step", _fine_tune_rows(c, n_cal), c.fine_tune_epochs),
           "test accuracy": infer("classifier_inference", n_eval)},
   }
-  return [StageEstimate(name, float(sum(p.values())), p, run.work.done(name, run.settings[name])
-                        and name not in c.force) for name, p in parts.items()]
+  if c.defence not in ("lad", "clean"):
+    parts["defended"] = {}  # robust training: not measured by the warm-up (see describe)
+  done = lambda name: run.work.done(name, run.settings[name]) and name not in c.force
+  return [StageEstimate(name, float(sum(parts.get(name, {}).values())), parts.get(name, {}), done(name))
+          for name in c.needed_stages()]
 
 
 def _fine_tune_rows(config, n_cal):
@@ -187,12 +190,15 @@ def describe(estimates, timings, measured_s=None):
     if e.done:
       lines.append(f"  {e.name:<11s} done, skipped")
       continue
+    if not e.parts:  # the robust training and the AutoAttack stage are not timed by the warm-up
+      lines.append(f"  {e.name:<11s} not estimated (its pieces are not timed by the warm-up)")
+      continue
     total += e.seconds
     biggest = sorted(e.parts.items(), key=lambda kv: -kv[1])
     detail = ", ".join(f"{k} {duration(v)}" for k, v in biggest if v >= 0.5) or "under a second"
     lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s}  ({detail})")
   lines.append(f"  {'total':<11s} about {duration(total):>6s} "
-               "(compilation, saving, figures and export not included)")
+               "(compilation, saving, figures, export and the stages not estimated not included)")
   rates = ", ".join(f"{k} {v * 1000:.0f} ms/batch of {timings.batch[k]}" for k, v in timings.seconds.items())
   lines.append(f"  measured: {rates}")
   return lines
