@@ -621,14 +621,27 @@ def benchmark_section(repo):
     o = robust.get("options", {})
     parts += ["", f"### Robust training (`benchmarks/robust_fashion_mnist.json`, committed in "
               f"{git_commit_of_file(repo, 'benchmarks/robust_fashion_mnist.json')})", "",
-              f"Command: `python -m pipelines.benchmark {robust.get('suite', 'robust')}`; {robust.get('dataset')} "
-              f"eps {robust.get('eps')}, {o.get('model')} fine-tuned {o.get('epochs')} epochs on "
-              f"{o.get('train_examples')} images, scored on {o.get('eval_examples')} test images. Status: "
+              f"Command: `{robust.get('command') or 'python -m pipelines.benchmark robust'}`"
+              + (f" at commit {robust['commit']}" if robust.get("commit") else "")
+              + f"; {robust.get('dataset')} eps {robust.get('eps')}, {o.get('model')} "
+              f"({robust.get('parameters')} parameters) fine-tuned {o.get('epochs')} epochs on "
+              f"{o.get('train_examples')} images, scored on {o.get('eval_examples')} test images; "
+              f"AutoAttack % is per image the worst of {o.get('autoattack_attack', 'AutoAttack')}. "
+              f"Cost ratio: training wall time over clean training's (`standard`) in the same seed. Status: "
               f"{robust.get('status', 'complete')}", "",
-              table(["method", "clean %", "PGD-40 %", "AutoAttack %", "seeds"],
-                    [[m, pct(v["clean"]["mean"]), pct(v["pgd40"]["mean"]), pct(v["autoattack"]["mean"]),
-                      len(v.get("seeds", []))] for m, v in robust["methods"].items()])]
+              _robust_table(robust["methods"])]
+    if robust.get("ablation"):
+      parts += ["", "Ablation of `lad_robust` (its parts added one at a time; `+guided_start` is the "
+                "default `lad_robust`):", "", _robust_table(robust["ablation"])]
   return "\n".join(parts) if len(parts) > 2 else ""
+
+
+def _robust_table(methods):
+  cell = lambda v, key, f: f(v[key]["mean"]) + (f" ± {f(v[key]['std'])}" if len(v.get("seeds", [])) > 1 else "")
+  return table(["method", "clean %", "PGD-40 %", "AutoAttack %", "cost ratio", "seeds"],
+               [[m, cell(v, "clean", pct), cell(v, "pgd40", pct), cell(v, "autoattack", pct),
+                 cell(v, "cost_ratio", lambda x: f"{x:.1f}") if "cost_ratio" in v else "-",
+                 len(v.get("seeds", []))] for m, v in methods.items()])
 
 
 # -- the document ----------------------------------------------------------------------------------------
