@@ -87,10 +87,12 @@ def _summary(rows):
 def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, init="finetune",
-        ablation=True, ablation_seeds=None, bfloat16=False, attention="none", autoattack="standard",
+        ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
         partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
 
+  only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
+    all); `standard` is always trained (the cost ratios divide by it).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
   partial: a JSON path written after each seed; a run started with the same options (seeds may grow) resumes from it,
@@ -102,6 +104,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
+  only = only.split("|") if isinstance(only, str) else only
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
@@ -118,7 +121,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
                  generator_epochs=generator_epochs, generator_examples=generator_examples,
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
-                 attention=attention, ablation_seeds=ablation_seeds,
+                 attention=attention, ablation_seeds=ablation_seeds, only=only,
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
@@ -189,6 +192,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     x_train, y_train = data.train.x[rows_s], data.train.y[rows_s]
     for name, opts in variants:
       if opts is not None and not full_ablation and name not in core:
+        continue
+      if only and name != "standard" and name not in only:
         continue
       method = "lad_robust" if opts is not None else name
       config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
