@@ -159,6 +159,26 @@ def craft(attack, model, x, y, config, eps=None, target=None, transfer=False):
   return spec(model, x, target if spec.targeted else y, eps if spec.bounded else None, **options)
 
 
+
+def white_box_columns(row, models, config, fixed_set, attacked_itself, label, start, say):
+  """Fills a white-box row's columns for every model but the original: `fixed_set(name, model)`, its
+  accuracy on the original's examples (the paper's protocol), and `attacked_itself(name, model)`, its
+  accuracy when the attack targets it (the defended model always; the baselines with
+  config.attack_baselines, else None); then the row's seconds since `start`, and progress lines
+  through `say`."""
+  for name, model in models.items():
+    if name == "original":
+      continue
+    row[f"{name}_accuracy_fixed_set"] = fixed_set(name, model)
+    if name == "defended" or config.attack_baselines:
+      say(f"evaluate: {label}: white-box on {name}")
+      row[f"{name}_accuracy"] = attacked_itself(name, model)
+    else:
+      row[f"{name}_accuracy"] = None
+  row["seconds"] = time.time() - start
+  say(f"evaluate: {label.split('] ')[-1]} white-box: original {row['original_accuracy']:.3f}, defended "
+      f"{row['defended_accuracy']:.3f} (on the original's examples {row['defended_accuracy_fixed_set']:.3f})")
+
 def attack_stats(model, x, x_adv, y, target):
   """Success of an attack on the model it was crafted on, and the size of its successful
   perturbations: success means reaching the target (targeted) or flipping a correctly classified
@@ -215,20 +235,10 @@ def attack_rows(attacked, sources, config, blackbox=None, progress=None):
       examples[attack] = {"x": x[pick], "x_adv": x_adv[pick], "y": y[pick],
                           "pred": attacks_lib.predict(attacked["original"], x_adv[pick]),
                           "target": None if target is None else target[pick], "epsilon": eps}
-    for name, model in attacked.items():
-      if name == "original":
-        continue
-      row[f"{name}_accuracy_fixed_set"] = accuracy(model, x_adv, y)
-      if name == "defended" or config.attack_baselines:
-        say(f"evaluate: [{i + 1}/{len(jobs)}] {label}: white-box on {name}")
-        own = craft(attack, model, x, y, config, eps, target)
-        row[f"{name}_accuracy"] = accuracy(model, own, y)
-      else:
-        row[f"{name}_accuracy"] = None
-    row["seconds"] = time.time() - start
+    white_box_columns(row, attacked, config, lambda _, model: accuracy(model, x_adv, y),
+                      lambda _, model: accuracy(model, craft(attack, model, x, y, config, eps, target), y),
+                      f"[{i + 1}/{len(jobs)}] {label}", start, say)
     rows.append(row)
-    say(f"evaluate: {label} white-box: original {row['original_accuracy']:.3f}, defended "
-        f"{row['defended_accuracy']:.3f} (on the original's examples {row['defended_accuracy_fixed_set']:.3f})")
     # Transfer: the black-box model's examples, fed to every model.
     if blackbox is not None:
       start = time.time()

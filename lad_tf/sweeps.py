@@ -9,6 +9,7 @@ import numpy as np
 
 from lad_tf import defence
 from lad_tf.auxiliary_models import CACHE
+from lad_tf.protocol import white_box_columns
 from lad_tf.training import accuracy
 
 log = logging.getLogger("lad_tf")
@@ -106,19 +107,9 @@ def ga_rows(acgan, contents, attacked, blackbox, config, tune, say):
          "targeted": False, "tries": tries, "n_kept": int(np.sum(own["kept"])),
          "attack_success_rate": float(own["success_rate"]), "original_accuracy": 1.0 - float(own["success_rate"])}
   fixed = ga.accuracy_over_tries({name: m for name, m in models.items() if name != "original"}, own)
-  for name, model in models.items():
-    if name == "original":
-      continue
-    row[f"{name}_accuracy_fixed_set"] = fixed[name]
-    if name == "defended" or config.attack_baselines:
-      say(f"evaluate: ga: white-box on {name}")
-      row[f"{name}_accuracy"] = 1.0 - float(crafted(model)["success_rate"])
-    else:
-      row[f"{name}_accuracy"] = None
-  row["seconds"] = time.time() - start
+  white_box_columns(row, models, config, lambda name, _: fixed[name],
+                    lambda _, model: 1.0 - float(crafted(model)["success_rate"]), "ga", start, say)
   rows.append(row)
-  say(f"evaluate: ga white-box: original {row['original_accuracy']:.3f}, defended {row['defended_accuracy']:.3f} "
-      f"(on the original's examples {row['defended_accuracy_fixed_set']:.3f})")
 
   if blackbox is None:
     say("evaluate: ga transfer row skipped: it needs the black-box model (--transfer)")
