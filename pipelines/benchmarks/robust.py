@@ -40,14 +40,15 @@ AUTOATTACKS = {
 
 
 def strongest_attack(model, x, y, eps, version="standard"):
-  """Adversarial images from the AutoAttack ensemble (`version` "standard" or "fast"), or APGD-CE
-  alone ("apgd-ce", the figure before the ensemble was merged)."""
+  """(adversarial images, the attack that broke each image or None) from the AutoAttack ensemble
+  (`version` "standard" or "fast"), or APGD-CE alone ("apgd-ce", the figure before the ensemble was
+  merged)."""
   from lad_tf import attacks
   if version not in AUTOATTACKS:
     raise ValueError(f"autoattack must be one of {', '.join(AUTOATTACKS)}, got '{version}'")
   if version == "apgd-ce":
-    return attacks.apgd(model, x, y, eps, n_iter=100, seed=0)
-  return attacks.autoattack(model, x, y, eps, version=version, seed=0)[0]
+    return attacks.apgd(model, x, y, eps, n_iter=100, seed=0), None
+  return attacks.autoattack(model, x, y, eps, version=version, seed=0)
 
 
 def ablation_options():
@@ -70,9 +71,15 @@ def evaluate(model, x, y, eps, autoattack="standard"):
   predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
   clean = predict(x) == y
   pgd = predict(attacks.pgd(model, x, y, eps, nb_iter=40, seed=0)) == y
-  strong = predict(strongest_attack(model, x, y, eps, autoattack)) == y
-  return {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
-          "autoattack": float((strong & pgd & clean).mean())}
+  start = time.perf_counter()
+  x_adv, broken_by = strongest_attack(model, x, y, eps, autoattack)
+  strong = predict(x_adv) == y
+  out = {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
+         "autoattack": float((strong & pgd & clean).mean()), "autoattack_s": time.perf_counter() - start}
+  if broken_by is not None:
+    # images each attack of the ensemble broke first: what FAB-T and Square add over the fast version
+    out["broken_by"] = {name: int(np.sum(broken_by == name)) for name in sorted(set(broken_by)) if name}
+  return out
 
 
 def _summary(rows):
