@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs `python -m MODULE ARGS` with name resolution failing, as on a machine without internet, so the
@@ -86,3 +88,12 @@ def test_usage_error_and_verbose_traceback(tmp_path):
                        home=tmp_path)
   assert result.returncode != 0
   assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_benchmark_set_values_are_literals_and_false_is_false():
+  from absl import app
+  from pipelines.benchmark import suite_options
+  assert suite_options(["bfloat16=false", "epochs=3", "only=nfgsm|pgd_at", "x=True"]) == {
+      "bfloat16": False, "epochs": 3, "only": "nfgsm|pgd_at", "x": True}
+  with pytest.raises(app.UsageError, match="key=value"):
+    suite_options(["epochs"])
