@@ -12,12 +12,14 @@ DESCRIPTIONS = {
                "per batch, about 2x the cost of clean training",
     "pgd_at": "PGD-10 adversarial training (Madry et al. 2018): the standard, about 11x the cost",
     "trades": "TRADES (Zhang et al. 2019): CE + 6 KL(clean || adversarial), 10-step inner maximisation",
+    "nfgsm": "N-FGSM (de Jorge et al. 2022): one input-space step per batch from noise larger than "
+             "eps, about 2x the cost of clean training; lad_robust with LAD's parts off",
     "lad_robust": "ours: one N-FGSM input-space step per batch, half the batch starting from LAD's "
                   "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
 }
 
 # The defences `python -m pipelines.defend --defence=NAME` offers (every method but the cost reference).
-DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "lad_robust")
+DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "nfgsm", "lad_robust")
 
 # The defence `pipelines.defend` applies without --defence: the paper's method until the robust
 # benchmark (pipelines/benchmarks/robust.py, issue 13 section 4) says which protects best.

@@ -73,11 +73,10 @@ def test_clean_model_is_accurate_and_not_robust(setup):
   assert pgd < 0.4
 
 
-@pytest.mark.parametrize("method", ["fgsm_rs", "pgd_at", "trades", "lad_robust"])
+@pytest.mark.parametrize("method", ["fgsm_rs", "pgd_at", "trades", "nfgsm"])
 def test_adversarial_methods_raise_pgd_accuracy(setup, method):
   data, model, clean_pgd = setup
-  extra = {"options": losses.LadRobustOptions()} if method == "lad_robust" else {}  # N-FGSM alone
-  trained, info = robust.train(model, data.train.x, data.train.y, config(method, **extra))
+  trained, info = robust.train(model, data.train.x, data.train.y, config(method))
   assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
   assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
   assert trained.output_shape == (None, 10) and info["train_s"] > 0
@@ -184,3 +183,17 @@ def test_every_layer_of_the_classifier_trains(setup, lad_parts):
   """The fixtures leave the shared model fully trainable, so each method fine-tunes every layer."""
   _, model, _ = setup
   assert len(model.trainable_weights) == len(model.weights)
+
+
+def test_nfgsm_is_lad_robust_with_every_lad_part_off(setup):
+  """The default-defence candidate `nfgsm` computes exactly lad_robust's loss with LadRobustOptions()."""
+  from lad_tf.robust.methods import make_loss
+  data, model, _ = setup
+  x, y = tf.constant(data.test.x[:64]), tf.constant(data.test.y[:64])
+  named = make_loss(config("nfgsm"))
+  tf.random.set_seed(3)
+  a = named(model, {"image": x}, y).numpy()
+  tf.random.set_seed(3)
+  b = make_loss(config("lad_robust", options=losses.LadRobustOptions()))(model, {"image": x}, y).numpy()
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert not config("nfgsm").needs_lad() and a.mean() > 0

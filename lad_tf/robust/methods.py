@@ -7,6 +7,8 @@
   fgsm_rs     FGSM with a random start, step 1.25 eps (Wong et al. 2020)
   pgd_at      PGD-10 adversarial training (Madry et al. 2018)
   trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
+  nfgsm       N-FGSM: one step of eps from noise of radius 2 eps (de Jorge et al. 2022), lad_robust
+              with every LAD part off
   lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
 
 Every method trains through lad_tf.execution (one training path: the ExecutionConfig's strategy,
@@ -30,7 +32,7 @@ from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 
 METHODS = tuple(DESCRIPTIONS)
-SINGLE_STEP = ("fgsm_rs", "lad_robust")
+SINGLE_STEP = ("fgsm_rs", "nfgsm", "lad_robust")
 
 
 @dataclasses.dataclass
@@ -87,6 +89,8 @@ def make_loss(config):
     return losses.PgdLoss(config.eps, config.pgd_steps)
   if m == "trades":
     return losses.TradesLoss(config.eps, config.trades_beta, config.pgd_steps)
+  if m == "nfgsm":
+    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions())  # every LAD part off
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
