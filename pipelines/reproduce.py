@@ -30,7 +30,7 @@ from pipelines import common
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The pinned configuration: today's defaults of pipelines.defend / pipelines.evaluate, written out.
-DEFEND = {"classifier_epochs": "10", "generator_epochs": "10", "calibration_per_class": "50",
+DEFEND = {"defence": "lad", "classifier_epochs": "10", "generator_epochs": "10", "calibration_per_class": "50",
           "recon_norm": "l2", "attention": "authors", "eps": "0.1,0.2,0.3,0.4,0.5,0.75,1", "normal": "relative",
           "target": "random", "fine_tune_mode": "mix", "fine_tune_eps": "0.1,0.2,0.3",
           "fine_tune_schedule": "lad_tf", "fine_tune_epochs": "10", "seed": "0"}

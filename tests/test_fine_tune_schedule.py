@@ -38,7 +38,7 @@ def authors_run(tmp_path_factory, monkeypatch_module):
   """A tiny digits defence with the authors' schedule (2 epochs) and the decoder's loss recorded at
   epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded."""
   workdir = str(tmp_path_factory.mktemp("authors"))
-  config = pipeline.DefendConfig(dataset="digits", classifier_epochs=4, generator_epochs=4,
+  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4,
                                  decoder_loss_epochs=(1, 2, 4), calibration_per_class=5,
                                  fine_tune_schedule="authors", fine_tune_epochs=2,
                                  eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), execution=QUIET)
@@ -111,8 +111,8 @@ def test_a_changed_schedule_reruns_only_the_defended_stage(authors_run, caplog):
 
 
 def test_stop_after_the_generator_runs_no_later_stage(tmp_path):
-  config = pipeline.DefendConfig(dataset="digits", classifier_epochs=2, generator_epochs=2, calibration_per_class=3,
-                                 decoder_loss_epochs=(2,), execution=QUIET)
+  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=2,
+                                 calibration_per_class=3, decoder_loss_epochs=(2,), execution=QUIET)
   metrics = pipeline.DefendRun(str(tmp_path), config).run(stop_after="generator")
   assert os.path.isdir(tmp_path / "generator") and not os.path.exists(tmp_path / "boundaries")
   assert np.isfinite(metrics["generator"]["loss_at_epoch"]["2"]["test"])

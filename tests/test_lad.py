@@ -122,7 +122,7 @@ def test_fine_tune_leaves_the_original_untouched():
 
 
 # -- the pipeline on digits ---------------------------------------------------------------------
-CONFIG = pipeline.DefendConfig(dataset="digits", classifier_epochs=8, generator_epochs=25,
+CONFIG = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
                                eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), robust_eval="fast",
                                robust_eval_examples=100, execution=QUIET)

@@ -116,7 +116,7 @@ def test_step_timer_leaves_out_the_first_batch():
 
 # -- the plan -------------------------------------------------------------------------------------
 def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_path):
-  config = pipeline.DefendConfig(dataset="digits", classifier_epochs=2, generator_epochs=3,
+  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=3,
                                  execution=execution.ExecutionConfig(verbose=0))
   run = pipeline.DefendRun(str(tmp_path), config)
 
