@@ -1,6 +1,6 @@
 """SpaceToDepthConv2D computes what keras Conv2D computes (outputs and gradients, to float
-tolerance), so lenet5_decoder's faster image layer is the same decoder: same outputs, same saved
-weights, and training with it reaches the loss the Conv2D decoder reaches."""
+tolerance), so lenet5_decoder_blocked (the image layer on pixel blocks) is the same decoder: same
+outputs, same saved weights, and training it reaches the loss the Conv2D decoder reaches."""
 import os
 
 import keras
@@ -55,8 +55,8 @@ def test_rejects_what_it_does_not_compute():
 
 def test_decoder_same_outputs_saved_and_in_bfloat16(tmp_path):
   keras.utils.set_random_seed(0)
-  plain = generators.lenet5_decoder(image_block=1)
-  blocked = generators.lenet5_decoder()
+  plain = generators.lenet5_decoder()
+  blocked = models.build_generator("lenet5_decoder_blocked", 500, (28, 28, 1))
   assert isinstance(blocked.get_layer("image"), SpaceToDepthConv2D)
   blocked.set_weights(plain.get_weights())  # the same variables: old weights load as they are
   z = np.random.default_rng(1).normal(0, 3, (16, 500)).astype(np.float32)

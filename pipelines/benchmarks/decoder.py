@@ -8,22 +8,28 @@ latents computed once, then each variant trains the decoder from the same initia
 (z, x) batches in the same order (its own dataset with the same seed), one epoch at a time in
 alternation (A B C D A B C D ...: the machine is shared, so ratios are read between neighbours):
 
-  conv_float32          image layer as keras Conv2D, float32 (the decoder before this suite)
-  float32               image layer as SpaceToDepthConv2D (the same outputs to float tolerance), float32
-  conv_mixed_bfloat16   Conv2D, mixed_bfloat16 (what precision=auto ran on AVX512-BF16 CPUs before)
-  mixed_bfloat16        SpaceToDepthConv2D, mixed_bfloat16 (precision=auto now)
+  conv_float32          lenet5_decoder (image layer as keras Conv2D), float32
+  float32               lenet5_decoder_blocked (image layer as SpaceToDepthConv2D: the same outputs
+                        to float tolerance), float32
+  conv_mixed_bfloat16   lenet5_decoder, mixed_bfloat16 (what precision=auto runs on AVX512-BF16 CPUs)
+  mixed_bfloat16        lenet5_decoder_blocked, mixed_bfloat16
 
-Reported per variant: each epoch's wall and process CPU seconds, images/s of the best epoch after the
-first (which traces), the achieved multiply-add rate against the cores' peak, and the train (the n
-images) and test reconstruction loss after the last epoch. conv_float32 vs float32 differ only by the
-order of float32 sums, so their loss gap is the noise floor a precision's gap is read against. Also:
-the image layer alone forward+backward (Conv2D vs SpaceToDepthConv2D), the input pipeline's seconds
-per batch, and `xla_steps` train steps with jit_compile against as many without.
+`--set=variants=float32+mixed_bfloat16,epochs=10` runs a subset for longer.
+
+Reported per variant (`summarize`): each epoch's wall and process CPU seconds and training loss,
+images per second and per CPU second of the best epoch after the first (which traces), the achieved
+FLOP rate against the cores' peak, and the train (the n images) and test reconstruction loss after
+the last epoch; speedups by wall and by CPU time. conv_float32 vs float32 differ only by the order of
+float32 sums, so their loss gap is the noise floor a precision's gap is read against. Also: the image
+layer alone forward+backward (Conv2D vs SpaceToDepthConv2D), the input pipeline's seconds per batch,
+and `xla_steps` train steps with jit_compile against as many without.
 """
 import os
 import time
 
 import numpy as np
+
+from pipelines.benchmarks.windows import TRAINING_FLOPS_PER_MAC
 
 VARIANTS = {"conv_float32": (1, "float32"), "float32": (2, "float32"),
             "conv_mixed_bfloat16": (1, "mixed_bfloat16"), "mixed_bfloat16": (2, "mixed_bfloat16")}
@@ -110,12 +116,12 @@ def _input_pipeline_s(z, x, batch_size, seed):
 
 
 def run(dataset="fashion_mnist", n=0, seed=0, epochs=4, classifier_epochs=1, batch_size=0,
-        variants="conv_float32,float32,conv_mixed_bfloat16,mixed_bfloat16", xla_steps=10, data_dir=None):
+        variants="conv_float32+float32+conv_mixed_bfloat16+mixed_bfloat16", xla_steps=10, data_dir=None):
   import keras
   from lad_tf import datasets, decoder, execution, losses, models
   from pipelines.benchmarks import windows
   n = n or 20000
-  names = [v for v in str(variants).split(",") if v]
+  names = [v for v in str(variants).replace(",", "+").split("+") if v]
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     raise ValueError(f"unknown decoder variants {unknown}; known: {', '.join(VARIANTS)}")
@@ -137,49 +143,29 @@ def run(dataset="fashion_mnist", n=0, seed=0, epochs=4, classifier_epochs=1, bat
     run_config = execution.ExecutionConfig(seed=seed, verbose=0, precision=policy)
     trainers[name] = execution.Training(model, loss, run_config, lambda: keras.optimizers.Adam(1e-3), name=name)
     feeds[name] = decoder._pairs(z_train, train.x, batch_size, seed)  # the same order for every variant
-  wall = {name: [] for name in names}
-  cpu = {name: [] for name in names}
+  raw = {name: {"image_layer": "SpaceToDepthConv2D" if VARIANTS[name][0] > 1 else "Conv2D",
+                "precision": VARIANTS[name][1], "epoch_wall_s": [], "epoch_cpu_s": [], "epoch_loss": []}
+         for name in names}
   for epoch in range(epochs):
     for name in names:
       start, start_cpu = time.perf_counter(), time.process_time()
-      trainers[name].fit(feeds[name], 1, verbose=0)
-      wall[name].append(time.perf_counter() - start)
-      cpu[name].append(time.process_time() - start_cpu)
-      print(f"[decoder] epoch {epoch + 1} {name}: {wall[name][-1]:.1f} s wall, {cpu[name][-1]:.1f} s CPU",
-            flush=True)
-  peak = windows.cpu_peak()
-  macs = windows.multiply_adds(models.generators.lenet5_decoder(z_train.shape[1], spec.image_shape))
+      history = trainers[name].fit(feeds[name], 1, verbose=0)
+      raw[name]["epoch_wall_s"].append(time.perf_counter() - start)
+      raw[name]["epoch_cpu_s"].append(time.process_time() - start_cpu)
+      raw[name]["epoch_loss"].append(float(history["loss"][-1]))
+      print(f"[decoder] epoch {epoch + 1} {name}: {raw[name]['epoch_wall_s'][-1]:.1f} s wall, "
+            f"{raw[name]['epoch_cpu_s'][-1]:.1f} s CPU, loss {raw[name]['epoch_loss'][-1]:.5f}", flush=True)
   splits = {"train": decoder._pairs(z_train, train.x, 512), "test": decoder._pairs(z_test, data.test.x, 512)}
-  figures = {}
   for name in names:
     model = trainers[name].finish()
-    timed = wall[name][1:] or wall[name]
-    best = int(np.argmin(timed)) + (1 if len(wall[name]) > 1 else 0)
-    images_s = len(train) / wall[name][best]
-    gflops = images_s * macs * windows.TRAINING_FLOPS_PER_MAC / 1e9
-    bf16 = VARIANTS[name][1] == "mixed_bfloat16"
-    figures[name] = {
-        "image_layer": "SpaceToDepthConv2D" if VARIANTS[name][0] > 1 else "Conv2D",
-        "precision": VARIANTS[name][1],
-        "epoch_wall_s": wall[name], "epoch_cpu_s": cpu[name],
-        "best_epoch_s": wall[name][best], "images_per_s": images_s,
-        "images_per_cpu_s": len(train) / cpu[name][best],
-        "full_epoch_s_at_60000": 60000 / images_s,
-        "achieved_gflops": gflops,
-        "fraction_of_peak": gflops / (peak["bf16_peak_gflops"] if bf16 else peak["fp32_peak_gflops"]),
-        **{f"{split}_loss": execution.evaluate(model, loss, ds)["loss"] for split, ds in splits.items()},
-    }
-  base = figures.get("conv_float32")
-  speedup = {name: base["best_epoch_s"] / f["best_epoch_s"] for name, f in figures.items()} if base else {}
+    raw[name].update({f"{split}_loss": execution.evaluate(model, loss, ds)["loss"] for split, ds in splits.items()})
+  macs = windows.multiply_adds(models.generators.lenet5_decoder(z_train.shape[1], spec.image_shape))
+  summary = summarize(raw, len(train), macs, windows.cpu_peak())
   layer = {policy: _layer_ms(policy, batch_size) for policy in ("float32", "mixed_bfloat16")}
   xla = _xla_probe(z_train, train.x, batch_size, int(xla_steps), seed) if xla_steps else None
   return {
       "dataset": dataset, "n": len(train), "epochs": epochs, "batch_size": batch_size,
-      "classifier_epochs": classifier_epochs, "recon_norm": spec.recon_norm,
-      "forward_multiply_adds_per_image": macs, "cpu_peak": peak,
-      "variants": figures, "speedup_vs_conv_float32": speedup,
-      "loss_noise_floor": (abs(figures["float32"]["test_loss"] - base["test_loss"])
-                           if base and "float32" in figures else None),
+      "classifier_epochs": classifier_epochs, "recon_norm": spec.recon_norm, **summary,
       "image_layer_fwd_bwd_ms": layer,
       "input_pipeline_s_per_batch": _input_pipeline_s(z_train, train.x, batch_size, seed),
       "xla": xla,
@@ -187,3 +173,41 @@ def run(dataset="fashion_mnist", n=0, seed=0, epochs=4, classifier_epochs=1, bat
       "timing": "epochs alternate between the variants in one process; best epoch after the first; wall "
                 "and process CPU seconds (the machine is shared: read ratios, not absolute times)",
   }
+
+
+def _best(values):
+  """The smallest of a per-epoch list, the first epoch (which traces) left out when there are more."""
+  return min(values[1:] or values)
+
+
+def summarize(raw, n, macs, peak):
+  """Throughput and ratios from the per-epoch figures {variant: {epoch_wall_s, epoch_cpu_s, train_loss,
+  test_loss, precision, ...}} of one run. Wall-clock ratios swing with the load of a shared machine
+  (an epoch can take twice its CPU time when one of TensorFlow's two threads waits for a core); the
+  process CPU seconds per epoch are the steadier measure of the work each variant needs."""
+  variants = {}
+  for name, f in raw.items():
+    images_s, images_cpu_s = n / _best(f["epoch_wall_s"]), n / _best(f["epoch_cpu_s"])
+    gflops = images_s * macs * TRAINING_FLOPS_PER_MAC / 1e9
+    bf16 = f["precision"] == "mixed_bfloat16"
+    variants[name] = {
+        **f, "best_epoch_wall_s": _best(f["epoch_wall_s"]), "best_epoch_cpu_s": _best(f["epoch_cpu_s"]),
+        "images_per_s": images_s, "images_per_cpu_s": images_cpu_s,
+        "full_epoch_cpu_s_at_60000": 60000 / images_cpu_s,
+        "achieved_gflops": gflops,
+        "fraction_of_peak": gflops / (peak["bf16_peak_gflops"] if bf16 else peak["fp32_peak_gflops"])}
+  out = {"forward_multiply_adds_per_image": macs, "cpu_peak": peak, "variants": variants}
+  base = variants.get("conv_float32") or variants.get("float32")
+  if base:
+    out["baseline"] = "conv_float32" if "conv_float32" in variants else "float32"
+    out["speedup_wall"] = {k: base["best_epoch_wall_s"] / v["best_epoch_wall_s"] for k, v in variants.items()}
+    out["speedup_cpu"] = {k: base["best_epoch_cpu_s"] / v["best_epoch_cpu_s"] for k, v in variants.items()}
+  for plain, blocked in (("conv_float32", "float32"), ("conv_mixed_bfloat16", "mixed_bfloat16")):
+    if plain in variants and blocked in variants:
+      out[f"{blocked}_speedup_cpu_over_{plain}"] = variants[plain]["best_epoch_cpu_s"] / variants[blocked]["best_epoch_cpu_s"]
+  if "conv_float32" in variants and "float32" in variants:
+    # the two differ only by the order of float32 sums: their gap is what rounding alone does
+    out["test_loss_noise_floor"] = abs(variants["float32"]["test_loss"] - variants["conv_float32"]["test_loss"])
+  if "float32" in variants and "mixed_bfloat16" in variants:
+    out["mixed_bfloat16_test_loss_minus_float32"] = variants["mixed_bfloat16"]["test_loss"] - variants["float32"]["test_loss"]
+  return out
