@@ -2,6 +2,8 @@
 tolerance), so lenet5_decoder_blocked (the image layer on pixel blocks) is the same decoder: same
 outputs, same saved weights, and training it reaches the loss the Conv2D decoder reaches."""
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -92,3 +94,18 @@ def test_training_reaches_the_conv2d_decoders_loss():
     final[block] = execution.evaluate(model, loss, decoder._pairs(z, data.train.x, 512))["loss"]
     assert final[block] < 0.6 * before, (block, before, final[block])
   assert abs(final[2] - final[1]) < 0.02 * final[1], final
+
+
+def test_a_fresh_process_loads_a_saved_blocked_decoder(tmp_path):
+  """lad_tf.workdir.load_model registers the layer itself: a later stage (or pipelines.evaluate) in a
+  new process need not have imported lad_tf.models first."""
+  path = str(tmp_path / "decoder.keras")
+  models.build_generator("lenet5_decoder_blocked", 500, (28, 28, 1)).save(path)
+  code = ("import sys; from lad_tf.workdir import load_model; "
+          "assert 'lad_tf.models' not in sys.modules; "
+          "print(type(load_model(sys.argv[1]).get_layer('image')).__name__)")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "SpaceToDepthConv2D"
