@@ -76,6 +76,7 @@ def load_model(path, what="model"):
   if not os.path.exists(path):
     raise ArtifactNotFoundError(f"no {what} at {path}: run `python -m pipelines.defend` on this work "
                                 f"directory first (or give the model's path)")
+  from lad_tf.models import space_to_depth  # noqa: F401  registers lad_tf's own layers for loading
   try:
     return keras.models.load_model(path, compile=False)
   except Exception as e:  # Keras raises several types for unreadable files

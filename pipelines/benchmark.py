@@ -16,7 +16,7 @@ from absl import flags
 
 from pipelines import common
 
-SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data", "robust")
+SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data", "robust", "decoder")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")

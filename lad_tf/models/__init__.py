@@ -11,6 +11,7 @@ CLASSIFIERS = {
 }
 GENERATORS = {
     "lenet5_decoder": generators.lenet5_decoder,
+    "lenet5_decoder_blocked": generators.lenet5_decoder_blocked,
     "svhnnet_decoder": generators.svhnnet_decoder,
     "svhnnet_decoder_light": generators.svhnnet_decoder_light,
     "celebanet_decoder": generators.celebanet_decoder,
