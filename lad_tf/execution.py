@@ -88,7 +88,8 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # pipelines/benchmarks/precision.py (benchmarks/precision.json): on this project's 2-core AVX512-BF16
 # machine, mixed_bfloat16 trained the Fashion-MNIST LeNet-5 (20,000 images, 3 epochs) to 86.67% test
 # accuracy against float32's 86.39% (within 0.3 points) and the classifier plus its decoder 2.1x faster
-# (decoder 2.4x). Set to False if a run of that benchmark says otherwise.
+# (decoder 2.4x at load 11-16; pipelines/benchmarks/decoder.py, read from CPU time, measures the LeNet
+# decoder 1.44-1.52x at equal MSE). Set to False if a run of those benchmarks says otherwise.
 BF16_MEASURED_ACCURATE = True
 
 
