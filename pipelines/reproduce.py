@@ -220,7 +220,7 @@ def pairs(values, what):
 def main(argv):
   del argv
   from absl import app
-  from pipelines import results
+  from pipelines import results, robust_results
   unknown = sorted(set(FLAGS.only) - set(RUN_NAMES))
   if unknown:
     raise app.UsageError(f"--only: unknown runs {unknown}; runs: {', '.join(RUN_NAMES)}")
@@ -242,6 +242,8 @@ def main(argv):
   print(f"reproduce: wrote {FLAGS.output}")
   if FLAGS.readme and results.update_readme(FLAGS.readme, runs, pairs(FLAGS.commits, "commits")):
     print(f"reproduce: rewrote the results block of {FLAGS.readme}")
+  if FLAGS.readme and robust_results.update_readme(FLAGS.readme, REPO):
+    print(f"reproduce: rewrote the robust-training block of {FLAGS.readme} from benchmarks/robust_*.json")
 
 
 if __name__ == "__main__":

@@ -615,33 +615,11 @@ def benchmark_section(repo):
     if body:
       parts += ["", f"Cross-check against ART on {cross.get('images')} images (robust accuracy %):", "",
                 table(["attack", "ours", "ART", "difference (points)"], body)]
-  path = os.path.join(repo, "benchmarks", "robust_fashion_mnist.json")
-  robust = read_json(path)
-  if robust and "methods" in robust:
-    o = robust.get("options", {})
-    parts += ["", f"### Robust training (`benchmarks/robust_fashion_mnist.json`, committed in "
-              f"{git_commit_of_file(repo, 'benchmarks/robust_fashion_mnist.json')})", "",
-              f"Command: `{robust.get('command') or 'python -m pipelines.benchmark robust'}`"
-              + (f" at commit {robust['commit']}" if robust.get("commit") else "")
-              + f"; {robust.get('dataset')} eps {robust.get('eps')}, {o.get('model')} "
-              f"({robust.get('parameters')} parameters) fine-tuned {o.get('epochs')} epochs on "
-              f"{o.get('train_examples')} images, scored on {o.get('eval_examples')} test images; "
-              f"AutoAttack % is per image the worst of {o.get('autoattack_attack', 'AutoAttack')}. "
-              f"Cost ratio: training wall time over clean training's (`standard`) in the same seed. Status: "
-              f"{robust.get('status', 'complete')}", "",
-              _robust_table(robust["methods"])]
-    if robust.get("ablation"):
-      parts += ["", "Ablation of `lad_robust` (its parts added one at a time; `+guided_start` is the "
-                "default `lad_robust`):", "", _robust_table(robust["ablation"])]
+  from pipelines import robust_results  # it reads this module's helpers
+  robust = robust_results.section(repo)
+  if robust:
+    parts.append(robust)
   return "\n".join(parts) if len(parts) > 2 else ""
-
-
-def _robust_table(methods):
-  cell = lambda v, key, f: f(v[key]["mean"]) + (f" ± {f(v[key]['std'])}" if len(v.get("seeds", [])) > 1 else "")
-  return table(["method", "clean %", "PGD-40 %", "AutoAttack %", "cost ratio", "seeds"],
-               [[m, cell(v, "clean", pct), cell(v, "pgd40", pct), cell(v, "autoattack", pct),
-                 cell(v, "cost_ratio", lambda x: f"{x:.1f}") if "cost_ratio" in v else "-",
-                 len(v.get("seeds", []))] for m, v in methods.items()])
 
 
 # -- the document ----------------------------------------------------------------------------------------

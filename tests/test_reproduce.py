@@ -1,5 +1,6 @@
 """pipelines.reproduce and pipelines.results on a real (tiny) digits run: `pipelines.defend` and
 `pipelines.evaluate` run as the reproduction runs them, then docs/RESULTS.md is written from their JSON."""
+import json
 import os
 import re
 import subprocess
@@ -236,3 +237,35 @@ def test_companion_runs_start_from_the_mnist_directorys_stages(tmp_path):
   assert runs["mnist_authors"].defend == {**runs["mnist"].defend, "fine_tune_schedule": "authors",
                                           "fine_tune_epochs": "100"}
   assert runs["mnist"].defend["data_dir"] == str(tmp_path) and runs["fashion_mnist"].evaluate == reproduce.EVALUATE
+
+
+def _bench(nfgsm_aa, guided_aa):
+  seeds = lambda clean, aa, cost: {"clean": {"mean": clean, "std": 0.01}, "pgd40": {"mean": aa + 0.03, "std": 0.01},
+                                   "autoattack": {"mean": aa, "std": 0.005}, "cost_ratio": {"mean": cost, "std": 0.1},
+                                   "train_s": {"mean": 1.0, "std": 0.0},
+                                   "seeds": [{"seed": 0, "broken_by": {"apgd-ce": 300, "square": 2}}, {"seed": 1}]}
+  return {"dataset": "fashion_mnist", "eps": 0.1, "parameters": 431080,
+          "options": {"model": "lenet5", "epochs": 10, "train_examples": 20000, "eval_examples": 1000},
+          "methods": {"standard": seeds(0.9, 0.01, 1.0), "lad": seeds(0.9, 0.02, 2.5), "clean": seeds(0.9, 0.02, 1.9),
+                      "pgd_at": seeds(0.78, 0.60, 8.9), "lad_robust": seeds(0.77, guided_aa, 2.4)},
+          "ablation": {"nfgsm": seeds(0.80, nfgsm_aa, 2.2), "+guided_start": seeds(0.77, guided_aa, 2.4)}}
+
+
+def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_path):
+  from lad_tf import defences
+  from pipelines import robust_results
+  (tmp_path / "benchmarks").mkdir()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{robust_results.README_BEGIN}\nold figures\n{robust_results.README_END}\nrest\n")
+  for nfgsm, guided, expected in [(0.58, 0.564, "does not help"), (0.50, 0.60, "helps"), (0.60, 0.50, "hurts")]:
+    (tmp_path / "benchmarks" / "robust_fashion_mnist.json").write_text(json.dumps(_bench(nfgsm, guided)))
+    assert robust_results.update_readme(str(readme), str(tmp_path))
+    text = readme.read_text()
+    assert "old figures" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert f"LAD's boundary-guided start {expected}" in text
+    # each cell is the JSON's mean and the std over its two seeds; N-FGSM alone comes from the ablation
+    assert f"| `nfgsm` (N-FGSM alone) | 80.0 ± 1.0 | {100 * nfgsm:.1f} ± 0.5 |" in text
+    assert "| `pgd_at` | 78.0 ± 1.0 | 60.0 ± 0.5 | 63.0 ± 1.0 | 8.9 ± 0.1 | 2 |" in text
+    assert f"applies `{defences.DEFAULT_DEFENCE}`" in text and "FAB-T and Square broke 12 that" in text  # 6 rows x 2
+  assert "no better than its clean control" in text
+  assert "Ablation of `lad_robust`" in robust_results.section(str(tmp_path))

@@ -1,0 +1,157 @@
+"""The robust-training benchmark's figures as Markdown, written from its committed JSON
+(benchmarks/robust_<dataset>.json, `python -m pipelines.benchmark robust`): a section of
+docs/RESULTS.md and the README's robust block, so neither holds a hand-copied figure.
+
+The readings come from a rule, like pipelines/results.py's: two means differ only beyond two
+standard errors, counting both the sampling error of `eval_examples` test images and the spread over
+seeds."""
+import math
+import os
+
+from lad_tf.workdir import read_json
+from pipelines.results import git_commit_of_file, table
+
+README_BEGIN = "<!-- robust:begin (written by python -m pipelines.reproduce; do not edit by hand) -->"
+README_END = "<!-- robust:end -->"
+DATASETS = ("fashion_mnist", "mnist")
+
+# Rows in reading order: no defence, the paper and its control, the cheap single-step methods, ours,
+# then the multi-step references. `nfgsm` is the ablation's first row (lad_robust with LAD's parts off).
+ORDER = ("standard", "lad", "clean", "fgsm_rs", "nfgsm", "lad_robust", "pgd_at", "trades")
+LABELS = {"standard": "none (the trained classifier)", "lad": "`lad` (the paper)",
+          "clean": "`clean` (LAD's control)", "nfgsm": "`nfgsm` (N-FGSM alone)",
+          "lad_robust": "`lad_robust` (N-FGSM + LAD's boundary-guided start)"}
+
+
+def path_of(repo, dataset):
+  return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
+
+
+def methods_of(bench):
+  """{method: summary} in ORDER, N-FGSM alone taken from the ablation."""
+  found = {**bench.get("methods", {})}
+  if "nfgsm" in bench.get("ablation", {}):
+    found["nfgsm"] = bench["ablation"]["nfgsm"]
+  return {name: found[name] for name in ORDER if name in found}
+
+
+def _cell(summary, key, scale=100.0, digits=1):
+  if key not in summary:
+    return "-"
+  mean, std = summary[key]["mean"] * scale, summary[key]["std"] * scale
+  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(summary.get("seeds", [])) > 1 else "")
+
+
+def robust_table(methods, labels=None):
+  labels = labels or {}
+  return table(["defence", "clean %", "AutoAttack %", "PGD-40 %", "cost (x clean training)", "seeds"],
+               [[labels.get(m, f"`{m}`"), _cell(v, "clean"), _cell(v, "autoattack"), _cell(v, "pgd40"),
+                 _cell(v, "cost_ratio", 1.0), len(v.get("seeds", []))] for m, v in methods.items()])
+
+
+def standard_error(summary, key, n):
+  """Of a mean accuracy over seeds: the seeds' spread and each seed's sampling error on n images."""
+  p, seeds = summary[key]["mean"], max(len(summary.get("seeds", [])), 1)
+  sampling = p * (1 - p) / max(n, 1) / seeds
+  spread = summary[key]["std"] ** 2 / max(seeds - 1, 1) if seeds > 1 else 0.0
+  return math.sqrt(sampling + spread)
+
+
+def compare(a, b, key, n):
+  """(difference a - b, two standard errors of it)."""
+  return a[key]["mean"] - b[key]["mean"], 2 * math.hypot(standard_error(a, key, n), standard_error(b, key, n))
+
+
+def readings(bench):
+  """Sentences on what the benchmark shows, each from the rule."""
+  methods, n = methods_of(bench), bench.get("options", {}).get("eval_examples", 0)
+  out = []
+  if "lad_robust" in methods and "nfgsm" in methods:
+    diff, two_se = compare(methods["lad_robust"], methods["nfgsm"], "autoattack", n)
+    reading = ("helps" if diff > two_se else "hurts" if diff < -two_se else
+               "does not help (the difference is within sampling error)")
+    out.append(f"LAD's boundary-guided start {reading}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
+               f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
+  if "lad" in methods and "clean" in methods:
+    diff, two_se = compare(methods["lad"], methods["clean"], "autoattack", n)
+    out.append(f"The paper's `lad` is {'above' if diff > two_se else 'no better than'} its clean control under "
+               f"AutoAttack ({100 * methods['lad']['autoattack']['mean']:.1f}% against "
+               f"{100 * methods['clean']['autoattack']['mean']:.1f}%).")
+  cheap = {m: v for m, v in methods.items() if m not in ("standard", "lad", "clean")
+           and v.get("cost_ratio", {}).get("mean", math.inf) <= 3}
+  if cheap and "pgd_at" in methods:
+    best = max(cheap, key=lambda m: cheap[m]["autoattack"]["mean"])
+    diff, two_se = compare(cheap[best], methods["pgd_at"], "autoattack", n)
+    out.append(f"Best at most 3x the cost of clean training: `{best}`, {100 * cheap[best]['autoattack']['mean']:.1f}% "
+               f"AutoAttack at {cheap[best]['cost_ratio']['mean']:.1f}x, {100 * diff:+.1f} points against "
+               f"`pgd_at` ({100 * methods['pgd_at']['autoattack']['mean']:.1f}% at "
+               f"{methods['pgd_at']['cost_ratio']['mean']:.1f}x; two standard errors {100 * two_se:.1f}).")
+  return out
+
+
+def ensemble_share(bench):
+  """How many images FAB-T and Square broke after APGD-CE and APGD-T, over the robust methods' runs."""
+  later = total = 0
+  for summary in methods_of(bench).values():
+    for seed in summary.get("seeds", []):
+      broken = seed.get("broken_by") or {}
+      later += broken.get("fab-t", 0) + broken.get("square", 0)
+      total += sum(v for k, v in broken.items() if k != "clean")
+  return later, total
+
+
+def describe(bench, repo, dataset):
+  o = bench.get("options", {})
+  later, total = ensemble_share(bench)
+  return (f"`python -m pipelines.benchmark robust --dataset={dataset}` (`benchmarks/robust_{dataset}.json`, "
+          f"committed in {git_commit_of_file(repo, f'benchmarks/robust_{dataset}.json')}): {o.get('model')} "
+          f"({bench.get('parameters')} parameters) fine-tuned {o.get('epochs')} epochs on "
+          f"{o.get('train_examples')} training images, eps {bench.get('eps')}, scored on "
+          f"{o.get('eval_examples')} test images outside the calibration split; AutoAttack % is per image the "
+          f"worst of {o.get('autoattack_attack', 'AutoAttack')}; cost: training wall time over clean "
+          f"training's in the same seed; ± is the standard deviation over seeds."
+          + (f" Of the {total} images the ensemble broke, FAB-T and Square broke {later} that APGD-CE and "
+             f"APGD-T had left." if total else "")
+          + (f" Status: {bench['status'].rstrip('.')}." if bench.get("status") else ""))
+
+
+def section(repo):
+  """docs/RESULTS.md's robust-training section (empty when no benchmark is committed)."""
+  parts = []
+  for dataset in DATASETS:
+    bench = read_json(path_of(repo, dataset))
+    if not bench or "methods" not in bench:
+      continue
+    parts += ["", f"### Robust training, {dataset} (issue 13)", "", describe(bench, repo, dataset), "",
+              robust_table(methods_of(bench), LABELS), ""] + [f"- {s}" for s in readings(bench)]
+    ablation = {k: v for k, v in bench.get("ablation", {}).items()}
+    if ablation:
+      parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
+                "`lad_robust`; each row keeps the parts above it):", "", robust_table(ablation)]
+  return "\n".join(parts)
+
+
+def readme_block(repo):
+  """The README's robust block: the first committed benchmark's table and readings."""
+  from lad_tf import defences
+  for dataset in DATASETS:
+    bench = read_json(path_of(repo, dataset))
+    if bench and "methods" in bench:
+      return "\n".join(["", describe(bench, repo, dataset), "", robust_table(methods_of(bench), LABELS), ""]
+                       + [f"- {s}" for s in readings(bench)]
+                       + [f"- `python -m pipelines.defend` applies `{defences.DEFAULT_DEFENCE}` unless told "
+                          f"otherwise (`lad_tf.defences.DEFAULT_DEFENCE`).", ""])
+  return None
+
+
+def update_readme(readme_path, repo):
+  """Rewrites the README's robust block; returns whether it did (markers present, a benchmark committed)."""
+  with open(readme_path) as f:
+    text = f.read()
+  body = readme_block(repo)
+  if body is None or README_BEGIN not in text or README_END not in text:
+    return False
+  start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+  with open(readme_path, "w") as f:
+    f.write(text[:start] + body + text[end:])
+  return True
