@@ -50,12 +50,11 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     f"{name}: {defences.DESCRIPTIONS[name]}" for name in defences.DEFENCES) + ". lad and clean fine-tune "
     "on the calibration examples (--fine_tune_* flags); the others train on the training split "
     "(--defence_* flags).")
-flags.DEFINE_float("defence_eps", None, "L-inf eps of fgsm_rs, pgd_at, trades, lad_robust (default: the "
-                   "dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
-flags.DEFINE_integer("defence_epochs", 5, "Epochs of fgsm_rs, pgd_at, trades, lad_robust (they fine-tune "
-                     "the trained classifier).")
-flags.DEFINE_integer("defence_train_examples", None, "Training images of fgsm_rs, pgd_at, trades, "
-                     "lad_robust (default: the whole training split; fewer for a quick run on 2 cores).")
+flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
+                   "lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
+flags.DEFINE_integer("defence_epochs", 5, "Epochs of the robust defences (they fine-tune the trained classifier).")
+flags.DEFINE_integer("defence_train_examples", None, "Training images of the robust defences (default: the "
+                     "whole training split; fewer for a quick run on 2 cores).")
 flags.DEFINE_enum("autoattack", "standard", ["standard", "fast", "none"], "Robustness stage: AutoAttack "
                   "(APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and APGD-T) on the original and the "
                   "defended classifier at the dataset's eps, reported as robust_accuracy in metrics.json "
