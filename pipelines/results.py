@@ -121,11 +121,13 @@ def margin(p, q, n):
 def verdict(original, lad, control, n):
   """The reading of one row: does LAD raise accuracy over the original, and beyond the clean control?
 
-  Returns (code, sentence); code is one of "no_gain", "helps" (beyond the control), "control_explains"
+  Returns (code, sentence); code is one of "no_gain" (including a loss), "helps" (beyond the control), "control_explains"
   (the control gains as much), "no_control" (no control measured), "unknown" (a figure is missing)."""
   if original is None or lad is None:
     return "unknown", "not measured"
   gain = lad - original
+  if gain < -margin(original, lad, n):
+    return "no_gain", f"LAD lowers accuracy ({100 * gain:+.2f} points, beyond sampling error)"
   if gain <= margin(original, lad, n):
     return "no_gain", f"no gain for LAD ({100 * gain:+.2f} points, within sampling error)"
   if control is None:
