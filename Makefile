@@ -1,6 +1,7 @@
 # lad_tf developer commands.
 #
-#   make demo    virtualenv + `pip install -e .`, then `python -m pipelines.defend`
+#   make demo    virtualenv + `pip install -e .`, then `python -m pipelines.defend` (the default
+#                defence on the embedded digits)
 #   make test    virtualenv + `pip install -e .[test,bench]`, Debian's Bazel 4.2.3
 #                (installed with apt-get when missing), then `bazel test //...`;
 #                ends with the line `bazel: N passed, M failed`

@@ -1,8 +1,8 @@
 """Reruns what docs/RESULTS.md shows and rewrites it: `python -m pipelines.reproduce` (`make results`).
 
 For Fashion-MNIST and MNIST it runs `pipelines.defend` and `pipelines.evaluate` with the pinned
-configuration below (today's defaults, written out so a change of defaults does not silently change
-the published figures) into one work directory per run under --workdir, then writes docs/RESULTS.md
+configuration below (the paper's method with today's other defaults, written out so a change of
+defaults does not silently change the published figures) into one work directory per run under --workdir, then writes docs/RESULTS.md
 (and the README's headline block) from the JSON those runs leave (pipelines/results.py). Runs:
   fashion_mnist   the defence and its evaluation
   mnist           the same on MNIST (the paper's dataset; files from --mnist_dir)
@@ -29,7 +29,8 @@ from pipelines import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The pinned configuration: today's defaults of pipelines.defend / pipelines.evaluate, written out.
+# The pinned configuration: the paper's method (--defence=lad) with today's defaults of pipelines.defend /
+# pipelines.evaluate otherwise, written out.
 DEFEND = {"defence": "lad", "classifier_epochs": "10", "generator_epochs": "10", "calibration_per_class": "50",
           "recon_norm": "l2", "attention": "authors", "eps": "0.1,0.2,0.3,0.4,0.5,0.75,1", "normal": "relative",
           "target": "random", "fine_tune_mode": "mix", "fine_tune_eps": "0.1,0.2,0.3",

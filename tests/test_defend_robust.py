@@ -94,10 +94,10 @@ def test_help_names_every_defence_and_the_default():
   result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
   from lad_tf import defences
-  text = " ".join(result.stdout.split())
+  text = "".join(result.stdout.split())  # absl wraps lines, and breaks words at hyphens
   for name in defences.DEFENCES:
-    assert f"{name}: {' '.join(defences.DESCRIPTIONS[name].split())[:40]}" in text
-  assert f"(default: '{defences.DEFAULT_DEFENCE}')" in text
+    assert f"{name}:{''.join(defences.DESCRIPTIONS[name].split())[:40]}" in text
+  assert f"(default:'{defences.DEFAULT_DEFENCE}')" in text
 
 
 def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
