@@ -197,3 +197,31 @@ def test_nfgsm_is_lad_robust_with_every_lad_part_off(setup):
   b = make_loss(config("lad_robust", options=losses.LadRobustOptions()))(model, {"image": x}, y).numpy()
   np.testing.assert_allclose(a, b, rtol=1e-6)
   assert not config("nfgsm").needs_lad() and a.mean() > 0
+
+
+def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypatch):
+  """The benchmark writes its partial JSON after every (method, seed) row: a killed run loses at most
+  the row it was training, and a rerun trains only the rows the file lacks."""
+  import json
+  from pipelines.benchmarks import robust as bench
+  partial = str(tmp_path / "partial.json")
+  options = dict(dataset="digits", train_examples=400, epochs=1, seeds=1, eval_examples=40, pretrain_epochs=2,
+                 generator_epochs=1, generator_examples=400, guard_examples=100, ablation=False, only="fgsm_rs",
+                 autoattack="apgd-ce", partial=partial)
+  first = bench.run(**options)
+  assert set(first["methods"]) == {"standard", "fgsm_rs"}
+  with open(partial) as f:
+    held = json.load(f)
+  del held["methods"]["fgsm_rs"]  # as if the run had been killed while training fgsm_rs
+  with open(partial, "w") as f:
+    json.dump(held, f)
+  trained = []
+  original_train = robust.train
+  monkeypatch.setattr(robust, "train", lambda model, x, y, config, **kw: trained.append(config.method) or
+                      original_train(model, x, y, config, **kw))
+  second = bench.run(**options)
+  assert trained == ["fgsm_rs"]
+  assert second["methods"]["standard"]["seeds"] == first["methods"]["standard"]["seeds"]
+  row = second["methods"]["fgsm_rs"]["seeds"][0]
+  assert row["seed"] == 0 and row["cost_ratio"] == pytest.approx(
+      row["train_s"] / first["methods"]["standard"]["seeds"][0]["train_s"])

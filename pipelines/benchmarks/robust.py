@@ -102,8 +102,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     all); `standard` is always trained (the cost ratios divide by it).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
-  partial: a JSON path written after each seed; a run started with the same options (seeds may grow) resumes from it,
-    skipping the seeds it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
+  partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds may
+    grow) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
   """
   import keras
   from lad_tf import boundary, datasets, models, robust, training
@@ -175,8 +175,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         rows[name] = summary["seeds"]
     rows["+guided_start"] = previous["methods"].get("lad_robust", {}).get("seeds", [])
     guard_logs.update(previous.get("guard", {}))
-    done = {r["seed"] for r in rows["standard"]}
-    say(f"resuming from {partial}: seeds {sorted(done)} done")
+    done = {(name, r["seed"]) for name, held in rows.items() for r in held}
+    say(f"resuming from {partial}: {len(done)} (method, seed) rows done")
 
   def assemble():
     methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
@@ -190,9 +190,13 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     return result
 
   core = {"nfgsm", "+guided_start"}
+  def save(message):
+    if partial:
+      with open(partial, "w") as f:
+        json.dump(assemble(), f, indent=2, sort_keys=True, default=float)
+      say(f"{message}: partial figures written to {partial}")
+
   for s in range(seed, seed + seeds):
-    if s in done:
-      continue
     full_ablation = ablation_seeds is None or s < seed + ablation_seeds
     rng = np.random.default_rng(s)
     rows_s = rng.choice(len(data.train), min(train_examples + guard_examples, len(data.train)), replace=False)
@@ -200,7 +204,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     for name, opts in variants:
       if opts is not None and not full_ablation and name not in core:
         continue
-      if only and name != "standard" and name not in only:
+      if (only and name != "standard" and name not in only) or (name, s) in done:
         continue
       method = "lad_robust" if opts is not None else name
       config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
@@ -220,14 +224,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         guard_logs[f"{name}/seed{s}"] = info["guard"]
         figures["guard_rollbacks"] = info["guard"]["rollbacks"]
         figures["guard_s"] = info["guard"].get("seconds", 0.0)
+      # standard trains first in every seed: the cost reference of the rows after it
+      figures["cost_ratio"] = figures["train_s"] / next(r["train_s"] for r in rows["standard"] + [figures]
+                                                         if r["seed"] == s)
       rows[name].append(figures)
       say(f"seed {s} {name}: {figures}")
-    standard_s = rows["standard"][-1]["train_s"]
-    for name, _ in variants:
-      if rows[name] and rows[name][-1]["seed"] == s:
-        rows[name][-1]["cost_ratio"] = rows[name][-1]["train_s"] / standard_s
-    if partial:
-      with open(partial, "w") as f:
-        json.dump(assemble(), f, indent=2, sort_keys=True, default=float)
-      say(f"partial figures after seed {s} written to {partial}")
+      save(f"seed {s} {name}")  # a killed run resumes after the last finished row
   return assemble()
