@@ -92,12 +92,18 @@ FLAGS = flags.FLAGS
 
 # -- provenance and running ------------------------------------------------------------------------------
 
+# What reproduce itself writes: a step that follows another run's rendering is not "dirty" for it.
+OWN_OUTPUTS = ("README.md", "docs/RESULTS.md", "docs/figures/results")
+
+
 def git_state(repo=REPO):
-  """(commit, dirty) of the repository now: recorded when a step starts."""
+  """(commit, dirty) of the repository now: recorded when a step starts. Changes to reproduce's own
+  outputs (OWN_OUTPUTS) do not count."""
   try:
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True,
                             timeout=30, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                                + [f":(exclude){path}" for path in OWN_OUTPUTS], cwd=repo,
                                 capture_output=True, text=True, timeout=30).stdout.strip())
     return commit, dirty
   except (OSError, subprocess.SubprocessError):

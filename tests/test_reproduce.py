@@ -283,3 +283,18 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   from pipelines import robust_results
   bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
   assert defences.DEFAULT_DEFENCE == robust_results.best_within_budget(bench)
+
+
+def test_reproduces_own_documents_do_not_make_the_checkout_dirty(tmp_path):
+  run = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+  run("init", "-q")
+  (tmp_path / "docs").mkdir()
+  for name in ("README.md", "docs/RESULTS.md", "code.py"):
+    (tmp_path / name).write_text("v1\n")
+  run("add", ".")
+  run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+  for name in ("README.md", "docs/RESULTS.md"):
+    (tmp_path / name).write_text("rendered\n")
+  assert reproduce.git_state(str(tmp_path))[1] is False
+  (tmp_path / "code.py").write_text("v2\n")
+  assert reproduce.git_state(str(tmp_path))[1] is True
