@@ -282,6 +282,7 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   from lad_tf import defences
   from pipelines import robust_results
   bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
+  assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
   assert defences.DEFAULT_DEFENCE == robust_results.best_within_budget(bench)
 
 
