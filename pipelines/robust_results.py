@@ -139,7 +139,7 @@ def section(repo):
       continue
     parts += ["", f"### Robust training, {dataset} (issue 13)", "", describe(bench, repo, dataset), "",
               robust_table(methods_of(bench), LABELS), ""] + [f"- {s}" for s in readings(bench)]
-    ablation = {k: v for k, v in bench.get("ablation", {}).items()}
+    ablation = bench.get("ablation", {})
     if ablation:
       parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
                 "`lad_robust`; each row keeps the parts above it):", "", robust_table(ablation)]
