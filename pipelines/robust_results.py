@@ -130,15 +130,25 @@ def describe(bench, repo, dataset):
           + (f" Status: {bench['status'].rstrip('.')}." if bench.get("status") else ""))
 
 
+def committed(repo):
+  """(dataset, benchmark) for each committed benchmarks/robust_<dataset>.json with methods."""
+  for dataset in DATASETS:
+    bench = read_json(path_of(repo, dataset))
+    if bench and "methods" in bench:
+      yield dataset, bench
+
+
+def _figures(bench, repo, dataset):
+  """What the section and the README block both show: how it was measured, the table, the readings."""
+  return (["", describe(bench, repo, dataset), "", robust_table(methods_of(bench), LABELS), ""]
+          + [f"- {s}" for s in readings(bench)])
+
+
 def section(repo):
   """docs/RESULTS.md's robust-training section (empty when no benchmark is committed)."""
   parts = []
-  for dataset in DATASETS:
-    bench = read_json(path_of(repo, dataset))
-    if not bench or "methods" not in bench:
-      continue
-    parts += ["", f"### Robust training, {dataset} (issue 13)", "", describe(bench, repo, dataset), "",
-              robust_table(methods_of(bench), LABELS), ""] + [f"- {s}" for s in readings(bench)]
+  for dataset, bench in committed(repo):
+    parts += ["", f"### Robust training, {dataset} (issue 13)"] + _figures(bench, repo, dataset)
     ablation = bench.get("ablation", {})
     if ablation:
       parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
@@ -149,13 +159,10 @@ def section(repo):
 def readme_block(repo):
   """The README's robust block: the first committed benchmark's table and readings."""
   from lad_tf import defences
-  for dataset in DATASETS:
-    bench = read_json(path_of(repo, dataset))
-    if bench and "methods" in bench:
-      return "\n".join(["", describe(bench, repo, dataset), "", robust_table(methods_of(bench), LABELS), ""]
-                       + [f"- {s}" for s in readings(bench)]
-                       + [f"- `python -m pipelines.defend` applies `{defences.DEFAULT_DEFENCE}` unless told "
-                          f"otherwise (`lad_tf.defences.DEFAULT_DEFENCE`).", ""])
+  for dataset, bench in committed(repo):
+    return "\n".join(_figures(bench, repo, dataset)
+                     + [f"- `python -m pipelines.defend` applies `{defences.DEFAULT_DEFENCE}` unless told "
+                        f"otherwise (`lad_tf.defences.DEFAULT_DEFENCE`).", ""])
   return None
 
 

@@ -98,11 +98,8 @@ def multiply_adds(model):
 
 # -- memory ---------------------------------------------------------------------------------------
 def rss_mb():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+  from serving.launch import process_rss_mb
+  return process_rss_mb(os.getpid())
 
 
 class PeakMemory:
