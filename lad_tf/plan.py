@@ -3,27 +3,34 @@
 Before a long run (SVHN: hours on two CPU cores) the user sees what will run and for about how long.
 `measure` times a few batches of each costly piece with the run's own models, batch sizes and
 execution settings (precision, XLA), on random inputs of the right shapes (time does not depend on
-the values): a training step of the classifier, of the decoder, of the boundary fit and of the
-Eq. 4 fine-tuning, and the inference of the classifier and the decoder. The first batch of each is
-left out (it holds the tracing/compilation). `estimate` multiplies them by the stage's counts
-(examples, epochs, batch sizes): the estimate is an extrapolation of those windows, not a run.
+the values): a training step of the classifier, of the decoder, of the boundary fit, of the Eq. 4
+fine-tuning and of the robust defence's loss, an attack's input gradient, and the inference of the
+classifier and the decoder. The first batch of each is left out (it holds the tracing/compilation).
+`estimate` multiplies them by the stage's counts (examples, epochs, batch sizes): the estimate is an
+extrapolation of those windows, not a run. AutoAttack's time depends on how many images resist
+(each attack runs only on the images the earlier ones left), so the robustness stage gets a range:
+from every image broken by APGD-CE to every defended image resisting all four attacks.
 pipelines.benchmark's pipeline suite uses the same windows to time SVHN's stages.
 """
 import dataclasses
 import math
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 import numpy as np
 
 from lad_tf import boundary as boundary_lib
-from lad_tf import defence, execution, losses, models
+from lad_tf import defence, execution, losses, models, robust
 from lad_tf.progress import StepTimer, duration
+from lad_tf.robust import adversaries
 
 INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
 ALL_PIECES = ("classifier_step", "classifier_validation", "classifier_inference", "decoder_step",
-              "decoder_inference", "boundary_step", "boundary_none_step", "fine_tune_step")
+              "decoder_inference", "boundary_step", "boundary_none_step", "fine_tune_step", "robust_step",
+              "attack_gradient")
+# AutoAttack's budget per image (lad_tf.attacks.autoattack's standard settings)
+AA_ITERATIONS, AA_QUERIES = 100, 5000
 
 
 @dataclasses.dataclass
@@ -41,6 +48,7 @@ class StageEstimate:
   seconds: float
   parts: Dict[str, float]  # what the estimate adds up, in seconds
   done: bool = False       # already in the work directory: it will be skipped
+  upper: Optional[float] = None  # the stage's time at worst, where it depends on the results (AutoAttack)
 
 
 def time_training(model, loss_fn, x, y, run, optimizer, batches, name="warm-up"):
@@ -64,6 +72,20 @@ def time_inference(model, x, batches):
   return timer
 
 
+def time_gradient(model, x, y, batches):
+  """A StepTimer of `batches` input gradients of the cross-entropy (an attack's step) on batches like
+  (x, y), after a first (tracing) one."""
+  import tensorflow as tf
+  x, y = tf.constant(x), tf.constant(y)
+  step = tf.function(lambda x, y: adversaries.input_gradient(
+      model, x, lambda logits: adversaries.cross_entropy(logits, y))[0])
+  timer = StepTimer()
+  for _ in range(batches + 1):
+    step(x, y).numpy()
+    timer.on_train_batch_end(None)
+  return timer
+
+
 def _random_images(rng, n, shape):
   return rng.random((n, *shape), dtype=np.float32)
 
@@ -73,7 +95,9 @@ def measure(run, batches=3, pieces=None):
 
   pieces: the names to measure (default ALL_PIECES): classifier_step, classifier_validation (inference
   under the training policy), classifier_inference, decoder_step,
-  decoder_inference, boundary_step (the config's attention) and boundary_none_step, fine_tune_step.
+  decoder_inference, boundary_step (the config's attention) and boundary_none_step, fine_tune_step,
+  robust_step (a training step of the config's robust defence, random stand-ins for the LAD extras it
+  reads) and attack_gradient (an input gradient of the float32 classifier, as the attacks take it).
   """
   c, spec = run.config, run.spec
   rng = np.random.default_rng(c.seed)
@@ -126,6 +150,16 @@ def measure(run, batches=3, pieces=None):
   timed("fine_tune_step", tune.batch_size, lambda n: time_training(
       classifier, defence.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
       lambda: keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum), batches, "fine-tuning"))
+  if "robust_step" in wanted and c.defence not in ("lad", "clean"):
+    rc = c.robust_config()
+    loss_fn = robust.methods.make_loss(rc)
+    needs = loss_fn.needs() if hasattr(loss_fn, "needs") else ()
+    extras = {"guide": lambda n: np.sign(rng.standard_normal((n, *spec.image_shape))).astype(np.int8),
+              "target": labels, "decoded": images}
+    timed("robust_step", rc.batch_size, lambda n: time_training(
+        classifier, loss_fn, {"image": images(n), **{k: extras[k](n) for k in needs}}, labels(n), exec_,
+        lambda: keras.optimizers.Adam(rc.learning_rate), batches, rc.method))
+  timed("attack_gradient", INFERENCE_BATCH, lambda n: time_gradient(classifier, images(n), labels(n), batches))
   keras.utils.set_random_seed(c.seed)  # the stages start from the same seed with or without a plan
   return Timings(seconds, batch, cpu)
 
@@ -141,6 +175,7 @@ def estimate(run, timings):
   n_train, n_eval, n_cal = len(run.data.train), len(run.evaluation), len(run.calibration)
   infer = lambda piece, n: _batches(n, b[piece]) * s[piece] if piece in s else 0.0
   steps = lambda piece, n, epochs: epochs * _batches(n, b[piece]) * s[piece] if piece in s else 0.0
+  per_image = lambda piece: s[piece] / b[piece] if piece in s else 0.0
   parts = {
       "classifier": {
           "training": steps("classifier_step", n_train, c.classifier_epochs),
@@ -167,10 +202,53 @@ def estimate(run, timings):
           "test accuracy": infer("classifier_inference", n_eval)},
   }
   if c.defence not in ("lad", "clean"):
-    parts["defended"] = {}  # robust training: not measured by the warm-up (see describe)
+    parts["defended"] = {**_robust_training_parts(c, run, per_image, steps),
+                         "test accuracy": infer("classifier_inference", n_eval)}
+  upper = {}
+  if "attack_gradient" in s and "classifier_inference" in s:
+    parts["robustness"], upper["robustness"] = _autoattack_parts(
+        c, spec, min(c.robust_eval_examples, n_eval), per_image)
   done = lambda name: run.work.done(name, run.settings[name]) and name not in c.force
-  return [StageEstimate(name, float(sum(parts.get(name, {}).values())), parts.get(name, {}), done(name))
-          for name in c.needed_stages()]
+  out = []
+  for name in c.needed_stages():
+    seconds = float(sum(parts.get(name, {}).values()))
+    out.append(StageEstimate(name, seconds, parts.get(name, {}), done(name),
+                             seconds + upper[name] if name in upper else None))
+  return out
+
+
+def _robust_training_parts(c, run, per_image, steps):
+  """The robust defence's training (lad_tf.robust.train): its steps over the training rows, LAD's
+  guide or decodes when the method reads them, and the guard's checks (PGD-10 and FGSM on the held-out
+  rows before and after every epoch)."""
+  rc = c.robust_config()
+  n = min(c.defence_train_examples or len(run.data.train), len(run.data.train))
+  held = min(rc.guard_examples, n // 5)
+  parts = {"training": steps("robust_step", n - held, rc.epochs)}
+  needs = robust.methods.make_loss(rc).needs() if rc.method in ("nfgsm", "lad_robust") else ()
+  if needs:  # latents, then per need one or two decodes of every training row (boundary_start.features)
+    decodes = 2 * ("guide" in needs) + ("decoded" in needs)
+    parts["LAD's guide (once)"] = n * (per_image("classifier_inference") + decodes * per_image("decoder_inference"))
+  guarded = rc.method in robust.SINGLE_STEP if rc.guard is None else rc.guard
+  if guarded:
+    gradients = rc.pgd_steps + 1  # PGD-10 and FGSM
+    parts["guard (each epoch)"] = (rc.epochs + 1) * held * (
+        gradients * per_image("attack_gradient") + 2 * per_image("classifier_inference"))
+  return parts
+
+
+def _autoattack_parts(c, spec, n, per_image):
+  """(parts, extra): AutoAttack on the original and the defended classifier, n images each, if
+  APGD-CE (100 input gradients per image) breaks every image; `extra`, what the rest of the standard
+  version adds when every defended image resists all four attacks: APGD-T and FAB-T, 100 iterations
+  against each of 9 classes (a gradient, and for FAB a forward pass, each), and Square's 5,000 queries."""
+  g, f = per_image("attack_gradient"), per_image("classifier_inference")
+  targets = min(9, spec.num_classes - 1)
+  parts = {"clean predictions": 2 * n * f, "APGD-CE, both models": 2 * n * AA_ITERATIONS * g}
+  rest = n * targets * AA_ITERATIONS * g  # APGD-T
+  if c.robust_eval == "standard":
+    rest += n * (targets * AA_ITERATIONS * (g + f) + AA_QUERIES * f)  # FAB-T, Square
+  return parts, rest
 
 
 def _fine_tune_rows(config, n_cal):
@@ -185,19 +263,25 @@ def describe(estimates, timings, measured_s=None):
   """The plan as printable lines: each stage, its estimate and its biggest parts, and the total."""
   lines = ["plan (estimates extrapolated from a short timed warm-up of each piece"
            + (f", {measured_s:.0f} s" if measured_s is not None else "") + "):"]
-  total = 0.0
+  total = upper = 0.0
   for e in estimates:
     if e.done:
       lines.append(f"  {e.name:<11s} done, skipped")
       continue
-    if not e.parts:  # the robust training and the AutoAttack stage are not timed by the warm-up
-      lines.append(f"  {e.name:<11s} not estimated (its pieces are not timed by the warm-up)")
+    if not e.parts:  # a stage whose pieces were not measured (e.g. a caller's own subset)
+      lines.append(f"  {e.name:<11s} not estimated (its pieces were not timed)")
       continue
     total += e.seconds
+    upper += e.upper if e.upper is not None else e.seconds
     biggest = sorted(e.parts.items(), key=lambda kv: -kv[1])
     detail = ", ".join(f"{k} {duration(v)}" for k, v in biggest if v >= 0.5) or "under a second"
-    lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s}  ({detail})")
-  lines.append(f"  {'total':<11s} about {duration(total):>6s} "
+    if e.upper is not None:
+      lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s} to {duration(e.upper)}  ({detail}; "
+                   "more the more images resist: the upper figure if every defended image resists every attack)")
+    else:
+      lines.append(f"  {e.name:<11s} about {duration(e.seconds):>6s}  ({detail})")
+  span = f" to {duration(upper)}" if upper > total + 0.5 else ""
+  lines.append(f"  {'total':<11s} about {duration(total):>6s}{span} "
                "(compilation, saving, figures, export and the stages not estimated not included)")
   rates = ", ".join(f"{k} {v * 1000:.0f} ms/batch of {timings.batch[k]}" for k, v in timings.seconds.items())
   lines.append(f"  measured: {rates}")
@@ -209,8 +293,21 @@ PIECES = {  # what each stage's estimate needs
     "generator": ("classifier_inference", "decoder_step", "decoder_inference"),
     "boundaries": ("classifier_inference", "boundary_step", "boundary_none_step"),
     "generation": ("classifier_inference", "decoder_inference"),
-    "defended": ("classifier_inference", "fine_tune_step"),
+    "defended": ("classifier_inference", "fine_tune_step", "robust_step", "attack_gradient",
+                 "decoder_inference"),
+    "robustness": ("classifier_inference", "attack_gradient"),
 }
+
+
+def stage_pieces(config, stage):
+  """The pieces `stage`'s estimate needs under DefendConfig `config` (a resolved one)."""
+  if stage != "defended":
+    return PIECES[stage]
+  if config.defence in ("lad", "clean"):
+    return ("classifier_inference", "fine_tune_step")
+  rc = config.robust_config()
+  return ("classifier_inference", "robust_step", "attack_gradient") + (
+      ("decoder_inference",) if rc.needs_lad() else ())
 
 
 def plan(run, batches=3):
@@ -218,8 +315,8 @@ def plan(run, batches=3):
   (estimates, printable lines) for DefendRun `run`."""
   start = time.perf_counter()
   c = run.config
-  todo = [s for s in PIECES if s in c.force or not run.work.done(s, run.settings[s])]
-  pieces = {p for s in todo for p in PIECES[s]}
+  todo = [s for s in c.needed_stages() if s in c.force or not run.work.done(s, run.settings[s])]
+  pieces = {p for s in todo for p in stage_pieces(c, s)}
   if c.classifier_path:
     pieces -= {"classifier_step", "classifier_validation"}
   timings = measure(run, batches, sorted(pieces)) if pieces else Timings({}, {})

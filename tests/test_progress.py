@@ -143,10 +143,40 @@ def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_
   total = [line for line in lines if line.strip().startswith("total")][0]
   expected = sum(e.seconds for e in estimates if not e.done)
   assert f"about {duration(expected):>6s}" in total
-  assert all(e.seconds > 0 for e in estimates if not e.done and e.name != "robustness")
-  # the AutoAttack stage is not timed by the warm-up, and the plan says so instead of a 0 s estimate
-  assert not by_name["robustness"].parts
-  assert any(line.strip().startswith("robustness") and "not estimated" in line for line in lines)
+  assert all(e.seconds > 0 for e in estimates if not e.done)
+  # AutoAttack's time depends on how many images resist: a range, the plan's total spans it too
+  robustness = by_name["robustness"]
+  assert robustness.upper > 10 * robustness.seconds
+  assert any(line.strip().startswith("robustness") and f"to {duration(robustness.upper)}" in line for line in lines)
+  assert f"to {duration(expected - robustness.seconds + robustness.upper)}" in total
+
+
+def test_plan_estimates_the_robust_defence_and_autoattack_from_their_own_pieces(tmp_path):
+  config = pipeline.DefendConfig(dataset="digits", defence="fgsm_rs", defence_epochs=3,
+                                 execution=execution.ExecutionConfig(verbose=0))
+  run = pipeline.DefendRun(str(tmp_path), config)
+  run.prepare()
+  c = run.config
+  assert plan.stage_pieces(c, "defended") == ("classifier_inference", "robust_step", "attack_gradient")
+  timings = plan.measure(run, 2, ["robust_step", "attack_gradient", "classifier_inference"])
+  # an fgsm_rs step takes two passes through the model, an input gradient about one: both are timed
+  assert timings.batch == {"robust_step": 128, "attack_gradient": 512, "classifier_inference": 512}
+  assert all(v > 0 for v in timings.seconds.values())
+  fake = plan.Timings({"robust_step": 0.3, "attack_gradient": 0.2, "classifier_inference": 0.1},
+                      {"robust_step": 128, "attack_gradient": 512, "classifier_inference": 512})
+  by_name = {e.name: e for e in plan.estimate(run, fake)}
+  assert [e.name for e in plan.estimate(run, fake)] == ["classifier", "defended", "robustness"]
+  n = len(run.data.train)
+  held = min(1000, n // 5)
+  defended = by_name["defended"].parts
+  assert defended["training"] == pytest.approx(3 * math.ceil((n - held) / 128) * 0.3)
+  # the guard: PGD-10 and FGSM on the held-out rows before and after each of the 3 epochs
+  assert defended["guard (each epoch)"] == pytest.approx(4 * held * (11 * 0.2 + 2 * 0.1) / 512)
+  aa = by_name["robustness"]
+  n_aa = min(c.robust_eval_examples, len(run.evaluation))
+  g, f = 0.2 / 512, 0.1 / 512
+  assert aa.parts["APGD-CE, both models"] == pytest.approx(2 * n_aa * 100 * g)
+  assert aa.upper - aa.seconds == pytest.approx(n_aa * (9 * 100 * g + 9 * 100 * (g + f) + 5000 * f))
 
 
 # -- SVHN's .mat files ----------------------------------------------------------------------------
@@ -180,3 +210,17 @@ def test_synthetic_svhn_files_have_the_requested_sizes_and_are_seeded(tmp_path):
   assert set(np.unique(da.train.y)) <= set(range(10))
   with pytest.raises(ValueError, match="images"):
     svhn.write_mat(tmp_path / "bad.mat", np.zeros((2, 28, 28, 1)), [0, 1])
+
+
+def test_cpu_bound_spreads_each_parts_cpu_seconds_over_the_cores_and_keeps_autoattacks_range():
+  from pipelines.benchmarks.pipeline import cpu_bound
+  summary = {"seconds_per_batch": {"robust_step": 2.0, "attack_gradient": 1.0, "classifier_inference": 1.0},
+             "cpu_seconds_per_batch": {"robust_step": 2.0, "attack_gradient": 1.5, "classifier_inference": 0.5},
+             "stages": {"defended": {"extrapolated_s": 100.0, "extrapolated_parts_s": {"training": 100.0}},
+                        "robustness": {"extrapolated_s": 40.0, "extrapolated_upper_s": 400.0,
+                                       "extrapolated_parts_s": {"APGD-CE, both models": 40.0}}}}
+  out = cpu_bound(summary, cores=2)
+  # training: 2 CPU-s per 2 wall-s batch over 2 cores -> half; APGD-CE: 1.5 / 1 / 2 -> 0.75
+  assert out["stages_s"] == pytest.approx({"defended": 50.0, "robustness": 30.0})
+  assert out["upper_stages_s"] == pytest.approx({"robustness": 300.0})
+  assert out["upper_total_s"] == pytest.approx(350.0)

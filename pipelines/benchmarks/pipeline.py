@@ -133,9 +133,10 @@ def _run_tree(root, dataset, seed, extra_args):
 # -- short timed windows (batches=N) ----------------------------------------------------------------
 # What `defend --dataset=svhn` ran with before issue 16: precision auto (bfloat16 here), no XLA,
 # TensorFlow's default threading, the spec's batches 128 (classifier) and 256 (decoder), the paper's
-# decoder. "after" is whatever the spec and the command line default to now.
+# decoder, the paper's method. "after" is the paper's method with what the spec and the command line
+# default to now.
 BEFORE = {"precision": "auto", "jit_compile": False, "classifier_batch_size": 128, "generator_batch_size": 256,
-          "generator": "svhnnet_decoder"}
+          "generator": "svhnnet_decoder", "defence": "lad"}
 # One setting changed at a time from BEFORE, timed on the classifier and decoder pieces only.
 VARIANTS = {
     "float32": {"precision": "float32"},
@@ -193,7 +194,8 @@ def throughput(result, peak):
 
 def _summary(result, peak):
   stages = {name: {"extrapolated_s": s["extrapolated_s"], "window_s": s["window_s"],
-                   "peak_rss_mb": s["peak_rss_mb"], "extrapolated_parts_s": s["extrapolated_parts"]}
+                   "peak_rss_mb": s["peak_rss_mb"], "extrapolated_parts_s": s["extrapolated_parts"],
+                   **({"extrapolated_upper_s": s["extrapolated_upper_s"]} if s.get("extrapolated_upper_s") else {})}
             for name, s in result["stages"].items()}
   return {"options": result["options"], "policy": result["policy"], "threads": result["threads"],
           "stages": stages, "extrapolated_total_s": sum(s["extrapolated_s"] for s in stages.values()),
@@ -204,18 +206,23 @@ def _summary(result, peak):
           "forward_multiply_adds": result["forward_multiply_adds"]}
 
 
-# "after": the spec's and command line's defaults now (run 1, benchmarks/svhn_speed_variants.json: no
-# setting measured faster without changing what is computed, so they equal BEFORE); "light_decoder":
-# the same with the lighter decoder option.
-CONFIGS = {"before": BEFORE, "after": {}, "light_decoder": {"generator": "svhnnet_decoder_light"}}
+# "after": the paper's method (--defence=lad) with the spec's and command line's defaults now (run 1,
+# benchmarks/svhn_speed_variants.json: no setting measured faster without changing what is computed,
+# so they equal BEFORE); "light_decoder": the same with the lighter decoder option; "robust_default":
+# every default, i.e. the default robust defence and the AutoAttack stage (lad_tf.defences).
+CONFIGS = {"before": BEFORE, "after": {"defence": "lad"},
+           "light_decoder": {"generator": "svhnnet_decoder_light", "defence": "lad"}, "robust_default": {}}
 
 
 PART_PIECES = {  # which measured pieces each part of lad_tf.plan.estimate multiplies
-    "training": {"classifier": "classifier_step", "generator": "decoder_step"},
+    "training": {"classifier": "classifier_step", "generator": "decoder_step", "defended": "robust_step"},
     "validation (each epoch)": "classifier_validation", "test accuracy": "classifier_inference",
     "latents (train and test)": "classifier_inference", "latents": "classifier_inference",
     "train and test loss": "decoder_inference", "fine-tuning": "fine_tune_step",
     "decode and classify": ("decoder_inference", "classifier_inference"),
+    "LAD's guide (once)": ("classifier_inference", "decoder_inference"),
+    "guard (each epoch)": ("attack_gradient", "classifier_inference"),
+    "clean predictions": "classifier_inference", "APGD-CE, both models": "attack_gradient",
 }
 
 
@@ -224,7 +231,7 @@ def cpu_bound(summary, cores):
   of its wall time: the stage's time on an otherwise idle machine if the work used every core fully
   (a lower bound there; on a shared machine the wall time is what the load leaves)."""
   wall, cpu = summary["seconds_per_batch"], summary["cpu_seconds_per_batch"]
-  out = {}
+  out, upper = {}, {}
   for stage, figures in summary["stages"].items():
     total = 0.0
     for part, seconds in figures["extrapolated_parts_s"].items():
@@ -236,7 +243,12 @@ def cpu_bound(summary, cores):
       measured = sum(wall[p] for p in pieces)
       total += seconds * sum(cpu[p] for p in pieces) / cores / measured if measured else 0.0
     out[stage] = total
-  return {"stages_s": out, "total_s": sum(out.values())}
+    if figures.get("extrapolated_upper_s"):  # AutoAttack's range: the same pieces, the same CPU share
+      upper[stage] = figures["extrapolated_upper_s"] * total / figures["extrapolated_s"]
+  result = {"stages_s": out, "total_s": sum(out.values())}
+  if upper:
+    result.update(upper_stages_s=upper, upper_total_s=sum({**out, **upper}.values()))
+  return result
 
 
 def windows_run(root, dataset, data_dir, seed, batches, variants=True, configs=None):

@@ -150,7 +150,8 @@ def measure(options):
   execution = ExecutionConfig(seed=options.get("seed", 0), precision=options.get("precision", "auto"),
                               jit_compile=bool(options.get("jit_compile", False)), verbose=0)
   config = pipeline.DefendConfig(dataset=options["dataset"], data_dir=options.get("data_dir"),
-                                 generator_architecture=options.get("generator"), execution=execution)
+                                 generator_architecture=options.get("generator"), execution=execution,
+                                 **({"defence": options["defence"]} if options.get("defence") else {}))
   start = time.perf_counter()
   workdir = tempfile.mkdtemp(prefix="lad_tf-windows-")
   try:
@@ -171,7 +172,7 @@ def _measure(run, options, execution, start):
   run.prepare()
   # the boundary fit's memory (SVHN: a 45 x 4096 x 4096 attention kernel) is not all given back, so it
   # goes last: each other stage's peak is then its own
-  stages = sorted(options.get("stages") or list(plan.PIECES), key=lambda s: s == "boundaries")
+  stages = sorted(options.get("stages") or run.config.needed_stages(), key=lambda s: s == "boundaries")
   out = {"options": options, "policy": resolve_precision(execution.precision), "data_load_s": load_s,
          "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                      "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
@@ -179,7 +180,7 @@ def _measure(run, options, execution, start):
   seconds, batch, cpu = {}, {}, {}
   out["load_average_start"] = os.getloadavg()
   for stage in stages:
-    todo = [p for p in plan.PIECES[stage] if p not in seconds]
+    todo = [p for p in plan.stage_pieces(run.config, stage) if p not in seconds]
     gc.collect()
     with PeakMemory() as memory:
       t0 = time.perf_counter()
@@ -193,7 +194,8 @@ def _measure(run, options, execution, start):
   estimates = plan.estimate(run, plan.Timings(seconds, batch))
   for e in estimates:
     if e.name in out["stages"]:
-      out["stages"][e.name].update(extrapolated_s=e.seconds, extrapolated_parts=e.parts)
+      out["stages"][e.name].update(extrapolated_s=e.seconds, extrapolated_parts=e.parts,
+                                   extrapolated_upper_s=e.upper)
   out["seconds_per_batch"], out["cpu_seconds_per_batch"], out["batch"] = seconds, cpu, batch
   out["load_average_end"] = os.getloadavg()
   classifier = run.planned_classifier()
