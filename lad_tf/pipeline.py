@@ -41,6 +41,9 @@ from lad_tf.workdir import WorkDir, load_model, read_json, save_model, write_jso
 log = logging.getLogger("lad_tf")
 
 
+ROBUST_MEMORY_BYTES = 4 * 2**30  # float32 training images a robust defence may decode into memory
+
+
 class DefendRun:
   """One run of the pipeline over a work directory; each stage method is idempotent."""
 
@@ -59,6 +62,8 @@ class DefendRun:
              f"{len(self.data.test)} test")
     self.calibration, self.evaluation = datasets.calibration_split(
         self.data.test, self.config.calibration_per_class, self.config.seed)
+    if c.defence not in ("lad", "clean"):
+      self.robust_train_split()  # a split too big to hold fails now, not after the classifier's hours
 
   @staticmethod
   def _worker_dir(workdir):
@@ -291,17 +296,29 @@ class DefendRun:
     c = self.config
     return defence.schedule_config(c.fine_tune_schedule, c.fine_tune_epochs, execution=c.execution)
 
-  def _robust_training(self, out):
-    """A robust defence (lad_tf.robust.train) fine-tuning the classifier on the training split."""
+  def robust_train_split(self):
+    """The training rows a robust defence trains on (--defence_train_examples of them, else all).
+    lad_tf.robust.train holds them as float32; splits kept as uint8 or read from files (SVHN: 0.9 GB as
+    float32) are decoded when the stage runs, up to ROBUST_MEMORY_BYTES."""
     c = self.config
-    rc = c.robust_config()
     train = self.data.train
     if c.defence_train_examples and c.defence_train_examples < len(train):
       train = train.take(np.sort(np.random.default_rng(c.seed).choice(
           len(train), c.defence_train_examples, replace=False)))
-    if train.streamed:
-      raise ConfigError(f"{self.spec.name}'s training images are read from files; robust training holds "
-                        f"its images in memory: pass --defence_train_examples (e.g. 20000)")
+    per_image = 4 * int(np.prod(self.spec.image_shape))
+    if train.streamed and len(train) * per_image > ROBUST_MEMORY_BYTES:
+      fit = ROBUST_MEMORY_BYTES // per_image
+      raise ConfigError(f"robust training ({c.defence}) holds its training images in memory as float32: "
+                        f"{len(train)} {self.spec.name} images take {len(train) * per_image / 2**30:.1f} GB, "
+                        f"over the {ROBUST_MEMORY_BYTES / 2**30:.0f} GB limit; pass "
+                        f"--defence_train_examples={min(fit, 20000)} (at most {fit} fit)")
+    return train
+
+  def _robust_training(self, out):
+    """A robust defence (lad_tf.robust.train) fine-tuning the classifier on the training split."""
+    c = self.config
+    rc = c.robust_config()
+    train = self.robust_train_split().in_memory()
     lad_parts = {}
     if rc.needs_lad():
       lad_parts = {"generator": self.work.model("generator"), "boundaries": self.boundaries()}

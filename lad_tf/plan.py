@@ -222,7 +222,7 @@ def _robust_training_parts(c, run, per_image, steps):
   guide or decodes when the method reads them, and the guard's checks (PGD-10 and FGSM on the held-out
   rows before and after every epoch)."""
   rc = c.robust_config()
-  n = min(c.defence_train_examples or len(run.data.train), len(run.data.train))
+  n = len(run.robust_train_split())
   held = min(rc.guard_examples, n // 5)
   parts = {"training": steps("robust_step", n - held, rc.epochs)}
   needs = robust.methods.make_loss(rc).needs() if rc.method in ("nfgsm", "lad_robust") else ()

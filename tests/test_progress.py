@@ -10,6 +10,7 @@ import pytest
 
 from lad_tf import datasets, execution, losses, models, pipeline, plan
 from lad_tf.progress import Progress, StepTimer, duration
+from lad_tf.errors import ConfigError
 from lad_tf.sources import svhn
 
 
@@ -224,3 +225,25 @@ def test_cpu_bound_spreads_each_parts_cpu_seconds_over_the_cores_and_keeps_autoa
   assert out["stages_s"] == pytest.approx({"defended": 50.0, "robustness": 30.0})
   assert out["upper_stages_s"] == pytest.approx({"robustness": 300.0})
   assert out["upper_total_s"] == pytest.approx(350.0)
+
+
+def test_robust_defence_decodes_svhns_uint8_split_and_refuses_one_too_big_before_any_stage(tmp_path, monkeypatch):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(120) % 10
+  svhn.write_mat(tmp_path / "train_32x32.mat", images, labels)
+  svhn.write_mat(tmp_path / "test_32x32.mat", images[:40], labels[:40])
+  config = lambda **kw: pipeline.DefendConfig(**{"dataset": "svhn", "data_dir": str(tmp_path), "defence": "fgsm_rs",
+                                                 "calibration_per_class": 2, **kw})
+  run = pipeline.DefendRun(str(tmp_path / "run"), config())
+  assert run.data.train.streamed  # SVHN keeps uint8 pixels
+  train = run.robust_train_split().in_memory()
+  assert train.x.dtype == np.float32 and train.x.shape == (120, 32, 32, 3)
+  np.testing.assert_allclose(train.x, images / 255.0, atol=1e-7)
+  assert len(pipeline.DefendRun(str(tmp_path / "run2"), config(defence_train_examples=200)).robust_train_split()) == 120
+  # over the memory limit: refused when the run is set up, with the flag that fixes it
+  monkeypatch.setattr(pipeline, "ROBUST_MEMORY_BYTES", 100 * 32 * 32 * 3 * 4)
+  with pytest.raises(ConfigError, match=r"--defence_train_examples=100 \(at most 100 fit\)"):
+    pipeline.DefendRun(str(tmp_path / "run3"), config())
+  assert len(pipeline.DefendRun(str(tmp_path / "run4"), config(defence_train_examples=100)).robust_train_split()) == 100
+  pipeline.DefendRun(str(tmp_path / "run5"), config(defence="lad"))  # the paper's method streams: no limit
