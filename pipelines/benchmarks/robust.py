@@ -102,8 +102,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     all); `standard` is always trained (the cost ratios divide by it).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
-  partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds may
-    grow) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
+  partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
+    only may change) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
   """
   import keras
   from lad_tf import boundary, datasets, models, robust, training
@@ -167,7 +167,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   if partial and os.path.exists(partial):
     with open(partial) as f:
       previous = json.load(f)
-    same = lambda o: {k: v for k, v in o.items() if k != "seeds"}
+    same = lambda o: {k: v for k, v in o.items() if k not in ("seeds", "only")}  # rows to add, not how
     if same(previous.get("options", {})) != same(json.loads(json.dumps(options))):
       raise ValueError(f"{partial} holds a run with other options; remove it or pass another partial path")
     for name, summary in {**previous["methods"], **previous["ablation"]}.items():
