@@ -151,6 +151,7 @@ def test_guard_rolls_back_a_forced_collapse(setup):
   collapsed = [row for row in history if row["collapsed"]]
   assert all(row["pgd10"] < history[0]["pgd10"] - 0.2 or row["fgsm"] - row["pgd10"] > 0.3
              for row in collapsed)
+  assert all(row["pgd10"] <= history[0]["pgd10"] for row in collapsed)  # PGD accuracy fell in each
   assert info["guard"]["final_step_scale"] < 1.0
   # the selected epoch is a good one, at least as robust on the held-out images as the start
   assert max(row["pgd10"] for row in history if not row["collapsed"]) >= history[0]["pgd10"]
@@ -227,3 +228,23 @@ def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypa
   row = second["methods"]["fgsm_rs"]["seeds"][0]
   assert row["seed"] == 0 and row["cost_ratio"] == pytest.approx(
       row["train_s"] / first["methods"]["standard"]["seeds"][0]["train_s"])
+
+
+def test_guard_lets_pgd_accuracy_climb_behind_fgsm_and_rolls_back_when_it_falls(monkeypatch):
+  """Scripted checks (clean, FGSM, PGD-10 accuracy): from a non-robust start FGSM accuracy climbs
+  faster than PGD's (MNIST at eps 0.3: 0.62 against 0.10 after one epoch); that is learning. A wide
+  gap with PGD accuracy falling is the collapse."""
+  from lad_tf.robust import guard as guard_lib
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+  optimizer = keras.optimizers.Adam()
+  optimizer.build(model.trainable_variables)
+  scripted = iter([(0.99, 0.08, 0.00), (0.97, 0.62, 0.10), (0.96, 0.70, 0.14), (0.95, 0.80, 0.05)])
+  guard = guard_lib.OverfittingGuard(np.zeros((4, 2), np.float32), np.zeros(4), 0.3, tf.Variable(1.0))
+  monkeypatch.setattr(guard, "_accuracies", lambda: np.array(next(scripted)))
+  guard.watch(model, optimizer)
+  guard.on_epoch_begin(0)
+  for epoch in range(3):
+    guard.on_epoch_end(epoch)
+  assert [row["collapsed"] for row in guard.history] == [False, False, False, True]
+  assert guard.rollbacks == 1 and guard.history[-1]["rolled_back_to"] == 2
+  assert float(guard.step_scale.numpy()) == 0.5
