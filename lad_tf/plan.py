@@ -223,7 +223,7 @@ def _robust_training_parts(c, run, per_image, steps):
   rows before and after every epoch)."""
   rc = c.robust_config()
   n = len(run.robust_train_split())
-  held = min(rc.guard_examples, n // 5)
+  held = len(robust.methods.holdout_split(n, rc.guard_examples, rc.seed)[1])
   parts = {"training": steps("robust_step", n - held, rc.epochs)}
   needs = robust.methods.make_loss(rc).needs() if rc.method in ("nfgsm", "lad_robust") else ()
   if needs:  # latents, then per need one or two decodes of every training row (boundary_start.features)
@@ -231,9 +231,9 @@ def _robust_training_parts(c, run, per_image, steps):
     parts["LAD's guide (once)"] = n * (per_image("classifier_inference") + decodes * per_image("decoder_inference"))
   guarded = rc.method in robust.SINGLE_STEP if rc.guard is None else rc.guard
   if guarded:
-    gradients = rc.pgd_steps + 1  # PGD-10 and FGSM
+    gradients = rc.pgd_steps + 1  # PGD-10 and FGSM, then the clean, FGSM and PGD predictions
     parts["guard (each epoch)"] = (rc.epochs + 1) * held * (
-        gradients * per_image("attack_gradient") + 2 * per_image("classifier_inference"))
+        gradients * per_image("attack_gradient") + 3 * per_image("classifier_inference"))
   return parts
 
 

@@ -172,7 +172,7 @@ def test_plan_estimates_the_robust_defence_and_autoattack_from_their_own_pieces(
   defended = by_name["defended"].parts
   assert defended["training"] == pytest.approx(3 * math.ceil((n - held) / 128) * 0.3)
   # the guard: PGD-10 and FGSM on the held-out rows before and after each of the 3 epochs
-  assert defended["guard (each epoch)"] == pytest.approx(4 * held * (11 * 0.2 + 2 * 0.1) / 512)
+  assert defended["guard (each epoch)"] == pytest.approx(4 * held * (11 * 0.2 + 3 * 0.1) / 512)
   aa = by_name["robustness"]
   n_aa = min(c.robust_eval_examples, len(run.evaluation))
   g, f = 0.2 / 512, 0.1 / 512
