@@ -18,6 +18,10 @@ DESCRIPTIONS = {
                   "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
 }
 
+# The defences that fine-tune by the paper's Eq. 4 on LAD's calibration examples (lad_tf.defence); the
+# others train on the training split against an input-space adversary (lad_tf.robust).
+EQ4_DEFENCES = ("lad", "clean")
+
 # The defences `python -m pipelines.defend --defence=NAME` offers (every method but the cost reference).
 DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "nfgsm", "lad_robust")
 

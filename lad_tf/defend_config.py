@@ -4,7 +4,7 @@ setting reruns exactly the stages it affects). lad_tf.pipeline runs the stages."
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
-from lad_tf import datasets, defence, robust
+from lad_tf import datasets, defence, defences, robust
 from lad_tf.errors import ConfigError
 from lad_tf.execution import ExecutionConfig
 
@@ -100,12 +100,17 @@ class DefendConfig:
     return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
                                latent_layer=self.latent_layer, execution=self.execution)
 
+  @property
+  def robust_training(self):
+    """Whether the defence trains against an input-space adversary (not the paper's Eq. 4)."""
+    return self.defence not in defences.EQ4_DEFENCES
+
   def needed_stages(self):
     """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
     needed = ["classifier"]
-    if self.defence in ("lad", "clean") or self.robust_config().needs_lad():
+    if not self.robust_training or self.robust_config().needs_lad():
       needed += ["generator", "boundaries"]
-    if self.defence in ("lad", "clean"):
+    if not self.robust_training:
       needed.append("generation")
     needed.append("defended")
     if self.robust_eval != "none":
@@ -135,7 +140,7 @@ def stage_settings(config, spec):
   generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
   out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
                        "normal": c.normal, "target": c.target, "adaptive": c.adaptive}
-  if c.defence in ("lad", "clean"):
+  if not c.robust_training:
     tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
     # lad's settings carry no "defence" key: work directories made before there was a choice stay done
     out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,

@@ -62,7 +62,8 @@ class DefendRun:
              f"{len(self.data.test)} test")
     self.calibration, self.evaluation = datasets.calibration_split(
         self.data.test, self.config.calibration_per_class, self.config.seed)
-    if c.defence not in ("lad", "clean"):
+    self._robust_train = None
+    if c.robust_training:
       self.robust_train_split()  # a split too big to hold fails now, not after the classifier's hours
 
   @staticmethod
@@ -262,7 +263,7 @@ class DefendRun:
   def defended_stage(self):
     def run(out):
       c = self.config
-      if c.defence not in ("lad", "clean"):
+      if c.robust_training:
         return self._robust_training(out)
       classifier = self.classifier()
       tune = self.fine_tune_config()
@@ -299,7 +300,10 @@ class DefendRun:
   def robust_train_split(self):
     """The training rows a robust defence trains on (--defence_train_examples of them, else all).
     lad_tf.robust.train holds them as float32; splits kept as uint8 or read from files (SVHN: 0.9 GB as
-    float32) are decoded when the stage runs, up to ROBUST_MEMORY_BYTES."""
+    float32) are decoded when the stage runs, up to ROBUST_MEMORY_BYTES. Chosen once per run (the
+    set-up check, the plan and the stage share it)."""
+    if self._robust_train is not None:
+      return self._robust_train
     c = self.config
     train = self.data.train
     if c.defence_train_examples and c.defence_train_examples < len(train):
@@ -312,6 +316,7 @@ class DefendRun:
                         f"{len(train)} {self.spec.name} images take {len(train) * per_image / 2**30:.1f} GB, "
                         f"over the {ROBUST_MEMORY_BYTES / 2**30:.0f} GB limit; pass "
                         f"--defence_train_examples={min(fit, 20000)} (at most {fit} fit)")
+    self._robust_train = train
     return train
 
   def _robust_training(self, out):
@@ -397,7 +402,7 @@ class DefendRun:
     robustness = read("robustness", "metrics.json")
     attention = bounds.get("attention", self.config.attention)
     name = defended.get("defence", "lad")
-    lad_like = name in ("lad", "clean")
+    lad_like = name in robust.EQ4_DEFENCES
     metrics = {
         "dataset": self.spec.name,
         "defence": name,

@@ -150,10 +150,10 @@ def measure(run, batches=3, pieces=None):
   timed("fine_tune_step", tune.batch_size, lambda n: time_training(
       classifier, defence.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
       lambda: keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum), batches, "fine-tuning"))
-  if "robust_step" in wanted and c.defence not in ("lad", "clean"):
+  if "robust_step" in wanted and c.robust_training:
     rc = c.robust_config()
     loss_fn = robust.methods.make_loss(rc)
-    needs = loss_fn.needs() if hasattr(loss_fn, "needs") else ()
+    needs = robust.methods.extras_needed(loss_fn)
     extras = {"guide": lambda n: np.sign(rng.standard_normal((n, *spec.image_shape))).astype(np.int8),
               "target": labels, "decoded": images}
     timed("robust_step", rc.batch_size, lambda n: time_training(
@@ -201,7 +201,7 @@ def estimate(run, timings):
           "fine-tuning": steps("fine_tune_step", _fine_tune_rows(c, n_cal), c.fine_tune_epochs),
           "test accuracy": infer("classifier_inference", n_eval)},
   }
-  if c.defence not in ("lad", "clean"):
+  if c.robust_training:
     parts["defended"] = {**_robust_training_parts(c, run, per_image, steps),
                          "test accuracy": infer("classifier_inference", n_eval)}
   upper = {}
@@ -225,12 +225,11 @@ def _robust_training_parts(c, run, per_image, steps):
   n = len(run.robust_train_split())
   held = len(robust.methods.holdout_split(n, rc.guard_examples, rc.seed)[1])
   parts = {"training": steps("robust_step", n - held, rc.epochs)}
-  needs = robust.methods.make_loss(rc).needs() if rc.method in ("nfgsm", "lad_robust") else ()
+  needs = robust.methods.extras_needed(robust.methods.make_loss(rc))
   if needs:  # latents, then per need one or two decodes of every training row (boundary_start.features)
     decodes = 2 * ("guide" in needs) + ("decoded" in needs)
     parts["LAD's guide (once)"] = n * (per_image("classifier_inference") + decodes * per_image("decoder_inference"))
-  guarded = rc.method in robust.SINGLE_STEP if rc.guard is None else rc.guard
-  if guarded:
+  if rc.uses_guard():
     gradients = rc.pgd_steps + 1  # PGD-10 and FGSM, then the clean, FGSM and PGD predictions
     parts["guard (each epoch)"] = (rc.epochs + 1) * held * (
         gradients * per_image("attack_gradient") + 3 * per_image("classifier_inference"))
@@ -303,7 +302,7 @@ def stage_pieces(config, stage):
   """The pieces `stage`'s estimate needs under DefendConfig `config` (a resolved one)."""
   if stage != "defended":
     return PIECES[stage]
-  if config.defence in ("lad", "clean"):
+  if not config.robust_training:
     return ("classifier_inference", "fine_tune_step")
   rc = config.robust_config()
   return ("classifier_inference", "robust_step", "attack_gradient") + (

@@ -98,7 +98,7 @@ def main(argv):
       defence=FLAGS.defence, defence_eps=FLAGS.defence_eps, defence_epochs=FLAGS.defence_epochs,
       defence_train_examples=FLAGS.defence_train_examples, robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
-  if FLAGS.evaluate and FLAGS.defence not in ("lad", "clean"):
+  if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:
     from lad_tf.errors import ConfigError
     raise ConfigError(f"--evaluate runs the paper's protocol, which needs LAD's generated set; "
                       f"--defence={FLAGS.defence} does not make one. Its AutoAttack figures are in "

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf import defence, execution
-from lad_tf.defences import DESCRIPTIONS
+from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 
@@ -69,6 +69,10 @@ class RobustConfig:
     return self.method == "lad" or (self.method == "lad_robust" and (
         o.guided_fraction > 0 or o.targeted or o.manifold_weight > 0))
 
+  def uses_guard(self):
+    """Whether the catastrophic-overfitting guard watches the training (default: single-step methods)."""
+    return self.method in SINGLE_STEP if self.guard is None else self.guard
+
   def identity(self):
     """The settings that decide the trained model (not how it is computed): a stage fingerprint's
     input."""
@@ -94,6 +98,11 @@ def make_loss(config):
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
+
+
+def extras_needed(loss_fn):
+  """The per-example extras ("guide", "target", "decoded") a method's loss reads besides the image."""
+  return loss_fn.needs() if isinstance(loss_fn, losses.LadRobustLoss) else ()
 
 
 def _check(config, generator, boundaries):
@@ -146,7 +155,7 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   config.execution.seed_everything()
   start = time.perf_counter()
   info = {"method": config.method, "epochs": config.epochs, "train_examples": int(len(rows))}
-  if config.method in ("clean", "lad"):
+  if config.method in EQ4_DEFENCES:
     x_adv = x[rows]
     if config.method == "lad":
       x_adv = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
@@ -160,19 +169,20 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
     return model, info
   loss_fn = make_loss(config)
   inputs = {"image": x[rows]}
-  if isinstance(loss_fn, losses.LadRobustLoss) and loss_fn.needs():
+  needs = extras_needed(loss_fn)
+  if needs:
     extras = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
                                      strength=config.guide_strength, threshold=config.guide_threshold,
                                      latent_layer=config.latent_layer,
-                                     seed=config.seed, need=loss_fn.needs())
-    inputs.update({k: extras[k] for k in loss_fn.needs()})
+                                     seed=config.seed, need=needs)
+    inputs.update({k: extras[k] for k in needs})
   info["prepare_s"] = time.perf_counter() - start
   ds = tf.data.Dataset.from_tensor_slices((inputs, y[rows])).shuffle(
       min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
           config.batch_size).prefetch(tf.data.AUTOTUNE)
   training = execution.Training(defence.clone_classifier(classifier), loss_fn, config.execution,
                                 lambda: keras.optimizers.Adam(config.learning_rate), name=config.method)
-  use_guard = config.method in SINGLE_STEP if config.guard is None else config.guard
+  use_guard = config.uses_guard()
   callbacks = []
   if use_guard:
     if len(held) == 0:
