@@ -10,7 +10,8 @@ on the calibration split (lad_tf.datasets.calibration_split, the dataset's per-c
 
 Per seed: `train_examples` random training images (plus `guard_examples` held out of them for the
 catastrophic-overfitting guard); every method fine-tunes the starting classifier for `epochs`
-epochs (lad_tf.robust.train; `init="scratch"` trains fresh models instead), then is evaluated on the
+epochs (lad_tf.robust.train; `init="scratch"` trains fresh models instead; `lr_schedule="cyclic"`
+runs Adam's rate 0 -> learning_rate -> 0 instead of constant), then is evaluated on the
 same `eval_examples` images of the evaluation split (never the calibration split): clean accuracy,
 PGD-40 (cleverhans, random start, step 2.5 eps / 40) and `autoattack`: the accuracy under the
 `autoattack` option's attack (lad_tf.attacks.autoattack "standard" by default, "fast", or "apgd-ce"),
@@ -93,7 +94,7 @@ def _summary(rows):
 
 def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
-        generator_examples=20000, guard_examples=1000, learning_rate=1e-3, init="finetune",
+        generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
         ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
         partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
@@ -128,6 +129,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
                  generator_epochs=generator_epochs, generator_examples=generator_examples,
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
+                 **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
                  attention=attention, ablation_seeds=ablation_seeds, only=only,
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
@@ -208,6 +210,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         continue
       method = "lad_robust" if opts is not None else name
       config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
+                                   lr_schedule=lr_schedule,
                                    guard_examples=guard_examples,
                                    execution=ExecutionConfig(seed=s, verbose=0, precision=precision),
                                    **({"options": opts} if opts is not None else {}))
