@@ -54,6 +54,11 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
 flags.DEFINE_integer("defence_epochs", 5, "Epochs of the robust defences (they fine-tune the trained classifier).")
+flags.DEFINE_float("defence_learning_rate", 1e-3, "Adam learning rate of the robust defences (with "
+                   "--defence_lr_schedule=cyclic, the peak).")
+flags.DEFINE_enum("defence_lr_schedule", "constant", ["constant", "cyclic"], "Learning rate of the robust "
+                  "defences: constant, or cyclic (0 -> rate -> 0 over the run, Wong et al. 2020; what MNIST "
+                  "at eps 0.3 needs, see docs/ROBUST.md).")
 flags.DEFINE_integer("defence_train_examples", None, "Training images of the robust defences (default: the "
                      "whole training split; fewer for a quick run on 2 cores).")
 flags.DEFINE_enum("autoattack", "standard", ["standard", "fast", "none"], "Robustness stage: AutoAttack "
@@ -96,6 +101,7 @@ def main(argv):
       fine_tune_schedule=FLAGS.fine_tune_schedule,
       decoder_loss_epochs=_epochs(FLAGS.decoder_mse_epochs),
       defence=FLAGS.defence, defence_eps=FLAGS.defence_eps, defence_epochs=FLAGS.defence_epochs,
+      defence_learning_rate=FLAGS.defence_learning_rate, defence_lr_schedule=FLAGS.defence_lr_schedule,
       defence_train_examples=FLAGS.defence_train_examples, robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
   if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:

@@ -108,3 +108,17 @@ def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --evaluate") and "drop --evaluate" in last
   assert not os.path.exists(tmp_path / "w" / "classifier")
+
+
+def test_defence_learning_rate_options_reach_the_robust_training_and_bad_ones_are_refused():
+  import dataclasses
+  from lad_tf.errors import ConfigError
+  cyclic = dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="cyclic",
+                               defence_learning_rate=5e-3).resolved().robust_config()
+  assert (cyclic.lr_schedule, cyclic.learning_rate) == ("cyclic", 5e-3)
+  constant = dataclasses.replace(CONFIG, defence="fgsm_rs").resolved().robust_config()
+  # the defended stage reruns when the schedule changes; work directories made before the option
+  # existed (constant rate) keep their fingerprint
+  assert cyclic.identity()["lr_schedule"] == "cyclic" and "lr_schedule" not in constant.identity()
+  with pytest.raises(ConfigError, match="defence_lr_schedule"):
+    dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="step").resolved()
