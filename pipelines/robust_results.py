@@ -115,12 +115,21 @@ def ensemble_share(bench):
   return later, total
 
 
+def _schedule(options):
+  """How the methods trained, e.g. "fine-tuned for 10 epochs (Adam, rate 0.001)"."""
+  how = "trained from scratch" if options.get("init") == "scratch" else "fine-tuned"
+  rate = options.get("learning_rate")
+  cyclic = options.get("lr_schedule") == "cyclic"
+  return (f"{how} for {options.get('epochs')} epochs"
+          + (f" (Adam, {'one-cycle rate peaking at' if cyclic else 'rate'} {rate:g})" if rate else ""))
+
+
 def describe(bench, repo, dataset):
   o = bench.get("options", {})
   later, total = ensemble_share(bench)
   return (f"`python -m pipelines.benchmark robust --dataset={dataset}` (`benchmarks/robust_{dataset}.json`, "
           f"committed in {git_commit_of_file(repo, f'benchmarks/robust_{dataset}.json')}): {o.get('model')} "
-          f"({bench.get('parameters')} parameters) fine-tuned {o.get('epochs')} epochs on "
+          f"({bench.get('parameters')} parameters) {_schedule(o)} on "
           f"{o.get('train_examples')} training images, eps {bench.get('eps')}, scored on "
           f"{o.get('eval_examples')} test images outside the calibration split; AutoAttack % is per image the "
           f"worst of {o.get('autoattack_attack', 'AutoAttack')}; cost: training wall time over clean "
