@@ -15,5 +15,6 @@ from lad_tf.defences import DEFAULT_DEFENCE, DEFENCES, DESCRIPTIONS, EQ4_DEFENCE
 from lad_tf.robust import adversaries, boundary_start, guard, losses, methods
 from lad_tf.robust.methods import LR_SCHEDULES, METHODS, SINGLE_STEP, OneCycle, RobustConfig, train
 
-__all__ = ["DEFAULT_DEFENCE", "DEFENCES", "DESCRIPTIONS", "METHODS", "SINGLE_STEP", "RobustConfig", "train",
+__all__ = ["DEFAULT_DEFENCE", "DEFENCES", "DESCRIPTIONS", "EQ4_DEFENCES", "LR_SCHEDULES", "METHODS",
+           "SINGLE_STEP", "OneCycle", "RobustConfig", "train",
            "adversaries", "boundary_start", "guard", "losses", "methods"]
