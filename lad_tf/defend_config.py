@@ -42,7 +42,7 @@ class DefendConfig:
   defence_eps: Optional[float] = None       # robust methods' L-inf eps; default: the spec's attack_eps
   defence_epochs: int = 5                   # robust methods' epochs (lad and clean: fine_tune_epochs)
   defence_learning_rate: float = 1e-3       # robust methods' Adam rate (the peak of a cyclic schedule)
-  defence_lr_schedule: str = "constant"     # robust.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
+  defence_lr_schedule: str = "constant"     # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
@@ -81,8 +81,8 @@ class DefendConfig:
     if defence_name == "clean" and self.fine_tune_mode == "on_the_fly":
       raise ConfigError("the clean control fine-tunes on the generated set's examples with x' = x: use "
                         "--fine_tune_mode=mix or eps with --defence=clean")
-    if self.defence_lr_schedule not in robust.LR_SCHEDULES or not self.defence_learning_rate > 0:
-      raise ConfigError(f"defence_lr_schedule must be one of {robust.LR_SCHEDULES} and defence_learning_rate "
+    if self.defence_lr_schedule not in defences.LR_SCHEDULES or not self.defence_learning_rate > 0:
+      raise ConfigError(f"defence_lr_schedule must be one of {defences.LR_SCHEDULES} and defence_learning_rate "
                         f"> 0, got '{self.defence_lr_schedule}' and {self.defence_learning_rate}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "

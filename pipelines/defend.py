@@ -56,7 +56,7 @@ flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_
 flags.DEFINE_integer("defence_epochs", 5, "Epochs of the robust defences (they fine-tune the trained classifier).")
 flags.DEFINE_float("defence_learning_rate", 1e-3, "Adam learning rate of the robust defences (with "
                    "--defence_lr_schedule=cyclic, the peak).")
-flags.DEFINE_enum("defence_lr_schedule", "constant", ["constant", "cyclic"], "Learning rate of the robust "
+flags.DEFINE_enum("defence_lr_schedule", "constant", list(defences.LR_SCHEDULES), "Learning rate of the robust "
                   "defences: constant, or cyclic (0 -> rate -> 0 over the run, Wong et al. 2020; what MNIST "
                   "at eps 0.3 needs, see docs/ROBUST.md).")
 flags.DEFINE_integer("defence_train_examples", None, "Training images of the robust defences (default: the "

@@ -11,9 +11,9 @@ trained model is the classifier alone.
   model, info = robust.train(classifier, x, y, robust.RobustConfig(method="lad_robust", eps=0.1),
                              generator=G, boundaries=B)
 """
-from lad_tf.defences import DEFAULT_DEFENCE, DEFENCES, DESCRIPTIONS, EQ4_DEFENCES
+from lad_tf.defences import DEFAULT_DEFENCE, DEFENCES, DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
 from lad_tf.robust import adversaries, boundary_start, guard, losses, methods
-from lad_tf.robust.methods import LR_SCHEDULES, METHODS, SINGLE_STEP, OneCycle, RobustConfig, train
+from lad_tf.robust.methods import METHODS, SINGLE_STEP, OneCycle, RobustConfig, train
 
 __all__ = ["DEFAULT_DEFENCE", "DEFENCES", "DESCRIPTIONS", "EQ4_DEFENCES", "LR_SCHEDULES", "METHODS",
            "SINGLE_STEP", "OneCycle", "RobustConfig", "train",

@@ -27,13 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf import defence, execution
-from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES
+from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 
 METHODS = tuple(DESCRIPTIONS)
 SINGLE_STEP = ("fgsm_rs", "nfgsm", "lad_robust")
-LR_SCHEDULES = ("constant", "cyclic")
 
 
 @keras.saving.register_keras_serializable(package="lad_tf")
