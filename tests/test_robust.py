@@ -249,6 +249,17 @@ def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypa
       row["train_s"] / first["methods"]["standard"]["seeds"][0]["train_s"])
 
 
+def test_robust_benchmark_rows_go_by_their_output_names_and_an_unknown_one_is_refused():
+  """`only=lad_robust` trains the row the output calls lad_robust (+guided_start); a misspelt row
+  stops the run before the setup instead of training the cost reference alone."""
+  from pipelines.benchmarks import robust as bench
+  assert bench._rows_named("lad_robust|pgd_at") == ["+guided_start", "pgd_at"]
+  assert bench._rows_named(["nfgsm", "+targeted"]) == ["nfgsm", "+targeted"]
+  assert bench._rows_named(None) is None
+  with pytest.raises(ValueError, match="unknown row.*pgd;.*lad_robust"):
+    bench.run(dataset="digits", only="pgd")
+
+
 def test_guard_lets_pgd_accuracy_climb_behind_fgsm_and_rolls_back_when_it_falls(monkeypatch):
   """Scripted checks (clean, FGSM, PGD-10 accuracy): from a non-robust start FGSM accuracy climbs
   faster than PGD's (MNIST at eps 0.3: 0.62 against 0.10 after one epoch); that is learning. A wide

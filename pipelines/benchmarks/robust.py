@@ -63,6 +63,20 @@ def ablation_options():
   return out
 
 
+def _rows_named(only):
+  """The training rows `only` names (a list or a "|"-separated string; None: all). `lad_robust` is the
+  ablation's +guided_start row, under the name the output gives it; an unknown name is an error, not
+  a run that trains nothing but the cost reference."""
+  if not only:
+    return None
+  names = only.split("|") if isinstance(only, str) else list(only)
+  known = METHODS + tuple(ablation_options()) + ("lad_robust",)
+  unknown = [name for name in names if name not in known]
+  if unknown:
+    raise ValueError(f"only: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(known)}")
+  return ["+guided_start" if name == "lad_robust" else name for name in names]
+
+
 def evaluate(model, x, y, eps, autoattack="standard"):
   """Clean, PGD-40 and the strongest attack's accuracy, always computed in float32 (a model trained
   under mixed_bfloat16 is evaluated as the float32 model it exports to)."""
@@ -100,7 +114,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
 
   only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
-    all); `standard` is always trained (the cost ratios divide by it).
+    all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
   partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
@@ -112,7 +126,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
-  only = only.split("|") if isinstance(only, str) else only
+  only = _rows_named(only)
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
