@@ -31,6 +31,7 @@ import numpy as np
 DATASET_EPS = {"fashion_mnist": 0.1, "mnist": 0.3, "digits": 0.1}
 METHODS = ("standard", "clean", "lad", "fgsm_rs", "pgd_at", "trades")
 METRICS = ("clean", "pgd40", "autoattack", "train_s", "cost_ratio")
+LAD_ROBUST_ROW = "+guided_start"  # the ablation row that is lad_robust's default (reported as lad_robust)
 
 
 AUTOATTACKS = {
@@ -54,7 +55,7 @@ def strongest_attack(model, x, y, eps, version="standard"):
 
 def ablation_options():
   from lad_tf.robust.losses import LadRobustOptions
-  steps = [("nfgsm", {}), ("+guided_start", {"guided_fraction": 0.5}), ("+targeted", {"targeted": True}),
+  steps = [("nfgsm", {}), (LAD_ROBUST_ROW, {"guided_fraction": 0.5}), ("+targeted", {"targeted": True}),
            ("+on_manifold", {"manifold_weight": 0.5}), ("+trades", {"trades_beta": 6.0})]
   out, fields = {}, {}
   for name, change in steps:
@@ -74,7 +75,7 @@ def _rows_named(only):
   unknown = [name for name in names if name not in known]
   if unknown:
     raise ValueError(f"only: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(known)}")
-  return ["+guided_start" if name == "lad_robust" else name for name in names]
+  return [LAD_ROBUST_ROW if name == "lad_robust" else name for name in names]
 
 
 def evaluate(model, x, y, eps, autoattack="standard"):
@@ -175,7 +176,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   say(f"setup: {setup}")
 
   variants = [(m, None) for m in METHODS]
-  variants += list(ablation_options().items()) if ablation else [("+guided_start", ablation_options()["+guided_start"])]
+  variants += list(ablation_options().items()) if ablation else [(LAD_ROBUST_ROW, ablation_options()[LAD_ROBUST_ROW])]
   rows = {name: [] for name, _ in variants}
   guard_logs = {}
   result = {}
@@ -189,23 +190,23 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     for name, summary in {**previous["methods"], **previous["ablation"]}.items():
       if name in rows:
         rows[name] = summary["seeds"]
-    rows["+guided_start"] = previous["methods"].get("lad_robust", {}).get("seeds", [])
+    rows[LAD_ROBUST_ROW] = previous["methods"].get("lad_robust", {}).get("seeds", [])
     guard_logs.update(previous.get("guard", {}))
     done = {(name, r["seed"]) for name, held in rows.items() for r in held}
     say(f"resuming from {partial}: {len(done)} (method, seed) rows done")
 
   def assemble():
     methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
-    if rows["+guided_start"]:
-      methods["lad_robust"] = _summary(rows["+guided_start"])
+    if rows[LAD_ROBUST_ROW]:
+      methods["lad_robust"] = _summary(rows[LAD_ROBUST_ROW])
     abl = {name: _summary(rows[name]) for name, _ in variants if name.startswith(("nfgsm", "+")) and rows[name]}
     result.update({"dataset": dataset, "eps": eps, "model": model_name, "parameters": setup["parameters"],
                    "options": options, "setup": setup, "methods": methods,
-                   "ablation": abl if ablation else {}, "lad_robust_is": "+guided_start",
+                   "ablation": abl if ablation else {}, "lad_robust_is": LAD_ROBUST_ROW,
                    "guard": guard_logs})
     return result
 
-  core = {"nfgsm", "+guided_start"}
+  core = {"nfgsm", LAD_ROBUST_ROW}
   def save(message):
     if partial:
       with open(partial, "w") as f:
