@@ -3,7 +3,6 @@
 Each suite lives in `pipelines/benchmarks/<suite>.py` and exposes `run(**options) -> dict`; this
 entry point prints the figures as a table and writes them as one JSON object.
 """
-import ast
 import importlib
 import json
 import os
@@ -15,6 +14,7 @@ from absl import app
 from absl import flags
 
 from pipelines import common
+from pipelines.benchmarks import suite_options
 
 SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data", "robust", "decoder")
 
@@ -46,24 +46,6 @@ def print_table(figures, prefix=""):
       print(f"  {prefix}{key:<40s} {value:12.4f}")
     else:
       print(f"  {prefix}{key:<40s} {value!s:>12}")
-
-
-def suite_options(pairs):
-  """{"seconds": 10, ...} from ["seconds=10", ...]; values are Python literals (true/false as flags
-  spell them too, so "bfloat16=false" is never the truthy string "false"), else strings."""
-  options = {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    if not sep:
-      raise app.UsageError(f"--set takes key=value pairs, got '{pair}'")
-    if value.lower() in ("true", "false"):
-      options[key] = value.lower() == "true"
-      continue
-    try:
-      options[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      options[key] = value
-  return options
 
 
 def main(argv):

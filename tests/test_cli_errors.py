@@ -92,7 +92,7 @@ def test_usage_error_and_verbose_traceback(tmp_path):
 
 def test_benchmark_set_values_are_literals_and_false_is_false():
   from absl import app
-  from pipelines.benchmark import suite_options
+  from pipelines.benchmarks import suite_options
   assert suite_options(["bfloat16=false", "epochs=3", "only=nfgsm|pgd_at", "x=True"]) == {
       "bfloat16": False, "epochs": 3, "only": "nfgsm|pgd_at", "x": True}
   with pytest.raises(app.UsageError, match="key=value"):
