@@ -219,6 +219,23 @@ def test_nfgsm_is_lad_robust_with_every_lad_part_off(setup):
   assert not config("nfgsm").needs_lad() and a.mean() > 0
 
 
+def test_short_pgd_control_is_pgd_adversarial_training(setup):
+  """The benchmark's pgdK row (lad_robust's loss, K projected steps, every LAD part off) is PGD-K
+  adversarial training: the same loss as PgdLoss for the same random start."""
+  from pipelines.benchmarks import robust as bench
+  data, model, _ = setup
+  x, y = tf.constant(data.test.x[:64]), tf.constant(data.test.y[:64])
+  tf.random.set_seed(3)
+  a = losses.LadRobustLoss(0.1, bench.ablation_options(short_pgd=3)["pgd3"])(model, {"image": x}, y).numpy()
+  tf.random.set_seed(3)
+  b = losses.PgdLoss(0.1, steps=3)(model, x, y).numpy()
+  np.testing.assert_allclose(a, b, rtol=1e-4)
+  clean = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(x)).numpy()
+  assert a.mean() > clean.mean()  # the steps found a worse loss than the clean images'
+  with pytest.raises(ValueError, match="steps must be at least 1"):
+    losses.LadRobustLoss(0.1, losses.LadRobustOptions(steps=0))
+
+
 def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypatch):
   """The benchmark writes its partial JSON after every (method, seed) row: a killed run loses at most
   the row it was training, and a rerun trains only the rows the file lacks."""
@@ -256,6 +273,7 @@ def test_robust_benchmark_rows_go_by_their_output_names_and_an_unknown_one_is_re
   assert bench._rows_named("lad_robust|pgd_at") == ["+guided_start", "pgd_at"]
   assert bench._rows_named(["nfgsm", "+targeted"]) == ["nfgsm", "+targeted"]
   assert bench._rows_named(None) is None
+  assert bench._rows_named("pgd3+guided_start", short_pgd=3) == ["pgd3+guided_start"]
   with pytest.raises(ValueError, match="unknown row.*pgd;.*lad_robust"):
     bench.run(dataset="digits", only="pgd")
 

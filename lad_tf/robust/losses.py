@@ -96,9 +96,15 @@ class LadRobustOptions:
   trades_beta: > 0 trains on CE(f(x), y) + beta * KL(f(x) || f(x')) with the step ascending that KL
     (single-step TRADES) instead of CE(f(x'), y).
   manifold_weight: > 0 adds weight * CE(f(x_decoded), y), LAD's Eq. 4 term on decoded examples.
+  steps: signed steps of `step` eps each from the start (1: N-FGSM's single step; more: a short PGD
+    whose start the boundaries choose, a few input gradients more per batch).
+  project: clip the start and every step into the eps ball around x (PGD) as well as into [0, 1];
+    False keeps N-FGSM's perturbation beyond eps.
   """
   noise: float = 2.0
   step: float = 1.0
+  steps: int = 1
+  project: bool = False
   guided_fraction: float = 0.0
   targeted: bool = False
   trades_beta: float = 0.0
@@ -106,12 +112,15 @@ class LadRobustOptions:
 
 
 class LadRobustLoss(_Loss):
-  """Ours: one N-FGSM-style step whose start (and optionally aim) LAD's latent boundaries choose."""
+  """Ours: an N-FGSM-style step (or a few, options.steps) whose start (and optionally aim) LAD's latent
+  boundaries choose."""
 
   def __init__(self, eps, options=LadRobustOptions()):
     super().__init__()
     if not 0.0 <= options.guided_fraction <= 1.0:
       raise ValueError(f"guided_fraction must be in [0, 1], got {options.guided_fraction}")
+    if options.steps < 1:
+      raise ValueError(f"steps must be at least 1, got {options.steps}")
     self.eps, self.options = float(eps), options
 
   def needs(self):
@@ -130,7 +139,11 @@ class LadRobustLoss(_Loss):
       n = tf.shape(x)[0]
       use = tf.range(n) < tf.cast(tf.round(o.guided_fraction * tf.cast(n, tf.float32)), tf.int32)
       noise = tf.where(use[:, None, None, None], guided, noise)
-    return tf.clip_by_value(x + noise, 0.0, 1.0)
+    return self.bound(x + noise, x)
+
+  def bound(self, x_adv, x):
+    """Into [0, 1], and into the eps ball around x when the options project."""
+    return adv.project(x_adv, x, self.eps) if self.options.project else tf.clip_by_value(x_adv, 0.0, 1.0)
 
   def __call__(self, model, x, y, training=True):
     o = self.options
@@ -148,9 +161,11 @@ class LadRobustLoss(_Loss):
     objective = base
     if o.targeted:
       objective = lambda logits: base(logits) - adv.cross_entropy(logits, features["target"])
-    grad, _ = adv.input_gradient(model, start, objective)
-    x_adv = tf.stop_gradient(tf.clip_by_value(
-        start + self.step_scale * o.step * self.eps * tf.sign(grad), 0.0, 1.0))
+    x_adv = start
+    for _ in range(o.steps):
+      grad, _ = adv.input_gradient(model, x_adv, objective)
+      x_adv = self.bound(x_adv + self.step_scale * o.step * self.eps * tf.sign(grad), x)
+    x_adv = tf.stop_gradient(x_adv)
     adv_logits = adv.logits_of(model, x_adv, training)
     if o.trades_beta > 0:
       clean = adv.logits_of(model, x, training)

@@ -53,7 +53,11 @@ def strongest_attack(model, x, y, eps, version="standard"):
   return attacks.autoattack(model, x, y, eps, version=version, seed=0)
 
 
-def ablation_options():
+def ablation_options(short_pgd=0):
+  """{row name: LadRobustOptions} of the ablation. short_pgd=k > 0 adds a multi-step pair: `pgdK`, PGD-k
+  inside lad_robust's loss with every LAD part off (random start in the eps ball, steps of 2.5 eps / k,
+  Madry et al.'s ratio), and `pgdK+guided_start`, the same with half the batch starting from the
+  boundary-guided direction."""
   from lad_tf.robust.losses import LadRobustOptions
   steps = [("nfgsm", {}), (LAD_ROBUST_ROW, {"guided_fraction": 0.5}), ("+targeted", {"targeted": True}),
            ("+on_manifold", {"manifold_weight": 0.5}), ("+trades", {"trades_beta": 6.0})]
@@ -61,17 +65,21 @@ def ablation_options():
   for name, change in steps:
     fields = {**fields, **change}
     out[name] = LadRobustOptions(**fields)
+  if short_pgd:
+    control = dict(noise=1.0, step=2.5 / short_pgd, steps=short_pgd, project=True)
+    out[f"pgd{short_pgd}"] = LadRobustOptions(**control)
+    out[f"pgd{short_pgd}+guided_start"] = LadRobustOptions(**control, guided_fraction=0.5)
   return out
 
 
-def _rows_named(only):
+def _rows_named(only, short_pgd=0):
   """The training rows `only` names (a list or a "|"-separated string; None: all). `lad_robust` is the
   ablation's +guided_start row, under the name the output gives it; an unknown name is an error, not
   a run that trains nothing but the cost reference."""
   if not only:
     return None
   names = only.split("|") if isinstance(only, str) else list(only)
-  known = METHODS + tuple(ablation_options()) + ("lad_robust",)
+  known = METHODS + tuple(ablation_options(short_pgd)) + ("lad_robust",)
   unknown = [name for name in names if name not in known]
   if unknown:
     raise ValueError(f"only: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(known)}")
@@ -111,11 +119,12 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
         ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
-        partial=None):
+        short_pgd=0, partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
 
   only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
     all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
+  short_pgd: k > 0 adds the ablation pair pgdK and pgdK+guided_start (ablation_options).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
   partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
@@ -127,7 +136,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
-  only = _rows_named(only)
+  only = _rows_named(only, short_pgd)
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
@@ -146,6 +155,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
                  **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
                  attention=attention, ablation_seeds=ablation_seeds, only=only,
+                 **({"short_pgd": short_pgd} if short_pgd else {}),
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
@@ -176,7 +186,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   say(f"setup: {setup}")
 
   variants = [(m, None) for m in METHODS]
-  variants += list(ablation_options().items()) if ablation else [(LAD_ROBUST_ROW, ablation_options()[LAD_ROBUST_ROW])]
+  variants += list(ablation_options(short_pgd).items()) if ablation else [(LAD_ROBUST_ROW, ablation_options()[LAD_ROBUST_ROW])]
   rows = {name: [] for name, _ in variants}
   guard_logs = {}
   result = {}
@@ -199,7 +209,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
     if rows[LAD_ROBUST_ROW]:
       methods["lad_robust"] = _summary(rows[LAD_ROBUST_ROW])
-    abl = {name: _summary(rows[name]) for name, _ in variants if name.startswith(("nfgsm", "+")) and rows[name]}
+    abl = {name: _summary(rows[name]) for name, _ in variants if name not in METHODS and rows[name]}
     result.update({"dataset": dataset, "eps": eps, "model": model_name, "parameters": setup["parameters"],
                    "options": options, "setup": setup, "methods": methods,
                    "ablation": abl if ablation else {}, "lad_robust_is": LAD_ROBUST_ROW,
