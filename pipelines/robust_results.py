@@ -7,6 +7,7 @@ standard errors, counting both the sampling error of `eval_examples` test images
 seeds."""
 import math
 import os
+import re
 
 from lad_tf.workdir import read_json
 from pipelines.results import git_commit_of_file, table
@@ -27,12 +28,31 @@ def path_of(repo, dataset):
   return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
 
 
+SHORT_PGD = re.compile(r"^pgd(\d+)(\+guided_start)?$")  # the ablation's short_pgd pair (pgdK, pgdK+guided_start)
+
+
+def short_pgd_rows(bench):
+  """{row: summary} of the ablation's short-PGD pair, if the benchmark ran it."""
+  return {name: v for name, v in bench.get("ablation", {}).items() if SHORT_PGD.match(name)}
+
+
+def label(name):
+  short = SHORT_PGD.match(name)
+  if short:
+    return f"`{name}` (PGD-{short.group(1)}" + (" + LAD's boundary-guided start)" if short.group(2) else " alone)")
+  return LABELS.get(name, f"`{name}`")
+
+
 def methods_of(bench):
-  """{method: summary} in ORDER, N-FGSM alone taken from the ablation."""
+  """{method: summary} in ORDER, N-FGSM alone and the short-PGD pair (before pgd_at) taken from the
+  ablation."""
   found = {**bench.get("methods", {})}
   if "nfgsm" in bench.get("ablation", {}):
     found["nfgsm"] = bench["ablation"]["nfgsm"]
-  return {name: found[name] for name in ORDER if name in found}
+  short = short_pgd_rows(bench)
+  found.update(short)
+  order = ORDER[:ORDER.index("pgd_at")] + tuple(sorted(short)) + ORDER[ORDER.index("pgd_at"):]
+  return {name: found[name] for name in order if name in found}
 
 
 def _cell(summary, key, scale=100.0, digits=1):
@@ -42,10 +62,9 @@ def _cell(summary, key, scale=100.0, digits=1):
   return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(summary.get("seeds", [])) > 1 else "")
 
 
-def robust_table(methods, labels=None):
-  labels = labels or {}
+def robust_table(methods, labelled=True):
   return table(["defence", "clean %", "AutoAttack %", "PGD-40 %", "cost (x clean training)", "seeds"],
-               [[labels.get(m, f"`{m}`"), _cell(v, "clean"), _cell(v, "autoattack"), _cell(v, "pgd40"),
+               [[label(m) if labelled else f"`{m}`", _cell(v, "clean"), _cell(v, "autoattack"), _cell(v, "pgd40"),
                  _cell(v, "cost_ratio", 1.0), len(v.get("seeds", []))] for m, v in methods.items()])
 
 
@@ -72,6 +91,15 @@ def readings(bench):
                "does not help (the difference is within sampling error)")
     out.append(f"LAD's boundary-guided start {reading}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
                f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
+  for name in methods:
+    short = SHORT_PGD.match(name)
+    if short and short.group(2) and f"pgd{short.group(1)}" in methods:
+      diff, two_se = compare(methods[name], methods[f"pgd{short.group(1)}"], "autoattack", n)
+      reading = ("helps" if diff > two_se else "hurts" if diff < -two_se else
+                 "does not help (the difference is within sampling error)")
+      out.append(f"With {short.group(1)} projected steps instead of one, LAD's boundary-guided start {reading}: "
+                 f"`{name}` {100 * diff:+.1f} AutoAttack points against PGD-{short.group(1)} alone (two standard "
+                 f"errors: {100 * two_se:.1f}).")
   if "lad" in methods and "clean" in methods:
     diff, two_se = compare(methods["lad"], methods["clean"], "autoattack", n)
     out.append(f"The paper's `lad` is {'above' if diff > two_se else 'no better than'} its clean control under "
@@ -149,7 +177,7 @@ def committed(repo):
 
 def _figures(bench, repo, dataset):
   """What the section and the README block both show: how it was measured, the table, the readings."""
-  return (["", describe(bench, repo, dataset), "", robust_table(methods_of(bench), LABELS), ""]
+  return (["", describe(bench, repo, dataset), "", robust_table(methods_of(bench)), ""]
           + [f"- {s}" for s in readings(bench)])
 
 
@@ -158,10 +186,11 @@ def section(repo):
   parts = []
   for dataset, bench in committed(repo):
     parts += ["", f"### Robust training, {dataset} (issue 13)"] + _figures(bench, repo, dataset)
-    ablation = bench.get("ablation", {})
+    short = short_pgd_rows(bench)  # in the main table
+    ablation = {name: v for name, v in bench.get("ablation", {}).items() if name not in short}
     if ablation:
       parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
-                "`lad_robust`; each row keeps the parts above it):", "", robust_table(ablation)]
+                "`lad_robust`; each row keeps the parts above it):", "", robust_table(ablation, labelled=False)]
   return "\n".join(parts)
 
 

@@ -276,6 +276,16 @@ def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_pat
   assert "Ablation of `lad_robust`" in robust_results.section(str(tmp_path))
 
 
+def test_the_short_pgd_pair_joins_the_main_table_before_pgd_at_and_is_read_by_the_rule():
+  from pipelines import robust_results
+  bench = _bench(0.36, 0.30)
+  bench["ablation"].update({"pgd3": bench["methods"]["lad_robust"], "pgd3+guided_start": bench["methods"]["pgd_at"]})
+  assert list(robust_results.methods_of(bench))[-3:] == ["pgd3", "pgd3+guided_start", "pgd_at"]
+  assert robust_results.label("pgd3+guided_start") == "`pgd3+guided_start` (PGD-3 + LAD's boundary-guided start)"
+  assert any(line.startswith("With 3 projected steps instead of one, LAD's boundary-guided start helps: "
+                             "`pgd3+guided_start` +30.0") for line in robust_results.readings(bench))
+
+
 def test_the_default_defence_is_the_committed_benchmarks_choice():
   """lad_tf.defences.DEFAULT_DEFENCE is set from benchmarks/robust_fashion_mnist.json by the rule in
   pipelines/robust_results.py: a new benchmark that changes the verdict fails here until it is updated."""
