@@ -44,6 +44,7 @@ class DefendConfig:
   defence_learning_rate: float = 1e-3       # robust methods' Adam rate (the peak of a cyclic schedule)
   defence_lr_schedule: str = "constant"     # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
+  defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
   force: Sequence[str] = ()
@@ -84,6 +85,8 @@ class DefendConfig:
     if self.defence_lr_schedule not in defences.LR_SCHEDULES or not self.defence_learning_rate > 0:
       raise ConfigError(f"defence_lr_schedule must be one of {defences.LR_SCHEDULES} and defence_learning_rate "
                         f"> 0, got '{self.defence_lr_schedule}' and {self.defence_learning_rate}")
+    if self.defence_pgd_steps < 1:
+      raise ConfigError(f"defence_pgd_steps must be >= 1, got {self.defence_pgd_steps}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")
@@ -104,7 +107,7 @@ class DefendConfig:
     """The lad_tf.robust.RobustConfig of a robust defence (of a resolved config)."""
     return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
                                learning_rate=self.defence_learning_rate,
-                               lr_schedule=self.defence_lr_schedule,
+                               lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property

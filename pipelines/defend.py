@@ -61,6 +61,8 @@ flags.DEFINE_enum("defence_lr_schedule", "constant", list(defences.LR_SCHEDULES)
                   "at eps 0.3 needs, see docs/ROBUST.md).")
 flags.DEFINE_integer("defence_train_examples", None, "Training images of the robust defences (default: the "
                      "whole training split; fewer for a quick run on 2 cores).")
+flags.DEFINE_integer("defence_pgd_steps", 10, "Inner PGD steps of pgd_at and trades (each costs about "
+                     "0.8x a clean training step on the CPU; 3 steps at MNIST eps 0.3: docs/ROBUST.md).")
 flags.DEFINE_enum("autoattack", "standard", ["standard", "fast", "none"], "Robustness stage: AutoAttack "
                   "(APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and APGD-T) on the original and the "
                   "defended classifier at the dataset's eps, reported as robust_accuracy in metrics.json "
@@ -102,7 +104,8 @@ def main(argv):
       decoder_loss_epochs=_epochs(FLAGS.decoder_mse_epochs),
       defence=FLAGS.defence, defence_eps=FLAGS.defence_eps, defence_epochs=FLAGS.defence_epochs,
       defence_learning_rate=FLAGS.defence_learning_rate, defence_lr_schedule=FLAGS.defence_lr_schedule,
-      defence_train_examples=FLAGS.defence_train_examples, robust_eval=FLAGS.autoattack,
+      defence_train_examples=FLAGS.defence_train_examples, defence_pgd_steps=FLAGS.defence_pgd_steps,
+      robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
   if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:
     from lad_tf.errors import ConfigError

@@ -122,3 +122,8 @@ def test_defence_learning_rate_options_reach_the_robust_training_and_bad_ones_ar
   assert cyclic.identity()["lr_schedule"] == "cyclic" and "lr_schedule" not in constant.identity()
   with pytest.raises(ConfigError, match="defence_lr_schedule"):
     dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="step").resolved()
+  # the inner PGD steps reach pgd_at and are part of the stage's identity; the default is PGD-10
+  short = dataclasses.replace(CONFIG, defence="pgd_at", defence_pgd_steps=3).resolved().robust_config()
+  assert short.pgd_steps == 3 and short.identity()["pgd_steps"] == 3 and constant.pgd_steps == 10
+  with pytest.raises(ConfigError, match="defence_pgd_steps must be >= 1"):
+    dataclasses.replace(CONFIG, defence="pgd_at", defence_pgd_steps=0).resolved()
