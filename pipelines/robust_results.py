@@ -10,6 +10,7 @@ import os
 import re
 
 from lad_tf.workdir import read_json
+from pipelines.benchmarks.robust import LAD_ROBUST_ROW
 from pipelines.results import git_commit_of_file, table
 
 README_BEGIN = "<!-- robust:begin (written by python -m pipelines.reproduce; do not edit by hand) -->"
@@ -28,7 +29,7 @@ def path_of(repo, dataset):
   return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
 
 
-SHORT_PGD = re.compile(r"^pgd(\d+)(\+guided_start)?$")  # the ablation's short_pgd pair (pgdK, pgdK+guided_start)
+SHORT_PGD = re.compile(rf"^pgd(\d+)({re.escape(LAD_ROBUST_ROW)})?$")  # the ablation's short_pgd pair (pgdK, pgdK+guided_start)
 
 
 def short_pgd_rows(bench):
@@ -81,23 +82,25 @@ def compare(a, b, key, n):
   return a[key]["mean"] - b[key]["mean"], 2 * math.hypot(standard_error(a, key, n), standard_error(b, key, n))
 
 
+def _verdict(diff, two_se):
+  """What a difference means by the rule: beyond two standard errors either way, or not."""
+  return "helps" if diff > two_se else "hurts" if diff < -two_se else "does not help (the difference is within sampling error)"
+
+
 def readings(bench):
   """Sentences on what the benchmark shows, each from the rule."""
   methods, n = methods_of(bench), bench.get("options", {}).get("eval_examples", 0)
   out = []
   if "lad_robust" in methods and "nfgsm" in methods:
     diff, two_se = compare(methods["lad_robust"], methods["nfgsm"], "autoattack", n)
-    reading = ("helps" if diff > two_se else "hurts" if diff < -two_se else
-               "does not help (the difference is within sampling error)")
-    out.append(f"LAD's boundary-guided start {reading}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
+    out.append(f"LAD's boundary-guided start {_verdict(diff, two_se)}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
                f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
   for name in methods:
     short = SHORT_PGD.match(name)
     if short and short.group(2) and f"pgd{short.group(1)}" in methods:
       diff, two_se = compare(methods[name], methods[f"pgd{short.group(1)}"], "autoattack", n)
-      reading = ("helps" if diff > two_se else "hurts" if diff < -two_se else
-                 "does not help (the difference is within sampling error)")
-      out.append(f"With {short.group(1)} projected steps instead of one, LAD's boundary-guided start {reading}: "
+      out.append(f"With {short.group(1)} projected steps instead of one, LAD's boundary-guided start "
+                 f"{_verdict(diff, two_se)}: "
                  f"`{name}` {100 * diff:+.1f} AutoAttack points against PGD-{short.group(1)} alone (two standard "
                  f"errors: {100 * two_se:.1f}).")
   if "lad" in methods and "clean" in methods:
