@@ -267,13 +267,17 @@ def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypa
 
 
 def test_robust_benchmark_rows_go_by_their_output_names_and_an_unknown_one_is_refused():
-  """`only=lad_robust` trains the row the output calls lad_robust (+guided_start); a misspelt row
-  stops the run before the setup instead of training the cost reference alone."""
+  """`only=lad_robust` trains the row the output calls lad_robust (+guided_start); a misspelt row, or
+  an ablation row with the ablation off, stops the run before the setup instead of training the cost
+  reference alone."""
   from pipelines.benchmarks import robust as bench
   assert bench._rows_named("lad_robust|pgd_at") == ["+guided_start", "pgd_at"]
   assert bench._rows_named(["nfgsm", "+targeted"]) == ["nfgsm", "+targeted"]
   assert bench._rows_named(None) is None
   assert bench._rows_named("pgd3+guided_start", short_pgd=3) == ["pgd3+guided_start"]
+  assert bench._rows_named("lad_robust|fgsm_rs", ablation=False) == ["+guided_start", "fgsm_rs"]
+  with pytest.raises(ValueError, match="ablation row.*pgd3 train only with ablation=true"):
+    bench._rows_named("pgd3|fgsm_rs", short_pgd=3, ablation=False)
   with pytest.raises(ValueError, match="unknown row.*pgd;.*lad_robust"):
     bench.run(dataset="digits", only="pgd")
 

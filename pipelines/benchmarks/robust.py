@@ -72,17 +72,22 @@ def ablation_options(short_pgd=0):
   return out
 
 
-def _rows_named(only, short_pgd=0):
+def _rows_named(only, short_pgd=0, ablation=True):
   """The training rows `only` names (a list or a "|"-separated string; None: all). `lad_robust` is the
-  ablation's +guided_start row, under the name the output gives it; an unknown name is an error, not
-  a run that trains nothing but the cost reference."""
+  ablation's +guided_start row, under the name the output gives it; an unknown name, or an ablation row
+  when the ablation is off, is an error, not a run that trains nothing but the cost reference."""
   if not only:
     return None
   names = only.split("|") if isinstance(only, str) else list(only)
-  known = METHODS + tuple(ablation_options(short_pgd)) + ("lad_robust",)
+  ablation_rows = tuple(ablation_options(short_pgd))
+  known = METHODS + ablation_rows + ("lad_robust",)
   unknown = [name for name in names if name not in known]
   if unknown:
     raise ValueError(f"only: unknown row(s) {', '.join(unknown)}; the rows are {', '.join(known)}")
+  skipped = [name for name in names if not ablation and name in ablation_rows and name != LAD_ROBUST_ROW]
+  if skipped:
+    raise ValueError(f"only: ablation row(s) {', '.join(skipped)} train only with ablation=true; "
+                     f"set it or leave them out")
   return [LAD_ROBUST_ROW if name == "lad_robust" else name for name in names]
 
 
@@ -136,7 +141,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
-  only = _rows_named(only, short_pgd)
+  only = _rows_named(only, short_pgd, ablation)
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
