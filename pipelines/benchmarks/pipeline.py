@@ -26,7 +26,9 @@ subprocess (defaults otherwise), then reads the work directory's stages.json (se
 total_s is the subprocess's wall time (start-up, data loading, metrics, figures and export included);
 peak_rss_mb is the largest resident set of this process and its children (resource.getrusage
 ru_maxrss, RUSAGE_SELF and RUSAGE_CHILDREN). Goal on 2 cores, Fashion-MNIST: under 15 minutes.
-`--n` is not used (the pipeline runs on the full dataset).
+`--n` is not used (the pipeline runs on the full dataset). `--set=workdir=DIR` runs in DIR and keeps it
+(defend.log, stages.json): an hours-long run that is killed keeps each finished stage's time, and the
+same command resumes it. `--set=extra_args=['--defence=lad']` passes flags on to `pipelines.defend`.
 
 Side by side: `--set=compare_with=DIR` (a source tree of other code, e.g. `git archive 6d6628d | tar -x
 -C DIR`) runs that tree's `pipelines.defend` first, in the same invocation, with the same dataset and
@@ -70,7 +72,7 @@ def svhn_files(data_dir, seed=0):
 
 
 def run(dataset="fashion_mnist", n=0, seed=0, extra_args=(), compare_with=None, batches=None, data_dir=None,
-        variants=True, configs=None, decoder_comparison=False):
+        variants=True, configs=None, decoder_comparison=False, workdir=None):
   del n
   if decoder_comparison:
     return {"decoder_comparison": compare_decoders(seed)}
@@ -84,8 +86,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, extra_args=(), compare_with=None, 
     return {"data": data_note, **windows_run(here, dataset, data_dir, seed, int(batches), variants, configs)}
   if data_dir:
     extra_args = (f"--data_dir={data_dir}", *extra_args)
+  if isinstance(extra_args, str):
+    extra_args = (extra_args,)
   if not compare_with:
-    return _run_tree(here, dataset, seed, extra_args)
+    return _run_tree(here, dataset, seed, extra_args, workdir)
   if not os.path.isfile(os.path.join(compare_with, "pipelines", "defend.py")):
     raise ValueError(f"compare_with={compare_with} is not a lad_tf source tree (no pipelines/defend.py)")
   other = _run_tree(os.path.abspath(compare_with), dataset, seed, ())
@@ -97,15 +101,19 @@ def run(dataset="fashion_mnist", n=0, seed=0, extra_args=(), compare_with=None, 
           "timing": "the other tree first, then this one, in one invocation on the same machine"}
 
 
-def _run_tree(root, dataset, seed, extra_args):
-  workdir = tempfile.mkdtemp(prefix=f"lad_tf-bench-{dataset}-")
+def _run_tree(root, dataset, seed, extra_args, workdir=None):
+  keep = workdir is not None
+  if keep:
+    os.makedirs(workdir, exist_ok=True)
+  else:
+    workdir = tempfile.mkdtemp(prefix=f"lad_tf-bench-{dataset}-")
   command = [sys.executable, "-m", "pipelines.defend", f"--dataset={dataset}", f"--workdir={workdir}",
              f"--seed={seed}", *extra_args]
   print(f"[pipeline] {root}: {' '.join(command)}", flush=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
   try:
     start = time.perf_counter()
-    with open(os.path.join(workdir, "defend.log"), "w") as log:
+    with open(os.path.join(workdir, "defend.log"), "a" if keep else "w") as log:
       code = subprocess.call(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     total = time.perf_counter() - start
     if code != 0:
@@ -117,7 +125,8 @@ def _run_tree(root, dataset, seed, extra_args):
     with open(os.path.join(workdir, "metrics.json")) as f:
       metrics = json.load(f)
   finally:
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not keep:
+      shutil.rmtree(workdir, ignore_errors=True)
   self_mb, children_mb = _peak_rss_mb()
   return {
       "dataset": dataset, "command": " ".join(command[1:]), "tree": root,
