@@ -157,7 +157,7 @@ def measure(run, batches=3, pieces=None):
     extras = {"guide": lambda n: np.sign(rng.standard_normal((n, *spec.image_shape))).astype(np.int8),
               "target": labels, "decoded": images}
     timed("robust_step", rc.batch_size, lambda n: time_training(
-        classifier, loss_fn, {"image": images(n), **{k: extras[k](n) for k in needs}}, labels(n), exec_,
+        classifier, loss_fn, {"image": images(n), **{k: extras[k](n) for k in needs if k in extras}}, labels(n), exec_,
         lambda: keras.optimizers.Adam(rc.learning_rate), batches, rc.method))
   timed("attack_gradient", INFERENCE_BATCH, lambda n: time_gradient(classifier, images(n), labels(n), batches))
   keras.utils.set_random_seed(c.seed)  # the stages start from the same seed with or without a plan
@@ -225,7 +225,7 @@ def _robust_training_parts(c, run, per_image, steps):
   n = len(run.robust_train_split())
   held = len(robust.methods.holdout_split(n, rc.guard_examples, rc.seed)[1])
   parts = {"training": steps("robust_step", n - held, rc.epochs)}
-  needs = robust.methods.extras_needed(robust.methods.make_loss(rc))
+  needs = set(robust.methods.extras_needed(robust.methods.make_loss(rc))) - {"index"}
   if needs:  # latents, then per need one or two decodes of every training row (boundary_start.features)
     decodes = 2 * ("guide" in needs) + ("decoded" in needs)
     parts["LAD's guide (once)"] = n * (per_image("classifier_inference") + decodes * per_image("decoder_inference"))

@@ -29,30 +29,38 @@ def path_of(repo, dataset):
   return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
 
 
-SHORT_PGD = re.compile(rf"^pgd(\d+)({re.escape(LAD_ROBUST_ROW)})?$")  # the ablation's short_pgd pair (pgdK, pgdK+guided_start)
+# the ablation's multi-step pairs: short_pgd=K (pgdK, pgdK+guided_start) and carry=K (carryK, ...)
+PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?$")
+PAIR_KINDS = {"pgd": "PGD-{k}", "carry": "{k} carried step(s)"}
 
 
-def short_pgd_rows(bench):
-  """{row: summary} of the ablation's short-PGD pair, if the benchmark ran it."""
-  return {name: v for name, v in bench.get("ablation", {}).items() if SHORT_PGD.match(name)}
+def pair_rows(bench):
+  """{row: summary} of the ablation's multi-step pairs, if the benchmark ran them."""
+  return {name: v for name, v in bench.get("ablation", {}).items() if PAIR.match(name)}
+
+
+def ablation_rows(bench):
+  """{row: summary} of the ablation table: the ablation without the pairs the main table shows."""
+  return {name: v for name, v in bench.get("ablation", {}).items() if not PAIR.match(name)}
 
 
 def label(name):
-  short = SHORT_PGD.match(name)
-  if short:
-    return f"`{name}` (PGD-{short.group(1)}" + (" + LAD's boundary-guided start)" if short.group(2) else " alone)")
+  pair = PAIR.match(name)
+  if pair:
+    what = PAIR_KINDS[pair.group(1)].format(k=pair.group(2))
+    return f"`{name}` ({what}" + (" + LAD's boundary-guided start)" if pair.group(3) else " alone)")
   return LABELS.get(name, f"`{name}`")
 
 
 def methods_of(bench):
-  """{method: summary} in ORDER, N-FGSM alone and the short-PGD pair (before pgd_at) taken from the
+  """{method: summary} in ORDER, N-FGSM alone and the multi-step pairs (before pgd_at) taken from the
   ablation."""
   found = {**bench.get("methods", {})}
   if "nfgsm" in bench.get("ablation", {}):
     found["nfgsm"] = bench["ablation"]["nfgsm"]
-  short = short_pgd_rows(bench)
-  found.update(short)
-  order = ORDER[:ORDER.index("pgd_at")] + tuple(sorted(short)) + ORDER[ORDER.index("pgd_at"):]
+  pairs = pair_rows(bench)
+  found.update(pairs)
+  order = ORDER[:ORDER.index("pgd_at")] + tuple(sorted(pairs)) + ORDER[ORDER.index("pgd_at"):]
   return {name: found[name] for name in order if name in found}
 
 
@@ -96,12 +104,15 @@ def readings(bench):
     out.append(f"LAD's boundary-guided start {_verdict(diff, two_se)}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
                f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
   for name in methods:
-    short = SHORT_PGD.match(name)
-    if short and short.group(2) and f"pgd{short.group(1)}" in methods:
-      diff, two_se = compare(methods[name], methods[f"pgd{short.group(1)}"], "autoattack", n)
-      out.append(f"With {short.group(1)} projected steps instead of one, LAD's boundary-guided start "
-                 f"{_verdict(diff, two_se)}: "
-                 f"`{name}` {100 * diff:+.1f} AutoAttack points against PGD-{short.group(1)} alone (two standard "
+    pair = PAIR.match(name)
+    base = pair and pair.group(1) + pair.group(2)
+    if pair and pair.group(3) and base in methods:
+      diff, two_se = compare(methods[name], methods[base], "autoattack", n)
+      k, what = pair.group(2), PAIR_KINDS[pair.group(1)].format(k=pair.group(2))
+      setting = (f"With {k} projected steps instead of one" if pair.group(1) == "pgd" else
+                 f"With perturbations carried over from epoch to epoch ({k} projected step(s) per batch)")
+      out.append(f"{setting}, LAD's boundary-guided start {_verdict(diff, two_se)}: "
+                 f"`{name}` {100 * diff:+.1f} AutoAttack points against {what} alone (two standard "
                  f"errors: {100 * two_se:.1f}).")
   if "lad" in methods and "clean" in methods:
     diff, two_se = compare(methods["lad"], methods["clean"], "autoattack", n)
@@ -189,8 +200,7 @@ def section(repo):
   parts = []
   for dataset, bench in committed(repo):
     parts += ["", f"### Robust training, {dataset} (issue 13)"] + _figures(bench, repo, dataset)
-    short = short_pgd_rows(bench)  # in the main table
-    ablation = {name: v for name, v in bench.get("ablation", {}).items() if name not in short}
+    ablation = ablation_rows(bench)
     if ablation:
       parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
                 "`lad_robust`; each row keeps the parts above it):", "", robust_table(ablation, labelled=False)]

@@ -276,14 +276,21 @@ def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_pat
   assert "Ablation of `lad_robust`" in robust_results.section(str(tmp_path))
 
 
-def test_the_short_pgd_pair_joins_the_main_table_before_pgd_at_and_is_read_by_the_rule():
+def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_the_rule():
   from pipelines import robust_results
   bench = _bench(0.36, 0.30)
-  bench["ablation"].update({"pgd3": bench["methods"]["lad_robust"], "pgd3+guided_start": bench["methods"]["pgd_at"]})
-  assert list(robust_results.methods_of(bench))[-3:] == ["pgd3", "pgd3+guided_start", "pgd_at"]
+  bench["ablation"].update({"pgd3": bench["methods"]["lad_robust"], "pgd3+guided_start": bench["methods"]["pgd_at"],
+                            "carry1": bench["methods"]["pgd_at"], "carry1+guided_start": bench["methods"]["lad_robust"]})
+  assert list(robust_results.methods_of(bench))[-5:] == [
+      "carry1", "carry1+guided_start", "pgd3", "pgd3+guided_start", "pgd_at"]
   assert robust_results.label("pgd3+guided_start") == "`pgd3+guided_start` (PGD-3 + LAD's boundary-guided start)"
+  assert robust_results.label("carry1") == "`carry1` (1 carried step(s) alone)"
+  lines = robust_results.readings(bench)
   assert any(line.startswith("With 3 projected steps instead of one, LAD's boundary-guided start helps: "
-                             "`pgd3+guided_start` +30.0") for line in robust_results.readings(bench))
+                             "`pgd3+guided_start` +30.0") for line in lines)
+  assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
+                             "LAD's boundary-guided start hurts: `carry1+guided_start` -30.0") for line in lines)
+  assert not {"carry1", "pgd3"} & set(robust_results.ablation_rows(bench))
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():

@@ -236,6 +236,42 @@ def test_short_pgd_control_is_pgd_adversarial_training(setup):
     losses.LadRobustLoss(0.1, losses.LadRobustOptions(steps=0))
 
 
+def test_carried_perturbation_starts_where_the_last_one_ended(setup):
+  """carry: an example seen before starts from its stored perturbation (with the step turned off it
+  stays exactly there; a fresh random start would not); unseen rows keep no perturbation, batches
+  without rows (evaluation) change nothing, and the perturbation never leaves the eps ball."""
+  data, model, _ = setup
+  x, y = tf.constant(data.test.x[:8]), tf.constant(data.test.y[:8])
+  loss = losses.LadRobustLoss(EPS, losses.LadRobustOptions(noise=1.0, step=0.5, project=True, carry=True))
+  assert loss.needs() == ("index",)
+  with pytest.raises(ValueError, match="allocate"):
+    loss(model, {"image": x, "index": tf.range(8, dtype=tf.int64)}, y)
+  loss.allocate(12, (28, 28, 1))
+  rows = tf.constant([3, 0, 7, 1, 9, 11, 4, 5], tf.int64)
+  loss(model, {"image": x, "index": rows}, y)
+  first = loss.carried.numpy()
+  assert np.abs(first).max() <= EPS + 1e-6 and np.abs(first[rows.numpy()]).max() > EPS / 2
+  assert not first[[2, 6, 8, 10]].any() and loss.seen.numpy().sum() == 8
+  loss.step_scale.assign(0.0)
+  loss(model, {"image": x, "index": rows}, y)
+  np.testing.assert_allclose(loss.carried.numpy(), first, atol=1e-6)
+  loss(model, {"image": x}, y)  # no rows: an evaluation batch
+  np.testing.assert_allclose(loss.carried.numpy(), first, atol=1e-6)
+  with pytest.raises(ValueError, match="carry needs project"):
+    losses.LadRobustLoss(EPS, losses.LadRobustOptions(carry=True))
+
+
+def test_carried_single_step_raises_pgd_accuracy(setup):
+  """One projected step per batch from each example's carried perturbation: over the epochs the steps
+  add up, and PGD accuracy rises as the other adversarial methods' do."""
+  data, model, clean_pgd = setup
+  options = losses.LadRobustOptions(noise=1.0, step=1.0, project=True, carry=True)
+  trained, info = robust.train(model, data.train.x, data.train.y, config("lad_robust", options=options))
+  assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
+  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
+  assert info["guard"]["rollbacks"] == 0
+
+
 def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypatch):
   """The benchmark writes its partial JSON after every (method, seed) row: a killed run loses at most
   the row it was training, and a rerun trains only the rows the file lacks."""
@@ -274,10 +310,11 @@ def test_robust_benchmark_rows_go_by_their_output_names_and_an_unknown_one_is_re
   assert bench._rows_named("lad_robust|pgd_at") == ["+guided_start", "pgd_at"]
   assert bench._rows_named(["nfgsm", "+targeted"]) == ["nfgsm", "+targeted"]
   assert bench._rows_named(None) is None
-  assert bench._rows_named("pgd3+guided_start", short_pgd=3) == ["pgd3+guided_start"]
+  rows = tuple(bench.ablation_options(short_pgd=3, carry=1))
+  assert bench._rows_named("pgd3+guided_start|carry1", rows) == ["pgd3+guided_start", "carry1"]
   assert bench._rows_named("lad_robust|fgsm_rs", ablation=False) == ["+guided_start", "fgsm_rs"]
   with pytest.raises(ValueError, match="ablation row.*pgd3 train only with ablation=true"):
-    bench._rows_named("pgd3|fgsm_rs", short_pgd=3, ablation=False)
+    bench._rows_named("pgd3|fgsm_rs", rows, ablation=False)
   with pytest.raises(ValueError, match="unknown row.*pgd;.*lad_robust"):
     bench.run(dataset="digits", only="pgd")
 

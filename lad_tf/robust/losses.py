@@ -2,7 +2,8 @@
 
 `x` is an image batch, or a dict with the images under "image" and per-example extras the method
 uses ("guide": the boundary-guided start direction in {-1, 0, 1}, "target": the nearest-boundary
-class, "decoded": LAD's decoded example; see lad_tf.robust.boundary_start). Each loss builds its own
+class, "decoded": LAD's decoded example; see lad_tf.robust.boundary_start; "index": the example's
+training row, for carried perturbations). Each loss builds its own
 adversary inside the graph (lad_tf.robust.adversaries), so a trainer only minimises the mean.
 
 `step_scale` (a non-trainable variable, 1 at the start) multiplies the single-step methods' step: the
@@ -100,6 +101,11 @@ class LadRobustOptions:
     whose start the boundaries choose, a few input gradients more per batch).
   project: clip the start and every step into the eps ball around x (PGD) as well as into [0, 1];
     False keeps N-FGSM's perturbation beyond eps.
+  carry: start each training example where its perturbation ended the last time the example was seen
+    (accumulated perturbations, Zheng et al. 2020): over the epochs a one- or two-step adversary adds
+    up to a many-step one at no extra gradient. Needs project, x["index"] (the example's row) and
+    LadRobustLoss.allocate; an example seen for the first time starts as without carry. The carried
+    perturbations live in memory only: a run resumed from its backups starts them afresh.
   """
   noise: float = 2.0
   step: float = 1.0
@@ -109,6 +115,7 @@ class LadRobustOptions:
   targeted: bool = False
   trades_beta: float = 0.0
   manifold_weight: float = 0.0
+  carry: bool = False
 
 
 class LadRobustLoss(_Loss):
@@ -121,13 +128,21 @@ class LadRobustLoss(_Loss):
       raise ValueError(f"guided_fraction must be in [0, 1], got {options.guided_fraction}")
     if options.steps < 1:
       raise ValueError(f"steps must be at least 1, got {options.steps}")
+    if options.carry and not options.project:
+      raise ValueError("carry needs project=True: a carried perturbation must stay in the eps ball")
     self.eps, self.options = float(eps), options
+    self.carried = self.seen = None
 
   def needs(self):
     """The per-example extras (keys of x) this configuration reads."""
     o = self.options
     return tuple(k for k, used in (("guide", o.guided_fraction > 0), ("target", o.targeted),
-                                   ("decoded", o.manifold_weight > 0)) if used)
+                                   ("decoded", o.manifold_weight > 0), ("index", o.carry)) if used)
+
+  def allocate(self, n, image_shape):
+    """Room for the carried perturbations of n training examples (options.carry), all unseen."""
+    self.carried = tf.Variable(tf.zeros((n, *image_shape)), trainable=False, name="carried_perturbation")
+    self.seen = tf.Variable(tf.zeros((n,), tf.bool), trainable=False, name="carried_seen")
 
   def start(self, x, features):
     o = self.options
@@ -148,11 +163,18 @@ class LadRobustLoss(_Loss):
   def __call__(self, model, x, y, training=True):
     o = self.options
     features = x if isinstance(x, dict) else {}
-    missing = [k for k in self.needs() if k not in features]
+    missing = [k for k in self.needs() if k not in features and k != "index"]
     if missing:
       raise ValueError(f"lad_robust with these options needs x[{missing}] (boundary_start.features)")
     x = images_of(x)
     start = self.start(x, features)
+    carry = o.carry and "index" in features  # evaluation batches have no rows: nothing carried
+    if carry:
+      if self.carried is None:
+        raise ValueError("lad_robust with carry=True needs allocate(n, image_shape) before training")
+      rows = features["index"]
+      seen = tf.gather(self.seen, rows)[:, None, None, None]
+      start = tf.where(seen, self.bound(x + tf.gather(self.carried, rows), x), start)
     if o.trades_beta > 0:
       clean_eval = tf.stop_gradient(adv.logits_of(model, x))
       base = lambda logits: adv.kl_divergence(clean_eval, logits)
@@ -166,6 +188,9 @@ class LadRobustLoss(_Loss):
       grad, _ = adv.input_gradient(model, x_adv, objective)
       x_adv = self.bound(x_adv + self.step_scale * o.step * self.eps * tf.sign(grad), x)
     x_adv = tf.stop_gradient(x_adv)
+    if carry:
+      self.carried.scatter_nd_update(rows[:, None], x_adv - x)
+      self.seen.scatter_nd_update(rows[:, None], tf.ones_like(rows, tf.bool))
     adv_logits = adv.logits_of(model, x_adv, training)
     if o.trades_beta > 0:
       clean = adv.logits_of(model, x, training)

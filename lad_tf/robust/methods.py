@@ -131,7 +131,8 @@ def make_loss(config):
 
 
 def extras_needed(loss_fn):
-  """The per-example extras ("guide", "target", "decoded") a method's loss reads besides the image."""
+  """The per-example extras a method's loss reads besides the image: LAD's "guide", "target",
+  "decoded" (lad_tf.robust.boundary_start) and "index" (the row, for carried perturbations)."""
   return loss_fn.needs() if isinstance(loss_fn, losses.LadRobustLoss) else ()
 
 
@@ -202,12 +203,19 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   loss_fn = make_loss(config)
   inputs = {"image": x[rows]}
   needs = extras_needed(loss_fn)
-  if needs:
+  lad_needs = tuple(k for k in needs if k != "index")
+  if lad_needs:
     extras = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
                                      strength=config.guide_strength, threshold=config.guide_threshold,
                                      latent_layer=config.latent_layer,
-                                     seed=config.seed, need=needs)
-    inputs.update({k: extras[k] for k in needs})
+                                     seed=config.seed, need=lad_needs)
+    inputs.update({k: extras[k] for k in lad_needs})
+  if "index" in needs:  # carried perturbations: each example's row in a buffer the loss keeps
+    if config.execution.get_strategy().num_replicas_in_sync > 1:
+      raise ValueError("lad_robust with carry=True trains on one replica only (its buffer is not "
+                       "distributed); drop carry or the multi-device strategy")
+    inputs["index"] = np.arange(len(rows), dtype=np.int64)
+    loss_fn.allocate(len(rows), x.shape[1:])
   info["prepare_s"] = time.perf_counter() - start
   ds = tf.data.Dataset.from_tensor_slices((inputs, y[rows])).shuffle(
       min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(

@@ -21,6 +21,8 @@ same optimizer, epochs and data) in the same seed, side by side on the same mach
 
 The ablation trains lad_robust's parts cumulatively: N-FGSM alone, + boundary-guided start (the
 default `lad_robust`, which is this row), + targeted step, + on-manifold term, + TRADES loss.
+`short_pgd=K` and `carry=K` add multi-step pairs, each with and without the guided start
+(ablation_options).
 """
 import json
 import os
@@ -53,11 +55,13 @@ def strongest_attack(model, x, y, eps, version="standard"):
   return attacks.autoattack(model, x, y, eps, version=version, seed=0)
 
 
-def ablation_options(short_pgd=0):
+def ablation_options(short_pgd=0, carry=0):
   """{row name: LadRobustOptions} of the ablation. short_pgd=k > 0 adds a multi-step pair: `pgdK`, PGD-k
   inside lad_robust's loss with every LAD part off (random start in the eps ball, steps of 2.5 eps / k,
   Madry et al.'s ratio), and `pgdK+guided_start`, the same with half the batch starting from the
-  boundary-guided direction."""
+  boundary-guided direction. carry=k > 0 adds the pair `carryK`, `carryK+guided_start`: k projected
+  steps of eps / k per batch from where each example's perturbation ended the epoch before (the
+  guided start then only seeds the first epoch)."""
   from lad_tf.robust.losses import LadRobustOptions
   steps = [("nfgsm", {}), (LAD_ROBUST_ROW, {"guided_fraction": 0.5}), ("+targeted", {"targeted": True}),
            ("+on_manifold", {"manifold_weight": 0.5}), ("+trades", {"trades_beta": 6.0})]
@@ -69,17 +73,22 @@ def ablation_options(short_pgd=0):
     control = dict(noise=1.0, step=2.5 / short_pgd, steps=short_pgd, project=True)
     out[f"pgd{short_pgd}"] = LadRobustOptions(**control)
     out[f"pgd{short_pgd}+guided_start"] = LadRobustOptions(**control, guided_fraction=0.5)
+  if carry:
+    control = dict(noise=1.0, step=1.0 / carry, steps=carry, project=True, carry=True)
+    out[f"carry{carry}"] = LadRobustOptions(**control)
+    out[f"carry{carry}+guided_start"] = LadRobustOptions(**control, guided_fraction=0.5)
   return out
 
 
-def _rows_named(only, short_pgd=0, ablation=True):
-  """The training rows `only` names (a list or a "|"-separated string; None: all). `lad_robust` is the
+def _rows_named(only, ablation_rows=None, ablation=True):
+  """The training rows `only` names (a list or a "|"-separated string; None: all), among the methods and
+  `ablation_rows` (default: ablation_options()'s). `lad_robust` is the
   ablation's +guided_start row, under the name the output gives it; an unknown name, or an ablation row
   when the ablation is off, is an error, not a run that trains nothing but the cost reference."""
   if not only:
     return None
   names = only.split("|") if isinstance(only, str) else list(only)
-  ablation_rows = tuple(ablation_options(short_pgd))
+  ablation_rows = tuple(ablation_options()) if ablation_rows is None else ablation_rows
   known = METHODS + ablation_rows + ("lad_robust",)
   unknown = [name for name in names if name not in known]
   if unknown:
@@ -124,12 +133,13 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
         ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
-        short_pgd=0, partial=None):
+        short_pgd=0, carry=0, partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
 
   only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
     all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
-  short_pgd: k > 0 adds the ablation pair pgdK and pgdK+guided_start (ablation_options).
+  short_pgd, carry: k > 0 adds the ablation pair pgdK and pgdK+guided_start, or carryK and
+    carryK+guided_start (ablation_options).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
   partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
@@ -141,7 +151,8 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   from lad_tf.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
-  only = _rows_named(only, short_pgd, ablation)
+  ablation_table = ablation_options(short_pgd, carry)
+  only = _rows_named(only, tuple(ablation_table), ablation)
   # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
@@ -160,7 +171,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
                  **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
                  attention=attention, ablation_seeds=ablation_seeds, only=only,
-                 **({"short_pgd": short_pgd} if short_pgd else {}),
+                 **({"short_pgd": short_pgd} if short_pgd else {}), **({"carry": carry} if carry else {}),
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
@@ -191,7 +202,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
   say(f"setup: {setup}")
 
   variants = [(m, None) for m in METHODS]
-  variants += list(ablation_options(short_pgd).items()) if ablation else [(LAD_ROBUST_ROW, ablation_options()[LAD_ROBUST_ROW])]
+  variants += list(ablation_table.items()) if ablation else [(LAD_ROBUST_ROW, ablation_table[LAD_ROBUST_ROW])]
   rows = {name: [] for name, _ in variants}
   guard_logs = {}
   result = {}
