@@ -80,6 +80,20 @@ def test_boundary_separates_separable_latents_and_d_points_to_the_target(mode):
   np.testing.assert_allclose(fitted.normal([0], [1]), -fitted.normal([1], [0]))
 
 
+def test_attention_of_mixed_pairs_equals_each_examples_own_kernel():
+  """Boundaries.attention groups examples by boundary (one kernel per group, not a copy per example):
+  each example's beta must still be its own boundary's, whatever the batch split."""
+  z, y = _clusters()
+  fitted = boundary.fit_boundaries(z, y, 3, boundary.BoundaryConfig(mode="authors", epochs=2))
+  source, target = y, (y + 1 + np.arange(len(y)) % 2) % 3  # both rivals of every class, interleaved
+  index, _ = fitted.pair_index(source, target)
+  expected = np.stack([boundary.attention_weights(
+      (z[i] @ fitted.kernel[index[i]] + fitted.attention_bias[index[i]])[None], "authors").numpy()[0]
+      for i in range(len(z))])
+  np.testing.assert_allclose(fitted.attention(z, source, target, batch_size=4), expected, rtol=1e-5)
+  np.testing.assert_allclose(fitted.attention(z, source, target), expected, rtol=1e-5)
+
+
 def test_boundaries_round_trip(tmp_path):
   z, y = _clusters()
   fitted = boundary.fit_boundaries(z, y, 3, boundary.BoundaryConfig(epochs=2))
