@@ -247,3 +247,19 @@ def test_robust_defence_decodes_svhns_uint8_split_and_refuses_one_too_big_before
     pipeline.DefendRun(str(tmp_path / "run3"), config())
   assert len(pipeline.DefendRun(str(tmp_path / "run4"), config(defence_train_examples=100)).robust_train_split()) == 100
   pipeline.DefendRun(str(tmp_path / "run5"), config(defence="lad"))  # the paper's method streams: no limit
+
+
+def test_pipeline_benchmark_keeps_a_given_workdir_and_a_second_run_resumes_from_it(tmp_path):
+  """An hours-long full run (SVHN) must keep its log and per-stage times when killed, and the same
+  command must pick up its finished stages instead of training them again."""
+  from pipelines.benchmarks import pipeline as bench
+  work = tmp_path / "work"
+  flags = ["--classifier_epochs=5", "--defence=fgsm_rs", "--defence_epochs=1", "--autoattack=none",
+           "--export=false", "--plan_batches=0"]
+  first = bench.run(dataset="digits", workdir=str(work), extra_args=flags)
+  assert {"classifier", "defended"} <= set(first["stages"])
+  assert (work / "stages.json").is_file() and (work / "defend.log").is_file()
+  assert first["original_clean_accuracy"] > 0.5  # five epochs on digits: well above chance (0.1)
+  bench.run(dataset="digits", workdir=str(work), extra_args=flags)
+  log = (work / "defend.log").read_text()
+  assert "stage classifier: running" in log and "stage classifier: done, skipped" in log
