@@ -14,6 +14,9 @@ DESCRIPTIONS = {
     "trades": "TRADES (Zhang et al. 2019): CE + 6 KL(clean || adversarial), 10-step inner maximisation",
     "nfgsm": "N-FGSM (de Jorge et al. 2022): one input-space step per batch from noise larger than "
              "eps, about 2x the cost of clean training; lad_robust with LAD's parts off",
+    "atta": "accumulated perturbations (ATTA-1, Zheng et al. 2020): one projected step of eps per batch "
+            "from where each example's perturbation ended the epoch before, so the steps add up to a "
+            "multi-step attack over the epochs; about 2x the cost of clean training",
     "lad_robust": "ours: one N-FGSM input-space step per batch, half the batch starting from LAD's "
                   "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
 }
@@ -23,7 +26,7 @@ DESCRIPTIONS = {
 EQ4_DEFENCES = ("lad", "clean")
 
 # The defences `python -m pipelines.defend --defence=NAME` offers (every method but the cost reference).
-DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "nfgsm", "lad_robust")
+DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "nfgsm", "atta", "lad_robust")
 
 # The defence `pipelines.defend` applies without --defence: the robust benchmark's choice
 # (pipelines/robust_results.py best_within_budget over benchmarks/robust_fashion_mnist.json: the best

@@ -52,7 +52,7 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     "(--defence_* flags). The default is the robust benchmark's choice: the best AutoAttack accuracy "
     "within 3x the cost of clean training, ties to clean accuracy (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
-                   "lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
+                   "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
 flags.DEFINE_integer("defence_epochs", 5, "Epochs of the robust defences (they fine-tune the trained classifier).")
 flags.DEFINE_float("defence_learning_rate", 1e-3, "Adam learning rate of the robust defences (with "
                    "--defence_lr_schedule=cyclic, the peak).")

@@ -34,6 +34,17 @@ PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?$")
 PAIR_KINDS = {"pgd": "PGD-{k}", "carry": "{k} carried step(s)"}
 
 
+# benchmark rows that `pipelines.defend` offers under another name (lad_tf.robust.methods: the same loss)
+DEFENCE_OF_ROW = {"carry1": "atta"}
+
+
+def defence_of(row):
+  """The `--defence` name that trains a benchmark row, or None when defend has no such defence."""
+  from lad_tf import defences
+  name = DEFENCE_OF_ROW.get(row, row)
+  return name if name in defences.DEFENCES else None
+
+
 def pair_rows(bench):
   """{row: summary} of the ablation's multi-step pairs, if the benchmark ran them."""
   return {name: v for name, v in bench.get("ablation", {}).items() if PAIR.match(name)}
@@ -48,7 +59,8 @@ def label(name):
   pair = PAIR.match(name)
   if pair:
     what = PAIR_KINDS[pair.group(1)].format(k=pair.group(2))
-    return f"`{name}` ({what}" + (" + LAD's boundary-guided start)" if pair.group(3) else " alone)")
+    named = f", `--defence={DEFENCE_OF_ROW[name]}`" if name in DEFENCE_OF_ROW else ""
+    return f"`{name}` ({what}" + (" + LAD's boundary-guided start)" if pair.group(3) else f" alone{named})")
   return LABELS.get(name, f"`{name}`")
 
 
@@ -123,7 +135,9 @@ def readings(bench):
   if best and "pgd_at" in methods:
     diff, two_se = compare(methods[best], methods["pgd_at"], "autoattack", n)
     out.append(f"Best at most 3x the cost of clean training (the highest AutoAttack accuracy, ties within two "
-               f"standard errors broken by clean accuracy): `{best}`, {100 * methods[best]['autoattack']['mean']:.1f}% "
+               f"standard errors broken by clean accuracy): `{defence_of(best)}`"
+               + (f" (row `{best}`)" if defence_of(best) != best else "")
+               + f", {100 * methods[best]['autoattack']['mean']:.1f}% "
                f"AutoAttack at {100 * methods[best]['clean']['mean']:.1f}% clean and "
                f"{methods[best]['cost_ratio']['mean']:.1f}x, {100 * diff:+.1f} points against "
                f"`pgd_at` ({100 * methods['pgd_at']['autoattack']['mean']:.1f}% at "
@@ -132,11 +146,12 @@ def readings(bench):
 
 
 def best_within_budget(bench, budget=3.0):
-  """The defence `pipelines.defend` should apply: of the methods costing at most `budget` times clean
-  training and protecting as well as the best of them (AutoAttack within two standard errors), the one
-  most accurate on clean inputs. None without a robust method measured."""
+  """The row whose defence `pipelines.defend` should apply (defence_of gives its name): of the rows
+  defend can train, robust ones costing at most `budget` times clean training and protecting as well as
+  the best of them (AutoAttack within two standard errors), the one most accurate on clean inputs.
+  None without a robust method measured."""
   methods, n = methods_of(bench), bench.get("options", {}).get("eval_examples", 0)
-  cheap = {m: v for m, v in methods.items() if m not in ("standard", "lad", "clean")
+  cheap = {m: v for m, v in methods.items() if defence_of(m) not in (None, "lad", "clean")
            and v.get("cost_ratio", {}).get("mean", math.inf) <= budget}
   if not cheap:
     return None

@@ -284,13 +284,18 @@ def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_
   assert list(robust_results.methods_of(bench))[-5:] == [
       "carry1", "carry1+guided_start", "pgd3", "pgd3+guided_start", "pgd_at"]
   assert robust_results.label("pgd3+guided_start") == "`pgd3+guided_start` (PGD-3 + LAD's boundary-guided start)"
-  assert robust_results.label("carry1") == "`carry1` (1 carried step(s) alone)"
+  assert robust_results.label("carry1") == "`carry1` (1 carried step(s) alone, `--defence=atta`)"
   lines = robust_results.readings(bench)
   assert any(line.startswith("With 3 projected steps instead of one, LAD's boundary-guided start helps: "
                              "`pgd3+guided_start` +30.0") for line in lines)
   assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
                              "LAD's boundary-guided start hurts: `carry1+guided_start` -30.0") for line in lines)
   assert not {"carry1", "pgd3"} & set(robust_results.ablation_rows(bench))
+  # the default comes from the rows defend can train: carry1 as `atta`, never pgd3 (no such defence)
+  cheap = {**bench["methods"]["pgd_at"], "cost_ratio": {"mean": 2.0, "std": 0.1}}
+  bench["ablation"].update({"pgd3": cheap, "carry1": cheap})
+  assert robust_results.best_within_budget(bench) == "carry1" and robust_results.defence_of("carry1") == "atta"
+  assert any("`atta` (row `carry1`), 60.0% AutoAttack" in line for line in robust_results.readings(bench))
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():
@@ -300,7 +305,7 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   from pipelines import robust_results
   bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
   assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
-  assert defences.DEFAULT_DEFENCE == robust_results.best_within_budget(bench)
+  assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
 
 
 def test_reproduces_own_documents_do_not_make_the_checkout_dirty(tmp_path):

@@ -261,12 +261,16 @@ def test_carried_perturbation_starts_where_the_last_one_ended(setup):
     losses.LadRobustLoss(EPS, losses.LadRobustOptions(carry=True))
 
 
-def test_carried_single_step_raises_pgd_accuracy(setup):
-  """One projected step per batch from each example's carried perturbation: over the epochs the steps
-  add up, and PGD accuracy rises as the other adversarial methods' do."""
+def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
+  """`atta` is the benchmark's carry1 row (lad_robust's loss with LadRobustOptions.carried()): one
+  projected step per batch from each example's carried perturbation; over the epochs the steps add up,
+  and PGD accuracy rises as the other adversarial methods' do."""
+  from lad_tf.robust.methods import make_loss
+  from pipelines.benchmarks import robust as bench
   data, model, clean_pgd = setup
-  options = losses.LadRobustOptions(noise=1.0, step=1.0, project=True, carry=True)
-  trained, info = robust.train(model, data.train.x, data.train.y, config("lad_robust", options=options))
+  assert make_loss(config("atta")).options == bench.ablation_options(carry=1)["carry1"]
+  assert make_loss(config("atta")).needs() == ("index",) and not config("atta").needs_lad()
+  trained, info = robust.train(model, data.train.x, data.train.y, config("atta"))
   assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
   assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
   assert info["guard"]["rollbacks"] == 0

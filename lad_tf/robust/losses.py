@@ -117,6 +117,13 @@ class LadRobustOptions:
   manifold_weight: float = 0.0
   carry: bool = False
 
+  @classmethod
+  def carried(cls, steps=1, **more):
+    """`steps` projected steps of eps / steps per batch from each example's carried perturbation (noise
+    of radius eps when it is first seen), every LAD part off unless `more` turns one on: the `atta`
+    defence (steps=1) and the robust benchmark's carryK rows."""
+    return cls(noise=1.0, step=1.0 / steps, steps=steps, project=True, carry=True, **more)
+
 
 class LadRobustLoss(_Loss):
   """Ours: an N-FGSM-style step (or a few, options.steps) whose start (and optionally aim) LAD's latent

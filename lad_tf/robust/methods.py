@@ -9,6 +9,8 @@
   trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
   nfgsm       N-FGSM: one step of eps from noise of radius 2 eps (de Jorge et al. 2022), lad_robust
               with every LAD part off
+  atta        one projected step of eps per batch from where each example's perturbation ended the
+              epoch before (ATTA-1, Zheng et al. 2020), lad_robust's loss with LadRobustOptions.carried()
   lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
 
 Every method trains through lad_tf.execution (one training path: the ExecutionConfig's strategy,
@@ -32,7 +34,7 @@ from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 
 METHODS = tuple(DESCRIPTIONS)
-SINGLE_STEP = ("fgsm_rs", "nfgsm", "lad_robust")
+SINGLE_STEP = ("fgsm_rs", "nfgsm", "atta", "lad_robust")
 
 
 @keras.saving.register_keras_serializable(package="lad_tf")
@@ -125,6 +127,8 @@ def make_loss(config):
     return losses.TradesLoss(config.eps, config.trades_beta, config.pgd_steps)
   if m == "nfgsm":
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions())  # every LAD part off
+  if m == "atta":
+    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(1))
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
@@ -212,8 +216,9 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
     inputs.update({k: extras[k] for k in lad_needs})
   if "index" in needs:  # carried perturbations: each example's row in a buffer the loss keeps
     if config.execution.get_strategy().num_replicas_in_sync > 1:
-      raise ValueError("lad_robust with carry=True trains on one replica only (its buffer is not "
-                       "distributed); drop carry or the multi-device strategy")
+      raise ValueError(f"{config.method} carries each example's perturbation over epochs and trains on one "
+                       f"replica only (its buffer is not distributed); drop the multi-device strategy, or "
+                       f"choose a method without carried perturbations (e.g. nfgsm)")
     inputs["index"] = np.arange(len(rows), dtype=np.int64)
     loss_fn.allocate(len(rows), x.shape[1:])
   info["prepare_s"] = time.perf_counter() - start

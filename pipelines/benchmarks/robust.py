@@ -74,9 +74,8 @@ def ablation_options(short_pgd=0, carry=0):
     out[f"pgd{short_pgd}"] = LadRobustOptions(**control)
     out[f"pgd{short_pgd}+guided_start"] = LadRobustOptions(**control, guided_fraction=0.5)
   if carry:
-    control = dict(noise=1.0, step=1.0 / carry, steps=carry, project=True, carry=True)
-    out[f"carry{carry}"] = LadRobustOptions(**control)
-    out[f"carry{carry}+guided_start"] = LadRobustOptions(**control, guided_fraction=0.5)
+    out[f"carry{carry}"] = LadRobustOptions.carried(carry)  # carry1: the `atta` defence
+    out[f"carry{carry}+guided_start"] = LadRobustOptions.carried(carry, guided_fraction=0.5)
   return out
 
 
