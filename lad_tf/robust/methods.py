@@ -77,6 +77,7 @@ class RobustConfig:
   pgd_steps: int = 10
   trades_beta: float = 6.0
   fgsm_alpha: float = 1.25
+  step_scale: float = 1.0          # the single-step methods' step multiplier at the start (the guard shrinks it)
   options: losses.LadRobustOptions = dataclasses.field(
       default_factory=lambda: losses.LadRobustOptions(guided_fraction=0.5))
   guide_strength: float = 0.5      # how far along the boundary normal the guide looks (latent units)
@@ -116,6 +117,14 @@ class RobustConfig:
 
 def make_loss(config):
   """The per-example loss of a method (lad_tf.robust.losses); `clean` and `lad` have none here."""
+  if not config.step_scale > 0:
+    raise ValueError(f"step_scale must be > 0, got {config.step_scale}")
+  loss = _loss_of(config)
+  loss.step_scale.assign(config.step_scale)
+  return loss
+
+
+def _loss_of(config):
   m = config.method
   if m == "standard":
     return losses.StandardLoss()

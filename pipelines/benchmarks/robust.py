@@ -132,13 +132,14 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
         generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
         ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
-        short_pgd=0, carry=0, partial=None):
+        short_pgd=0, carry=0, step_scale=1.0, partial=None):
   """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
 
   only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
     all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
   short_pgd, carry: k > 0 adds the ablation pair pgdK and pgdK+guided_start, or carryK and
     carryK+guided_start (ablation_options).
+  step_scale: the single-step methods' step multiplier at the start of training (RobustConfig.step_scale).
   ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
     N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
   partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
@@ -171,6 +172,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
                  **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
                  attention=attention, ablation_seeds=ablation_seeds, only=only,
                  **({"short_pgd": short_pgd} if short_pgd else {}), **({"carry": carry} if carry else {}),
+                 **({"step_scale": step_scale} if step_scale != 1 else {}),
                  autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
   say(f"robust benchmark: {options}")
 
@@ -250,7 +252,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         continue
       method = "lad_robust" if opts is not None else name
       config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
-                                   lr_schedule=lr_schedule,
+                                   lr_schedule=lr_schedule, step_scale=step_scale,
                                    guard_examples=guard_examples,
                                    execution=ExecutionConfig(seed=s, verbose=0, precision=precision),
                                    **({"options": opts} if opts is not None else {}))
