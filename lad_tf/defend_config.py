@@ -45,6 +45,7 @@ class DefendConfig:
   defence_lr_schedule: str = "constant"     # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
   defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
+  defence_step_scale: float = 1.0           # single-step defences' first step, in units of their step
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
   force: Sequence[str] = ()
@@ -87,6 +88,9 @@ class DefendConfig:
                         f"> 0, got '{self.defence_lr_schedule}' and {self.defence_learning_rate}")
     if self.defence_pgd_steps < 1:
       raise ConfigError(f"defence_pgd_steps must be >= 1, got {self.defence_pgd_steps}")
+    if not 0 < self.defence_step_scale <= 1:
+      raise ConfigError(f"defence_step_scale multiplies the single-step defences' step: give one in (0, 1], "
+                        f"got {self.defence_step_scale}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")
@@ -108,6 +112,7 @@ class DefendConfig:
     return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
                                learning_rate=self.defence_learning_rate,
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
+                               step_scale=self.defence_step_scale,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property

@@ -110,7 +110,7 @@ def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
   assert not os.path.exists(tmp_path / "w" / "classifier")
 
 
-def test_defence_learning_rate_options_reach_the_robust_training_and_bad_ones_are_refused():
+def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_refused():
   import dataclasses
   from lad_tf.errors import ConfigError
   cyclic = dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="cyclic",
@@ -127,3 +127,8 @@ def test_defence_learning_rate_options_reach_the_robust_training_and_bad_ones_ar
   assert short.pgd_steps == 3 and short.identity()["pgd_steps"] == 3 and constant.pgd_steps == 10
   with pytest.raises(ConfigError, match="defence_pgd_steps must be >= 1"):
     dataclasses.replace(CONFIG, defence="pgd_at", defence_pgd_steps=0).resolved()
+  # the single-step defences' first step reaches the loss and the identity; 1 keeps old fingerprints
+  half = dataclasses.replace(CONFIG, defence="atta", defence_step_scale=0.5).resolved().robust_config()
+  assert half.step_scale == 0.5 and half.identity()["step_scale"] == 0.5 and "step_scale" not in constant.identity()
+  with pytest.raises(ConfigError, match="defence_step_scale"):
+    dataclasses.replace(CONFIG, defence="atta", defence_step_scale=1.5).resolved()

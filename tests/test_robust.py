@@ -261,6 +261,25 @@ def test_carried_perturbation_starts_where_the_last_one_ended(setup):
     losses.LadRobustLoss(EPS, losses.LadRobustOptions(carry=True))
 
 
+def test_step_scale_sets_the_first_step(setup):
+  """RobustConfig.step_scale starts the single-step methods' step at that multiple of eps (the guard
+  shrinks it from there): from no noise, one step moves each pixel by at most step_scale * eps, and
+  most pixels by exactly that."""
+  from lad_tf.robust.methods import make_loss
+  data, model, _ = setup
+  x, y = tf.constant(data.test.x[:8]), tf.constant(data.test.y[:8])
+  opts = losses.LadRobustOptions(noise=0.0, step=1.0, project=True, carry=True)
+  for scale in (1.0, 0.5):
+    loss = make_loss(config("lad_robust", options=opts, step_scale=scale))
+    loss.allocate(8, (28, 28, 1))
+    loss(model, {"image": x, "index": tf.range(8, dtype=tf.int64)}, y)
+    moved = np.abs(loss.carried.numpy())
+    assert moved.max() <= scale * EPS + 1e-6
+    assert np.mean(np.isclose(moved, scale * EPS, atol=1e-6)) > 0.1
+  with pytest.raises(ValueError, match="step_scale"):
+    make_loss(config("atta", step_scale=0.0))
+
+
 def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
   """`atta` is the benchmark's carry1 row (lad_robust's loss with LadRobustOptions.carried()): one
   projected step per batch from each example's carried perturbation; over the epochs the steps add up,

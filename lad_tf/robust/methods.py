@@ -110,8 +110,11 @@ class RobustConfig:
     out = dataclasses.asdict(self)
     out.pop("execution")
     out["seed"] = self.seed
-    if out["lr_schedule"] == "constant":  # work directories from before the option keep their fingerprint
+    # work directories from before these options keep their fingerprint
+    if out["lr_schedule"] == "constant":
       out.pop("lr_schedule")
+    if out["step_scale"] == 1.0:
+      out.pop("step_scale")
     return out
 
 
