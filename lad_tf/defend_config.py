@@ -11,6 +11,7 @@ from lad_tf.execution import ExecutionConfig
 
 STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
+DEFENCE_INITS = ("finetune", "scratch")  # a robust defence starts from the trained classifier, or anew
 ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
 
 
@@ -45,6 +46,7 @@ class DefendConfig:
   defence_lr_schedule: str = "constant"     # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
   defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
+  defence_init: str = "finetune"           # DEFENCE_INITS (scratch: MNIST at eps 0.3, docs/ROBUST.md)
   defence_step_scale: float = 1.0           # single-step defences' first step, in units of their step
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
@@ -88,6 +90,8 @@ class DefendConfig:
                         f"> 0, got '{self.defence_lr_schedule}' and {self.defence_learning_rate}")
     if self.defence_pgd_steps < 1:
       raise ConfigError(f"defence_pgd_steps must be >= 1, got {self.defence_pgd_steps}")
+    if self.defence_init not in DEFENCE_INITS:
+      raise ConfigError(f"defence_init must be one of {DEFENCE_INITS}, got '{self.defence_init}'")
     if not 0 < self.defence_step_scale <= 1:
       raise ConfigError(f"defence_step_scale multiplies the single-step defences' step: give one in (0, 1], "
                         f"got {self.defence_step_scale}")
@@ -167,7 +171,8 @@ def stage_settings(config, spec):
     rc = c.robust_config()
     out["defended"] = {**up("classifier"), **(up("generator", "boundaries") if rc.needs_lad() else {}),
                        "defence": c.defence, "robust": rc.identity(),
-                       "train_examples": c.defence_train_examples}
+                       "train_examples": c.defence_train_examples,
+                       **({"init": c.defence_init} if c.defence_init != "finetune" else {})}
   out["robustness"] = {**up("classifier", "defended"), "attack": "autoattack", "version": c.robust_eval,
                        "examples": c.robust_eval_examples, "eps": spec.attack_eps}
   return out

@@ -320,21 +320,28 @@ class DefendRun:
     return train
 
   def _robust_training(self, out):
-    """A robust defence (lad_tf.robust.train) fine-tuning the classifier on the training split."""
+    """A robust defence (lad_tf.robust.train) on the training split, fine-tuning the classifier or
+    (defence_init="scratch") training its architecture anew; LAD's parts always belong to the trained one."""
     c = self.config
     rc = c.robust_config()
     train = self.robust_train_split().in_memory()
     lad_parts = {}
     if rc.needs_lad():
       lad_parts = {"generator": self.work.model("generator"), "boundaries": self.boundaries()}
+    trained = self.classifier()
+    start = trained
+    if c.defence_init == "scratch":  # the same layers with fresh (seeded) weights
+      keras.utils.set_random_seed(c.seed)
+      start = keras.models.clone_model(trained)
     self.say(f"robust training ({c.defence}: {robust.DESCRIPTIONS[c.defence]}): eps {rc.eps:g}, "
-             f"{rc.epochs} epochs on {len(train)} training images")
-    defended, info = robust.train(self.classifier(), train.x, train.y, rc, log=self.say, state_dir=out,
-                                  **lad_parts)
+             f"{rc.epochs} epochs on {len(train)} training images"
+             f"{', from scratch' if c.defence_init == 'scratch' else ''}")
+    defended, info = robust.train(start, train.x, train.y, rc, log=self.say, state_dir=out,
+                                  lad_classifier=trained, **lad_parts)
     accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
     save_model(defended, os.path.join(out, "model.keras"))
     write_json(os.path.join(out, "metrics.json"), {
-        "clean_accuracy": accuracy, "defence": c.defence, "eps": rc.eps, "epochs": rc.epochs,
+        "clean_accuracy": accuracy, "defence": c.defence, "init": c.defence_init, "eps": rc.eps, "epochs": rc.epochs,
         "train_examples": info["train_examples"], "train_s": info["train_s"], "guard": info.get("guard")})
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
 

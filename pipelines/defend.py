@@ -11,6 +11,7 @@ import json
 from absl import flags
 
 from lad_tf import defences
+from lad_tf.defend_config import DEFENCE_INITS
 from pipelines import common
 
 common.define_data_flags()
@@ -63,6 +64,9 @@ flags.DEFINE_integer("defence_train_examples", None, "Training images of the rob
                      "whole training split; fewer for a quick run on 2 cores).")
 flags.DEFINE_integer("defence_pgd_steps", 10, "Inner PGD steps of pgd_at and trades (each costs about "
                      "0.8x a clean training step on the CPU; 3 steps at MNIST eps 0.3: docs/ROBUST.md).")
+flags.DEFINE_enum("defence_init", "finetune", list(DEFENCE_INITS), "Where the robust defences start: "
+                  "the trained classifier (finetune), or its architecture with fresh weights (scratch; what "
+                  "MNIST at eps 0.3 needs, see docs/ROBUST.md).")
 flags.DEFINE_float("defence_step_scale", 1.0, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) "
                    "step at the start, as a fraction of their usual step; the overfitting guard halves it after "
                    "a collapse. 0.5 for atta at MNIST eps 0.3: docs/ROBUST.md.")
@@ -108,7 +112,7 @@ def main(argv):
       defence=FLAGS.defence, defence_eps=FLAGS.defence_eps, defence_epochs=FLAGS.defence_epochs,
       defence_learning_rate=FLAGS.defence_learning_rate, defence_lr_schedule=FLAGS.defence_lr_schedule,
       defence_train_examples=FLAGS.defence_train_examples, defence_pgd_steps=FLAGS.defence_pgd_steps,
-      defence_step_scale=FLAGS.defence_step_scale,
+      defence_init=FLAGS.defence_init, defence_step_scale=FLAGS.defence_step_scale,
       robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
   if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:

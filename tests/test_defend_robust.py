@@ -16,7 +16,8 @@ import tensorflow as tf
 from lad_tf import datasets, pipeline
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import adversaries
-from lad_tf.workdir import WorkDir
+from lad_tf.errors import ConfigError
+from lad_tf.workdir import WorkDir, read_json
 from pipelines import stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,6 +91,21 @@ def test_clean_control_stays_within_noise_of_the_original(fgsm_rs_run):
   assert metrics["defended"]["robust_accuracy"] is None and metrics["robust_evaluation"] == {}
 
 
+def test_a_defence_from_scratch_trains_the_architecture_anew(fgsm_rs_run):
+  """--defence_init=scratch: the same work directory's classifier is kept, the defended stage reruns
+  and trains the classifier's layers from fresh weights (at chance when training starts, by the
+  guard's first check; a fine-tuning starts at the classifier's accuracy) to a useful accuracy."""
+  import dataclasses
+  workdir, _ = fgsm_rs_run
+  metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="atta", defence_init="scratch",
+                                                           defence_epochs=6, robust_eval="none"), export=False)
+  stage = read_json(os.path.join(workdir, "defended", "metrics.json"))
+  assert stage["init"] == "scratch" and stage["guard"]["history"][0]["clean"] < 0.3
+  assert metrics["original"]["clean_accuracy"] > 0.85 and metrics["defended"]["clean_accuracy"] > 0.6
+  with pytest.raises(ConfigError, match="defence_init"):
+    dataclasses.replace(CONFIG, defence="atta", defence_init="pretrained").resolved()
+
+
 def test_help_names_every_defence_and_the_default():
   result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
@@ -112,7 +128,6 @@ def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
 
 def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_refused():
   import dataclasses
-  from lad_tf.errors import ConfigError
   cyclic = dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="cyclic",
                                defence_learning_rate=5e-3).resolved().robust_config()
   assert (cyclic.lr_schedule, cyclic.learning_rate) == ("cyclic", 5e-3)
