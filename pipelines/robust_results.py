@@ -29,8 +29,9 @@ def path_of(repo, dataset):
   return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
 
 
-# the ablation's multi-step pairs: short_pgd=K (pgdK, pgdK+guided_start) and carry=K (carryK, ...)
-PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?$")
+# the ablation's multi-step pairs: short_pgd=K (pgdK, pgdK+guided_start) and carry=K (carryK, ...);
+# "@S" marks a separate run whose single steps started at S times their size (step_scale=S)
+PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?(?:@([\d.]+))?$")
 PAIR_KINDS = {"pgd": "PGD-{k}", "carry": "{k} carried step(s)"}
 
 
@@ -41,6 +42,7 @@ DEFENCE_OF_ROW = {"carry1": "atta"}
 def defence_of(row):
   """The `--defence` name that trains a benchmark row, or None when defend has no such defence."""
   from lad_tf import defences
+  row = row.split("@")[0]
   name = DEFENCE_OF_ROW.get(row, row)
   return name if name in defences.DEFENCES else None
 
@@ -59,8 +61,12 @@ def label(name):
   pair = PAIR.match(name)
   if pair:
     what = PAIR_KINDS[pair.group(1)].format(k=pair.group(2))
-    named = f", `--defence={DEFENCE_OF_ROW[name]}`" if name in DEFENCE_OF_ROW else ""
-    return f"`{name}` ({what}" + (" + LAD's boundary-guided start)" if pair.group(3) else f" alone{named})")
+    scale = pair.group(4)
+    defence = DEFENCE_OF_ROW.get(name.split("@")[0])
+    named = (f", `--defence={defence}" + (f" --defence_step_scale={scale}" if scale else "") + "`") if defence else ""
+    first = f", step x{scale}" if scale else ""
+    return (f"`{name}` ({what}" + (" + LAD's boundary-guided start" if pair.group(3) else " alone")
+            + first + ("" if pair.group(3) else named) + ")")
   return LABELS.get(name, f"`{name}`")
 
 
@@ -117,7 +123,7 @@ def readings(bench):
                f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
   for name in methods:
     pair = PAIR.match(name)
-    base = pair and pair.group(1) + pair.group(2)
+    base = pair and pair.group(1) + pair.group(2) + (f"@{pair.group(4)}" if pair.group(4) else "")
     if pair and pair.group(3) and base in methods:
       diff, two_se = compare(methods[name], methods[base], "autoattack", n)
       k, what = pair.group(2), PAIR_KINDS[pair.group(1)].format(k=pair.group(2))

@@ -296,6 +296,16 @@ def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_
   bench["ablation"].update({"pgd3": cheap, "carry1": cheap})
   assert robust_results.best_within_budget(bench) == "carry1" and robust_results.defence_of("carry1") == "atta"
   assert any("`atta` (row `carry1`), 60.0% AutoAttack" in line for line in robust_results.readings(bench))
+  # a separate run's rows with a smaller step (benchmark step_scale=S) are named ROW@S, and defend trains them
+  # with --defence_step_scale=S; their guided pair is read against them, not against the full-step row
+  assert robust_results.label("carry1@0.5") == ("`carry1@0.5` (1 carried step(s) alone, step x0.5, "
+                                                "`--defence=atta --defence_step_scale=0.5`)")
+  assert robust_results.defence_of("carry1@0.5") == "atta"
+  bench["ablation"].update({"carry1@0.5": bench["methods"]["lad_robust"],
+                            "carry1+guided_start@0.5": bench["methods"]["pgd_at"]})
+  assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
+                             "LAD's boundary-guided start helps: `carry1+guided_start@0.5` +30.0")
+             for line in robust_results.readings(bench))
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():
