@@ -48,6 +48,18 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class DefenceRecipe:
+  """How the robust defences (lad_tf.robust) train on a dataset by default: fine-tune the trained
+  classifier for a few epochs at a constant rate, or (MNIST at eps 0.3, where fine-tuning trains no
+  robust model: docs/ROBUST.md) train anew with a one-cycle rate and a halved first step."""
+  init: str = "finetune"           # or "scratch"
+  epochs: int = 5
+  learning_rate: float = 1e-3      # Adam; the peak of a cyclic schedule
+  lr_schedule: str = "constant"    # or "cyclic"
+  step_scale: float = 1.0          # the single-step defences' step at the start (the guard shrinks it)
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """What lad_tf needs to know about a dataset."""
   name: str
@@ -74,6 +86,7 @@ class DatasetSpec:
   # metrics are those of the plain fit)
   boundary_jit_compile: bool = False
   latent_layer: str = "latent"
+  defence: DefenceRecipe = DefenceRecipe()
   description: str = ""
   local_formats: str = ""  # what --data_dir must hold, for error messages
   has_local: Optional[Callable[[str], bool]] = None
@@ -111,7 +124,10 @@ REGISTRY = {
             authors_eps_grid=_MNIST_EPS, recon_norm="l2", attack_eps=0.3,
             local_formats="train-images-idx3-ubyte[.gz] and the three other IDX files",
             has_local=idx.has_files, load_local=idx.load,
-            load_tfds=lambda d: tfds_source.load("mnist", data_dir=d), tfds_name="mnist"),
+            load_tfds=lambda d: tfds_source.load("mnist", data_dir=d), tfds_name="mnist",
+            # benchmarks/robust_mnist.json (row carry1@0.5: madry_cnn, all training images)
+            defence=DefenceRecipe(init="scratch", epochs=10, learning_rate=0.005, lr_schedule="cyclic",
+                                  step_scale=0.5)),
         DatasetSpec(
             name="fashion_mnist", image_shape=(28, 28, 1), num_classes=10,
             class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

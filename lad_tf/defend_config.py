@@ -41,13 +41,14 @@ class DefendConfig:
   on_the_fly_per_epoch: int = 2000
   defence: Optional[str] = None             # lad_tf.robust.DEFENCES; default lad_tf.robust.DEFAULT_DEFENCE
   defence_eps: Optional[float] = None       # robust methods' L-inf eps; default: the spec's attack_eps
-  defence_epochs: int = 5                   # robust methods' epochs (lad and clean: fine_tune_epochs)
-  defence_learning_rate: float = 1e-3       # robust methods' Adam rate (the peak of a cyclic schedule)
-  defence_lr_schedule: str = "constant"     # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
+  # the robust methods' training; None: the spec's DefenceRecipe (lad and clean: fine_tune_epochs)
+  defence_epochs: Optional[int] = None
+  defence_learning_rate: Optional[float] = None  # Adam (the peak of a cyclic schedule)
+  defence_lr_schedule: Optional[str] = None  # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
   defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
-  defence_init: str = "finetune"           # DEFENCE_INITS (scratch: MNIST at eps 0.3, docs/ROBUST.md)
-  defence_step_scale: float = 1.0           # single-step defences' first step, in units of their step
+  defence_init: Optional[str] = None        # DEFENCE_INITS: start from the trained classifier, or anew
+  defence_step_scale: Optional[float] = None  # single-step defences' first step, in units of their step
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
   force: Sequence[str] = ()
@@ -74,32 +75,35 @@ class DefendConfig:
       raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
                         f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
     defence_name = self.defence or robust.DEFAULT_DEFENCE
+    recipe = {k: getattr(spec.defence, k) if getattr(self, f"defence_{k}") is None else getattr(self, f"defence_{k}")
+              for k in ("init", "epochs", "learning_rate", "lr_schedule", "step_scale")}
     if defence_name not in robust.DEFENCES:
       raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(robust.DEFENCES)}")
     if self.defence_eps is not None and not 0 < self.defence_eps <= 1:
       raise ConfigError(f"defence_eps is an L-inf radius on [0, 1] images: give one in (0, 1], "
                         f"got {self.defence_eps}")
-    if self.defence_epochs < 1 or (self.defence_train_examples is not None and self.defence_train_examples < 100):
+    if recipe["epochs"] < 1 or (self.defence_train_examples is not None and self.defence_train_examples < 100):
       raise ConfigError(f"defence_epochs must be >= 1 and defence_train_examples >= 100, got "
-                        f"{self.defence_epochs} and {self.defence_train_examples}")
+                        f"{recipe['epochs']} and {self.defence_train_examples}")
     if defence_name == "clean" and self.fine_tune_mode == "on_the_fly":
       raise ConfigError("the clean control fine-tunes on the generated set's examples with x' = x: use "
                         "--fine_tune_mode=mix or eps with --defence=clean")
-    if self.defence_lr_schedule not in defences.LR_SCHEDULES or not self.defence_learning_rate > 0:
+    if recipe["lr_schedule"] not in defences.LR_SCHEDULES or not recipe["learning_rate"] > 0:
       raise ConfigError(f"defence_lr_schedule must be one of {defences.LR_SCHEDULES} and defence_learning_rate "
-                        f"> 0, got '{self.defence_lr_schedule}' and {self.defence_learning_rate}")
+                        f"> 0, got '{recipe['lr_schedule']}' and {recipe['learning_rate']}")
     if self.defence_pgd_steps < 1:
       raise ConfigError(f"defence_pgd_steps must be >= 1, got {self.defence_pgd_steps}")
-    if self.defence_init not in DEFENCE_INITS:
-      raise ConfigError(f"defence_init must be one of {DEFENCE_INITS}, got '{self.defence_init}'")
-    if not 0 < self.defence_step_scale <= 1:
+    if recipe["init"] not in DEFENCE_INITS:
+      raise ConfigError(f"defence_init must be one of {DEFENCE_INITS}, got '{recipe['init']}'")
+    if not 0 < recipe["step_scale"] <= 1:
       raise ConfigError(f"defence_step_scale multiplies the single-step defences' step: give one in (0, 1], "
-                        f"got {self.defence_step_scale}")
+                        f"got {recipe['step_scale']}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")
     return dataclasses.replace(
         self, defence=defence_name, defence_eps=float(self.defence_eps or spec.attack_eps),
+        **{f"defence_{k}": v for k, v in recipe.items()},
         latent_layer=self.latent_layer or spec.latent_layer,
         calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
         architecture=self.architecture or spec.classifier,

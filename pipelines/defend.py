@@ -54,22 +54,25 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     "within 3x the cost of clean training, ties to clean accuracy (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
-flags.DEFINE_integer("defence_epochs", 5, "Epochs of the robust defences (they fine-tune the trained classifier).")
-flags.DEFINE_float("defence_learning_rate", 1e-3, "Adam learning rate of the robust defences (with "
-                   "--defence_lr_schedule=cyclic, the peak).")
-flags.DEFINE_enum("defence_lr_schedule", "constant", list(defences.LR_SCHEDULES), "Learning rate of the robust "
-                  "defences: constant, or cyclic (0 -> rate -> 0 over the run, Wong et al. 2020; what MNIST "
-                  "at eps 0.3 needs, see docs/ROBUST.md).")
+# the robust defences' training: unset, the dataset's recipe (lad_tf.datasets.DefenceRecipe): 5 epochs
+# fine-tuning at a constant 0.001; MNIST: 10 epochs from scratch, cyclic 0.005, the step halved at first
+flags.DEFINE_integer("defence_epochs", None, "Epochs of the robust defences (default: the dataset's; 5, "
+                     "MNIST 10).")
+flags.DEFINE_float("defence_learning_rate", None, "Adam learning rate of the robust defences (with "
+                   "--defence_lr_schedule=cyclic, the peak; default: the dataset's, 0.001, MNIST 0.005).")
+flags.DEFINE_enum("defence_lr_schedule", None, list(defences.LR_SCHEDULES), "Learning rate of the robust "
+                  "defences: constant, or cyclic (0 -> rate -> 0 over the run, Wong et al. 2020; default: "
+                  "the dataset's, constant, MNIST cyclic: what eps 0.3 needs, docs/ROBUST.md).")
 flags.DEFINE_integer("defence_train_examples", None, "Training images of the robust defences (default: the "
                      "whole training split; fewer for a quick run on 2 cores).")
 flags.DEFINE_integer("defence_pgd_steps", 10, "Inner PGD steps of pgd_at and trades (each costs about "
                      "0.8x a clean training step on the CPU; 3 steps at MNIST eps 0.3: docs/ROBUST.md).")
-flags.DEFINE_enum("defence_init", "finetune", list(DEFENCE_INITS), "Where the robust defences start: "
-                  "the trained classifier (finetune), or its architecture with fresh weights (scratch; what "
-                  "MNIST at eps 0.3 needs, see docs/ROBUST.md).")
-flags.DEFINE_float("defence_step_scale", 1.0, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) "
+flags.DEFINE_enum("defence_init", None, list(DEFENCE_INITS), "Where the robust defences start: the trained "
+                  "classifier (finetune), or its architecture with fresh weights (scratch; default: the "
+                  "dataset's, finetune, MNIST scratch).")
+flags.DEFINE_float("defence_step_scale", None, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) "
                    "step at the start, as a fraction of their usual step; the overfitting guard halves it after "
-                   "a collapse. 0.5 for atta at MNIST eps 0.3: docs/ROBUST.md.")
+                   "a collapse (default: the dataset's, 1, MNIST 0.5).")
 flags.DEFINE_enum("autoattack", "standard", ["standard", "fast", "none"], "Robustness stage: AutoAttack "
                   "(APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and APGD-T) on the original and the "
                   "defended classifier at the dataset's eps, reported as robust_accuracy in metrics.json "

@@ -147,3 +147,11 @@ def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_ref
   assert half.step_scale == 0.5 and half.identity()["step_scale"] == 0.5 and "step_scale" not in constant.identity()
   with pytest.raises(ConfigError, match="defence_step_scale"):
     dataclasses.replace(CONFIG, defence="atta", defence_step_scale=1.5).resolved()
+  # unset, the robust training follows the dataset's recipe: MNIST's is the benchmark's eps 0.3 setup
+  mnist = dataclasses.replace(CONFIG, dataset="mnist", defence_epochs=None).resolved()
+  assert (mnist.defence_init, mnist.defence_epochs, mnist.defence_learning_rate, mnist.defence_lr_schedule,
+          mnist.defence_step_scale) == ("scratch", 10, 0.005, "cyclic", 0.5)
+  digits = dataclasses.replace(CONFIG, defence_epochs=None).resolved()
+  assert (digits.defence_init, digits.defence_epochs, digits.defence_step_scale) == ("finetune", 5, 1.0)
+  mine = dataclasses.replace(CONFIG, dataset="mnist", defence_init="finetune", defence_step_scale=1.0).resolved()
+  assert (mine.defence_init, mine.defence_epochs, mine.defence_step_scale) == ("finetune", 4, 1.0)
