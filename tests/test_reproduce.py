@@ -316,6 +316,12 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
   assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
   assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
+  # MNIST's recipe (lad_tf.datasets) trains what the rule picks from its benchmark: the same defence, and
+  # a row ROW@S's step scale S
+  from lad_tf import datasets
+  row = robust_results.best_within_budget(read_json(robust_results.path_of(REPO, "mnist")))
+  assert robust_results.defence_of(row) == defences.DEFAULT_DEFENCE
+  assert datasets.get_spec("mnist").defence.step_scale == (float(row.split("@")[1]) if "@" in row else 1.0)
 
 
 def test_reproduces_own_documents_do_not_make_the_checkout_dirty(tmp_path):
