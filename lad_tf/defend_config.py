@@ -11,7 +11,6 @@ from lad_tf.execution import ExecutionConfig
 
 STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
-DEFENCE_INITS = ("finetune", "scratch")  # a robust defence starts from the trained classifier, or anew
 ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
 
 
@@ -47,7 +46,7 @@ class DefendConfig:
   defence_lr_schedule: Optional[str] = None  # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
   defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
   defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
-  defence_init: Optional[str] = None        # DEFENCE_INITS: start from the trained classifier, or anew
+  defence_init: Optional[str] = None        # defences.DEFENCE_INITS: start from the trained classifier, or anew
   defence_step_scale: Optional[float] = None  # single-step defences' first step, in units of their step
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
@@ -75,8 +74,8 @@ class DefendConfig:
       raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
                         f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
     defence_name = self.defence or robust.DEFAULT_DEFENCE
-    recipe = {k: getattr(spec.defence, k) if getattr(self, f"defence_{k}") is None else getattr(self, f"defence_{k}")
-              for k in ("init", "epochs", "learning_rate", "lr_schedule", "step_scale")}
+    recipe = {f.name: getattr(spec.defence, f.name) if getattr(self, f"defence_{f.name}") is None
+              else getattr(self, f"defence_{f.name}") for f in dataclasses.fields(spec.defence)}
     if defence_name not in robust.DEFENCES:
       raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(robust.DEFENCES)}")
     if self.defence_eps is not None and not 0 < self.defence_eps <= 1:
@@ -93,8 +92,8 @@ class DefendConfig:
                         f"> 0, got '{recipe['lr_schedule']}' and {recipe['learning_rate']}")
     if self.defence_pgd_steps < 1:
       raise ConfigError(f"defence_pgd_steps must be >= 1, got {self.defence_pgd_steps}")
-    if recipe["init"] not in DEFENCE_INITS:
-      raise ConfigError(f"defence_init must be one of {DEFENCE_INITS}, got '{recipe['init']}'")
+    if recipe["init"] not in defences.DEFENCE_INITS:
+      raise ConfigError(f"defence_init must be one of {defences.DEFENCE_INITS}, got '{recipe['init']}'")
     if not 0 < recipe["step_scale"] <= 1:
       raise ConfigError(f"defence_step_scale multiplies the single-step defences' step: give one in (0, 1], "
                         f"got {recipe['step_scale']}")

@@ -11,7 +11,6 @@ import json
 from absl import flags
 
 from lad_tf import defences
-from lad_tf.defend_config import DEFENCE_INITS
 from pipelines import common
 
 common.define_data_flags()
@@ -54,8 +53,7 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     "within 3x the cost of clean training, ties to clean accuracy (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
-# the robust defences' training: unset, the dataset's recipe (lad_tf.datasets.DefenceRecipe): 5 epochs
-# fine-tuning at a constant 0.001; MNIST: 10 epochs from scratch, cyclic 0.005, the step halved at first
+# the robust defences' training: unset, the dataset's recipe (lad_tf.datasets.DefenceRecipe)
 flags.DEFINE_integer("defence_epochs", None, "Epochs of the robust defences (default: the dataset's; 5, "
                      "MNIST 10).")
 flags.DEFINE_float("defence_learning_rate", None, "Adam learning rate of the robust defences (with "
@@ -67,7 +65,7 @@ flags.DEFINE_integer("defence_train_examples", None, "Training images of the rob
                      "whole training split; fewer for a quick run on 2 cores).")
 flags.DEFINE_integer("defence_pgd_steps", 10, "Inner PGD steps of pgd_at and trades (each costs about "
                      "0.8x a clean training step on the CPU; 3 steps at MNIST eps 0.3: docs/ROBUST.md).")
-flags.DEFINE_enum("defence_init", None, list(DEFENCE_INITS), "Where the robust defences start: the trained "
+flags.DEFINE_enum("defence_init", None, list(defences.DEFENCE_INITS), "Where the robust defences start: the trained "
                   "classifier (finetune), or its architecture with fresh weights (scratch; default: the "
                   "dataset's, finetune, MNIST scratch).")
 flags.DEFINE_float("defence_step_scale", None, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) "
