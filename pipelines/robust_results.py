@@ -29,10 +29,30 @@ def path_of(repo, dataset):
   return os.path.join(repo, "benchmarks", f"robust_{dataset}.json")
 
 
-# the ablation's multi-step pairs: short_pgd=K (pgdK, pgdK+guided_start) and carry=K (carryK, ...);
-# "@S" marks a separate run whose single steps started at S times their size (step_scale=S)
-PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?(?:@([\d.]+))?$")
+# the ablation's multi-step pairs: short_pgd=K (pgdK, pgdK+guided_start) and carry=K (carryK, ...)
+PAIR = re.compile(rf"^(pgd|carry)(\d+)({re.escape(LAD_ROBUST_ROW)})?$")
 PAIR_KINDS = {"pgd": "PGD-{k}", "carry": "{k} carried step(s)"}
+
+# A separate run's rows carry its own settings after the row's name: "@S" its single steps started at
+# S times their size (step_scale=S), ",Eep" it trained E epochs; e.g. carry1@0.5,15ep
+VARIANT = re.compile(r"^(?P<row>[^@,]+)(?:@(?P<step_scale>[\d.]+))?(?:,(?P<epochs>\d+)ep)?$")
+
+
+def variant(name):
+  """(row, suffix, {setting: value}) of a benchmark row's name: carry1@0.5,15ep gives
+  ("carry1", "@0.5,15ep", {"step_scale": 0.5, "epochs": 15})."""
+  found = VARIANT.match(name)
+  if not found:
+    return name, "", {}
+  row = found.group("row")
+  settings = {k: (int(v) if k == "epochs" else float(v)) for k, v in found.groupdict().items()
+              if k != "row" and v is not None}
+  return row, name[len(row):], settings
+
+
+def pair_of(name):
+  """The PAIR match of a row's name without its variant suffix, or None."""
+  return PAIR.match(variant(name)[0])
 
 
 # benchmark rows that `pipelines.defend` offers under another name (lad_tf.robust.methods: the same loss)
@@ -42,31 +62,32 @@ DEFENCE_OF_ROW = {"carry1": "atta"}
 def defence_of(row):
   """The `--defence` name that trains a benchmark row, or None when defend has no such defence."""
   from lad_tf import defences
-  row = row.split("@")[0]
+  row = variant(row)[0]
   name = DEFENCE_OF_ROW.get(row, row)
   return name if name in defences.DEFENCES else None
 
 
 def pair_rows(bench):
   """{row: summary} of the ablation's multi-step pairs, if the benchmark ran them."""
-  return {name: v for name, v in bench.get("ablation", {}).items() if PAIR.match(name)}
+  return {name: v for name, v in bench.get("ablation", {}).items() if pair_of(name)}
 
 
 def ablation_rows(bench):
   """{row: summary} of the ablation table: the ablation without the pairs the main table shows."""
-  return {name: v for name, v in bench.get("ablation", {}).items() if not PAIR.match(name)}
+  return {name: v for name, v in bench.get("ablation", {}).items() if not pair_of(name)}
 
 
 def label(name):
-  pair = PAIR.match(name)
+  pair = pair_of(name)
   if pair:
     what = PAIR_KINDS[pair.group(1)].format(k=pair.group(2))
-    scale = pair.group(4)
-    defence = DEFENCE_OF_ROW.get(name.split("@")[0])
-    named = (f", `--defence={defence}" + (f" --defence_step_scale={scale}" if scale else "") + "`") if defence else ""
-    first = f", step x{scale}" if scale else ""
+    row, _, settings = variant(name)
+    defence = DEFENCE_OF_ROW.get(row)
+    flags = "".join(f" --defence_{k}={v:g}" for k, v in settings.items())
+    named = f", `--defence={defence}{flags}`" if defence else ""
+    how = "".join({"step_scale": f", step x{v:g}", "epochs": f", {v} epochs"}[k] for k, v in settings.items())
     return (f"`{name}` ({what}" + (" + LAD's boundary-guided start" if pair.group(3) else " alone")
-            + first + ("" if pair.group(3) else named) + ")")
+            + how + ("" if pair.group(3) else named) + ")")
   return LABELS.get(name, f"`{name}`")
 
 
@@ -122,8 +143,8 @@ def readings(bench):
     out.append(f"LAD's boundary-guided start {_verdict(diff, two_se)}: `lad_robust` {100 * diff:+.1f} AutoAttack points against "
                f"N-FGSM alone (two standard errors: {100 * two_se:.1f}).")
   for name in methods:
-    pair = PAIR.match(name)
-    base = pair and pair.group(1) + pair.group(2) + (f"@{pair.group(4)}" if pair.group(4) else "")
+    pair = pair_of(name)
+    base = pair and pair.group(1) + pair.group(2) + variant(name)[1]
     if pair and pair.group(3) and base in methods:
       diff, two_se = compare(methods[name], methods[base], "autoattack", n)
       k, what = pair.group(2), PAIR_KINDS[pair.group(1)].format(k=pair.group(2))

@@ -306,6 +306,13 @@ def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_
   assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
                              "LAD's boundary-guided start helps: `carry1+guided_start@0.5` +30.0")
              for line in robust_results.readings(bench))
+  # and a separate run that trained E epochs instead of the benchmark's is named ROW@S,Eep
+  assert robust_results.variant("carry1+guided_start@0.5,15ep") == (
+      "carry1+guided_start", "@0.5,15ep", {"step_scale": 0.5, "epochs": 15})
+  assert robust_results.label("carry1@0.5,15ep") == (
+      "`carry1@0.5,15ep` (1 carried step(s) alone, step x0.5, 15 epochs, "
+      "`--defence=atta --defence_step_scale=0.5 --defence_epochs=15`)")
+  assert robust_results.defence_of("carry1,15ep") == "atta" and robust_results.variant("nfgsm")[1] == ""
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():
@@ -317,11 +324,15 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
   assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
   # MNIST's recipe (lad_tf.datasets) trains what the rule picks from its benchmark: the same defence, and
-  # a row ROW@S's step scale S
+  # the settings of a separate run's row (ROW@S,Eep: step scale S, E epochs)
   from lad_tf import datasets
-  row = robust_results.best_within_budget(read_json(robust_results.path_of(REPO, "mnist")))
+  bench = read_json(robust_results.path_of(REPO, "mnist"))
+  row = robust_results.best_within_budget(bench)
   assert robust_results.defence_of(row) == defences.DEFAULT_DEFENCE
-  assert datasets.get_spec("mnist").defence.step_scale == (float(row.split("@")[1]) if "@" in row else 1.0)
+  settings = robust_results.variant(row)[2]
+  recipe = datasets.get_spec("mnist").defence
+  assert recipe.step_scale == settings.get("step_scale", 1.0)
+  assert recipe.epochs == settings.get("epochs", bench["options"]["epochs"])
 
 
 def test_reproduces_own_documents_do_not_make_the_checkout_dirty(tmp_path):
