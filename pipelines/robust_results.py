@@ -129,6 +129,12 @@ def compare(a, b, key, n):
   return a[key]["mean"] - b[key]["mean"], 2 * math.hypot(standard_error(a, key, n), standard_error(b, key, n))
 
 
+def as_good(a, b, key, n):
+  """Whether a's mean is below b's by two standard errors at most."""
+  diff, two_se = compare(a, b, key, n)
+  return diff >= -two_se
+
+
 def _verdict(diff, two_se):
   """What a difference means by the rule: beyond two standard errors either way, or not."""
   return "helps" if diff > two_se else "hurts" if diff < -two_se else "does not help (the difference is within sampling error)"
@@ -162,7 +168,7 @@ def readings(bench):
   if best and "pgd_at" in methods:
     diff, two_se = compare(methods[best], methods["pgd_at"], "autoattack", n)
     out.append(f"Best at most 3x the cost of clean training (the highest AutoAttack accuracy, ties within two "
-               f"standard errors broken by clean accuracy): `{defence_of(best)}`"
+               f"standard errors broken by clean accuracy, and ties in that by AutoAttack accuracy): `{defence_of(best)}`"
                + (f" (row `{best}`)" if defence_of(best) != best else "")
                + f", {100 * methods[best]['autoattack']['mean']:.1f}% "
                f"AutoAttack at {100 * methods[best]['clean']['mean']:.1f}% clean and "
@@ -175,17 +181,20 @@ def readings(bench):
 def best_within_budget(bench, budget=3.0):
   """The row whose defence `pipelines.defend` should apply (defence_of gives its name): of the rows
   defend can train, robust ones costing at most `budget` times clean training and protecting as well as
-  the best of them (AutoAttack within two standard errors), the one most accurate on clean inputs.
-  None without a robust method measured."""
+  the best of them (AutoAttack within two standard errors), the one most accurate on clean inputs; and
+  of those as accurate as it (clean within two standard errors), the one most robust. So a difference
+  within sampling error never decides. None without a robust method measured."""
   methods, n = methods_of(bench), bench.get("options", {}).get("eval_examples", 0)
   cheap = {m: v for m, v in methods.items() if defence_of(m) not in (None, "lad", "clean")
            and v.get("cost_ratio", {}).get("mean", math.inf) <= budget}
   if not cheap:
     return None
-  top = max(cheap.values(), key=lambda v: v["autoattack"]["mean"])
-  gaps = {m: compare(v, top, "autoattack", n) for m, v in cheap.items()}  # (difference, two standard errors)
-  tied = [m for m, (diff, two_se) in gaps.items() if diff >= -two_se]
-  return max(tied, key=lambda m: cheap[m]["clean"]["mean"])
+
+  def best_by(key, rows):  # rows as good as the best of them on key: below it by two standard errors at most
+    top = max((cheap[m] for m in rows), key=lambda v: v[key]["mean"])
+    return [m for m in rows if as_good(cheap[m], top, key, n)]
+
+  return max(best_by("clean", best_by("autoattack", cheap)), key=lambda m: cheap[m]["autoattack"]["mean"])
 
 
 def ensemble_share(bench):

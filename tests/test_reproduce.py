@@ -315,6 +315,21 @@ def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_
   assert robust_results.defence_of("carry1,15ep") == "atta" and robust_results.variant("nfgsm")[1] == ""
 
 
+def test_a_difference_within_sampling_error_never_picks_the_default():
+  """Rows tied on AutoAttack go to the cleaner one only when it is cleaner beyond sampling error; a tie on
+  both goes to the more robust one, not to a hundredth of a point of clean accuracy."""
+  from pipelines import robust_results
+  row = lambda clean, aa: {"clean": {"mean": clean, "std": 0.002}, "autoattack": {"mean": aa, "std": 0.005},
+                           "cost_ratio": {"mean": 1.8, "std": 0.1}, "seeds": [{}, {}, {}]}
+  bench = {"options": {"eval_examples": 1000}, "methods": {},
+           "ablation": {"carry1@0.5": row(0.9937, 0.880), "carry1@0.5,15ep": row(0.9940, 0.876)}}
+  assert robust_results.best_within_budget(bench) == "carry1@0.5"
+  bench["ablation"]["carry1@0.5,15ep"] = row(0.9995, 0.876)  # cleaner by 0.6 points: beyond two standard errors
+  assert robust_results.best_within_budget(bench) == "carry1@0.5,15ep"
+  bench["ablation"]["carry1@0.5,15ep"] = row(0.9995, 0.800)  # but not when it protects less
+  assert robust_results.best_within_budget(bench) == "carry1@0.5"
+
+
 def test_the_default_defence_is_the_committed_benchmarks_choice():
   """lad_tf.defences.DEFAULT_DEFENCE is set from benchmarks/robust_fashion_mnist.json by the rule in
   pipelines/robust_results.py: a new benchmark that changes the verdict fails here until it is updated."""
