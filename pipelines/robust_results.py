@@ -167,8 +167,8 @@ def readings(bench):
   best = best_within_budget(bench)
   if best and "pgd_at" in methods:
     diff, two_se = compare(methods[best], methods["pgd_at"], "autoattack", n)
-    out.append(f"Best at most 3x the cost of clean training (the highest AutoAttack accuracy, ties within two "
-               f"standard errors broken by clean accuracy, and ties in that by AutoAttack accuracy): `{defence_of(best)}`"
+    out.append(f"Best at most 3x the cost of clean training (the highest AutoAttack accuracy; of rows within two "
+               f"standard errors of it, the cleaner beyond two standard errors, else the more robust): `{defence_of(best)}`"
                + (f" (row `{best}`)" if defence_of(best) != best else "")
                + f", {100 * methods[best]['autoattack']['mean']:.1f}% "
                f"AutoAttack at {100 * methods[best]['clean']['mean']:.1f}% clean and "
