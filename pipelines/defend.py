@@ -50,7 +50,8 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     f"{name}: {defences.DESCRIPTIONS[name]}" for name in defences.DEFENCES) + ". lad and clean fine-tune "
     "on the calibration examples (--fine_tune_* flags); the others train on the training split "
     "(--defence_* flags). The default is the robust benchmark's choice: the best AutoAttack accuracy "
-    "within 3x the cost of clean training, ties to clean accuracy (README, 'Robust training').")
+    "within 3x the cost of clean training, ties to clean accuracy beyond sampling error, else to the more "
+    "robust (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
 # the robust defences' training: unset, the dataset's recipe (lad_tf.datasets.DefenceRecipe)

@@ -36,6 +36,7 @@ PAIR_KINDS = {"pgd": "PGD-{k}", "carry": "{k} carried step(s)"}
 # A separate run's rows carry its own settings after the row's name: "@S" its single steps started at
 # S times their size (step_scale=S), ",Eep" it trained E epochs; e.g. carry1@0.5,15ep
 VARIANT = re.compile(r"^(?P<row>[^@,]+)(?:@(?P<step_scale>[\d.]+))?(?:,(?P<epochs>\d+)ep)?$")
+SETTING_TEXT = {"step_scale": ", step x{:g}", "epochs": ", {} epochs"}
 
 
 def variant(name):
@@ -85,7 +86,7 @@ def label(name):
     defence = DEFENCE_OF_ROW.get(row)
     flags = "".join(f" --defence_{k}={v:g}" for k, v in settings.items())
     named = f", `--defence={defence}{flags}`" if defence else ""
-    how = "".join({"step_scale": f", step x{v:g}", "epochs": f", {v} epochs"}[k] for k, v in settings.items())
+    how = "".join(SETTING_TEXT[k].format(v) for k, v in settings.items())
     return (f"`{name}` ({what}" + (" + LAD's boundary-guided start" if pair.group(3) else " alone")
             + how + ("" if pair.group(3) else named) + ")")
   return LABELS.get(name, f"`{name}`")
