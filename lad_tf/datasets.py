@@ -57,6 +57,7 @@ class DefenceRecipe:
   learning_rate: float = 1e-3      # Adam; the peak of a cyclic schedule
   lr_schedule: str = "constant"    # or "cyclic"
   step_scale: float = 1.0          # the single-step defences' step at the start (the guard shrinks it)
+  atta_steps: int = 1              # atta's carried steps per batch (lad_tf.robust.RobustConfig.atta_steps)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,7 @@ class DefendConfig:
   defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
   defence_init: Optional[str] = None        # defences.DEFENCE_INITS: start from the trained classifier, or anew
   defence_step_scale: Optional[float] = None  # single-step defences' first step, in units of their step
+  defence_atta_steps: Optional[int] = None  # atta's carried steps per batch, eps / K each (ATTA-K)
   robust_eval: str = "standard"             # ROBUST_EVALS
   robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
   force: Sequence[str] = ()
@@ -97,6 +98,9 @@ class DefendConfig:
     if not 0 < recipe["step_scale"] <= 1:
       raise ConfigError(f"defence_step_scale multiplies the single-step defences' step: give one in (0, 1], "
                         f"got {recipe['step_scale']}")
+    if recipe["atta_steps"] < 1:
+      raise ConfigError(f"defence_atta_steps is how many steps of eps / K atta takes per batch: give K >= 1, "
+                        f"got {recipe['atta_steps']}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")
@@ -119,7 +123,7 @@ class DefendConfig:
     return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
                                learning_rate=self.defence_learning_rate,
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
-                               step_scale=self.defence_step_scale,
+                               step_scale=self.defence_step_scale, atta_steps=self.defence_atta_steps,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property

@@ -50,7 +50,7 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     f"{name}: {defences.DESCRIPTIONS[name]}" for name in defences.DEFENCES) + ". lad and clean fine-tune "
     "on the calibration examples (--fine_tune_* flags); the others train on the training split "
     "(--defence_* flags). The default is the robust benchmark's choice: the best AutoAttack accuracy "
-    "within 3x the cost of clean training, ties to clean accuracy beyond sampling error, else to the more "
+    "over 3 seeds within 3x the cost of clean training, ties to clean accuracy beyond sampling error, else to the more "
     "robust (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
@@ -72,6 +72,9 @@ flags.DEFINE_enum("defence_init", None, list(defences.DEFENCE_INITS), "Where the
 flags.DEFINE_float("defence_step_scale", None, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) "
                    "step at the start, as a fraction of their usual step; the overfitting guard halves it after "
                    "a collapse (default: the dataset's, 1, MNIST 0.5).")
+flags.DEFINE_integer("defence_atta_steps", None, "atta's projected steps per batch, eps / K each, carried over "
+                     "from epoch to epoch (ATTA-K; each step costs one more input gradient per batch; "
+                     "default: the dataset's, 1).")
 flags.DEFINE_enum("autoattack", "standard", ["standard", "fast", "none"], "Robustness stage: AutoAttack "
                   "(APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and APGD-T) on the original and the "
                   "defended classifier at the dataset's eps, reported as robust_accuracy in metrics.json "
@@ -115,7 +118,7 @@ def main(argv):
       defence_learning_rate=FLAGS.defence_learning_rate, defence_lr_schedule=FLAGS.defence_lr_schedule,
       defence_train_examples=FLAGS.defence_train_examples, defence_pgd_steps=FLAGS.defence_pgd_steps,
       defence_init=FLAGS.defence_init, defence_step_scale=FLAGS.defence_step_scale,
-      robust_eval=FLAGS.autoattack,
+      defence_atta_steps=FLAGS.defence_atta_steps, robust_eval=FLAGS.autoattack,
       robust_eval_examples=FLAGS.autoattack_examples, force=tuple(FLAGS.force), execution=execution)
   if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:
     from lad_tf.errors import ConfigError

@@ -147,6 +147,11 @@ def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_ref
   assert half.step_scale == 0.5 and half.identity()["step_scale"] == 0.5 and "step_scale" not in constant.identity()
   with pytest.raises(ConfigError, match="defence_step_scale"):
     dataclasses.replace(CONFIG, defence="atta", defence_step_scale=1.5).resolved()
+  # atta's carried steps per batch reach the config and the identity; 1 keeps old fingerprints
+  two = dataclasses.replace(CONFIG, defence="atta", defence_atta_steps=2).resolved().robust_config()
+  assert two.atta_steps == 2 and two.identity()["atta_steps"] == 2 and "atta_steps" not in constant.identity()
+  with pytest.raises(ConfigError, match="defence_atta_steps"):
+    dataclasses.replace(CONFIG, defence="atta", defence_atta_steps=0).resolved()
   # unset, the robust training follows the dataset's recipe: MNIST's is the benchmark's eps 0.3 setup
   mnist = dataclasses.replace(CONFIG, dataset="mnist", defence_epochs=None).resolved()
   assert (mnist.defence_init, mnist.defence_epochs, mnist.defence_learning_rate, mnist.defence_lr_schedule,

@@ -245,7 +245,8 @@ def _bench(nfgsm_aa, guided_aa):
   seeds = lambda clean, aa, cost: {"clean": {"mean": clean, "std": 0.01}, "pgd40": {"mean": aa + 0.03, "std": 0.01},
                                    "autoattack": {"mean": aa, "std": 0.005}, "cost_ratio": {"mean": cost, "std": 0.1},
                                    "train_s": {"mean": 1.0, "std": 0.0},
-                                   "seeds": [{"seed": 0, "broken_by": {"apgd-ce": 300, "square": 2}}, {"seed": 1}]}
+                                   "seeds": [{"seed": 0, "broken_by": {"apgd-ce": 300, "square": 2}}, {"seed": 1},
+                                             {"seed": 2}]}
   return {"dataset": "fashion_mnist", "eps": 0.1, "parameters": 431080,
           "options": {"model": "lenet5", "epochs": 10, "train_examples": 20000, "eval_examples": 1000},
           "methods": {"standard": seeds(0.9, 0.01, 1.0), "lad": seeds(0.9, 0.02, 2.5), "clean": seeds(0.9, 0.02, 1.9),
@@ -268,9 +269,9 @@ def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_pat
     text = readme.read_text()
     assert "old figures" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert f"LAD's boundary-guided start {expected}" in text
-    # each cell is the JSON's mean and the std over its two seeds; N-FGSM alone comes from the ablation
+    # each cell is the JSON's mean and the std over its three seeds; N-FGSM alone comes from the ablation
     assert f"| `nfgsm` (N-FGSM alone) | 80.0 ± 1.0 | {100 * nfgsm:.1f} ± 0.5 |" in text
-    assert "| `pgd_at` | 78.0 ± 1.0 | 60.0 ± 0.5 | 63.0 ± 1.0 | 8.9 ± 0.1 | 2 |" in text
+    assert "| `pgd_at` | 78.0 ± 1.0 | 60.0 ± 0.5 | 63.0 ± 1.0 | 8.9 ± 0.1 | 3 |" in text
     assert f"applies `{defences.DEFAULT_DEFENCE}`" in text and "FAB-T and Square broke 12 that" in text  # 6 rows x 2
   assert "no better than its clean control" in text
   assert "Ablation of `lad_robust`" in robust_results.section(str(tmp_path))
@@ -313,6 +314,10 @@ def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_
       "`carry1@0.5,15ep` (1 carried step(s) alone, step x0.5, 15 epochs, "
       "`--defence=atta --defence_step_scale=0.5 --defence_epochs=15`)")
   assert robust_results.defence_of("carry1,15ep") == "atta" and robust_results.variant("nfgsm")[1] == ""
+  # carryK is atta with K carried steps per batch
+  assert robust_results.label("carry2") == "`carry2` (2 carried step(s) alone, `--defence=atta --defence_atta_steps=2`)"
+  assert robust_results.recipe_of("carry2@0.5") == {"atta_steps": 2, "step_scale": 0.5}
+  assert robust_results.recipe_of("carry1") == {} and robust_results.defence_of("pgd3") is None
 
 
 def test_a_difference_within_sampling_error_never_picks_the_default():
@@ -328,6 +333,9 @@ def test_a_difference_within_sampling_error_never_picks_the_default():
   assert robust_results.best_within_budget(bench) == "carry1@0.5,15ep"
   bench["ablation"]["carry1@0.5,15ep"] = row(0.9995, 0.800)  # but not when it protects less
   assert robust_results.best_within_budget(bench) == "carry1@0.5"
+  # a row measured over fewer than 3 seeds never becomes the default, however robust
+  bench["ablation"]["carry2"] = {**row(0.9940, 0.95), "seeds": [{}, {}]}
+  assert robust_results.best_within_budget(bench) == "carry1@0.5"
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():
@@ -339,15 +347,16 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
   assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
   # MNIST's recipe (lad_tf.datasets) trains what the rule picks from its benchmark: the same defence, and
-  # the settings of a separate run's row (ROW@S,Eep: step scale S, E epochs)
+  # the settings of a separate run's row (ROW@S,Eep: step scale S, E epochs; carryK: K carried steps)
   from lad_tf import datasets
   bench = read_json(robust_results.path_of(REPO, "mnist"))
   row = robust_results.best_within_budget(bench)
   assert robust_results.defence_of(row) == defences.DEFAULT_DEFENCE
-  settings = robust_results.variant(row)[2]
+  settings = robust_results.recipe_of(row)
   recipe = datasets.get_spec("mnist").defence
   assert recipe.step_scale == settings.get("step_scale", 1.0)
   assert recipe.epochs == settings.get("epochs", bench["options"]["epochs"])
+  assert recipe.atta_steps == settings.get("atta_steps", 1)
 
 
 def test_reproduces_own_documents_do_not_make_the_checkout_dirty(tmp_path):

@@ -289,6 +289,11 @@ def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
   data, model, clean_pgd = setup
   assert make_loss(config("atta")).options == bench.ablation_options(carry=1)["carry1"]
   assert make_loss(config("atta")).needs() == ("index",) and not config("atta").needs_lad()
+  # atta_steps=K is the carryK row: K projected steps of eps / K per batch
+  assert make_loss(config("atta", atta_steps=2)).options == bench.ablation_options(carry=2)["carry2"]
+  assert make_loss(config("atta", atta_steps=2)).options.step == 0.5
+  with pytest.raises(ValueError, match="atta_steps"):
+    make_loss(config("atta", atta_steps=0))
   trained, info = robust.train(model, data.train.x, data.train.y, config("atta"))
   assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
   assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN

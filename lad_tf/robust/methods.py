@@ -9,8 +9,9 @@
   trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
   nfgsm       N-FGSM: one step of eps from noise of radius 2 eps (de Jorge et al. 2022), lad_robust
               with every LAD part off
-  atta        one projected step of eps per batch from where each example's perturbation ended the
-              epoch before (ATTA-1, Zheng et al. 2020), lad_robust's loss with LadRobustOptions.carried()
+  atta        one projected step of eps per batch (atta_steps=K: K steps of eps / K) from where each
+              example's perturbation ended the epoch before (ATTA-K, Zheng et al. 2020), lad_robust's
+              loss with LadRobustOptions.carried(K)
   lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
 
 Every method trains through lad_tf.execution (one training path: the ExecutionConfig's strategy,
@@ -78,6 +79,7 @@ class RobustConfig:
   trades_beta: float = 6.0
   fgsm_alpha: float = 1.25
   step_scale: float = 1.0          # the single-step methods' step multiplier at the start (the guard shrinks it)
+  atta_steps: int = 1              # atta's projected steps per batch, of eps / atta_steps each (ATTA-K)
   options: losses.LadRobustOptions = dataclasses.field(
       default_factory=lambda: losses.LadRobustOptions(guided_fraction=0.5))
   guide_strength: float = 0.5      # how far along the boundary normal the guide looks (latent units)
@@ -113,8 +115,9 @@ class RobustConfig:
     # work directories from before these options keep their fingerprint
     if out["lr_schedule"] == "constant":
       out.pop("lr_schedule")
-    if out["step_scale"] == 1.0:
-      out.pop("step_scale")
+    for name, default in (("step_scale", 1.0), ("atta_steps", 1)):
+      if out[name] == default:
+        out.pop(name)
     return out
 
 
@@ -122,6 +125,8 @@ def make_loss(config):
   """The per-example loss of a method (lad_tf.robust.losses); `clean` and `lad` have none here."""
   if not config.step_scale > 0:
     raise ValueError(f"step_scale must be > 0, got {config.step_scale}")
+  if config.atta_steps < 1:
+    raise ValueError(f"atta_steps must be at least 1, got {config.atta_steps}")
   loss = _loss_of(config)
   loss.step_scale.assign(config.step_scale)
   return loss
@@ -140,7 +145,7 @@ def _loss_of(config):
   if m == "nfgsm":
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions())  # every LAD part off
   if m == "atta":
-    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(1))
+    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(config.atta_steps))
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
