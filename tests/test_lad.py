@@ -225,8 +225,8 @@ def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_pa
 # vector ISA: float32 kernels sum in another order on AVX2 than on AVX-512, and a seeded training
 # drifts apart from there (on AVX2 the defended clean accuracy is 1 image higher, the eps 0.3 attack
 # success 6 points lower). The AVX-512 pin is the code before the architecture refactor (commit
-# 6d6628d): the refactor must not change a number. The AVX2 pin is commit 52c28ea's, whose code
-# matched the AVX-512 pin on AVX-512: later changes must not change a number on either.
+# 6d6628d): the refactor must not change a number. The AVX2 pin is commit 52c28ea's run; its LAD path
+# is 46c2a4e's, which matched the AVX-512 pin on AVX-512. Later changes must not change a number on either.
 def _vector_isa():
   flags = execution.cpu_flags()
   return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown"
