@@ -112,11 +112,10 @@ class RobustConfig:
     out = dataclasses.asdict(self)
     out.pop("execution")
     out["seed"] = self.seed
-    # work directories from before these options keep their fingerprint
-    if out["lr_schedule"] == "constant":
-      out.pop("lr_schedule")
-    for name, default in (("step_scale", 1.0), ("atta_steps", 1)):
-      if out[name] == default:
+    # work directories from before these options keep their fingerprint: at their default they are left out
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    for name in ("lr_schedule", "step_scale", "atta_steps"):
+      if out[name] == defaults[name]:
         out.pop(name)
     return out
 
