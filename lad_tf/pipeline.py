@@ -363,7 +363,8 @@ class DefendRun:
       for name in ("original", "defended"):
         model = self.classifier() if name == "original" else self.work.model("defended")
         self.say(f"robustness: AutoAttack {c.robust_eval} on the {name} classifier, {n} images, eps {eps:g}")
-        _, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed)
+        _, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed,
+                                  log=self.say)
         result[name] = {"robust_accuracy": float(np.mean(broken_by == ROBUST)),
                         "clean_accuracy": float(np.mean(broken_by != CLEAN)),
                         "broken_by": {k: int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}

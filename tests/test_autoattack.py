@@ -54,12 +54,20 @@ def test_autoattack_is_at_least_as_strong_as_pgd_and_apgd_ce(plain):
 
 def test_autoattack_fast_on_the_robust_model(plain, robust):
   _, _, x, y = plain
-  x_aa, broken_by = attacks.autoattack(robust, x, y, EPS, version="fast", n_iter=30, n_target_classes=3)
+  lines = []
+  x_aa, broken_by = attacks.autoattack(robust, x, y, EPS, version="fast", n_iter=30, n_target_classes=3,
+                                       log=lines.append)
   _assert_valid(x, x_aa, EPS)
   aa = _accuracy(robust, x_aa, y)
   assert aa <= _accuracy(robust, attacks.apgd(robust, x, y, EPS, n_iter=30), y)
   assert aa > 0.2, f"FGSM-RS training should leave some robustness at eps {EPS}, got {aa}"
   assert not np.any(np.isin(broken_by, ["fab-t", "square"]))
+  # the progress log: each attack as it starts and what it broke, the same counts as broken_by
+  ce_left = int(np.sum(broken_by != "clean"))
+  assert lines[0] == f"autoattack: apgd-ce on the {ce_left} images still robust", lines
+  assert lines[1].startswith(f"autoattack: apgd-ce broke {int(np.sum(broken_by == 'apgd-ce'))} in "), lines
+  assert lines[3].startswith(f"autoattack: apgd-t broke {int(np.sum(broken_by == 'apgd-t'))} in "), lines
+  assert lines[3].endswith(f"robust accuracy {np.mean(broken_by == ''):.4f}") and len(lines) == 4, lines
 
 
 def test_apgd_targeted_reaches_its_targets(plain):

@@ -7,6 +7,8 @@ images all earlier ones left classified correctly, so the result is the worst ca
 against each of the 9 top-ranked other classes; Square 5,000 queries, p_init 0.8; one restart each);
 "fast" runs APGD-CE and APGD-T only.
 """
+import time
+
 import numpy as np
 
 from lad_tf.attacks import common
@@ -23,7 +25,7 @@ ROBUST = ""      # broken_by value of images no attack broke
 
 
 def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_classes=9, n_queries=5000,
-               seed=0, batch_size=512, verbose=False):
+               seed=0, batch_size=512, log=None):
   """Runs AutoAttack's attacks in turn, each on the images still classified correctly.
 
   Args:
@@ -37,7 +39,9 @@ def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_cla
     n_queries: Square's query budget (5,000).
     seed: seed of every attack's random draws.
     batch_size: images per batch.
-    verbose: print the robust accuracy after each attack.
+    log: None, or a callable given one progress line as each attack starts and ends (how many images
+      it attacks, how many it broke, the robust accuracy so far and its time; e.g. print or
+      absl.logging.info): the standard version can run for tens of minutes on a robust model.
   Returns:
     (x_adv, broken_by): x_adv, float32 numpy images with |x_adv - x| <= eps in [0, 1] (the
     adversarial image where an attack succeeded, else x); broken_by, a numpy array of strings per
@@ -73,10 +77,14 @@ def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_cla
     todo = np.flatnonzero(broken_by == ROBUST)
     if len(todo) == 0 or eps == 0:
       break
+    if log:
+      log(f"autoattack: {name} on the {len(todo)} images still robust")
+    start = time.perf_counter()
     adv = attacks[name](x[todo], y[todo])
     broken = common.predict(model_fn, adv, batch_size) != y[todo]
     x_adv[todo[broken]] = adv[broken]
     broken_by[todo[broken]] = name
-    if verbose:
-      print(f"autoattack: after {name}: robust accuracy {np.mean(broken_by == ROBUST):.4f}", flush=True)
+    if log:
+      log(f"autoattack: {name} broke {int(broken.sum())} in {time.perf_counter() - start:.0f} s; "
+          f"robust accuracy {np.mean(broken_by == ROBUST):.4f}")
   return common.project_linf(x_adv, x, eps), broken_by.astype(str)

@@ -43,16 +43,16 @@ AUTOATTACKS = {
 }
 
 
-def strongest_attack(model, x, y, eps, version="standard"):
+def strongest_attack(model, x, y, eps, version="standard", log=None):
   """(adversarial images, the attack that broke each image or None) from the AutoAttack ensemble
   (`version` "standard" or "fast"), or APGD-CE alone ("apgd-ce", the figure before the ensemble was
-  merged)."""
+  merged). log: autoattack's progress callback."""
   from lad_tf import attacks
   if version not in AUTOATTACKS:
     raise ValueError(f"autoattack must be one of {', '.join(AUTOATTACKS)}, got '{version}'")
   if version == "apgd-ce":
     return attacks.apgd(model, x, y, eps, n_iter=100, seed=0), None
-  return attacks.autoattack(model, x, y, eps, version=version, seed=0)
+  return attacks.autoattack(model, x, y, eps, version=version, seed=0, log=log)
 
 
 def ablation_options(short_pgd=0, carry=0):
@@ -99,7 +99,7 @@ def _rows_named(only, ablation_rows=None, ablation=True):
   return [LAD_ROBUST_ROW if name == "lad_robust" else name for name in names]
 
 
-def evaluate(model, x, y, eps, autoattack="standard"):
+def evaluate(model, x, y, eps, autoattack="standard", log=None):
   """Clean, PGD-40 and the strongest attack's accuracy, always computed in float32 (a model trained
   under mixed_bfloat16 is evaluated as the float32 model it exports to)."""
   from lad_tf import attacks
@@ -109,7 +109,7 @@ def evaluate(model, x, y, eps, autoattack="standard"):
   clean = predict(x) == y
   pgd = predict(attacks.pgd(model, x, y, eps, nb_iter=40, seed=0)) == y
   start = time.perf_counter()
-  x_adv, broken_by = strongest_attack(model, x, y, eps, autoattack)
+  x_adv, broken_by = strongest_attack(model, x, y, eps, autoattack, log)
   strong = predict(x_adv) == y
   out = {"clean": float(clean.mean()), "pgd40": float(pgd.mean()),
          "autoattack": float((strong & pgd & clean).mean()), "autoattack_s": time.perf_counter() - start}
@@ -196,7 +196,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
           epochs=generator_epochs, recon_norm=spec.recon_norm, execution=ExecutionConfig(verbose=0, precision=precision)), None)
   fitted = boundary.fit_boundaries(decoder_lib.latents(phi, calibration.x), calibration.y, spec.num_classes,
                                    boundary.BoundaryConfig(mode=attention))
-  setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack),
+  setup = {"s": time.perf_counter() - setup_start, "base": evaluate(base, x_eval, y_eval, eps, autoattack, say),
            "generator_test_loss": gen_result["test_loss"],
            "boundary_fit_accuracy": float(np.mean(fitted.fit_accuracy)),
            "parameters": int(base.count_params())}
@@ -263,7 +263,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         start = base
       trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
                                    lad_classifier=base, log=say)
-      figures = evaluate(trained, x_eval, y_eval, eps, autoattack)
+      figures = evaluate(trained, x_eval, y_eval, eps, autoattack, say)
       figures.update(seed=s, train_s=info["train_s"], prepare_s=info.get("prepare_s", 0.0))
       if "guard" in info:
         guard_logs[f"{name}/seed{s}"] = info["guard"]
