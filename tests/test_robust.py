@@ -3,6 +3,8 @@
 What training must achieve: every adversarial method lifts PGD-10 accuracy at eps 0.1 well above the
 clean model's; the `clean` control does not; the guard rolls back a run forced to collapse.
 """
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -175,6 +177,45 @@ def test_guard_rolls_back_a_forced_collapse(setup):
   # the selected epoch is a good one, at least as robust on the held-out images as the start
   assert max(row["pgd10"] for row in history if not row["collapsed"]) >= history[0]["pgd10"]
   assert pgd_accuracy(trained, data.test) > pgd_accuracy(robust_start, data.test) - 0.1
+
+
+def test_a_killed_run_resumes_with_the_guards_state_and_its_time(setup, tmp_path, monkeypatch):
+  """Killed after two epochs, one of them rolled back, a resumed run carries the guard's history,
+  rollbacks and shrunken step over (the executor's backup alone would restart the step at 1 and the
+  history at the resume), and its train_s adds the killed run's time."""
+  from kill import Killed
+  from lad_tf.robust import methods
+  data, model, _ = setup
+  robust_start, _ = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", epochs=4))
+  collapse = config("lad_robust", options=losses.LadRobustOptions(noise=0.0, step=8.0), epochs=3,
+                    learning_rate=5e-3)
+  tick = methods._TrainingClock.on_epoch_end
+
+  def killed_after_two(clock, epoch, logs=None):
+    tick(clock, epoch, logs)
+    if epoch == 1:
+      raise Killed()
+  monkeypatch.setattr(methods._TrainingClock, "on_epoch_end", killed_after_two)
+  with pytest.raises(Killed):
+    robust.train(robust_start, data.train.x, data.train.y, collapse, state_dir=str(tmp_path))
+  monkeypatch.setattr(methods._TrainingClock, "on_epoch_end", tick)
+  state = tmp_path / methods.RESUME_DIR
+  with np.load(state / "guard.npz") as saved:
+    before = json.loads(str(saved["meta"]))
+  killed_s = json.loads((state / "clock.json").read_text())["seconds"]
+  assert [row["epoch"] for row in before["history"]] == [0, 1, 2]
+  assert before["rollbacks"] >= 1 and before["step_scale"] < 1.0, before
+
+  logged = []
+  _, info = robust.train(robust_start, data.train.x, data.train.y, collapse, state_dir=str(tmp_path),
+                         log=logged.append)
+  history = info["guard"]["history"]
+  assert history[:3] == before["history"] and [row["epoch"] for row in history] == [0, 1, 2, 3]
+  assert info["guard"]["rollbacks"] >= before["rollbacks"]
+  assert history[3]["step_scale"] <= before["step_scale"] and info["guard"]["final_step_scale"] < 1.0
+  assert any(line.startswith("guard: resumed after epoch 2") for line in logged), logged
+  assert info["resumed_epochs"] == 2 and info["train_s"] > killed_s
+  assert not state.exists()  # a finished run leaves nothing to resume from
 
 
 def test_bf16_run_returns_a_float32_robust_model(setup):

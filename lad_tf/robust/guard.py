@@ -11,7 +11,14 @@ learning, not a collapse; counted as one, it stopped every run at its start.) On
 weights and optimizer state go back to the last good epoch and the step shrinks by `shrink` (the
 loss's `step_scale`); below `min_step_scale` training stops there. At the end the epoch with the best
 held-out PGD accuracy is restored (model selection on held-out training images).
+
+With a `state_path` the guard's own state (its history, rollbacks, step scale, the last good and the
+best epoch's weights) is saved after every epoch, so a killed run resumes with all of it: the
+executor's per-epoch backup is written before the guard decides, and would otherwise bring back a
+collapsed epoch's weights, the first step scale, and a history and selection that start at the resume.
 """
+import json
+import os
 import time
 
 import keras
@@ -35,13 +42,15 @@ class OverfittingGuard(keras.callbacks.Callback):
     select_best: restore the best held-out PGD epoch when training ends.
     batch_size: images per PGD batch.
     log: optional callable(str).
+    state_path: None, or a .npz file the guard's state is saved to after every epoch and resumed
+      from when it exists as training starts (lad_tf.robust.train puts it in its state_dir).
   After training, `history` lists one dict per check (the first: before the first epoch this run
   trains, i.e. after a resumed run's restore); `seconds` is the time the checks took. The model
   watched may compute in bfloat16 (its variables stay float32, which the guard saves and restores).
   """
 
   def __init__(self, x, y, eps, step_scale, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
-               select_best=True, batch_size=500, log=None):
+               select_best=True, batch_size=500, log=None, state_path=None):
     super().__init__()
     self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     self.eps, self.step_scale, self.max_drop, self.max_gap = float(eps), step_scale, max_drop, max_gap
@@ -52,6 +61,7 @@ class OverfittingGuard(keras.callbacks.Callback):
     self.stop_training, self.selected_epoch = False, None
     self._check = None
     self._started = False
+    self.state_path = state_path
 
   def watch(self, classifier, optimizer):
     """The model being trained (logits) and its optimizer (lad_tf.execution.Training's)."""
@@ -101,6 +111,9 @@ class OverfittingGuard(keras.callbacks.Callback):
     if self.classifier is None:
       raise ValueError("OverfittingGuard: call watch(model, optimizer) before training")
     self._started = True
+    if self.state_path and os.path.exists(self.state_path):
+      self._resume()
+      return
     row = self._record(epoch)
     self._good, self._good_row = self._state(), row
     self._best, self._best_row = self._good, row
@@ -139,6 +152,39 @@ class OverfittingGuard(keras.callbacks.Callback):
                f"pgd10 {row['pgd10']:.3f}")
     if logs is not None:
       logs.update(guard_pgd10=row["pgd10"], guard_fgsm=row["fgsm"], guard_clean=row["clean"])
+    if self.state_path:
+      self._save()
+
+  def _save(self):
+    """The guard's state, written aside then renamed into place (a kill never leaves half of it)."""
+    meta = {"history": self.history, "rollbacks": self.rollbacks, "seconds": self.seconds,
+            "step_scale": float(self.step_scale.numpy()), "good_row": self._good_row,
+            "best_row": self._best_row, "stopped": self.stop_training}
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for key, (weights, slots) in (("good", self._good), ("best", self._best)):
+      arrays.update({f"{key}_w{i}": w for i, w in enumerate(weights)})
+      arrays.update({f"{key}_o{i}": o for i, o in enumerate(slots)})
+    os.makedirs(os.path.dirname(os.path.abspath(self.state_path)), exist_ok=True)
+    tmp = self.state_path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, self.state_path)
+
+  def _resume(self):
+    """Takes back the state `_save` wrote: the last good epoch's weights and optimizer state replace
+    the executor's backup (which holds the epoch as trained, collapsed or not)."""
+    with np.load(self.state_path, allow_pickle=False) as saved:
+      meta = json.loads(str(saved["meta"]))
+      state = lambda key: tuple([saved[f"{key}_{kind}{i}"] for i in range(len(
+          [k for k in saved.files if k.startswith(f"{key}_{kind}")]))] for kind in ("w", "o"))
+      self._good, self._best = state("good"), state("best")
+    self.history, self.rollbacks, self.seconds = meta["history"], meta["rollbacks"], meta["seconds"]
+    self._good_row, self._best_row = meta["good_row"], meta["best_row"]
+    self.step_scale.assign(meta["step_scale"])
+    self._restore(self._good)
+    self.log(f"guard: resumed after epoch {self.history[-1]['epoch']} (last good epoch "
+             f"{self._good_row['epoch']}, step scale {meta['step_scale']:g}, {self.rollbacks} rollback(s))")
+    if meta["stopped"]:
+      self._stop()
 
   def on_train_end(self, logs=None):
     if not self._started:  # a resumed run that had no epoch left

@@ -21,7 +21,10 @@ as lad_tf.defence's Eq. 4 fine-tuning. The decoder and boundaries are used only 
 result is the classifier alone.
 """
 import dataclasses
+import json
 import logging
+import os
+import shutil
 import time
 from typing import Optional
 
@@ -175,6 +178,34 @@ def holdout_split(n, holdout, seed):
   return np.sort(order[holdout:]), np.sort(order[:holdout])
 
 
+RESUME_DIR = "robust_state"  # in train()'s state_dir: the guard's state and the time trained so far
+
+
+class _TrainingClock(keras.callbacks.Callback):
+  """Training time that survives a kill: after every epoch it writes the seconds since `start` plus
+  what earlier, killed runs had written (their unfinished last epoch is lost with them)."""
+
+  def __init__(self, state_dir, start):
+    super().__init__()
+    self.start = start
+    self.path = None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "clock.json")
+    earlier = {}
+    if self.path and os.path.exists(self.path):
+      with open(self.path) as f:
+        earlier = json.load(f)
+    self.earlier_s, self.resumed_epochs = earlier.get("seconds", 0.0), earlier.get("epochs", 0)
+
+  def total(self):
+    return self.earlier_s + time.perf_counter() - self.start
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.path:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      with open(self.path + ".tmp", "w") as f:
+        json.dump({"seconds": self.total(), "epochs": epoch + 1}, f)
+      os.replace(self.path + ".tmp", self.path)
+
+
 def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=None, log=None,
           lad_classifier=None, state_dir=None):
   """Trains a copy of `classifier` with config.method on training images x, labels y.
@@ -190,11 +221,13 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
     log: optional callable(str) for progress lines.
     lad_classifier: the classifier the generator and boundaries belong to (default: `classifier`;
       pass the trained one when `classifier` is a fresh model trained from scratch).
-    state_dir: folder for per-epoch backups so a killed run resumes there (None: no backups).
+    state_dir: folder for per-epoch backups so a killed run resumes there (None: no backups); the
+      guard's state and the time trained so far resume with it.
   Returns:
     (model, info): the trained classifier (keras.Model, logits, float32 weights) and a dict with
-    train_s (wall time, including the boundary-guided precomputation and the guard), prepare_s, guard
-    history, epochs run.
+    train_s (wall time, including the boundary-guided precomputation and the guard; a resumed run adds
+    the earlier runs' time up to their last finished epoch), prepare_s, guard history, epochs run
+    (resumed_epochs: how many of them an earlier, killed run had finished).
   """
   _check(config, generator, boundaries)
   say = log or (lambda _: None)
@@ -249,16 +282,24 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   if use_guard:
     if len(held) == 0:
       raise ValueError("the guard needs held-out training images: set guard_examples > 0")
-    guard = guard_lib.OverfittingGuard(x[held], y[held], config.eps, loss_fn.step_scale,
-                                       max_drop=config.guard_max_drop, max_gap=config.guard_max_gap, log=say)
+    guard = guard_lib.OverfittingGuard(
+        x[held], y[held], config.eps, loss_fn.step_scale, max_drop=config.guard_max_drop,
+        max_gap=config.guard_max_gap, log=say,
+        state_path=None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "guard.npz"))
     guard.watch(training.model, training.optimizer)
     callbacks.append(guard)
-  history = training.fit(ds, config.epochs, state_dir, callbacks=callbacks)
+  clock = _TrainingClock(state_dir, start)
+  history = training.fit(ds, config.epochs, state_dir, callbacks=[*callbacks, clock])
   model = training.finish()
-  info["train_s"] = time.perf_counter() - start
+  info["train_s"] = clock.total()
+  if clock.resumed_epochs:
+    info["resumed_epochs"] = clock.resumed_epochs
+  if state_dir is not None:
+    shutil.rmtree(os.path.join(state_dir, RESUME_DIR), ignore_errors=True)
   info["loss"] = [float(v) for v in history.get("loss", [])]
   if use_guard:
     info["guard"] = {"history": guard.history, "rollbacks": guard.rollbacks,
                      "selected_epoch": guard.selected_epoch,
                      "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
   return model, info
+
