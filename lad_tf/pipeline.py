@@ -342,7 +342,8 @@ class DefendRun:
     save_model(defended, os.path.join(out, "model.keras"))
     write_json(os.path.join(out, "metrics.json"), {
         "clean_accuracy": accuracy, "defence": c.defence, "init": c.defence_init, "eps": rc.eps, "epochs": rc.epochs,
-        "train_examples": info["train_examples"], "train_s": info["train_s"], "guard": info.get("guard")})
+        "train_examples": info["train_examples"], "train_s": info["train_s"], "guard": info.get("guard"),
+        **({"resumed_epochs": info["resumed_epochs"]} if "resumed_epochs" in info else {})})
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
 
   def robustness_stage(self):
