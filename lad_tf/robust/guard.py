@@ -174,9 +174,9 @@ class OverfittingGuard(keras.callbacks.Callback):
     the executor's backup (which holds the epoch as trained, collapsed or not)."""
     with np.load(self.state_path, allow_pickle=False) as saved:
       meta = json.loads(str(saved["meta"]))
-      state = lambda key: tuple([saved[f"{key}_{kind}{i}"] for i in range(len(
-          [k for k in saved.files if k.startswith(f"{key}_{kind}")]))] for kind in ("w", "o"))
-      self._good, self._best = state("good"), state("best")
+      arrays = lambda prefix: [saved[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in saved.files))]
+      self._good = (arrays("good_w"), arrays("good_o"))
+      self._best = (arrays("best_w"), arrays("best_o"))
     self.history, self.rollbacks, self.seconds = meta["history"], meta["rollbacks"], meta["seconds"]
     self._good_row, self._best_row = meta["good_row"], meta["best_row"]
     self.step_scale.assign(meta["step_scale"])
