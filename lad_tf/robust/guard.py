@@ -44,13 +44,15 @@ class OverfittingGuard(keras.callbacks.Callback):
     log: optional callable(str).
     state_path: None, or a .npz file the guard's state is saved to after every epoch and resumed
       from when it exists as training starts (lad_tf.robust.train puts it in its state_dir).
-  After training, `history` lists one dict per check (the first: before the first epoch this run
-  trains, i.e. after a resumed run's restore); `seconds` is the time the checks took. The model
+    save_state: False on the workers that only read state_path (every worker resumes from the
+      chief's file; only the chief writes it).
+  After training, `history` lists one dict per check (the first: before the first epoch; a resumed
+  run's goes on from its state_path, else it starts at the resume); `seconds` is the time the checks took. The model
   watched may compute in bfloat16 (its variables stay float32, which the guard saves and restores).
   """
 
   def __init__(self, x, y, eps, step_scale, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
-               select_best=True, batch_size=500, log=None, state_path=None):
+               select_best=True, batch_size=500, log=None, state_path=None, save_state=True):
     super().__init__()
     self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     self.eps, self.step_scale, self.max_drop, self.max_gap = float(eps), step_scale, max_drop, max_gap
@@ -61,7 +63,7 @@ class OverfittingGuard(keras.callbacks.Callback):
     self.stop_training, self.selected_epoch = False, None
     self._check = None
     self._started = False
-    self.state_path = state_path
+    self.state_path, self.save_state = state_path, save_state
 
   def watch(self, classifier, optimizer):
     """The model being trained (logits) and its optimizer (lad_tf.execution.Training's)."""
@@ -152,7 +154,7 @@ class OverfittingGuard(keras.callbacks.Callback):
                f"pgd10 {row['pgd10']:.3f}")
     if logs is not None:
       logs.update(guard_pgd10=row["pgd10"], guard_fgsm=row["fgsm"], guard_clean=row["clean"])
-    if self.state_path:
+    if self.state_path and self.save_state:
       self._save()
 
   def _save(self):

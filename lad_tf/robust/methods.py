@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import defence, execution
+from lad_tf import defence, distribute, execution
 from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
@@ -182,12 +182,13 @@ RESUME_DIR = "robust_state"  # in train()'s state_dir: the guard's state and the
 
 
 class _TrainingClock(keras.callbacks.Callback):
-  """Training time that survives a kill: after every epoch it writes the seconds since `start` plus
-  what earlier, killed runs had written (their unfinished last epoch is lost with them)."""
+  """Training time that survives a kill: after every epoch it writes (if `save`: the chief) the
+  seconds since `start` plus what earlier, killed runs had written (their unfinished last epoch is
+  lost with them)."""
 
-  def __init__(self, state_dir, start):
+  def __init__(self, state_dir, start, save=True):
     super().__init__()
-    self.start = start
+    self.start, self.save = start, save
     self.path = None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "clock.json")
     earlier = {}
     if self.path and os.path.exists(self.path):
@@ -199,7 +200,7 @@ class _TrainingClock(keras.callbacks.Callback):
     return self.earlier_s + time.perf_counter() - self.start
 
   def on_epoch_end(self, epoch, logs=None):
-    if self.path:
+    if self.path and self.save:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       with open(self.path + ".tmp", "w") as f:
         json.dump({"seconds": self.total(), "epochs": epoch + 1}, f)
@@ -278,23 +279,24 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   training = execution.Training(defence.clone_classifier(classifier), loss_fn, config.execution,
                                 lambda: keras.optimizers.Adam(rate), name=config.method)
   use_guard = config.uses_guard()
+  chief = distribute.is_chief(training.strategy)  # every worker resumes from the chief's state files
   callbacks = []
   if use_guard:
     if len(held) == 0:
       raise ValueError("the guard needs held-out training images: set guard_examples > 0")
     guard = guard_lib.OverfittingGuard(
         x[held], y[held], config.eps, loss_fn.step_scale, max_drop=config.guard_max_drop,
-        max_gap=config.guard_max_gap, log=say,
+        max_gap=config.guard_max_gap, log=say, save_state=chief,
         state_path=None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "guard.npz"))
     guard.watch(training.model, training.optimizer)
     callbacks.append(guard)
-  clock = _TrainingClock(state_dir, start)
+  clock = _TrainingClock(state_dir, start, save=chief)
   history = training.fit(ds, config.epochs, state_dir, callbacks=[*callbacks, clock])
   model = training.finish()
   info["train_s"] = clock.total()
   if clock.resumed_epochs:
     info["resumed_epochs"] = clock.resumed_epochs
-  if state_dir is not None:
+  if state_dir is not None and chief:
     shutil.rmtree(os.path.join(state_dir, RESUME_DIR), ignore_errors=True)
   info["loss"] = [float(v) for v in history.get("loss", [])]
   if use_guard:
