@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf import workdir
 from lad_tf.robust import adversaries as adv
 
 
@@ -162,14 +163,13 @@ class OverfittingGuard(keras.callbacks.Callback):
     meta = {"history": self.history, "rollbacks": self.rollbacks, "seconds": self.seconds,
             "step_scale": float(self.step_scale.numpy()), "good_row": self._good_row,
             "best_row": self._best_row, "stopped": self.stop_training}
+    meta["best_is_good"] = self._best is self._good  # most epochs: one copy of the weights, not two
     arrays = {"meta": np.array(json.dumps(meta))}
-    for key, (weights, slots) in (("good", self._good), ("best", self._best)):
+    for key, (weights, slots) in (("good", self._good), ("best", self._best))[:1 + (not meta["best_is_good"])]:
       arrays.update({f"{key}_w{i}": w for i, w in enumerate(weights)})
       arrays.update({f"{key}_o{i}": o for i, o in enumerate(slots)})
-    os.makedirs(os.path.dirname(os.path.abspath(self.state_path)), exist_ok=True)
-    tmp = self.state_path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, self.state_path)
+    with workdir.atomic_path(self.state_path) as tmp:
+      np.savez(tmp, **arrays)
 
   def _resume(self):
     """Takes back the state `_save` wrote: the last good epoch's weights and optimizer state replace
@@ -178,7 +178,7 @@ class OverfittingGuard(keras.callbacks.Callback):
       meta = json.loads(str(saved["meta"]))
       arrays = lambda prefix: [saved[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in saved.files))]
       self._good = (arrays("good_w"), arrays("good_o"))
-      self._best = (arrays("best_w"), arrays("best_o"))
+      self._best = self._good if meta["best_is_good"] else (arrays("best_w"), arrays("best_o"))
     self.history, self.rollbacks, self.seconds = meta["history"], meta["rollbacks"], meta["seconds"]
     self._good_row, self._best_row = meta["good_row"], meta["best_row"]
     self.step_scale.assign(meta["step_scale"])

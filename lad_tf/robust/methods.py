@@ -21,7 +21,6 @@ as lad_tf.defence's Eq. 4 fine-tuning. The decoder and boundaries are used only 
 result is the classifier alone.
 """
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import defence, distribute, execution
+from lad_tf import defence, distribute, execution, workdir
 from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
@@ -190,10 +189,7 @@ class _TrainingClock(keras.callbacks.Callback):
     super().__init__()
     self.start, self.save = start, save
     self.path = None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "clock.json")
-    earlier = {}
-    if self.path and os.path.exists(self.path):
-      with open(self.path) as f:
-        earlier = json.load(f)
+    earlier = (self.path and workdir.read_json(self.path)) or {}
     self.earlier_s, self.resumed_epochs = earlier.get("seconds", 0.0), earlier.get("epochs", 0)
 
   def total(self):
@@ -201,10 +197,7 @@ class _TrainingClock(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     if self.path and self.save:
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      with open(self.path + ".tmp", "w") as f:
-        json.dump({"seconds": self.total(), "epochs": epoch + 1}, f)
-      os.replace(self.path + ".tmp", self.path)
+      workdir.write_json(self.path, {"seconds": self.total(), "epochs": epoch + 1})
 
 
 def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=None, log=None,
