@@ -1,15 +1,17 @@
 """Small LeNet-5 classifiers on the real `digits` images for the attack tests: a plainly trained one
 and one adversarially fine-tuned with FGSM + random start (Wong et al. 2020), so attacks are checked
-on a model that is not trivially broken too."""
+on a model that is not trivially broken too. Each is trained once per test run (tests/trained.py)."""
 import numpy as np
 import tensorflow as tf
 
+import trained
 from lad_tf import attacks, datasets, models, training
 from lad_tf.execution import ExecutionConfig
 
+EPS = 0.1  # digits' attack eps
 
-def plain_lenet(state_dir, epochs=15, seed=0):
-  """(model, data): a LeNet-5 trained on digits; test accuracy well above 0.9."""
+
+def _train_plain_lenet(epochs, seed):
   import keras
   data = datasets.load("digits")
   keras.utils.set_random_seed(seed)
@@ -17,8 +19,23 @@ def plain_lenet(state_dir, epochs=15, seed=0):
   training.train_classifier(model, data.train, data.test,
                             training.TrainConfig(epochs=epochs, batch_size=64,
                                                 execution=ExecutionConfig(seed=seed, verbose=0)),
-                            str(state_dir))
-  return model, data
+                            None)
+  return model
+
+
+def plain_lenet(epochs=15, seed=0):
+  """(model, data): a LeNet-5 trained on digits; test accuracy well above 0.9."""
+  return trained.keras_model("plain_lenet", _train_plain_lenet, epochs=epochs, seed=seed), datasets.load("digits")
+
+
+def _train_fgsm_rs_lenet(eps):
+  model, data = plain_lenet()
+  return fgsm_rs_finetune(model, data.train, eps)
+
+
+def fgsm_rs_lenet(eps=EPS):
+  """The plain LeNet-5 fine-tuned by `fgsm_rs_finetune` (this file's own loop, not lad_tf.robust)."""
+  return trained.keras_model("fgsm_rs_lenet", _train_fgsm_rs_lenet, eps=eps)
 
 
 def fgsm_rs_finetune(model, train, eps, epochs=6, batch_size=64, learning_rate=1e-3, seed=0):

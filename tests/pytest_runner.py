@@ -7,11 +7,26 @@ tree, the same layout as the repository, so pytest sees the same rootdir,
 conftest.py files and relative paths as with `pytest tests/` from the repo root.
 When Bazel asks for a JUnit report (XML_OUTPUT_FILE), pytest writes it, so
 bazel-testlogs/tests/<name>/test.xml lists every test case.  Under Bazel,
-HOME and pytest's tmp_path point into the test's private TEST_TMPDIR.
+HOME and pytest's tmp_path point into the test's private TEST_TMPDIR.  A target
+with shard_count = N (tests/BUILD) runs as N processes; shard i keeps every
+N-th collected test from the i-th on (Bazel's TEST_TOTAL_SHARDS and
+TEST_SHARD_INDEX), so a long file uses both cores.
 """
 
 import os
 import sys
+
+
+class Shard:
+  """A pytest plugin that keeps the tests of one Bazel shard."""
+
+  def __init__(self, index, total):
+    self.index, self.total = index, total
+
+  def pytest_collection_modifyitems(self, config, items):
+    kept = [item for i, item in enumerate(items) if i % self.total == self.index]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
 
 
 def main(argv):
@@ -41,7 +56,17 @@ def main(argv):
     if xml_output:
         args += ["--junitxml", xml_output, "-o", "junit_family=xunit2"]
 
-    code = int(pytest.main(args))
+    plugins = []
+    total = int(os.environ.get("TEST_TOTAL_SHARDS", "0") or 0)
+    if total > 1:
+        status = os.environ.get("TEST_SHARD_STATUS_FILE")
+        if status:  # tells Bazel this runner understands sharding
+            open(status, "w").close()
+        plugins.append(Shard(int(os.environ["TEST_SHARD_INDEX"]), total))
+
+    code = int(pytest.main(args, plugins=plugins))
+    if code == int(pytest.ExitCode.NO_TESTS_COLLECTED) and total > 1:
+        return 0  # more shards than tests: this one kept none
     if code == int(pytest.ExitCode.NO_TESTS_COLLECTED):
         sys.stderr.write("pytest_runner: no tests collected in %s\n" % argv[1])
     return code

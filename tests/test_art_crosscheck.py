@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lad_tf import attacks
-from digits_models import accuracy as _accuracy, fgsm_rs_finetune, plain_lenet, sample_images
+from digits_models import accuracy as _accuracy, fgsm_rs_lenet, plain_lenet, sample_images
 
 art = pytest.importorskip("art", reason="ART is not installed: pip install -e '.[bench]'")
 
@@ -24,10 +24,10 @@ TOLERANCE = 0.02
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  model, data = plain_lenet(tmp_path_factory.mktemp("lenet"))
+def models():
+  model, data = plain_lenet()
   x, y = sample_images(data, 20)
-  return {"plain": model, "fgsm_rs": fgsm_rs_finetune(model, data.train, EPS)}, x, y
+  return {"plain": model, "fgsm_rs": fgsm_rs_lenet(EPS)}, x, y
 
 
 def _art_classifier(model):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from lad_tf import attacks
-from digits_models import accuracy as _accuracy, fgsm_rs_finetune, plain_lenet, sample_images
+from digits_models import accuracy as _accuracy, fgsm_rs_lenet, plain_lenet, sample_images
 
 fab_module = importlib.import_module("lad_tf.attacks.fab")
 square_module = importlib.import_module("lad_tf.attacks.square")
@@ -16,8 +16,8 @@ EPS = 0.1  # digits' attack eps
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-  model, data = plain_lenet(tmp_path_factory.mktemp("lenet"))
+def plain():
+  model, data = plain_lenet()
   x, y = sample_images(data, 6)
   assert _accuracy(model, x, y) > 0.9
   return model, data, x, y
@@ -26,7 +26,7 @@ def plain(tmp_path_factory):
 @pytest.fixture(scope="module")
 def robust(plain):
   model, data, x, y = plain
-  robust = fgsm_rs_finetune(model, data.train, EPS)
+  robust = fgsm_rs_lenet(EPS)
   clean = _accuracy(robust, x, y)
   assert clean > 0.8, f"FGSM-RS fine-tuning should keep clean accuracy, got {clean}"
   return robust

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from lad_tf import datasets, evaluation, generation, models, training
-from lad_tf.execution import ExecutionConfig
+from lad_tf import datasets, evaluation, generation, training
 from lad_tf.workdir import load_model, read_json, write_json
+from digits_models import plain_lenet
 
 CALIBRATION_PER_CLASS = 5
 LAD_EPS = (0.1, 0.3)
@@ -39,16 +39,10 @@ def make_workdir(root):
   """A defend-like work directory: a trained LeNet as classifier, a *different* LeNet (other seed,
   fewer epochs) as the defended model, so a swapped column shows, and a 'generated' set of noisy
   calibration images (two eps) standing in for LAD's examples."""
-  import keras
   data = datasets.load("digits")
   trained = {}
   for stage, seed, epochs in (("classifier", 0, 15), ("defended", 1, 4)):
-    keras.utils.set_random_seed(seed)
-    trained[stage] = models.build_classifier("lenet5", (28, 28, 1), 10)
-    training.train_classifier(trained[stage], data.train, data.test,
-                              training.TrainConfig(epochs=epochs, batch_size=64,
-                                                   execution=ExecutionConfig(seed=seed, verbose=0)),
-                              os.path.join(root, f".state-{stage}"))
+    trained[stage], _ = plain_lenet(epochs=epochs, seed=seed)
     os.makedirs(os.path.join(root, stage))
     trained[stage].save(os.path.join(root, stage, "model.keras"))
   model = trained["classifier"]

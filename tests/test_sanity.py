@@ -13,8 +13,8 @@ EPS = 0.1
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  model, data = plain_lenet(tmp_path_factory.mktemp("lenet"))
+def setup():
+  model, data = plain_lenet()
   x, y = sample_images(data, 6)
   return model, x, y
 
