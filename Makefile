@@ -27,6 +27,8 @@ BAZEL ?= bazel
 BAZEL_TARGETS ?= //...
 BAZEL_FLAGS ?=
 BAZEL_LOG := bazel-test.log
+# Models the tests train once and share across test files (tests/trained.py); emptied by every run.
+TEST_CACHE := $(abspath .test-cache)
 PYTEST_FLAGS ?= -q
 RESULTS_FLAGS ?=
 
@@ -114,21 +116,25 @@ bazel-deps:
 	fi
 
 # Runs `bazel test` with the virtualenv first on PATH (py_test runs the first
-# python3 on PATH), keeps its output in $(BAZEL_LOG), and ends with one line
-# `bazel: N passed, M failed` counting test cases (from each target's test.xml,
-# which pytest writes; a target without one counts as a single test).  The exit
+# python3 on PATH), keeps its output in $(BAZEL_LOG), prints the 15 slowest test
+# cases and ends with one line `bazel: N passed, M failed` counting test cases
+# (from each target's or shard's test.xml, which pytest writes; a target without
+# one counts as a single test).  The exit
 # status is Bazel's: non-zero on any failure.  On CI the Bazel server is shut
 # down afterwards so no daemon outlives the run.
 test: $(VENV)/.installed-test bazel-deps
 	@export PATH="$(VENV_ABS)/bin:$$PATH"; \
+	rm -rf $(TEST_CACHE); \
 	echo ">> bazel test $(BAZEL_FLAGS) $(BAZEL_TARGETS)"; \
 	rc=0; \
-	$(BAZEL) test $(BAZEL_FLAGS) $(BAZEL_TARGETS) 2>&1 | tee $(BAZEL_LOG) || rc=$$?; \
+	$(BAZEL) test --test_env=LAD_TF_TEST_CACHE=$(TEST_CACHE) $(BAZEL_FLAGS) $(BAZEL_TARGETS) 2>&1 \
+	  | tee $(BAZEL_LOG) || rc=$$?; \
 	if [ -n "$${CI:-}" ]; then $(BAZEL) shutdown >/dev/null 2>&1 || true; fi; \
 	$(VENV_PY) -c "$$BAZEL_SUMMARY_PY" $(BAZEL_LOG) bazel-testlogs $$rc
 
 pytest: $(VENV)/.installed-test
-	$(VENV_PY) -m pytest $(PYTEST_FLAGS) -p no:cacheprovider tests
+	rm -rf $(TEST_CACHE)
+	LAD_TF_TEST_CACHE=$(TEST_CACHE) $(VENV_PY) -m pytest $(PYTEST_FLAGS) --durations=15 -p no:cacheprovider tests
 
 clean:
 	-@$(BAZEL) clean >/dev/null 2>&1
@@ -154,19 +160,31 @@ with open(log_path, errors="replace") as log:
         if match:
             results[match.group(1)] = match.group(2)
 
+durations = []  # (seconds, test case) of every target and shard
+
 def xml_counts(label):
     package, name = label[2:].split(":", 1)
-    path = os.path.join(testlogs, package, name, "test.xml")
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
+    folder = os.path.join(testlogs, package, name)
+    paths = [os.path.join(folder, "test.xml")]
+    if os.path.isdir(folder):  # a sharded target: one report per shard
+        paths += sorted(os.path.join(folder, d, "test.xml") for d in os.listdir(folder)
+                        if d.startswith("shard_"))
+    roots = []
+    for path in paths:
+        try:
+            roots.append(ET.parse(path).getroot())
+        except (OSError, ET.ParseError):
+            pass
+    if not roots:
         return None
-    suites = [root] if root.tag == "testsuite" else root.iter("testsuite")
     tests = failed = skipped = 0
-    for suite in suites:
-        tests += int(suite.get("tests", 0) or 0)
-        failed += int(suite.get("failures", 0) or 0) + int(suite.get("errors", 0) or 0)
-        skipped += int(suite.get("skipped", 0) or suite.get("disabled", 0) or 0)
+    for root in roots:
+        for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
+            tests += int(suite.get("tests", 0) or 0)
+            failed += int(suite.get("failures", 0) or 0) + int(suite.get("errors", 0) or 0)
+            skipped += int(suite.get("skipped", 0) or suite.get("disabled", 0) or 0)
+        for case in root.iter("testcase"):
+            durations.append((float(case.get("time", 0) or 0), "%s::%s" % (label, case.get("name"))))
     return max(tests - failed - skipped, 0), failed, skipped
 
 passed = failed = skipped = 0
@@ -179,6 +197,10 @@ for label, status in sorted(results.items()):
         f = 1  # e.g. a crash after pytest wrote its report
     passed, failed, skipped = passed + p, failed + f, skipped + s
 
+if durations:
+    print("slowest 15 test cases (seconds: setup, call and teardown):")
+    for seconds, case in sorted(durations, reverse=True)[:15]:
+        print("  %7.1f  %s" % (seconds, case))
 if rc == 4 and not results:
     print("bazel found no test targets in $(BAZEL_TARGETS)", file=sys.stderr)
 elif rc != 0 and failed == 0:

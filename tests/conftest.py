@@ -1,6 +1,6 @@
 """The suite's time budget, enforced per test: CI has 90 minutes for everything, `make test` aims at 15.
 
-Any test whose setup, call and teardown take more than LIMIT_S seconds of wall time fails, unless it
+Any test whose setup and call take more than LIMIT_S seconds of wall time fails, unless it
 carries `@pytest.mark.end_to_end("why it needs longer")`; tests/test_smoke_infra.py keeps that list at
 END_TO_END_MAX tests. Time spent waiting for another process to finish a shared artifact
 (tests/trained.py) is not the waiting test's: the process that builds it pays for it.
@@ -37,12 +37,12 @@ def pytest_runtest_makereport(item, call):
   outcome = yield
   report = outcome.get_result()
   item._budget_s = getattr(item, "_budget_s", 0.0) + report.duration
-  if report.when != "teardown" or item.get_closest_marker("end_to_end") is not None:
+  if report.when != "call" or item.get_closest_marker("end_to_end") is not None:
     return
   waited = trained.waited_s() - getattr(item, "_budget_start_wait", 0.0)
   spent = item._budget_s - waited
   if spent > LIMIT_S and report.passed:
     report.outcome = "failed"
-    report.longrepr = (f"{item.nodeid} took {spent:.0f} s (setup, call and teardown; {waited:.0f} s of waiting "
-                       f"for shared artifacts left out), over the {LIMIT_S:.0f} s limit of one test: make it "
+    report.longrepr = (f"{item.nodeid} took {spent:.1f} s (setup and call; {waited:.1f} s of waiting for "
+                       f"shared artifacts left out), over the {LIMIT_S:g} s limit of one test: make it "
                        f"cheaper (tests/trained.py shares trained models) or mark it end_to_end with a reason")

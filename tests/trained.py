@@ -47,9 +47,20 @@ def code_hash():
   return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_flags():
+  """/proc/cpuinfo's flags, read here rather than through lad_tf.execution, which imports TensorFlow."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+  except OSError:
+    return set()
+
+
 def _vector_isa():
-  from lad_tf import execution
-  flags = execution.cpu_flags()
+  """Float32 kernels sum in another order on AVX2 than on AVX-512: a model trained on one is not
+  the other's (tests/test_lad.py pins figures per ISA)."""
+  flags = _cpu_flags()
   return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown"
 
 
