@@ -36,12 +36,14 @@ def test_defend_config_resolves_the_schedule_and_checks_the_curve_epochs():
 @pytest.fixture(scope="module")
 def authors_run(tmp_path_factory, monkeypatch_module):
   """A tiny digits defence with the authors' schedule (2 epochs) and the decoder's loss recorded at
-  epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded."""
+  epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded. No AutoAttack stage:
+  nothing here reads robust accuracy (the default, standard AutoAttack, took minutes)."""
   workdir = str(tmp_path_factory.mktemp("authors"))
   config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4,
                                  decoder_loss_epochs=(1, 2, 4), calibration_per_class=5,
                                  fine_tune_schedule="authors", fine_tune_epochs=2,
-                                 eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), execution=QUIET)
+                                 eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), robust_eval="none",
+                                 execution=QUIET)
   pipeline.DefendRun(workdir, config).run(stop_after="generation")
   built = []
   sgd = keras.optimizers.SGD

@@ -4,6 +4,7 @@ What training must achieve: every adversarial method lifts PGD-10 accuracy at ep
 clean model's; the `clean` control does not; the guard rolls back a run forced to collapse.
 """
 import json
+import os
 
 import keras
 import numpy as np
@@ -15,6 +16,8 @@ from lad_tf import boundary, datasets, models, robust, training
 from lad_tf import decoder as decoder_lib
 from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import adversaries, losses
+from lad_tf.workdir import load_model
+import trained
 
 EPS = 0.1
 MARGIN = 0.15  # PGD-accuracy gain over the clean model every adversarial method must reach
@@ -42,20 +45,26 @@ def config(method, **kwargs):
                                 "learning_rate": 2e-3, "guard_examples": 200, **kwargs})
 
 
-@pytest.fixture(scope="module")
-def setup():
+def _train_tiny_cnn():
   data = datasets.load("digits")
   keras.utils.set_random_seed(0)
   model = tiny_cnn()
   training.train_classifier(model, data.train, data.test, training.TrainConfig(
       epochs=15, batch_size=32, learning_rate=2e-3, execution=ExecutionConfig(verbose=0)), None)
-  return data, model, pgd_accuracy(model, data.test)
+  return model
 
 
 @pytest.fixture(scope="module")
-def lad_parts(setup):
+def setup():
+  data = datasets.load("digits")
+  model = trained.keras_model("robust_tiny_cnn", _train_tiny_cnn)
+  return data, model, pgd_accuracy(model, data.test)
+
+
+def _build_lad_parts(folder):
   """LAD's decoder and boundaries for the tiny model (short training: they only steer)."""
-  data, model, _ = setup
+  data = datasets.load("digits")
+  model = trained.keras_model("robust_tiny_cnn", _train_tiny_cnn)
   # phi shares the model's layers: freezing it would freeze them in every later test's fine-tuning
   # copy (train_decoder never trains phi anyway)
   phi, _ = models.split_at_latent(model)
@@ -66,7 +75,27 @@ def lad_parts(setup):
   z = phi.predict(data.train.x[rows], verbose=0)
   fitted = boundary.fit_boundaries(z, data.train.y[rows], 10,
                                    boundary.BoundaryConfig(mode="none", batch_size=8, epochs=3))
-  return generator, fitted
+  generator.save(os.path.join(folder, "generator.keras"))
+  fitted.save(os.path.join(folder, "boundaries.npz"))
+
+
+@pytest.fixture(scope="module")
+def lad_parts(setup):
+  folder = trained.artifact("robust_tiny_cnn_lad_parts", _build_lad_parts)
+  return load_model(os.path.join(folder, "generator.keras")), boundary.Boundaries.load(
+      os.path.join(folder, "boundaries.npz"))
+
+
+def _train_robust_start():
+  data = datasets.load("digits")
+  model = trained.keras_model("robust_tiny_cnn", _train_tiny_cnn)
+  return robust.train(model, data.train.x, data.train.y, config("fgsm_rs", epochs=4))[0]
+
+
+@pytest.fixture(scope="module")
+def robust_start():
+  """The tiny CNN after 4 epochs of FGSM-RS: a robust start for the guard's tests."""
+  return trained.keras_model("robust_tiny_cnn_fgsm_rs4", _train_robust_start)
 
 
 def test_clean_model_is_accurate_and_not_robust(setup):
@@ -156,11 +185,10 @@ def test_clean_control_matches_the_clean_model_and_lad_trains(setup, lad_parts):
   assert training.accuracy(lad, data.test.x, data.test.y) > 0.95
 
 
-def test_guard_rolls_back_a_forced_collapse(setup):
+def test_guard_rolls_back_a_forced_collapse(setup, robust_start):
   """A robust start, then single steps of 8 eps with no noise at a high learning rate: PGD accuracy collapses, the guard
   restores the last good epoch, shrinks the step, and the result keeps the start's robustness."""
-  data, model, _ = setup
-  robust_start, _ = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", epochs=4))
+  data, _, _ = setup
   options = losses.LadRobustOptions(noise=0.0, step=8.0)
   logged = []
   trained, info = robust.train(robust_start, data.train.x, data.train.y,
@@ -179,14 +207,13 @@ def test_guard_rolls_back_a_forced_collapse(setup):
   assert pgd_accuracy(trained, data.test) > pgd_accuracy(robust_start, data.test) - 0.1
 
 
-def test_a_killed_run_resumes_with_the_guards_state_and_its_time(setup, tmp_path, monkeypatch):
+def test_a_killed_run_resumes_with_the_guards_state_and_its_time(setup, robust_start, tmp_path, monkeypatch):
   """Killed after two epochs, one of them rolled back, a resumed run carries the guard's history,
   rollbacks and shrunken step over (the executor's backup alone would restart the step at 1 and the
   history at the resume), and its train_s adds the killed run's time."""
   from kill import Killed
   from lad_tf.robust import methods
-  data, model, _ = setup
-  robust_start, _ = robust.train(model, data.train.x, data.train.y, config("fgsm_rs", epochs=4))
+  data, _, _ = setup
   collapse = config("lad_robust", options=losses.LadRobustOptions(noise=0.0, step=8.0), epochs=3,
                     learning_rate=5e-3)
   tick = methods._TrainingClock.on_epoch_end
