@@ -103,8 +103,9 @@ class LadRobustOptions:
     False keeps N-FGSM's perturbation beyond eps.
   carry: start each training example where its perturbation ended the last time the example was seen
     (accumulated perturbations, Zheng et al. 2020): over the epochs a one- or two-step adversary adds
-    up to a many-step one at no extra gradient. Needs project, x["index"] (the example's row) and
-    LadRobustLoss.allocate; an example seen for the first time starts as without carry. The carried
+    up to a many-step one at no extra gradient. Needs project, x["index"] (the example's row) in
+    training batches and LadRobustLoss.allocate; an example seen for the first time starts as without
+    carry, and calls with training=False neither read nor write the carried perturbations. The carried
     perturbations live in memory only: a run resumed from its backups starts them afresh.
   """
   noise: float = 2.0
@@ -175,8 +176,13 @@ class LadRobustLoss(_Loss):
       raise ValueError(f"lad_robust with these options needs x[{missing}] (boundary_start.features)")
     x = images_of(x)
     start = self.start(x, features)
-    carry = o.carry and "index" in features  # evaluation batches have no rows: nothing carried
+    # only training batches carry: evaluation, validation and the executor's metric probe (all
+    # training=False) must leave the buffer as training left it
+    carry = o.carry and training
     if carry:
+      if "index" not in features:
+        raise ValueError("lad_robust with carry=True needs x['index'] (each example's training row) in "
+                         "every training batch; without it no perturbation would be carried")
       if self.carried is None:
         raise ValueError("lad_robust with carry=True needs allocate(n, image_shape) before training")
       rows = features["index"]
