@@ -75,9 +75,8 @@ class TradesLoss(_Loss):
     x = images_of(x)
     clean_eval = tf.stop_gradient(adv.logits_of(model, x))
     start = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), 0.0, 1.0)
-    x_adv = adv.pgd(model, start, y, self.eps, self.steps, random_start=False,
+    x_adv = adv.pgd(model, x, y, self.eps, self.steps, start=start,
                     objective=lambda logits: adv.kl_divergence(clean_eval, logits))
-    x_adv = adv.project(x_adv, x, self.eps)
     clean = adv.logits_of(model, x, training)
     return adv.cross_entropy(clean, y) + self.beta * adv.kl_divergence(
         clean, adv.logits_of(model, x_adv, training))
