@@ -168,7 +168,8 @@ class LossTrainer(keras.Model):
 
   def build_metrics(self, element_spec):
     """One Mean metric per figure of loss_fn, found by calling it once (eagerly, training=False) on a
-    batch of zeros shaped like the dataset's elements (metrics cannot be created inside fit's trace)."""
+    batch of zeros shaped like the dataset's elements (metrics cannot be created inside fit's trace).
+    So a loss_fn must change no state when training=False (e.g. carried perturbations)."""
     import tensorflow as tf
     if self.trackers:
       return

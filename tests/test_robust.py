@@ -323,7 +323,7 @@ def test_carried_perturbation_starts_where_the_last_one_ended(setup):
   loss.step_scale.assign(0.0)
   loss(model, {"image": x, "index": rows}, y)
   np.testing.assert_allclose(loss.carried.numpy(), first, atol=1e-6)
-  loss(model, {"image": x}, y)  # no rows: an evaluation batch
+  loss(model, {"image": x}, y, training=False)  # no rows: an evaluation batch
   np.testing.assert_allclose(loss.carried.numpy(), first, atol=1e-6)
   with pytest.raises(ValueError, match="carry needs project"):
     losses.LadRobustLoss(EPS, losses.LadRobustOptions(carry=True))

@@ -41,12 +41,16 @@ def uniform_noise(x, radius, seed=None):
   return tf.random.uniform(tf.shape(x), -radius, radius, dtype=x.dtype, seed=seed)
 
 
-def pgd(model, x, y, eps, steps=10, step_size=None, random_start=True, objective=None):
-  """Untargeted PGD in the eps ball: `steps` signed-gradient ascent steps of `objective`
-  (default: cross-entropy of y), step_size 2.5 * eps / steps by default (Madry et al.)."""
+def pgd(model, x, y, eps, steps=10, step_size=None, random_start=True, objective=None, start=None):
+  """Untargeted PGD in the eps ball around x: `steps` signed-gradient ascent steps of `objective`
+  (default: cross-entropy of y), step_size 2.5 * eps / steps by default (Madry et al.). The first
+  point is `start` when given (TRADES' x + 0.001 N(0, 1): every step still projects around x), else
+  uniform in the ball (random_start) or x."""
   step_size = 2.5 * eps / steps if step_size is None else step_size
   objective = objective or (lambda logits: cross_entropy(logits, y))
-  x_adv = project(x + uniform_noise(x, eps), x, eps) if random_start else x
+  if start is None:
+    start = project(x + uniform_noise(x, eps), x, eps) if random_start else x
+  x_adv = start
   for _ in range(steps):
     grad, _ = input_gradient(model, x_adv, objective)
     x_adv = project(x_adv + step_size * tf.sign(grad), x, eps)

@@ -75,9 +75,8 @@ class TradesLoss(_Loss):
     x = images_of(x)
     clean_eval = tf.stop_gradient(adv.logits_of(model, x))
     start = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), 0.0, 1.0)
-    x_adv = adv.pgd(model, start, y, self.eps, self.steps, random_start=False,
+    x_adv = adv.pgd(model, x, y, self.eps, self.steps, start=start,
                     objective=lambda logits: adv.kl_divergence(clean_eval, logits))
-    x_adv = adv.project(x_adv, x, self.eps)
     clean = adv.logits_of(model, x, training)
     return adv.cross_entropy(clean, y) + self.beta * adv.kl_divergence(
         clean, adv.logits_of(model, x_adv, training))
@@ -103,8 +102,9 @@ class LadRobustOptions:
     False keeps N-FGSM's perturbation beyond eps.
   carry: start each training example where its perturbation ended the last time the example was seen
     (accumulated perturbations, Zheng et al. 2020): over the epochs a one- or two-step adversary adds
-    up to a many-step one at no extra gradient. Needs project, x["index"] (the example's row) and
-    LadRobustLoss.allocate; an example seen for the first time starts as without carry. The carried
+    up to a many-step one at no extra gradient. Needs project, x["index"] (the example's row) in
+    training batches and LadRobustLoss.allocate; an example seen for the first time starts as without
+    carry, and calls with training=False neither read nor write the carried perturbations. The carried
     perturbations live in memory only: a run resumed from its backups starts them afresh.
   """
   noise: float = 2.0
@@ -175,8 +175,13 @@ class LadRobustLoss(_Loss):
       raise ValueError(f"lad_robust with these options needs x[{missing}] (boundary_start.features)")
     x = images_of(x)
     start = self.start(x, features)
-    carry = o.carry and "index" in features  # evaluation batches have no rows: nothing carried
+    # only training batches carry: evaluation, validation and the executor's metric probe (all
+    # training=False) must leave the buffer as training left it
+    carry = o.carry and training
     if carry:
+      if "index" not in features:
+        raise ValueError("lad_robust with carry=True needs x['index'] (each example's training row) in "
+                         "every training batch; without it no perturbation would be carried")
       if self.carried is None:
         raise ValueError("lad_robust with carry=True needs allocate(n, image_shape) before training")
       rows = features["index"]
