@@ -13,6 +13,7 @@ from lad_tf.execution import ExecutionConfig
 from lad_tf.robust import adversaries
 from lad_tf.workdir import WorkDir
 from pipelines import stages
+import independent
 
 EPS = 0.1
 MARGIN = 0.1  # PGD-accuracy gain over the original: 4 short epochs, 259 evaluation images (SE about 0.03)
@@ -44,6 +45,10 @@ def test_lad_robust_raises_pgd_accuracy(defended):
   assert work.done("generator") and work.done("boundaries") and not work.done("generation")
   assert metrics["robust_evaluation"]["examples"] == 60
   assert metrics["defended"]["robust_accuracy"] > metrics["original"]["robust_accuracy"]
+  # the reported figure stands against an independent attack (cleverhans' PGD) on the same images
+  x, y = independent.robustness_images(CONFIG.resolved())
+  pgd = independent.pgd_accuracy(work.model("defended"), x, y, EPS)
+  assert metrics["defended"]["robust_accuracy"] <= pgd + 0.02, (metrics["defended"], pgd)
 
 
 def test_export_is_the_classifier_alone_with_the_keras_predictions(defended):

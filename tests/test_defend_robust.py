@@ -19,6 +19,7 @@ from lad_tf.robust import adversaries
 from lad_tf.errors import ConfigError
 from lad_tf.workdir import WorkDir, read_json
 from pipelines import stages
+import independent
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1
@@ -66,6 +67,10 @@ def test_fgsm_rs_raises_pgd_accuracy_and_metrics_say_so(fgsm_rs_run):
   assert robust_eval["version"] == "fast" and robust_eval["eps"] == EPS and robust_eval["examples"] == 100
   assert "note" not in robust_eval  # the split holds the 100 asked for
   assert metrics["defended"]["robust_accuracy"] > metrics["original"]["robust_accuracy"] + 0.1
+  # the reported figure stands against an independent attack (cleverhans' PGD) on the same images
+  x, y = independent.robustness_images(CONFIG.resolved())
+  pgd = independent.pgd_accuracy(work.model("defended"), x, y, EPS)
+  assert metrics["defended"]["robust_accuracy"] <= pgd + 0.02, (metrics["defended"], pgd)
   # only the stages fgsm_rs needs ran: no decoder, boundaries or generation
   assert not any(os.path.exists(os.path.join(workdir, s)) for s in ("generator", "boundaries", "generation"))
   card = json.load(open(os.path.join(metrics["export_path"], "assets.extra", "model_card.json")))
