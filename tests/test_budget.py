@@ -27,7 +27,8 @@ def _pytest(tmp_path, body, limit_s):
       globals().update((k, v) for k, v in vars(budget).items() if k.startswith("pytest_"))
       """))
   return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, trained.CACHE_ENV: str(tmp_path / "cache")})
 
 
 def test_a_test_over_the_limit_fails_unless_marked_end_to_end(tmp_path):
@@ -47,6 +48,24 @@ def test_a_test_over_the_limit_fails_unless_marked_end_to_end(tmp_path):
   assert result.returncode == 1, result.stdout
   assert "1 failed, 2 passed" in result.stdout, result.stdout
   assert "test_inner.py::test_slow took" in result.stdout and "limit of one test" in result.stdout, result.stdout
+
+
+def test_a_shared_artifact_is_charged_to_no_test_but_must_fit_the_limit_itself(tmp_path):
+  result = _pytest(tmp_path, """
+      import time, trained
+
+      def build(seconds):
+        return lambda folder: time.sleep(seconds)
+
+      def test_builds_a_quick_artifact_then_works():
+        trained.artifact("quick", build(0.5))
+        time.sleep(0.5)
+
+      def test_builds_a_slow_artifact():
+        trained.artifact("slow", build(1.2))
+      """, limit_s=0.9)
+  assert "1 failed, 1 passed" in result.stdout, result.stdout
+  assert "building the shared artifact slow took" in result.stdout, result.stdout
 
 
 def test_an_end_to_end_mark_needs_its_reason(tmp_path):

@@ -65,11 +65,17 @@ def _vector_isa():
 
 
 _waited = [0.0]
+_built = []  # (name, seconds) of every artifact this process built
 
 
 def waited_s():
   """Seconds this process has spent waiting for another process to build a shared artifact."""
   return _waited[0]
+
+
+def builds():
+  """(name, seconds) of the shared artifacts this process built, in order."""
+  return list(_built)
 
 
 @contextlib.contextmanager
@@ -95,7 +101,9 @@ def artifact(name, build, **params):
       partial = final + ".partial"
       shutil.rmtree(partial, ignore_errors=True)
       os.makedirs(partial)
+      start = time.perf_counter()
       build(partial)
+      _built.append((name, time.perf_counter() - start))
       with open(os.path.join(partial, "key.json"), "w") as f:
         f.write(key)
       os.replace(partial, final)
