@@ -80,3 +80,30 @@ def sample_images(data, per_class, seed=0):
 def accuracy(model_fn, x, y):
   """Top-1 accuracy of any logits callable (a Keras model or a wrapper around one)."""
   return float(np.mean(attacks.predict(model_fn, x) == y))
+
+
+LAD_PARTS = ("classifier", "generator", "boundaries")
+
+
+def _run_defend_stages(folder, config):
+  import dataclasses
+  from lad_tf import pipeline
+  # defence lad needs every stage; these stages' fingerprints do not depend on the defence
+  pipeline.DefendRun(folder, dataclasses.replace(config, defence="lad")).run(stop_after=LAD_PARTS[-1])
+
+
+def seed_defend_stages(workdir, config, stages=LAD_PARTS):
+  """Puts the finished `stages` (some of LAD_PARTS) of a digits defend run with `config`'s settings into
+  `workdir`, from a run made once per test run, so defend there skips them (their fingerprints match)
+  and trains the rest. Other settings make another artifact: nothing stale is reused."""
+  import os
+  import shutil
+  from lad_tf import defend_config
+  from lad_tf.workdir import fingerprint
+  resolved = config.resolved()
+  settings = defend_config.stage_settings(resolved, datasets.get_spec(resolved.dataset))
+  folder = trained.artifact("defend_stages", lambda d: _run_defend_stages(d, config),
+                            **{stage: fingerprint(settings[stage]) for stage in LAD_PARTS})
+  for stage in stages:
+    shutil.copytree(os.path.join(folder, stage), os.path.join(workdir, stage))
+  return workdir

@@ -8,9 +8,10 @@ conftest.py files and relative paths as with `pytest tests/` from the repo root.
 When Bazel asks for a JUnit report (XML_OUTPUT_FILE), pytest writes it, so
 bazel-testlogs/tests/<name>/test.xml lists every test case.  Under Bazel,
 HOME and pytest's tmp_path point into the test's private TEST_TMPDIR.  A target
-with shard_count = N (tests/BUILD) runs as N processes; shard i keeps every
-N-th collected test from the i-th on (Bazel's TEST_TOTAL_SHARDS and
-TEST_SHARD_INDEX), so a long file uses both cores.
+with shard_count = N (tests/BUILD) runs as N processes; shard i keeps the i-th
+of N consecutive runs of the collected tests (Bazel's TEST_TOTAL_SHARDS and
+TEST_SHARD_INDEX), so a long file uses both cores and tests that share a
+module fixture mostly stay in one shard.
 """
 
 import os
@@ -24,7 +25,7 @@ class Shard:
     self.index, self.total = index, total
 
   def pytest_collection_modifyitems(self, config, items):
-    kept = [item for i, item in enumerate(items) if i % self.total == self.index]
+    kept = [item for i, item in enumerate(items) if i * self.total // len(items) == self.index]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
 

@@ -14,6 +14,7 @@ from lad_tf.robust import adversaries
 from lad_tf.workdir import WorkDir
 from pipelines import stages
 import independent
+from digits_models import seed_defend_stages
 
 EPS = 0.1
 MARGIN = 0.1  # PGD-accuracy gain over the original: 4 short epochs, 259 evaluation images (SE about 0.03)
@@ -30,7 +31,9 @@ def pgd_accuracy(model, split):
 
 @pytest.fixture(scope="module")
 def defended(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("defend"))
+  """The defence on a work directory whose classifier, decoder and boundaries another test file may
+  have trained already (tests/digits_models.seed_defend_stages)."""
+  workdir = seed_defend_stages(str(tmp_path_factory.mktemp("defend")), CONFIG)
   return workdir, stages.run_defend(workdir, CONFIG)
 
 

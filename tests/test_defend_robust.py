@@ -4,6 +4,7 @@ and the stage mechanism, what metrics.json and the model card report.
 What the defences must achieve: fgsm_rs lifts PGD-10 accuracy at eps 0.1 on the evaluation images well
 above the original's; the clean control stays within noise of the original's.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from lad_tf.errors import ConfigError
 from lad_tf.workdir import WorkDir, read_json
 from pipelines import stages
 import independent
+from digits_models import seed_defend_stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1
@@ -30,6 +32,10 @@ FLAGS = {"classifier_epochs": 8, "generator_epochs": 5, "calibration_per_class":
 CONFIG = pipeline.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, fine_tune_epochs=3,
     defence_epochs=4, robust_eval="fast", robust_eval_examples=100, execution=ExecutionConfig(verbose=0))
+
+
+# the decoder and plain-SVM boundaries of the clean control, shared with test_defend_lad_robust's run
+LAD_PARTS_CONFIG = dataclasses.replace(CONFIG, attention="none")
 
 
 def pgd_accuracy(model, split):
@@ -44,7 +50,8 @@ def evaluation_split():
 
 @pytest.fixture(scope="module")
 def fgsm_rs_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("defend"))
+  # the classifier comes from a run another test file may have made already (the same settings)
+  workdir = seed_defend_stages(str(tmp_path_factory.mktemp("defend")), LAD_PARTS_CONFIG, ("classifier",))
   args = [f"--{k}={v}" for k, v in FLAGS.items()]
   result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--dataset=digits", "--defence=fgsm_rs",
                            f"--workdir={workdir}", *args], cwd=REPO, capture_output=True, text=True,
@@ -54,6 +61,7 @@ def fgsm_rs_run(tmp_path_factory):
     return workdir, json.load(f)
 
 
+@pytest.mark.end_to_end("the defend command line end to end in a subprocess, once for the file: training, AutoAttack, export")
 def test_fgsm_rs_raises_pgd_accuracy_and_metrics_say_so(fgsm_rs_run):
   workdir, metrics = fgsm_rs_run
   work, evaluation = WorkDir(workdir), evaluation_split()
@@ -83,7 +91,7 @@ def test_clean_control_stays_within_noise_of_the_original(fgsm_rs_run):
   """The same work directory, --defence=clean: the classifier is reused, the defended stage reruns."""
   workdir, _ = fgsm_rs_run
   before = os.path.getmtime(os.path.join(workdir, "classifier", "stage.json"))
-  import dataclasses
+  seed_defend_stages(workdir, LAD_PARTS_CONFIG, ("generator", "boundaries"))
   # (plain SVMs, a short eps grid, no AutoAttack: the control's PGD accuracy is the figure here)
   metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="clean", attention="none",
                                                            eps_grid=(0.1,), robust_eval="none"), export=False)
@@ -100,7 +108,6 @@ def test_a_defence_from_scratch_trains_the_architecture_anew(fgsm_rs_run):
   """--defence_init=scratch: the same work directory's classifier is kept, the defended stage reruns
   and trains the classifier's layers from fresh weights (at chance when training starts, by the
   guard's first check; a fine-tuning starts at the classifier's accuracy) to a useful accuracy."""
-  import dataclasses
   workdir, _ = fgsm_rs_run
   metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, defence="atta", defence_init="scratch",
                                                            defence_epochs=6, robust_eval="none"), export=False)
@@ -132,7 +139,6 @@ def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
 
 
 def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_refused():
-  import dataclasses
   cyclic = dataclasses.replace(CONFIG, defence="fgsm_rs", defence_lr_schedule="cyclic",
                                defence_learning_rate=5e-3).resolved().robust_config()
   assert (cyclic.lr_schedule, cyclic.learning_rate) == ("cyclic", 5e-3)

@@ -77,6 +77,7 @@ def evaluated(tmp_path_factory):
   return root, report, lines
 
 
+@pytest.mark.end_to_end("runs the whole evaluation protocol once for the file: every attack, baselines, transfer and sanity checks")
 def test_report_json_has_its_schema(evaluated):
   root, report, _ = evaluated
   on_disk = read_json(os.path.join(root, "evaluation", "report.json"))

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import datasets, defence, models, training
+from lad_tf import datasets, defence, training
 from lad_tf.execution import ExecutionConfig
 from lad_tf.attacks import ga
 from lad_tf.models import acgan as acgan_lib
+import trained
 from digits_models import plain_lenet
 from kill import Killed, KillAfter
 
@@ -35,12 +36,18 @@ def lenet(digits):
   return model
 
 
-@pytest.fixture(scope="module")
-def gan(digits):
-  model, history = acgan_lib.train_acgan(digits.train, digits.spec.image_shape, digits.spec.num_classes,
+def _train_small_gan(folder):
+  data = datasets.load("digits")
+  model, history = acgan_lib.train_acgan(data.train, data.spec.image_shape, data.spec.num_classes,
                                          acgan_lib.ACGANConfig(**SMALL))
   assert len(history["d_loss"]) == SMALL["epochs"]
-  return model
+  model.save(folder)
+
+
+@pytest.fixture(scope="module")
+def gan():
+  """The small AC-GAN, trained once per test run (tests/trained.py)."""
+  return acgan_lib.ACGAN.load(trained.artifact("small_acgan", _train_small_gan, **SMALL))
 
 
 # -- the generative model ----------------------------------------------------------------------
@@ -173,14 +180,8 @@ def test_evaluation_ga_rows_attack_the_defended_model_itself_and_score_it_on_the
   from types import SimpleNamespace
   from lad_tf import evaluation, sweeps
 
-  def trained(seed, epochs):
-    keras.utils.set_random_seed(seed)
-    model = models.build_classifier("lenet5", digits.spec.image_shape, digits.spec.num_classes)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(digits.train.x, digits.train.y, epochs=epochs, batch_size=64, verbose=0)
-    return model
-
-  defended, other = trained(1, 3), trained(2, 2)  # models that differ from the original and each other
+  # models that differ from the original and each other (shorter trainings, other seeds)
+  defended, other = plain_lenet(epochs=4, seed=1)[0], plain_lenet(epochs=2, seed=2)[0]
   calibration, held_out = datasets.calibration_split(digits.test, 5, 0)
   contents = SimpleNamespace(original=lenet, defended=defended, calibration=calibration, evaluation=held_out)
   attacked = {"original": lenet, "defended": defended, "baseline_fgsm": other}

@@ -148,6 +148,7 @@ def defended(tmp_path_factory):
   return workdir, stages.run_defend(workdir, CONFIG)
 
 
+@pytest.mark.end_to_end("runs the paper's whole defend pipeline once for the file (decoder, 45 boundaries, generation, Eq. 4, AutoAttack): its figures are pinned")
 def test_defend_writes_every_metric(defended):
   workdir, _ = defended
   with open(os.path.join(workdir, "metrics.json")) as f:

@@ -32,6 +32,7 @@ def reproduced(tmp_path_factory):
   return spec, root, workdir, lines
 
 
+@pytest.mark.end_to_end("pipelines.reproduce end to end, once for the file: defend and evaluate as the reproduction runs them")
 def test_each_step_records_the_commit_it_started_from(reproduced):
   _, _, workdir, _ = reproduced
   info = read_json(os.path.join(workdir, "run_info.json"))

@@ -355,29 +355,43 @@ def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
   assert info["guard"]["rollbacks"] == 0
 
 
-def test_robust_benchmark_resumes_after_its_last_finished_row(tmp_path, monkeypatch):
-  """The benchmark writes its partial JSON after every (method, seed) row: a killed run loses at most
-  the row it was training, and a rerun trains only the rows the file lacks."""
-  import json
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory):
+  """The smallest robust benchmark that trains and evaluates every row (the figures do not matter
+  here, the rows do), with its partial JSON."""
   from pipelines.benchmarks import robust as bench
-  partial = str(tmp_path / "partial.json")
-  options = dict(dataset="digits", train_examples=400, epochs=1, seeds=1, eval_examples=40, pretrain_epochs=2,
-                 generator_epochs=1, generator_examples=400, guard_examples=100, ablation=False, only="fgsm_rs",
+  partial = str(tmp_path_factory.mktemp("benchmark") / "partial.json")
+  options = dict(dataset="digits", train_examples=200, epochs=1, seeds=1, eval_examples=20, pretrain_epochs=1,
+                 generator_epochs=1, generator_examples=200, guard_examples=50, ablation=False, only="fgsm_rs",
                  autoattack="apgd-ce", partial=partial)
-  first = bench.run(**options)
+  return options, bench.run(**options)
+
+
+def test_robust_benchmark_writes_every_finished_row(benchmark_run):
+  """The benchmark writes its partial JSON after every (method, seed) row: a killed run loses at most
+  the row it was training."""
+  options, first = benchmark_run
   assert set(first["methods"]) == {"standard", "fgsm_rs"}
-  with open(partial) as f:
+  with open(options["partial"]) as f:
+    assert json.load(f)["methods"] == json.loads(json.dumps(first["methods"]))
+
+
+def test_robust_benchmark_resumes_after_its_last_finished_row(benchmark_run, monkeypatch):
+  """A rerun trains only the rows the partial file lacks."""
+  from pipelines.benchmarks import robust as bench
+  options, first = benchmark_run
+  with open(options["partial"]) as f:
     held = json.load(f)
   del held["methods"]["fgsm_rs"]  # as if the run had been killed while training fgsm_rs
-  with open(partial, "w") as f:
+  with open(options["partial"], "w") as f:
     json.dump(held, f)
-  trained = []
+  called = []
   original_train = robust.train
-  monkeypatch.setattr(robust, "train", lambda model, x, y, config, **kw: trained.append(config.method) or
+  monkeypatch.setattr(robust, "train", lambda model, x, y, config, **kw: called.append(config.method) or
                       original_train(model, x, y, config, **kw))
   # the rerun may also add methods (`only` changes which rows train, not how)
   second = bench.run(**{**options, "only": "fgsm_rs|clean"})
-  assert trained == ["clean", "fgsm_rs"]  # the benchmark's order of methods
+  assert called == ["clean", "fgsm_rs"]  # the benchmark's order of methods
   assert set(second["methods"]) == {"standard", "fgsm_rs", "clean"}
   assert second["methods"]["standard"]["seeds"] == first["methods"]["standard"]["seeds"]
   row = second["methods"]["fgsm_rs"]["seeds"][0]
