@@ -38,6 +38,20 @@ def fgsm_rs_lenet(eps=EPS):
   return trained.keras_model("fgsm_rs_lenet", _train_fgsm_rs_lenet, eps=eps)
 
 
+def _train_atta_lenet(eps, epochs, seed):
+  from lad_tf import robust
+  model, data = plain_lenet()
+  config = robust.RobustConfig(method="atta", eps=eps, epochs=epochs, batch_size=32, learning_rate=2e-3,
+                               guard_examples=200, execution=ExecutionConfig(seed=seed, verbose=0))
+  return robust.train(model, data.train.x, data.train.y, config)[0]
+
+
+def atta_lenet(eps=EPS, epochs=4, seed=0):
+  """The plain LeNet-5 fine-tuned by the project's own defence (lad_tf.robust, method "atta"), so the
+  attacks are checked on a model the library itself made robust (about 20 s on 2 cores)."""
+  return trained.keras_model("atta_lenet", _train_atta_lenet, eps=eps, epochs=epochs, seed=seed)
+
+
 def fgsm_rs_finetune(model, train, eps, epochs=6, batch_size=64, learning_rate=1e-3, seed=0):
   """A copy of `model` fine-tuned on FGSM-with-random-start examples (step 1.25 eps) only."""
   import keras
