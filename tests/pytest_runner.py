@@ -1,6 +1,6 @@
 """Run one pytest module as a Bazel py_test (see tests/BUILD).
 
-Usage (Bazel passes the argument): pytest_runner.py tests/test_something.py
+Usage (Bazel passes the arguments): pytest_runner.py tests/test_something.py [MORE_TEST_FILES...]
 
 The working directory of a Bazel test is the workspace root inside its runfiles
 tree, the same layout as the repository, so pytest sees the same rootdir,

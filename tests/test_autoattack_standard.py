@@ -12,9 +12,9 @@ import importlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 import digits_models
+import independent
 from lad_tf import attacks
 from lad_tf.attacks.apgd import LOSSES, attack_loss
 
@@ -64,22 +64,6 @@ def _margin(model, x, y):
   return z_y - z.max(axis=1)
 
 
-def _pgd_correct(model, x, y, eps, restarts=4, steps=50):
-  """Per image: still classified correctly after every restart of cleverhans' PGD (random start,
-  `steps` steps of eps / 8), the restarts alternating cross-entropy and the margin loss."""
-  margin_loss = lambda labels, logits: -(tf.gather(logits, labels, batch_dims=1) - tf.reduce_max(
-      tf.where(tf.one_hot(labels, logits.shape[-1]) > 0, -np.inf, logits), axis=1))
-  correct = attacks.predict(model, x) == y
-  for restart in range(restarts):
-    tf.random.set_seed(restart)
-    x_adv = projected_gradient_descent(
-        model, tf.constant(x), eps, eps / 8, steps, np.inf, loss_fn=None if restart % 2 == 0 else margin_loss,
-        clip_min=0.0, clip_max=1.0, y=tf.constant(y), rand_init=True).numpy()
-    assert np.max(np.abs(x_adv - x)) <= eps + 1e-6
-    correct &= attacks.predict(model, x_adv) == y
-  return correct
-
-
 @pytest.fixture(scope="module")
 def robust():
   """(counting model, images, labels, plain LeNet) with the atta LeNet trained once per test run."""
@@ -92,7 +76,7 @@ def robust():
 def pgd_correct(robust):
   """cleverhans' PGD on the robust model's images at eps and eps / 2 (which images survive it)."""
   model, x, y, _ = robust
-  return {eps: _pgd_correct(model.model, x, y, eps) for eps in (EPS, EPS / 2)}
+  return {eps: independent.pgd_correct(model.model, x, y, eps) for eps in (EPS, EPS / 2)}
 
 
 def _assert_valid(x, x_adv, eps):
@@ -122,7 +106,7 @@ def test_atta_lenet_is_robust_but_not_trivially(robust, pgd_correct):
   model, x, y, plain = robust
   clean = digits_models.accuracy(model.model, x, y)
   pgd = pgd_correct[EPS].mean()
-  plain_pgd = _pgd_correct(plain, x, y, EPS, restarts=1).mean()
+  plain_pgd = independent.pgd_correct(plain, x, y, EPS, restarts=1).mean()
   assert clean >= 0.9, clean
   assert 0.4 <= pgd <= clean - 0.15, (pgd, clean)
   assert plain_pgd <= pgd - 0.3, (plain_pgd, pgd)  # the robustness is the defence's doing
@@ -156,6 +140,7 @@ def _check_each_attack(calls, lines, counts, x, broken_by):
     assert per_image * (len(todo) - broken) <= passes <= (per_image + 2) * len(todo) + 1, (name, passes)
 
 
+@pytest.mark.end_to_end("AutoAttack standard at its full default budgets: APGD-T and FAB-T over 9 targets, Square 5,000 queries")
 def test_standard_autoattack_at_default_budgets(robust, pgd_correct, monkeypatch):
   model, x, y, _ = robust
   calls = _spy_on_attacks(monkeypatch)
