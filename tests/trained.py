@@ -4,7 +4,7 @@ Bazel runs each test file in its own process (two at a time), so a module-scoped
 train the same digits LeNet once per file. `artifact(name, build, **params)` keeps what `build(folder)`
 writes in a cache folder shared by every process of the run: the first caller builds it under a file
 lock while the others wait, and later callers read the finished folder. The key is the name, the
-params, the CPU's vector ISA and a hash of the code that trains (lad_tf/, pipelines/ and these helpers),
+params, the CPU's vector ISA, TensorFlow's thread count and a hash of the code that trains (lad_tf/, pipelines/ and these helpers),
 so changed code never reads a stale model.
 
 The folder is $LAD_TF_TEST_CACHE (`make test` points it at a fresh .test-cache/ per run); without it,
@@ -92,7 +92,10 @@ def _locked(path):
 
 def artifact(name, build, **params):
   """The folder `build(folder)` filled for (name, params), built at most once per test run."""
-  key = json.dumps({"params": params, "isa": _vector_isa(), "code": code_hash()}, sort_keys=True)
+  # TensorFlow's thread count changes float sums as the ISA does (tests/BUILD sets it per file)
+  threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "default")
+  key = json.dumps({"params": params, "isa": _vector_isa(), "threads": threads, "code": code_hash()},
+                   sort_keys=True)
   final = os.path.join(cache_root(), f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
   if os.path.isdir(final):
     return final
