@@ -1,6 +1,6 @@
 """The defences lad_tf offers, by name, and the default: plain data (no TensorFlow), so command lines
 can list them in --help without starting TensorFlow. lad_tf.robust re-exports them; `train` there
-implements every one (lad_tf.robust.methods), the defend pipeline applies one (lad_tf.pipeline)."""
+implements every one (lad_tf.robust.methods), the defend pipeline applies one (lad_tf.run.defend)."""
 
 # What each method is, in one line (pipelines.defend's --help, the README and the model card say it).
 DESCRIPTIONS = {
@@ -22,7 +22,7 @@ DESCRIPTIONS = {
                   "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
 }
 
-# The defences that fine-tune by the paper's Eq. 4 on LAD's calibration examples (lad_tf.defence); the
+# The defences that fine-tune by the paper's Eq. 4 on LAD's calibration examples (lad_tf.lad.fine_tuning); the
 # others train on the training split against an input-space adversary (lad_tf.robust).
 EQ4_DEFENCES = ("lad", "clean")
 

@@ -36,7 +36,7 @@ def run(main):
 
 
 def define_data_flags(default_dataset="digits"):
-  from lad_tf import datasets
+  from lad_tf.data import datasets
   flags.DEFINE_enum("dataset", default_dataset, sorted(datasets.REGISTRY), "Dataset by name.")
   flags.DEFINE_string("data_dir", None, "Folder with the dataset's own files (also TFDS's data_dir).")
   flags.DEFINE_string("workdir", None, "Work directory (default: runs/DATASET).")
@@ -64,7 +64,7 @@ def define_distribution_flags():
   flags.DEFINE_enum("precision", "auto", ["float32", "mixed_float16", "mixed_bfloat16", "auto"],
                     "Keras dtype policy of training (losses in float32): mixed_float16 on GPUs (float32 "
                     "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
-                    "lad_tf.execution.auto_precision measured accurate enough on this hardware.")
+                    "lad_tf.runtime.execution.auto_precision measured accurate enough on this hardware.")
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the Keras fit train steps (measured slower on CPU: "
                     "LeNet, and svhnNet 2.2x / its decoder 5x the CPU time per batch; try it on GPUs).")
 
@@ -72,8 +72,8 @@ def define_distribution_flags():
 def execution_config(flag_values):
   """The ExecutionConfig of --seed and the distribution flags. Creates the strategy first (a
   MultiWorkerMirroredStrategy must exist before TensorFlow runs any op)."""
-  from lad_tf import distribute
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf.runtime import distribute
+  from lad_tf.runtime.execution import ExecutionConfig
   distribute.get_strategy(flag_values.strategy)
   return ExecutionConfig(strategy=flag_values.strategy, seed=flag_values.seed,
                          deterministic=flag_values.deterministic, precision=flag_values.precision,

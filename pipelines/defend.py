@@ -54,7 +54,7 @@ flags.DEFINE_enum("defence", defences.DEFAULT_DEFENCE, list(defences.DEFENCES), 
     "robust (README, 'Robust training').")
 flags.DEFINE_float("defence_eps", None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, "
                    "atta, lad_robust; default: the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
-# the robust defences' training: unset, the dataset's recipe (lad_tf.datasets.DefenceRecipe)
+# the robust defences' training: unset, the dataset's recipe (lad_tf.data.datasets.DefenceRecipe)
 flags.DEFINE_integer("defence_epochs", None, "Epochs of the robust defences (default: the dataset's; 5, "
                      "MNIST 10).")
 flags.DEFINE_float("defence_learning_rate", None, "Adam learning rate of the robust defences (with "
@@ -102,8 +102,8 @@ def main(argv):
   del argv
   common.setup_logging()
   execution = common.execution_config(FLAGS)
-  from lad_tf import pipeline
-  config = pipeline.DefendConfig(
+  from lad_tf.run import defend
+  config = defend.DefendConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, classifier_path=FLAGS.classifier,
       latent_layer=FLAGS.latent_layer, calibration_per_class=FLAGS.calibration_per_class,
       classifier_epochs=FLAGS.classifier_epochs, generator_epochs=FLAGS.generator_epochs,
@@ -130,13 +130,13 @@ def main(argv):
   metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,
                               model_name=FLAGS.model_name, stop_after=FLAGS.stop_after,
                               plan_batches=FLAGS.plan_batches)
-  from lad_tf import distribute
+  from lad_tf.runtime import distribute
   if not distribute.is_chief(FLAGS.strategy):
     print(f"worker {distribute.task(FLAGS.strategy)}: done (the chief writes {workdir})")
     return
   if FLAGS.evaluate and not FLAGS.stop_after:
-    from lad_tf import evaluation
-    evaluation.evaluate_workdir(workdir)
+    from lad_tf.run import evaluate
+    evaluate.evaluate_workdir(workdir)
   print(json.dumps({k: metrics.get(k) for k in ("dataset", "defence", "original", "defended", "robust_evaluation",
                                                 "generator", "boundary", "lad")},
                    indent=1))

@@ -1,6 +1,6 @@
 """Robustness report of a defended work directory: `python -m pipelines.evaluate --workdir=DIR`.
 
-Runs the paper's protocol (lad_tf.evaluation): white-box and transfer attacks on the original and the
+Runs the paper's protocol (lad_tf.run.evaluate): white-box and transfer attacks on the original and the
 LAD-defended classifier, the fine-tuning baselines and the LAD eps sweep; writes
 DIR/evaluation/report.json and a self-contained DIR/evaluation/report.html.
 """
@@ -51,8 +51,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required (the work directory of pipelines.defend)")
   common.setup_logging()
-  from lad_tf import evaluation
-  config = evaluation.EvalConfig(
+  from lad_tf.run import evaluate
+  config = evaluate.EvalConfig(
       attacks=tuple(a.strip().lower() for a in FLAGS.attacks if a.strip()),
       n_per_class=FLAGS.n_per_class, m_per_class=FLAGS.m_per_class,
       targets_per_image=FLAGS.targets_per_image or None,
@@ -64,7 +64,7 @@ def main(argv):
       cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, ga_per_class=FLAGS.ga_per_class,
       ga_steps=FLAGS.ga_steps, seed=FLAGS.seed, sanity_n=FLAGS.sanity_n,
       attack_options={"autoattack": {"version": FLAGS.autoattack_version}})
-  report = evaluation.evaluate_workdir(FLAGS.workdir, config)
+  report = evaluate.evaluate_workdir(FLAGS.workdir, config)
   print(f"{'attack':<10} {'setting':<10} {'eps':>6} {'images':>6} {'pairs':>6} {'original':>9} {'defended':>9} "
         f"{'defended (fixed set)':>21}")
   for row in report["rows"]:

@@ -51,7 +51,7 @@ def _read_json(path):
 
 
 def _find_accuracy(metrics, stage):
-  """The clean accuracy of the exported model, from metrics.json's layout (lad_tf.pipeline)."""
+  """The clean accuracy of the exported model, from metrics.json's layout (lad_tf.run.defend)."""
   section = (metrics or {}).get("defended" if stage == "defended" else "original") or {}
   return section.get("clean_accuracy")
 
@@ -85,7 +85,7 @@ def sample_images(dataset, input_shape, k, data_dir=None, seed=0):
   reason = "metrics.json names no dataset"
   if dataset:
     try:
-      from lad_tf import datasets
+      from lad_tf.data import datasets
       data = datasets.load(dataset, data_dir=data_dir)
       images = np.asarray(data.test.x[:k], dtype=np.float32)
       if tuple(images.shape[1:]) == tuple(input_shape):
@@ -109,7 +109,7 @@ def main(argv):
     pass
   workdir = os.path.abspath(FLAGS.workdir)
   model_path, stage = find_model(workdir)
-  from lad_tf.workdir import load_model
+  from lad_tf.run.workdir import load_model
   model = load_model(model_path, "classifier")
   input_shape = tuple(model.inputs[0].shape[1:])
   if any(d is None for d in input_shape):

@@ -132,7 +132,7 @@ def run_step(step, args, workdir, say, skip=None):
   """Runs one command (output to <workdir>/<step>.log), recording each attempt's commit, start, end
   and exit status in <workdir>/run_info.json; `skip(info)` True skips it."""
   from lad_tf.errors import LadError
-  from lad_tf.workdir import read_json, write_json
+  from lad_tf.run.workdir import read_json, write_json
   info_path = os.path.join(workdir, "run_info.json")
   info = read_json(info_path, {})
   if skip is not None and skip(info.get(step) or {}):
@@ -182,7 +182,7 @@ def reuse_stages(spec, source_dir, workdir, say):
 
 def run(spec, root, say=print, dirs=None):
   """Runs (or resumes) one RunSpec in <root>/<name> (or dirs[name]); returns its work directory."""
-  from lad_tf.workdir import WorkDir
+  from lad_tf.run.workdir import WorkDir
   where = lambda name: os.path.abspath((dirs or {}).get(name) or os.path.join(root, name))
   workdir = where(spec.name)
   os.makedirs(workdir, exist_ok=True)
@@ -197,14 +197,14 @@ def run(spec, root, say=print, dirs=None):
     info = run_step("evaluate", args, workdir, say,
                     skip=lambda entry: finished(entry, args, report) and entry.get("defended") == defended)
     if info["evaluate"].get("defended") != defended:
-      from lad_tf.workdir import write_json
+      from lad_tf.run.workdir import write_json
       info["evaluate"]["defended"] = defended
       write_json(os.path.join(workdir, "run_info.json"), info)
   return workdir
 
 
 def check_mnist(mnist_dir):
-  from lad_tf.sources import idx
+  from lad_tf.data.sources import idx
   from lad_tf.errors import ConfigError
   if not os.path.isdir(mnist_dir) or not idx.has_files(mnist_dir):
     raise ConfigError(f"no MNIST IDX files in {mnist_dir} (train-images-idx3-ubyte[.gz] and the three others): "

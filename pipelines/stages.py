@@ -1,6 +1,6 @@
 """Stages of the command lines that sit above the library: export for TF Serving.
 
-lad_tf never imports serving: the defend command runs the library's stages (lad_tf.pipeline), then
+lad_tf never imports serving: the defend command runs the library's stages (lad_tf.run.defend), then
 this export stage, keyed like the others on a fingerprint (the defended model's and the export
 settings), so a re-run exports nothing new and a changed defence exports a new version. The model
 card carries the defence's name and the robustness stage's AutoAttack figures (defended and original,
@@ -9,8 +9,9 @@ same images).
 import logging
 import os
 
-from lad_tf import pipeline, robust
-from lad_tf.workdir import fingerprint, read_json, write_json
+from lad_tf import robust
+from lad_tf.run import defend
+from lad_tf.run.workdir import fingerprint, read_json, write_json
 
 log = logging.getLogger("lad_tf")
 
@@ -46,13 +47,13 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
   return path
 
 
-def run_defend(workdir, config=pipeline.DefendConfig(), export=True, export_base=None, model_name="lad",
+def run_defend(workdir, config=defend.DefendConfig(), export=True, export_base=None, model_name="lad",
                progress=None, stop_after=None, plan_batches=0):
   """The defend command: the plan (each stage's estimated time from `plan_batches` timed batches of
   its pieces, printed; 0: none), every library stage (up to stop_after), then (on the chief, when the
   defended model exists) the export stage; returns metrics.json's content, with "export_path" when
   exported."""
-  run = pipeline.DefendRun(workdir, config, progress)
+  run = defend.DefendRun(workdir, config, progress)
   try:
     if plan_batches and run.chief:
       _, lines = run.plan(plan_batches)

@@ -20,17 +20,17 @@ def main(argv):
   del argv
   common.setup_logging()
   execution = common.execution_config(FLAGS)
-  from lad_tf import pipeline
-  config = pipeline.DefendConfig(
+  from lad_tf.run import defend
+  config = defend.DefendConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, architecture=FLAGS.architecture,
       classifier_epochs=FLAGS.epochs, calibration_per_class=FLAGS.calibration_per_class,
       force=("classifier",) if FLAGS.force else (), execution=execution)
-  run = pipeline.DefendRun(common.workdir(FLAGS), config)
+  run = defend.DefendRun(common.workdir(FLAGS), config)
   path = run.classifier_stage()
   if not run.chief:
     print(f"worker: done (the chief writes {common.workdir(FLAGS)})")
     return
-  metrics = pipeline.read_json(f"{path}/metrics.json")
+  metrics = defend.read_json(f"{path}/metrics.json")
   print(f"{FLAGS.dataset}: test accuracy {metrics['test_accuracy']:.4f} "
         f"({len(run.evaluation)} test examples outside the calibration split); model: {path}/model.keras")
 

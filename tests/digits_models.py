@@ -5,8 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 import trained
-from lad_tf import attacks, datasets, models, training
-from lad_tf.execution import ExecutionConfig
+from lad_tf import attacks, models
+from lad_tf.data import datasets
+from lad_tf.runtime import training
+from lad_tf.runtime.execution import ExecutionConfig
 
 EPS = 0.1  # digits' attack eps
 
@@ -101,9 +103,9 @@ LAD_PARTS = ("classifier", "generator", "boundaries")
 
 def _run_defend_stages(folder, config):
   import dataclasses
-  from lad_tf import pipeline
+  from lad_tf.run import defend
   # defence lad needs every stage; these stages' fingerprints do not depend on the defence
-  pipeline.DefendRun(folder, dataclasses.replace(config, defence="lad")).run(stop_after=LAD_PARTS[-1])
+  defend.DefendRun(folder, dataclasses.replace(config, defence="lad")).run(stop_after=LAD_PARTS[-1])
 
 
 def seed_defend_stages(workdir, config, stages=LAD_PARTS):
@@ -112,8 +114,8 @@ def seed_defend_stages(workdir, config, stages=LAD_PARTS):
   and trains the rest. Other settings make another artifact: nothing stale is reused."""
   import os
   import shutil
-  from lad_tf import defend_config
-  from lad_tf.workdir import fingerprint
+  from lad_tf.run import defend_config
+  from lad_tf.run.workdir import fingerprint
   resolved = config.resolved()
   settings = defend_config.stage_settings(resolved, datasets.get_spec(resolved.dataset))
   folder = trained.artifact("defend_stages", lambda d: _run_defend_stages(d, config),

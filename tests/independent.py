@@ -6,7 +6,7 @@ says, its AutoAttack accuracy would exceed what an independent PGD finds on the 
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import datasets
+from lad_tf.data import datasets
 
 
 def robustness_images(config):

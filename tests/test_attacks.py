@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import attacks, datasets, models, training
-from lad_tf.execution import ExecutionConfig
+from lad_tf import attacks, models
+from lad_tf.data import datasets
+from lad_tf.runtime import training
+from lad_tf.runtime.execution import ExecutionConfig
 
 # The package exports functions named like their modules; reach the modules themselves.
 apgd_module = importlib.import_module("lad_tf.attacks.apgd")

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lad_tf import datasets
-from lad_tf.sources import DataFormatError, DatasetNotFoundError
+from lad_tf.data import datasets
+from lad_tf.data.sources import DataFormatError, DatasetNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_truncated_celeba_jpeg_fails_at_load_naming_the_file(tmp_path, digits):
 
 
 def test_garbled_celeba_jpeg_hit_mid_training_is_named(tmp_path, digits):
-  from lad_tf import training
+  from lad_tf.runtime import training
   _write_celeba(tmp_path, digits, n=12)
   data = datasets.load("celeba_smile", data_dir=str(tmp_path))  # all whole JPEGs: loads
   garbled = data.train.x.paths[5]
@@ -256,7 +256,7 @@ def test_tfds_and_local_celeba_give_the_same_faces(tmp_path, monkeypatch):
   import socket
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  from lad_tf.sources import celeba
+  from lad_tf.data.sources import celeba
   monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
                                                                  ("127.0.0.1", 0))])
   with tfds.testing.mock_data(num_examples=6):

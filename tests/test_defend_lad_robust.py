@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import datasets, pipeline
-from lad_tf.execution import ExecutionConfig
+from lad_tf.data import datasets
+from lad_tf.run import defend
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries
-from lad_tf.workdir import WorkDir
+from lad_tf.run.workdir import WorkDir
 from pipelines import stages
 import independent
 from digits_models import seed_defend_stages
 
 EPS = 0.1
 MARGIN = 0.1  # PGD-accuracy gain over the original: 4 short epochs, 259 evaluation images (SE about 0.03)
-CONFIG = pipeline.DefendConfig(
+CONFIG = defend.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, attention="none",
     defence="lad_robust", defence_epochs=4, robust_eval="fast", robust_eval_examples=60,
     execution=ExecutionConfig(verbose=0))

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import datasets, pipeline
-from lad_tf.execution import ExecutionConfig
+from lad_tf.data import datasets
+from lad_tf.run import defend
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries
 from lad_tf.errors import ConfigError
-from lad_tf.workdir import WorkDir, read_json
+from lad_tf.run.workdir import WorkDir, read_json
 from pipelines import stages
 import independent
 from digits_models import seed_defend_stages
@@ -29,7 +30,7 @@ MARGIN = 0.15
 FLAGS = {"classifier_epochs": 8, "generator_epochs": 5, "calibration_per_class": 10, "fine_tune_epochs": 3,
          "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 100}
 # the same settings as the command line's, for the library calls that share its work directory
-CONFIG = pipeline.DefendConfig(
+CONFIG = defend.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, fine_tune_epochs=3,
     defence_epochs=4, robust_eval="fast", robust_eval_examples=100, execution=ExecutionConfig(verbose=0))
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from lad_tf.execution import ExecutionConfig
+from lad_tf.runtime.execution import ExecutionConfig
 from kill import Killed, KillAfter
 
 WORKERS = 2
@@ -25,10 +25,12 @@ WORKER_TIMEOUT_S = 240
 
 # -- one worker of the two-worker test (runs in its own process) -----------------------------------
 def _worker(out_dir):
-  from lad_tf import distribute
+  from lad_tf.runtime import distribute
   strategy = distribute.get_strategy("multi_worker")  # before any other TensorFlow op
   import keras
-  from lad_tf import datasets, models, training
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import training
 
   data = datasets.load("digits")
   train = data.train.take(np.arange(TRAIN_EXAMPLES))
@@ -57,7 +59,7 @@ def _worker(out_dir):
 
 # -- the two-worker test ----------------------------------------------------------------------------
 def _launch_workers(out_dir, tmp_root):
-  from lad_tf import distribute
+  from lad_tf.runtime import distribute
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), TF_CPP_MIN_LOG_LEVEL="2",
              TMPDIR=tmp_root, CUDA_VISIBLE_DEVICES="")
   procs = []
@@ -83,7 +85,9 @@ def _single_process_reference(epochs):
   """The same training in this process, no distribution, through the same custom loop (Keras fit
   draws its shuffles differently from the second epoch on; see test_custom_loop_*_as_fit)."""
   import keras
-  from lad_tf import datasets, models, training
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import training
   data = datasets.load("digits")
   keras.utils.set_random_seed(0)
   model = models.build_classifier("lenet5", data.spec.image_shape, data.spec.num_classes)
@@ -129,7 +133,7 @@ def test_two_workers_train_to_identical_weights_and_the_chief_exports(tmp_path):
 
 # -- the custom loop against Keras fit (default strategy, in process) --------------------------------
 def _digits(n=256):
-  from lad_tf import datasets
+  from lad_tf.data import datasets
   return datasets.load("digits"), np.arange(n)
 
 
@@ -138,7 +142,8 @@ def test_custom_loop_trains_the_classifier_exactly_as_fit(tmp_path):
   # an extra iterator), so the epochs see other (equally random) orders; the loss, optimizer, batch
   # size and steps are the same.
   import keras
-  from lad_tf import models, training
+  from lad_tf import models
+  from lad_tf.runtime import training
   data, rows = _digits()
   runs = {}
   for loop in ("fit", "custom"):
@@ -158,14 +163,15 @@ def test_custom_loop_trains_the_classifier_exactly_as_fit(tmp_path):
 
 def test_custom_loop_fine_tunes_and_trains_the_generator_as_fit(tmp_path):
   import keras
-  from lad_tf import decoder as decoder_lib, defence, models
+  from lad_tf import models
+  from lad_tf.lad import decoder as decoder_lib, fine_tuning
   data, rows = _digits(128)
   x = data.train.x[rows]
   x_adv = np.clip(x + np.random.default_rng(0).normal(scale=0.1, size=x.shape), 0, 1).astype(np.float32)
   keras.utils.set_random_seed(0)
   classifier = models.build_classifier("lenet5", data.spec.image_shape, 10)
-  tuned = {loop: defence.fine_tune(classifier, x, x_adv, data.train.y[rows],
-                                   defence.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0, loop=loop)))
+  tuned = {loop: fine_tuning.fine_tune(classifier, x, x_adv, data.train.y[rows],
+                                   fine_tuning.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0, loop=loop)))
            for loop in ("fit", "custom")}
   for a, b in zip(tuned["fit"].get_weights(), tuned["custom"].get_weights()):
     np.testing.assert_allclose(a, b, atol=1e-6)
@@ -184,7 +190,9 @@ def test_custom_loop_fine_tunes_and_trains_the_generator_as_fit(tmp_path):
 
 def test_custom_loop_resumes_exactly_after_a_kill(tmp_path):
   import keras
-  from lad_tf import datasets, distribute, losses, models
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import distribute, losses
   data, rows = _digits()
   ds = datasets.to_tf_dataset(data.train.take(rows), 64)
 
@@ -212,7 +220,8 @@ def test_custom_loop_resumes_exactly_after_a_kill(tmp_path):
 def test_strategies_by_name_and_mirrored_training(tmp_path):
   import keras
   import tensorflow as tf
-  from lad_tf import distribute, models, training
+  from lad_tf import models
+  from lad_tf.runtime import distribute, training
   assert distribute.get_strategy("default") is tf.distribute.get_strategy()
   mirrored = distribute.get_strategy("mirrored")
   assert isinstance(mirrored, tf.distribute.MirroredStrategy)
@@ -248,7 +257,7 @@ def test_strategies_by_name_and_mirrored_training(tmp_path):
 
 def test_mixed_precision_is_a_warned_no_op_without_a_gpu():
   import keras
-  from lad_tf import execution
+  from lad_tf.runtime import execution
   if execution.has_gpu():
     pytest.skip("a GPU is present")
   assert execution.configure(ExecutionConfig(precision="mixed_float16")) == "float32"
@@ -258,7 +267,9 @@ def test_mixed_precision_is_a_warned_no_op_without_a_gpu():
 def test_mixed_precision_trains_with_loss_scaling_in_both_loops():
   """mixed_float16 forced on a CPU (slow there, but it runs the same code as on GPUs)."""
   import keras
-  from lad_tf import datasets, defence, training
+  from lad_tf.data import datasets
+  from lad_tf.lad import fine_tuning
+  from lad_tf.runtime import training
   rng = np.random.default_rng(0)
   x = rng.random((128, 8, 8, 1)).astype(np.float32)
   y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
@@ -275,14 +286,14 @@ def test_mixed_precision_trains_with_loss_scaling_in_both_loops():
           training.TrainConfig(epochs=3, batch_size=32, learning_rate=1e-2,
                                execution=ExecutionConfig(verbose=0, loop=loop)), None)
       assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
-      tuned = defence.fine_tune(model, x, x, y, defence.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0, loop=loop)))
+      tuned = fine_tuning.fine_tune(model, x, x, y, fine_tuning.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0, loop=loop)))
       assert all(np.all(np.isfinite(w)) for w in tuned.get_weights())
   finally:
     keras.mixed_precision.set_global_policy("float32")
 
 
 def test_write_dir_keeps_nothing_on_other_workers(tmp_path, monkeypatch):
-  from lad_tf import distribute
+  from lad_tf.runtime import distribute
   monkeypatch.setattr(distribute, "is_chief", lambda strategy=None: False)
   with distribute.write_dir(str(tmp_path / "chief"), "default") as path:
     open(os.path.join(path, "checkpoint"), "w").close()

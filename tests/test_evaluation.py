@@ -1,4 +1,4 @@
-"""lad_tf.evaluation and lad_tf.report on a small fake work directory.
+"""lad_tf.run.evaluate and lad_tf.evaluation.report on a small fake work directory.
 
 The fixture builds what `pipelines.defend` would leave (classifier/, defended/, generation/generated.npz,
 config.json, metrics.json) from a LeNet-5 trained on the real `digits` images, so these tests do not
@@ -14,8 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from lad_tf import datasets, evaluation, generation, training
-from lad_tf.workdir import load_model, read_json, write_json
+from lad_tf.data import datasets
+from lad_tf.lad import generation
+from lad_tf.run import evaluate
+from lad_tf.runtime import training
+from lad_tf.run.workdir import load_model, read_json, write_json
 from digits_models import plain_lenet
 
 CALIBRATION_PER_CLASS = 5
@@ -32,7 +35,7 @@ def small_config(**overrides):
                   examples_per_attack=5, attack_options={"autoattack": {"version": "fast", "n_iter": 10}},
                   sanity_n=20, sanity_options={"pgd_steps": 5, "more_steps": 10, "restarts": 2})
   settings.update(overrides)
-  return evaluation.EvalConfig(**settings)
+  return evaluate.EvalConfig(**settings)
 
 
 def make_workdir(root):
@@ -73,7 +76,7 @@ def evaluated(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("workdir"))
   make_workdir(root)
   lines = []
-  report = evaluation.evaluate_workdir(root, small_config(), progress=lines.append)
+  report = evaluate.evaluate_workdir(root, small_config(), progress=lines.append)
   return root, report, lines
 
 
@@ -149,14 +152,14 @@ def test_html_report_opens_without_network(evaluated):
 def test_transfer_rows_come_from_the_black_box_model(evaluated):
   root, report, _ = evaluated
   config = small_config()
-  contents = evaluation.load_workdir(root)
+  contents = evaluate.load_workdir(root)
   blackbox = load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
   assert blackbox.name == "black_cnn" and contents.original.name == "lenet5"
-  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+  untargeted, _ = evaluate.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
   x, y = untargeted["x"], untargeted["y"]
-  x_bb = evaluation.craft("fgsm", blackbox, x, y, config, eps=0.1)
-  x_wb = evaluation.craft("fgsm", contents.original, x, y, config, eps=0.1)
+  x_bb = evaluate.craft("fgsm", blackbox, x, y, config, eps=0.1)
+  x_wb = evaluate.craft("fgsm", contents.original, x, y, config, eps=0.1)
   row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "transfer"
              and r["epsilon"] == 0.1)
   assert row["original_accuracy"] == pytest.approx(training.accuracy(contents.original, x_bb, y))
@@ -205,17 +208,17 @@ def test_robust_accuracy_plot_draws_each_models_eps_sweep(evaluated):
     own = [checks["clean_accuracy"]] + list(checks["eps_sweep"]["accuracy"].values())
     assert sweep["accuracy"][name] == pytest.approx(own)
   # a control's curve: its own white-box PGD accuracy on the same images
-  from lad_tf import sanity
+  from lad_tf.evaluation import sanity
   config = small_config()
-  contents = evaluation.load_workdir(root)
-  x, y = evaluation.sanity_images(contents.evaluation, 10, config)
+  contents = evaluate.load_workdir(root)
+  x, y = evaluate.sanity_images(contents.evaluation, 10, config)
   control = load_model(os.path.join(root, "evaluation", "models", "baseline_clean.keras"))
   want = [training.accuracy(control, x, y)]
   want += list(sanity.accuracy_against_eps(control, x, y, 0.1, 5, config.seed).values())
   assert sweep["accuracy"]["baseline_clean"] == pytest.approx(want)
   assert want[-1] < want[0] - 0.3  # attacked itself, the control falls with eps
   # the plot: one curve of five points per model, written next to report.json
-  from lad_tf import figures
+  from lad_tf.evaluation import figures
   fig = figures.robust_accuracy_figure(report)
   curves = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
   for name in names:
@@ -231,12 +234,12 @@ def test_robust_accuracy_plot_draws_each_models_eps_sweep(evaluated):
 def test_a_failed_sanity_check_warns_by_name(evaluated, caplog):
   import tensorflow as tf
   root, _, _ = evaluated
-  contents = evaluation.load_workdir(root)
+  contents = evaluate.load_workdir(root)
   masked = lambda z: contents.original(tf.stop_gradient(z) + 0.0 * z)  # same logits, zero input gradient
   config = small_config(sanity_n=10)
   lines = []
   with caplog.at_level("WARNING", logger="lad_tf"):
-    result = evaluation.sanity_checks({"original": contents.original, "defended": masked}, contents.evaluation,
+    result = evaluate.sanity_checks({"original": contents.original, "defended": masked}, contents.evaluation,
                                       0.1, 10, config, lines.append)
   assert not result["passed"] and not result["models"]["defended"]["zero_gradient"]["passed"]
   assert result["models"]["original"]["zero_gradient"]["passed"]
@@ -247,15 +250,15 @@ def test_a_failed_sanity_check_warns_by_name(evaluated, caplog):
 def test_apgd_transfer_rows_use_the_highest_loss_iterate(evaluated):
   root, report, _ = evaluated
   config = small_config()
-  contents = evaluation.load_workdir(root)
+  contents = evaluate.load_workdir(root)
   blackbox = load_model(os.path.join(root, "evaluation", "models", "blackbox.keras"))
-  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+  untargeted, _ = evaluate.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
   x, y = untargeted["x"], untargeted["y"]
   from lad_tf import attacks
   highest = attacks.apgd(blackbox, x, y, 0.1, n_iter=config.apgd_iter, seed=config.seed,
                          return_highest_loss=True)
-  np.testing.assert_allclose(evaluation.craft("apgd", blackbox, x, y, config, eps=0.1, transfer=True), highest, atol=1e-6)
+  np.testing.assert_allclose(evaluate.craft("apgd", blackbox, x, y, config, eps=0.1, transfer=True), highest, atol=1e-6)
   row = next(r for r in report["rows"] if r["attack"] == "apgd" and r["setting"] == "transfer"
              and r["epsilon"] == 0.1)
   assert row["original_accuracy"] == pytest.approx(training.accuracy(contents.original, highest, y))
@@ -273,14 +276,14 @@ def _copy(evaluated, tmp_path):
 def test_each_column_scores_its_own_model(evaluated):
   root, report, _ = evaluated
   config = small_config()
-  contents = evaluation.load_workdir(root)
-  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+  contents = evaluate.load_workdir(root)
+  untargeted, _ = evaluate.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
   x, y = untargeted["x"], untargeted["y"]
   row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "white_box"
              and r["epsilon"] == 0.1)
-  on_original = evaluation.craft("fgsm", contents.original, x, y, config, eps=0.1)
-  on_defended = evaluation.craft("fgsm", contents.defended, x, y, config, eps=0.1)
+  on_original = evaluate.craft("fgsm", contents.original, x, y, config, eps=0.1)
+  on_defended = evaluate.craft("fgsm", contents.defended, x, y, config, eps=0.1)
   want = {"original_accuracy": training.accuracy(contents.original, on_original, y),
           "defended_accuracy": training.accuracy(contents.defended, on_defended, y),
           "defended_accuracy_fixed_set": training.accuracy(contents.defended, on_original, y)}
@@ -293,7 +296,7 @@ def test_each_column_scores_its_own_model(evaluated):
 def test_clean_control_is_fine_tuned_as_the_defence_and_scored_on_lads_images(evaluated):
   root, report, _ = evaluated
   config = small_config()
-  contents = evaluation.load_workdir(root)
+  contents = evaluate.load_workdir(root)
   control = load_model(os.path.join(root, "evaluation", "models", "baseline_clean.keras"))
   # its own model: fine-tuned (weights moved off the original's), clean accuracy measured on it
   moved = [np.max(np.abs(a - b)) for a, b in zip(control.get_weights(), contents.original.get_weights())]
@@ -302,19 +305,19 @@ def test_clean_control_is_fine_tuned_as_the_defence_and_scored_on_lads_images(ev
       training.accuracy(control, contents.evaluation.x, contents.evaluation.y))
   assert report["models"]["baseline_clean"]["fine_tuned_on"] == len(contents.lad_rows)
   # trained on the LAD rows' clean sources, with the defence's epochs and seed (config.json)
-  from lad_tf import auxiliary_models
-  x, x_adv, y = auxiliary_models.clean_control_examples(contents)
+  from lad_tf.evaluation import baselines
+  x, x_adv, y = baselines.clean_control_examples(contents)
   index = contents.generated.index[contents.lad_rows]
   np.testing.assert_array_equal(x_adv, contents.calibration.x[index])
   np.testing.assert_array_equal(x, x_adv)
   np.testing.assert_array_equal(y, contents.calibration.y[index])
-  tune = auxiliary_models.defence_fine_tune_config(auxiliary_models.fine_tune_config(
+  tune = baselines.defence_fine_tune_config(baselines.fine_tune_config(
       dataclasses.replace(config, fine_tune_epochs=7, seed=5), contents.run_config), contents.run_config)
   assert (tune.epochs, tune.execution.seed) == (1, 0)
   # its fixed-set accuracy is on exactly the images the defended model's is: the original's examples
-  untargeted, targeted = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+  untargeted, targeted = evaluate.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                                    10, config.seed)
-  on_original = evaluation.craft("fgsm", contents.original, untargeted["x"], untargeted["y"], config, eps=0.1)
+  on_original = evaluate.craft("fgsm", contents.original, untargeted["x"], untargeted["y"], config, eps=0.1)
   row = next(r for r in report["rows"] if r["attack"] == "fgsm" and r["setting"] == "white_box"
              and r["epsilon"] == 0.1)
   assert row["baseline_clean_accuracy_fixed_set"] == pytest.approx(
@@ -326,37 +329,37 @@ def test_clean_control_is_fine_tuned_as_the_defence_and_scored_on_lads_images(ev
 def test_rerun_reuses_the_cached_models_and_attacks_baselines(evaluated, tmp_path):
   root = _copy(evaluated, tmp_path)
   # every model of the table is attacked white-box by default (the adaptive protocol)
-  assert evaluation.EvalConfig().attack_baselines
+  assert evaluate.EvalConfig().attack_baselines
   config = small_config(attacks=("fgsm",), baselines=("fgsm", "clean"), attack_baselines=True, lad_sweep=False,
                         epsilons=(0.1,))
-  report = evaluation.evaluate_workdir(root, config, progress=lambda _: None)
+  report = evaluate.evaluate_workdir(root, config, progress=lambda _: None)
   assert report["models"]["blackbox"]["reused"] and report["models"]["baseline_fgsm"]["reused"]
   assert report["models"]["baseline_clean"]["reused"]
   white = next(r for r in report["rows"] if r["setting"] == "white_box")
   # each baseline attacked itself: its column is its accuracy on its own FGSM examples
-  contents = evaluation.load_workdir(root)
-  untargeted, _ = evaluation.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
+  contents = evaluate.load_workdir(root)
+  untargeted, _ = evaluate.select_sources(contents.evaluation, config.n_per_class, config.m_per_class,
                                             10, config.seed)
   for name in ("baseline_fgsm", "baseline_clean"):
     baseline = load_model(os.path.join(root, "evaluation", "models", f"{name}.keras"))
-    own = evaluation.craft("fgsm", baseline, untargeted["x"], untargeted["y"], config, eps=0.1)
+    own = evaluate.craft("fgsm", baseline, untargeted["x"], untargeted["y"], config, eps=0.1)
     assert white[f"{name}_accuracy"] == pytest.approx(training.accuracy(baseline, own, untargeted["y"]))
 
 
 def test_select_sources_shapes():
   split = datasets.Split(np.zeros((40, 2, 2, 1), np.float32), np.repeat(np.arange(4), 10))
-  untargeted, targeted = evaluation.select_sources(split, 3, 2, 4, seed=0, targets_per_image=None)
+  untargeted, targeted = evaluate.select_sources(split, 3, 2, 4, seed=0, targets_per_image=None)
   assert len(untargeted["y"]) == 12 and np.all(np.bincount(untargeted["y"]) == 3)
   assert len(targeted["y"]) == 2 * 4 * 3  # the paper's protocol: every image towards every other class
   assert np.all(targeted["target"] != targeted["y"])
   for image in np.unique(targeted["image"]):
     rows = targeted["image"] == image
     assert sorted(targeted["target"][rows]) == [c for c in range(4) if c != targeted["y"][rows][0]]
-  _, two = evaluation.select_sources(split, 3, 2, 4, seed=0, targets_per_image=2)
+  _, two = evaluate.select_sources(split, 3, 2, 4, seed=0, targets_per_image=2)
   assert len(two["y"]) == 16 and np.all(two["target"] != two["y"])
   assert all(len(set(two["target"][two["image"] == i])) == 2 for i in range(8))  # no repeated target
   with pytest.raises(ValueError, match="targets_per_image must be between 1 and 3"):
-    evaluation.select_sources(split, 3, 2, 4, targets_per_image=4)
+    evaluate.select_sources(split, 3, 2, 4, targets_per_image=4)
 
 
 def test_default_targeted_rows_attack_500_distinct_images_in_as_many_pairs():
@@ -364,12 +367,12 @@ def test_default_targeted_rows_attack_500_distinct_images_in_as_many_pairs():
   n_eval, classes = 9500, 10
   labels = np.repeat(np.arange(classes), n_eval // classes)
   images = np.arange(n_eval, dtype=np.float32).reshape(-1, 1, 1, 1)  # each image tells its index
-  config = evaluation.EvalConfig()
-  _, targeted = evaluation.select_sources(datasets.Split(images, labels), config.n_per_class, config.m_per_class,
+  config = evaluate.EvalConfig()
+  _, targeted = evaluate.select_sources(datasets.Split(images, labels), config.n_per_class, config.m_per_class,
                                           classes, config.seed, config.targets_per_image)
   distinct = np.unique(targeted["x"].reshape(-1))
   assert len(distinct) >= 500
-  assert evaluation.source_counts(targeted) == {"n_images": len(distinct), "n_pairs": len(targeted["y"])}
+  assert evaluate.source_counts(targeted) == {"n_images": len(distinct), "n_pairs": len(targeted["y"])}
   # one target per image: no more pairs (attack time) than the 450 of the former 5 x 9 default
   assert len(targeted["y"]) == len(distinct) <= 520
   np.testing.assert_array_equal(labels[targeted["x"].reshape(-1).astype(int)], targeted["y"])
@@ -383,9 +386,9 @@ def test_default_targeted_rows_attack_500_distinct_images_in_as_many_pairs():
 
 def test_missing_workdir_pieces_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
-    evaluation.load_workdir(str(tmp_path))
+    evaluate.load_workdir(str(tmp_path))
   with pytest.raises(ValueError, match="unknown attacks"):
-    evaluation.EvalConfig(attacks=("fgsm", "deepfool"))
+    evaluate.EvalConfig(attacks=("fgsm", "deepfool"))
 
 
 def test_command_line(evaluated, tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import execution, losses
-from lad_tf.execution import ExecutionConfig
-from lad_tf.workdir import WorkDir, atomic_path, read_json
+from lad_tf.runtime import execution, losses
+from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.run.workdir import WorkDir, atomic_path, read_json
 
 
 def _task(n=256, seed=0):

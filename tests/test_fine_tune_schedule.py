@@ -1,4 +1,4 @@
-"""The named fine-tuning schedules (lad_tf.defence.FINE_TUNE_SCHEDULES) and the decoder's loss curve
+"""The named fine-tuning schedules (lad_tf.lad.fine_tuning.FINE_TUNE_SCHEDULES) and the decoder's loss curve
 (DefendConfig.decoder_loss_epochs), through the defend pipeline on the real `digits` images."""
 import dataclasses
 import os
@@ -7,30 +7,31 @@ import keras
 import numpy as np
 import pytest
 
-from lad_tf import defence, pipeline
+from lad_tf.lad import fine_tuning
+from lad_tf.run import defend
 from lad_tf.errors import ConfigError
-from lad_tf.execution import ExecutionConfig
-from lad_tf.workdir import read_json
+from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.run.workdir import read_json
 
 QUIET = ExecutionConfig(verbose=0)
 
 
 def test_schedules_are_the_documented_ones():
-  ours, authors = defence.schedule_config("lad_tf"), defence.schedule_config("authors")
+  ours, authors = fine_tuning.schedule_config("lad_tf"), fine_tuning.schedule_config("authors")
   assert (ours.epochs, ours.learning_rate, ours.momentum, ours.batch_size) == (10, 0.001, 0.5, 64)
   assert (authors.epochs, authors.learning_rate, authors.momentum, authors.batch_size) == (100, 0.01, 0.5, 64)
-  assert defence.schedule_config("authors", epochs=3).epochs == 3
-  assert defence.schedule_config() == defence.FineTuneConfig()
+  assert fine_tuning.schedule_config("authors", epochs=3).epochs == 3
+  assert fine_tuning.schedule_config() == fine_tuning.FineTuneConfig()
   with pytest.raises(ConfigError, match="unknown fine-tuning schedule 'adam'.*lad_tf, authors"):
-    defence.schedule_config("adam")
+    fine_tuning.schedule_config("adam")
 
 
 def test_defend_config_resolves_the_schedule_and_checks_the_curve_epochs():
-  assert pipeline.DefendConfig(fine_tune_schedule="authors").resolved().fine_tune_epochs == 100
-  assert pipeline.DefendConfig().resolved().fine_tune_epochs == 10
-  assert pipeline.DefendConfig(fine_tune_schedule="authors", fine_tune_epochs=7).resolved().fine_tune_epochs == 7
+  assert defend.DefendConfig(fine_tune_schedule="authors").resolved().fine_tune_epochs == 100
+  assert defend.DefendConfig().resolved().fine_tune_epochs == 10
+  assert defend.DefendConfig(fine_tune_schedule="authors", fine_tune_epochs=7).resolved().fine_tune_epochs == 7
   with pytest.raises(ConfigError, match=r"decoder loss epochs \[40\].*--generator_epochs"):
-    pipeline.DefendConfig(generator_epochs=30, decoder_loss_epochs=(10, 40)).resolved()
+    defend.DefendConfig(generator_epochs=30, decoder_loss_epochs=(10, 40)).resolved()
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,12 @@ def authors_run(tmp_path_factory, monkeypatch_module):
   epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded. No AutoAttack stage:
   nothing here reads robust accuracy (the default, standard AutoAttack, took minutes)."""
   workdir = str(tmp_path_factory.mktemp("authors"))
-  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4,
+  config = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4,
                                  decoder_loss_epochs=(1, 2, 4), calibration_per_class=5,
                                  fine_tune_schedule="authors", fine_tune_epochs=2,
                                  eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), robust_eval="none",
                                  execution=QUIET)
-  pipeline.DefendRun(workdir, config).run(stop_after="generation")
+  defend.DefendRun(workdir, config).run(stop_after="generation")
   built = []
   sgd = keras.optimizers.SGD
 
@@ -53,7 +54,7 @@ def authors_run(tmp_path_factory, monkeypatch_module):
     built.append(optimizer)
     return optimizer
   monkeypatch_module.setattr(keras.optimizers, "SGD", spy)
-  metrics = pipeline.run_defend(workdir, config)  # the earlier stages are done: only fine-tuning runs
+  metrics = defend.run_defend(workdir, config)  # the earlier stages are done: only fine-tuning runs
   monkeypatch_module.undo()
   return workdir, config, metrics, built
 
@@ -80,14 +81,15 @@ def test_the_authors_schedule_is_the_optimizer_the_defence_trains_with(authors_r
 
 
 def test_the_evaluation_fine_tunes_baselines_with_the_defences_schedule(authors_run):
-  from lad_tf import auxiliary_models, evaluation
+  from lad_tf.evaluation import baselines
+  from lad_tf.run import evaluate
   workdir, _, _, _ = authors_run
   run_config = read_json(os.path.join(workdir, "config.json"))
-  tune = auxiliary_models.fine_tune_config(evaluation.EvalConfig(), run_config)
+  tune = baselines.fine_tune_config(evaluate.EvalConfig(), run_config)
   assert (tune.epochs, tune.learning_rate, tune.momentum) == (2, 0.01, 0.5)
   # an older work directory without a schedule keeps ours
   del run_config["full"]["fine_tune_schedule"]
-  tune = auxiliary_models.fine_tune_config(evaluation.EvalConfig(), run_config)
+  tune = baselines.fine_tune_config(evaluate.EvalConfig(), run_config)
   assert (tune.epochs, tune.learning_rate) == (2, 0.001)
 
 
@@ -106,17 +108,17 @@ def test_decoder_loss_is_recorded_at_each_epoch_and_falls(authors_run):
 
 def test_a_changed_schedule_reruns_only_the_defended_stage(authors_run, caplog):
   workdir, config, _, _ = authors_run
-  run = pipeline.DefendRun(workdir, dataclasses.replace(config, fine_tune_schedule="lad_tf", fine_tune_epochs=1))
+  run = defend.DefendRun(workdir, dataclasses.replace(config, fine_tune_schedule="lad_tf", fine_tune_epochs=1))
   assert all(run.work.done(s, run.settings[s]) for s in ("classifier", "generator", "boundaries", "generation"))
   assert not run.work.done("defended", run.settings["defended"])
   run.close()
 
 
 def test_stop_after_the_generator_runs_no_later_stage(tmp_path):
-  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=2,
+  config = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=2,
                                  calibration_per_class=3, decoder_loss_epochs=(2,), execution=QUIET)
-  metrics = pipeline.DefendRun(str(tmp_path), config).run(stop_after="generator")
+  metrics = defend.DefendRun(str(tmp_path), config).run(stop_after="generator")
   assert os.path.isdir(tmp_path / "generator") and not os.path.exists(tmp_path / "boundaries")
   assert np.isfinite(metrics["generator"]["loss_at_epoch"]["2"]["test"])
   with pytest.raises(ConfigError, match="stop_after"):
-    pipeline.DefendRun(str(tmp_path), config).run(stop_after="export")
+    defend.DefendRun(str(tmp_path), config).run(stop_after="export")

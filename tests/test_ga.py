@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import datasets, defence, training
-from lad_tf.execution import ExecutionConfig
+from lad_tf.data import datasets
+from lad_tf.lad import fine_tuning
+from lad_tf.runtime import training
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.attacks import ga
 from lad_tf.models import acgan as acgan_lib
 import trained
@@ -170,7 +172,7 @@ def test_evaluation_helpers_pair_by_source_class_and_fine_tune(gan, lenet, digit
     matches = np.flatnonzero(np.all(digits.test.x == clean_image, axis=(1, 2, 3)))
     assert len(matches) and np.all(digits.test.y[matches] == label)
   tuned, used = ga.ga_fine_tuned(lenet, gan, digits.test, n_per_class=2, seed=3,
-                                 config=defence.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0)), **FAST_ATTACK)
+                                 config=fine_tuning.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0)), **FAST_ATTACK)
   assert used["kept"].any()
   assert training.accuracy(tuned, digits.test.x, digits.test.y) >= 0.85
   assert tuned is not lenet
@@ -178,7 +180,8 @@ def test_evaluation_helpers_pair_by_source_class_and_fine_tune(gan, lenet, digit
 
 def test_evaluation_ga_rows_attack_the_defended_model_itself_and_score_it_on_the_originals_examples(gan, lenet, digits):
   from types import SimpleNamespace
-  from lad_tf import evaluation, sweeps
+  from lad_tf.evaluation import sweeps
+  from lad_tf.run import evaluate
 
   # models that differ from the original and each other (shorter trainings, other seeds)
   defended, other = plain_lenet(epochs=4, seed=1)[0], plain_lenet(epochs=2, seed=2)[0]
@@ -186,8 +189,8 @@ def test_evaluation_ga_rows_attack_the_defended_model_itself_and_score_it_on_the
   contents = SimpleNamespace(original=lenet, defended=defended, calibration=calibration, evaluation=held_out)
   attacked = {"original": lenet, "defended": defended, "baseline_fgsm": other}
   options = dict(learning_rate=0.2, log_every=0)
-  config = evaluation.EvalConfig(ga_per_class=2, ga_steps=150, attack_options={"ga": options})
-  tune = defence.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0))
+  config = evaluate.EvalConfig(ga_per_class=2, ga_steps=150, attack_options={"ga": options})
+  tune = fine_tuning.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0))
   result = sweeps.ga_rows(gan, contents, attacked, other, config, tune, lambda _: None)
   white, transfer = result["rows"]
   assert (white["attack"], white["setting"], transfer["setting"]) == ("ga", "white_box", "transfer")

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import boundary, defence, execution, generation, pipeline
-from lad_tf.workdir import WorkDir
+from lad_tf.lad import boundary, fine_tuning, generation
+from lad_tf.run import defend
+from lad_tf.runtime import execution
+from lad_tf.run.workdir import WorkDir
 from pipelines import stages
 
 
@@ -111,8 +113,8 @@ def test_one_fine_tuning_step_lowers_the_eq4_loss():
   x = rng.random((32, 6)).astype(np.float32)
   x_adv = np.clip(x + rng.normal(scale=0.2, size=x.shape), 0, 1).astype(np.float32)
   y = rng.integers(0, 3, size=32)
-  eq4 = lambda alpha: float(tf.reduce_mean(defence.eq4_loss(alpha)(model, (x, x_adv), y, False)["loss"]))
-  trainer = execution.LossTrainer(model, defence.eq4_loss(0.5))
+  eq4 = lambda alpha: float(tf.reduce_mean(fine_tuning.eq4_loss(alpha)(model, (x, x_adv), y, False)["loss"]))
+  trainer = execution.LossTrainer(model, fine_tuning.eq4_loss(0.5))
   trainer.compile(optimizer=keras.optimizers.SGD(0.1))
   trainer.build_metrics(tf.data.Dataset.from_tensor_slices(((x, x_adv), y)).batch(32).element_spec)
   before = eq4(0.5)
@@ -130,13 +132,13 @@ def test_fine_tune_leaves_the_original_untouched():
   model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
   weights = [w.copy() for w in model.get_weights()]
   x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
-  tuned = defence.fine_tune(model, x, x, np.zeros(16, np.int64), defence.FineTuneConfig(epochs=2, execution=QUIET))
+  tuned = fine_tuning.fine_tune(model, x, x, np.zeros(16, np.int64), fine_tuning.FineTuneConfig(epochs=2, execution=QUIET))
   assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
   assert not all(np.array_equal(a, b) for a, b in zip(weights, tuned.get_weights()))
 
 
 # -- the pipeline on digits ---------------------------------------------------------------------
-CONFIG = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=8, generator_epochs=25,
+CONFIG = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
                                eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), robust_eval="fast",
                                robust_eval_examples=100, execution=QUIET)
@@ -174,9 +176,9 @@ def test_success_rate_rises_with_eps(defended):
 
 def test_eps_zero_gives_back_the_reconstruction(defended):
   workdir, _ = defended
-  run = pipeline.DefendRun(workdir, CONFIG)
+  run = defend.DefendRun(workdir, CONFIG)
   generated = run.work.generated(len(run.calibration))
-  phi, _ = pipeline.models.split_at_latent(run.classifier())
+  phi, _ = defend.models.split_at_latent(run.classifier())
   generator = run.work.model("generator")
   rows = generated.eps == 0.0
   reconstruction = generator.predict(phi.predict(run.calibration.x, verbose=0), verbose=0)
@@ -187,7 +189,7 @@ def test_export_is_servable(defended):
   workdir, metrics = defended
   loaded = tf.saved_model.load(metrics["export_path"])
   serve = loaded.signatures["serving_default"]
-  run = pipeline.DefendRun(workdir, CONFIG)
+  run = defend.DefendRun(workdir, CONFIG)
   out = serve(images=tf.constant(run.evaluation.x[:8]))
   defended_model = WorkDir(workdir).model("defended")
   np.testing.assert_array_equal(out["classes"].numpy(),
@@ -196,12 +198,12 @@ def test_export_is_servable(defended):
 
 def test_second_run_skips_every_stage(defended, caplog):
   workdir, first = defended
-  stamps = {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES}
+  stamps = {s: os.path.getmtime(os.path.join(workdir, s)) for s in defend.STAGES}
   with caplog.at_level("INFO", logger="lad_tf"):
     again = stages.run_defend(workdir, CONFIG)
-  assert {s: os.path.getmtime(os.path.join(workdir, s)) for s in pipeline.STAGES} == stamps
+  assert {s: os.path.getmtime(os.path.join(workdir, s)) for s in defend.STAGES} == stamps
   skipped = [r.getMessage() for r in caplog.records if "done, skipped" in r.getMessage()]
-  assert len(skipped) == len(pipeline.STAGES) + 1  # every stage and the export
+  assert len(skipped) == len(defend.STAGES) + 1  # every stage and the export
   assert again["export_path"] == first["export_path"]
 
 
@@ -210,12 +212,12 @@ def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_pa
   import shutil
   workdir = str(tmp_path / "copy")
   shutil.copytree(defended[0], workdir)
-  stamps = lambda: {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in pipeline.STAGES}
+  stamps = lambda: {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in defend.STAGES}
   before = stamps()
   # the target choice is a generation setting: generation and the fine-tuning on its output rerun
   metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
   after = stamps()
-  assert [s for s in pipeline.STAGES if after[s] != before[s]] == ["generation", "defended", "robustness"]
+  assert [s for s in defend.STAGES if after[s] != before[s]] == ["generation", "defended", "robustness"]
   assert metrics["defended"]["clean_accuracy"] > 0.85
   again = stamps()
   stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from lad_tf import datasets
+from lad_tf.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 MNIST_DIR = os.environ.get("LAD_MNIST_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "mnist"))

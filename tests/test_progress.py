@@ -1,4 +1,4 @@
-"""Progress lines with the time left (lad_tf.progress), the defend plan (lad_tf.plan) and SVHN's .mat
+"""Progress lines with the time left (lad_tf.runtime.progress), the defend plan (lad_tf.run.plan) and SVHN's .mat
 writer (the benchmark's full-size stand-in files), on the embedded digits and tiny synthetic files."""
 import logging
 import math
@@ -8,10 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from lad_tf import datasets, execution, losses, models, pipeline, plan
-from lad_tf.progress import Progress, StepTimer, duration
+from lad_tf import models
+from lad_tf.data import datasets
+from lad_tf.run import defend, plan
+from lad_tf.runtime import execution, losses
+from lad_tf.runtime.progress import Progress, StepTimer, duration
 from lad_tf.errors import ConfigError
-from lad_tf.sources import svhn
+from lad_tf.data.sources import svhn
 
 
 class FakeClock:
@@ -117,9 +120,9 @@ def test_step_timer_leaves_out_the_first_batch():
 
 # -- the plan -------------------------------------------------------------------------------------
 def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_path):
-  config = pipeline.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=3,
+  config = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=3,
                                  execution=execution.ExecutionConfig(verbose=0))
-  run = pipeline.DefendRun(str(tmp_path), config)
+  run = defend.DefendRun(str(tmp_path), config)
 
   def fake_classifier(out):  # the classifier stage, done (an untrained model is enough to plan)
     model = models.build_classifier("lenet5", (28, 28, 1), 10)
@@ -129,7 +132,7 @@ def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_
 
   estimates, lines = run.plan(batches=2)
   by_name = {e.name: e for e in estimates}
-  assert [e.name for e in estimates] == list(pipeline.STAGES)
+  assert [e.name for e in estimates] == list(defend.STAGES)
   assert by_name["classifier"].done and not by_name["generator"].done
   assert "classifier_step" not in lines[-1]  # a done stage's training is not timed
   # the estimate is the stage's counts times the measured batch times
@@ -153,9 +156,9 @@ def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_
 
 
 def test_plan_estimates_the_robust_defence_and_autoattack_from_their_own_pieces(tmp_path):
-  config = pipeline.DefendConfig(dataset="digits", defence="fgsm_rs", defence_epochs=3,
+  config = defend.DefendConfig(dataset="digits", defence="fgsm_rs", defence_epochs=3,
                                  execution=execution.ExecutionConfig(verbose=0))
-  run = pipeline.DefendRun(str(tmp_path), config)
+  run = defend.DefendRun(str(tmp_path), config)
   run.prepare()
   c = run.config
   assert plan.stage_pieces(c, "defended") == ("classifier_inference", "robust_step", "attack_gradient")
@@ -233,20 +236,20 @@ def test_robust_defence_decodes_svhns_uint8_split_and_refuses_one_too_big_before
   labels = np.arange(120) % 10
   svhn.write_mat(tmp_path / "train_32x32.mat", images, labels)
   svhn.write_mat(tmp_path / "test_32x32.mat", images[:40], labels[:40])
-  config = lambda **kw: pipeline.DefendConfig(**{"dataset": "svhn", "data_dir": str(tmp_path), "defence": "fgsm_rs",
+  config = lambda **kw: defend.DefendConfig(**{"dataset": "svhn", "data_dir": str(tmp_path), "defence": "fgsm_rs",
                                                  "calibration_per_class": 2, **kw})
-  run = pipeline.DefendRun(str(tmp_path / "run"), config())
+  run = defend.DefendRun(str(tmp_path / "run"), config())
   assert run.data.train.streamed  # SVHN keeps uint8 pixels
   train = run.robust_train_split().in_memory()
   assert train.x.dtype == np.float32 and train.x.shape == (120, 32, 32, 3)
   np.testing.assert_allclose(train.x, images / 255.0, atol=1e-7)
-  assert len(pipeline.DefendRun(str(tmp_path / "run2"), config(defence_train_examples=200)).robust_train_split()) == 120
+  assert len(defend.DefendRun(str(tmp_path / "run2"), config(defence_train_examples=200)).robust_train_split()) == 120
   # over the memory limit: refused when the run is set up, with the flag that fixes it
   monkeypatch.setattr(pipeline, "ROBUST_MEMORY_BYTES", 100 * 32 * 32 * 3 * 4)
   with pytest.raises(ConfigError, match=r"--defence_train_examples=100 \(at most 100 fit\)"):
-    pipeline.DefendRun(str(tmp_path / "run3"), config())
-  assert len(pipeline.DefendRun(str(tmp_path / "run4"), config(defence_train_examples=100)).robust_train_split()) == 100
-  pipeline.DefendRun(str(tmp_path / "run5"), config(defence="lad"))  # the paper's method streams: no limit
+    defend.DefendRun(str(tmp_path / "run3"), config())
+  assert len(defend.DefendRun(str(tmp_path / "run4"), config(defence_train_examples=100)).robust_train_split()) == 100
+  defend.DefendRun(str(tmp_path / "run5"), config(defence="lad"))  # the paper's method streams: no limit
 
 
 def test_pipeline_benchmark_keeps_a_given_workdir_and_a_second_run_resumes_from_it(tmp_path):

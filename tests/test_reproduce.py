@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lad_tf.errors import ConfigError
-from lad_tf.workdir import read_json, write_json
+from lad_tf.run.workdir import read_json, write_json
 from pipelines import reproduce, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -348,9 +348,9 @@ def test_the_default_defence_is_the_committed_benchmarks_choice():
   bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
   assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
   assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
-  # MNIST's recipe (lad_tf.datasets) trains what the rule picks from its benchmark: the same defence, and
+  # MNIST's recipe (lad_tf.data.datasets) trains what the rule picks from its benchmark: the same defence, and
   # the settings of a separate run's row (ROW@S,Eep: step scale S, E epochs; carryK: K carried steps)
-  from lad_tf import datasets
+  from lad_tf.data import datasets
   bench = read_json(robust_results.path_of(REPO, "mnist"))
   row = robust_results.best_within_budget(bench)
   assert robust_results.defence_of(row) == defences.DEFAULT_DEFENCE

@@ -12,11 +12,14 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from lad_tf import boundary, datasets, models, robust, training
-from lad_tf import decoder as decoder_lib
-from lad_tf.execution import ExecutionConfig
+from lad_tf import models, robust
+from lad_tf.data import datasets
+from lad_tf.lad import boundary
+from lad_tf.runtime import training
+from lad_tf.lad import decoder as decoder_lib
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries, losses
-from lad_tf.workdir import load_model
+from lad_tf.run.workdir import load_model
 import trained
 
 EPS = 0.1

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import execution, robust
-from lad_tf.execution import ExecutionConfig
+from lad_tf import robust
+from lad_tf.runtime import execution
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries, methods
 
 EPS = 0.3

@@ -1,4 +1,4 @@
-"""Gradient-masking checks (lad_tf.sanity) on a digits LeNet-5: the plain model passes, the same model
+"""Gradient-masking checks (lad_tf.evaluation.sanity) on a digits LeNet-5: the plain model passes, the same model
 behind a wrapper that zeroes its input gradients (same outputs) is flagged."""
 import warnings
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import sanity
+from lad_tf.evaluation import sanity
 from digits_models import plain_lenet, sample_images
 
 EPS = 0.1

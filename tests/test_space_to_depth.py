@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf import datasets, decoder, execution, losses, models
+from lad_tf import models
+from lad_tf.data import datasets
+from lad_tf.lad import decoder
+from lad_tf.runtime import execution, losses
 from lad_tf.models import generators
 from lad_tf.models.space_to_depth import SpaceToDepthConv2D
 
@@ -97,11 +100,11 @@ def test_training_reaches_the_conv2d_decoders_loss():
 
 
 def test_a_fresh_process_loads_a_saved_blocked_decoder(tmp_path):
-  """lad_tf.workdir.load_model registers the layer itself: a later stage (or pipelines.evaluate) in a
+  """lad_tf.run.workdir.load_model registers the layer itself: a later stage (or pipelines.evaluate) in a
   new process need not have imported lad_tf.models first."""
   path = str(tmp_path / "decoder.keras")
   models.build_generator("lenet5_decoder_blocked", 500, (28, 28, 1)).save(path)
-  code = ("import sys; from lad_tf.workdir import load_model; "
+  code = ("import sys; from lad_tf.run.workdir import load_model; "
           "assert 'lad_tf.models' not in sys.modules; "
           "print(type(load_model(sys.argv[1]).get_layer('image')).__name__)")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,8 @@ import socket
 import numpy as np
 import pytest
 
-from lad_tf import datasets
-from lad_tf.sources import DatasetNotFoundError, tfds_source
+from lad_tf.data import datasets
+from lad_tf.data.sources import DatasetNotFoundError, tfds_source
 
 TFDS_SPECS = [spec for spec in datasets.REGISTRY.values() if spec.load_tfds]
 

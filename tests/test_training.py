@@ -3,7 +3,9 @@ import keras
 import numpy as np
 import pytest
 
-from lad_tf import datasets, execution, losses, models, training
+from lad_tf import models
+from lad_tf.data import datasets
+from lad_tf.runtime import execution, losses, training
 from kill import Killed, KillAfter
 
 QUIET = execution.ExecutionConfig(verbose=0)

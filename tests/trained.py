@@ -49,7 +49,7 @@ def code_hash():
 
 @functools.lru_cache(maxsize=1)
 def _cpu_flags():
-  """/proc/cpuinfo's flags, read here rather than through lad_tf.execution, which imports TensorFlow."""
+  """/proc/cpuinfo's flags, read here rather than through lad_tf.runtime.execution, which imports TensorFlow."""
   try:
     with open("/proc/cpuinfo") as f:
       return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
@@ -121,7 +121,7 @@ def copy_of(name, build, destination, **params):
 
 def keras_model(name, train, **params):
   """A Keras model trained by `train(**params)` once per test run, loaded fresh for each caller."""
-  from lad_tf.workdir import load_model
+  from lad_tf.run.workdir import load_model
 
   def build(folder):
     train(**params).save(os.path.join(folder, "model.keras"))

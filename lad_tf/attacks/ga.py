@@ -310,12 +310,12 @@ def accuracy_over_tries(models, ga_set, batch_size=512):
 
 
 def fine_tune_pairs(ga_set, clean, seed=0):
-  """Pairs each kept GA example with a clean example of its source class, for defence.fine_tune.
+  """Pairs each kept GA example with a clean example of its source class, for fine_tuning.fine_tune.
 
   GA examples are generated from noise, so unlike FGSM / PGD / LAD examples they have no clean
   counterpart; Eq. 4 needs one, so each is paired with a clean example of its source class drawn at
   random (with `seed`) from `clean` (a Split, e.g. the calibration or training data).
-  Returns (x, x_adv, y) ready for lad_tf.defence.fine_tune(classifier, x, x_adv, y, config).
+  Returns (x, x_adv, y) ready for lad_tf.lad.fine_tuning.fine_tune(classifier, x, x_adv, y, config).
   """
   mask = ga_set["kept"]
   x_adv, y = ga_set["x_adv"][mask], ga_set["source"][mask].astype(np.int64)
@@ -339,19 +339,19 @@ def ga_fine_tuned(classifier, acgan, clean, n_per_class, config=None, targeted=F
     acgan: ACGAN or its folder.
     clean: Split the clean partners come from (see fine_tune_pairs).
     n_per_class: GA tries per source class.
-    config: lad_tf.defence.FineTuneConfig (None: its defaults).
+    config: lad_tf.lad.fine_tuning.FineTuneConfig (None: its defaults).
     targeted, seed, **attack_kwargs: as in make_ga_set.
     state_dir: per-epoch backups of the fine-tuning (None: none).
   Returns:
     (the fine-tuned copy of classifier, the GA set it was tuned on).
   """
-  from lad_tf import defence  # pylint: disable=import-outside-toplevel
+  from lad_tf.lad import fine_tuning  # pylint: disable=import-outside-toplevel
   ga_set = make_ga_set(classifier, acgan, n_per_class, targeted=targeted, seed=seed, **attack_kwargs)
   if not ga_set["kept"].any():
     raise ValueError("ga_fine_tuned: no GA try succeeded against the classifier; raise num_steps or "
                      "n_per_class")
   x, x_adv, y = fine_tune_pairs(ga_set, clean, seed)
-  tuned = defence.fine_tune(classifier, x, x_adv, y, config or defence.FineTuneConfig(), state_dir=state_dir)
+  tuned = fine_tuning.fine_tune(classifier, x, x_adv, y, config or fine_tuning.FineTuneConfig(), state_dir=state_dir)
   return tuned, ga_set
 
 

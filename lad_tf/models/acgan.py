@@ -15,7 +15,7 @@ update (5, with Adam lr 2e-4, beta1 0, beta2 0.9 in the original WGAN-GP and Son
 `build_generator` / `build_critic` make small DCGAN-style networks for any H x W x C image with H, W
 divisible by 4 (28x28x1 by default, 32x32x3 likewise); images are float32 in [0, 1] (sigmoid output).
 `ACWGANGP` is the trainer (a keras.Model whose train_step does one generator update, keras-io style),
-so `fit` with lad_tf.execution.fit_resumable resumes after a kill. `ACGAN` holds the two trained
+so `fit` with lad_tf.runtime.execution.fit_resumable resumes after a kill. `ACGAN` holds the two trained
 networks for the attack, and saves / loads them.
 """
 import dataclasses
@@ -302,9 +302,9 @@ def train_acgan(train, image_shape, num_classes, config=ACGANConfig(), state_dir
   calling again with the same arguments after a kill resumes at the last finished epoch. `progress`
   (a callable taking one string) gets one line per epoch.
   """
-  from lad_tf.execution import fit_resumable  # pylint: disable=import-outside-toplevel
+  from lad_tf.runtime.execution import fit_resumable  # pylint: disable=import-outside-toplevel
   trainer = build_trainer(image_shape, num_classes, config)
-  if train.streamed:  # decoded on the fly (lad_tf.sources.images), never held whole
+  if train.streamed:  # decoded on the fly (lad_tf.data.sources.images), never held whole
     ds = train.x.pairs(np.asarray(train.y, np.int32), shuffle=True, seed=config.seed)
   else:
     ds = (tf.data.Dataset.from_tensor_slices((np.asarray(train.x, np.float32), np.asarray(train.y, np.int32)))
@@ -320,7 +320,7 @@ def train_acgan(train, image_shape, num_classes, config=ACGANConfig(), state_dir
 
 def sample_figure(path, acgan, class_names, per_class=10, seed=0):
   """One row of samples G(z, c) per class c, captioned with the class name."""
-  from lad_tf import figures  # pylint: disable=import-outside-toplevel
+  from lad_tf.evaluation import figures  # pylint: disable=import-outside-toplevel
   labels = np.repeat(np.arange(acgan.num_classes), per_class)
   captions = [str(class_names[c])[:12] for c in labels]
   return figures.image_grid(path, acgan.sample(labels, seed=seed), captions, cols=per_class,
@@ -335,12 +335,14 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   auxiliary classifier on the test split, aux_sample_accuracy / classifier_sample_accuracy: the share
   of 100 samples per class that the auxiliary classifier / DIR/classifier/model.keras (when present)
   labels as their class), and DIR/figures/acgan_samples.png. The stage is keyed on the fingerprint of
-  its settings (lad_tf.workdir): a complete one is skipped unless `force` or a setting changed; a
+  its settings (lad_tf.run.workdir): a complete one is skipped unless `force` or a setting changed; a
   killed one resumes from its per-epoch backup when the settings are unchanged.
   Returns acgan.json's content plus "path" (the stage folder).
   """
   import shutil  # pylint: disable=import-outside-toplevel
-  from lad_tf import datasets, training, workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from lad_tf.data import datasets
+  from lad_tf.run import workdir as workdir_lib
+  from lad_tf.runtime import training  # pylint: disable=import-outside-toplevel
   say = progress or workdir_lib.log.info
   work = workdir_lib.WorkDir(workdir)
   spec = datasets.get_spec(dataset)

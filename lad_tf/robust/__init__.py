@@ -1,7 +1,7 @@
 """Robust training: classifiers that hold under white-box input-space attacks (issue 13).
 
 Every adversarial method is a per-example loss `loss_fn(model, x, y, training) -> (batch,) losses`
-over the classifier (lad_tf.robust.losses), trained by the one executor of lad_tf.execution (its
+over the classifier (lad_tf.robust.losses), trained by the one executor of lad_tf.runtime.execution (its
 LossTrainer, strategy, seeding, precision and resumable backups) and watched by a
 catastrophic-overfitting guard (lad_tf.robust.guard.OverfittingGuard). LAD's parts, the decoder and
 the latent boundaries, only steer the adversary during training (lad_tf.robust.boundary_start); the

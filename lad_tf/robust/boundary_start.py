@@ -1,15 +1,15 @@
 """LAD's boundary machinery as a guide for an input-space adversary.
 
 For each training example, with the frozen classifier's encoder phi, the decoder G and the fitted
-attention-SVM boundaries (lad_tf.boundary): the nearest rival class t (the boundary closest to z in
-the attended latent space), its normal d (lad_tf.generation's relative convention) and the image-space
+attention-SVM boundaries (lad_tf.lad.boundary): the nearest rival class t (the boundary closest to z in
+the attended latent space), its normal d (lad_tf.lad.generation's relative convention) and the image-space
 direction sign(G(z + s * beta * d) - G(z)). Taking the difference of two decodes cancels the decoder's
 reconstruction error: only what moving toward the boundary changes remains. Computed once, before
 training (the decoder and boundaries belong to the original classifier and only steer the start).
 """
 import numpy as np
 
-from lad_tf import generation
+from lad_tf.lad import generation
 from lad_tf.models import split_at_latent
 
 
@@ -21,7 +21,7 @@ def features(classifier, generator, boundaries, x, y, strength=0.5, decoded_eps=
   Args:
     classifier: the trained classifier whose latent space the boundaries were fitted in.
     generator: G, latents -> images in [0, 1].
-    boundaries: lad_tf.boundary.Boundaries of that classifier.
+    boundaries: lad_tf.lad.boundary.Boundaries of that classifier.
     x, y: training images (float32 NHWC in [0, 1]) and labels.
     strength: how far along d the guide looks, in units of the mean latent norm.
     decoded_eps: LAD's eps values (same unit) for the decoded on-manifold examples, drawn per example

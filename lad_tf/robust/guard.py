@@ -25,12 +25,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import workdir
+from lad_tf.run import workdir
 from lad_tf.robust import adversaries as adv
 
 
 class OverfittingGuard(keras.callbacks.Callback):
-  """Watches one training of lad_tf.execution (`watch(model, optimizer)`) and a loss's step scale.
+  """Watches one training of lad_tf.runtime.execution (`watch(model, optimizer)`) and a loss's step scale.
 
   Args:
     x, y: held-out training images and labels (about 1,000).
@@ -67,7 +67,7 @@ class OverfittingGuard(keras.callbacks.Callback):
     self.state_path, self.save_state = state_path, save_state
 
   def watch(self, classifier, optimizer):
-    """The model being trained (logits) and its optimizer (lad_tf.execution.Training's)."""
+    """The model being trained (logits) and its optimizer (lad_tf.runtime.execution.Training's)."""
     self.classifier, self.optimizer = classifier, optimizer
 
   def _accuracies(self):

@@ -2,8 +2,8 @@
 
   standard    clean training, CE(f(x), y), with the robust methods' optimizer and schedule (the
               cost reference: cost ratios divide by its wall time)
-  clean       the paper's Eq. 4 fine-tuning with x' = x (LAD's control; lad_tf.defence)
-  lad         the paper's Eq. 4 fine-tuning on LAD's decoded examples (lad_tf.defence)
+  clean       the paper's Eq. 4 fine-tuning with x' = x (LAD's control; lad_tf.lad.fine_tuning)
+  lad         the paper's Eq. 4 fine-tuning on LAD's decoded examples (lad_tf.lad.fine_tuning)
   fgsm_rs     FGSM with a random start, step 1.25 eps (Wong et al. 2020)
   pgd_at      PGD-10 adversarial training (Madry et al. 2018)
   trades      TRADES, 10-step inner maximisation, beta 6 (Zhang et al. 2019)
@@ -14,10 +14,10 @@
               loss with LadRobustOptions.carried(K)
   lad_robust  ours: N-FGSM single step steered by LAD's boundaries (lad_tf.robust.losses.LadRobustLoss)
 
-Every method trains through lad_tf.execution (one training path: the ExecutionConfig's strategy,
+Every method trains through lad_tf.runtime.execution (one training path: the ExecutionConfig's strategy,
 seeding, precision with float32 weights copied back, per-epoch backups in `state_dir`): the
 adversarial methods as a per-example loss over `{"image": x, ...extras}` batches, `clean` and `lad`
-as lad_tf.defence's Eq. 4 fine-tuning. The decoder and boundaries are used only while training; the
+as lad_tf.lad.fine_tuning's Eq. 4 fine-tuning. The decoder and boundaries are used only while training; the
 result is the classifier alone.
 """
 import dataclasses
@@ -31,9 +31,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import defence, distribute, execution, workdir
+from lad_tf.lad import fine_tuning
+from lad_tf.run import workdir
+from lad_tf.runtime import distribute, execution
 from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
-from lad_tf.execution import ExecutionConfig
+from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import boundary_start, guard as guard_lib, losses
 
 METHODS = tuple(DESCRIPTIONS)
@@ -70,7 +72,7 @@ def learning_rate(config, steps_per_epoch):
 class RobustConfig:
   """What `train` needs. Adam at `learning_rate` for the adversarial methods and `standard` (constant,
   or a one-cycle schedule peaking there with lr_schedule="cyclic"); `lad` and `clean` keep
-  lad_tf.defence's Eq. 4 settings (SGD 0.001, momentum 0.5, batch 64)."""
+  lad_tf.lad.fine_tuning's Eq. 4 settings (SGD 0.001, momentum 0.5, batch 64)."""
   method: str = "lad_robust"
   eps: float = 0.1
   epochs: int = 5
@@ -91,7 +93,7 @@ class RobustConfig:
   guard_max_drop: float = 0.2
   guard_max_gap: float = 0.3
   latent_layer: str = "latent"
-  # seed, strategy, precision, verbosity of the training (lad_tf.execution)
+  # seed, strategy, precision, verbosity of the training (lad_tf.runtime.execution)
   execution: ExecutionConfig = dataclasses.field(default_factory=lambda: ExecutionConfig(verbose=0))
 
   @property
@@ -242,8 +244,8 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
                                       latent_layer=config.latent_layer, seed=config.seed,
                                       need=("decoded",))["decoded"]
     info["prepare_s"] = time.perf_counter() - start
-    model = defence.fine_tune(classifier, x[rows], x_adv, y[rows],
-                              defence.FineTuneConfig(epochs=config.epochs, execution=config.execution),
+    model = fine_tuning.fine_tune(classifier, x[rows], x_adv, y[rows],
+                              fine_tuning.FineTuneConfig(epochs=config.epochs, execution=config.execution),
                               state_dir=state_dir)
     info["train_s"] = time.perf_counter() - start
     return model, info
@@ -269,7 +271,7 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
       min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
           config.batch_size).prefetch(tf.data.AUTOTUNE)
   rate = learning_rate(config, -(-len(rows) // config.batch_size))
-  training = execution.Training(defence.clone_classifier(classifier), loss_fn, config.execution,
+  training = execution.Training(fine_tuning.clone_classifier(classifier), loss_fn, config.execution,
                                 lambda: keras.optimizers.Adam(rate), name=config.method)
   use_guard = config.uses_guard()
   chief = distribute.is_chief(training.strategy)  # every worker resumes from the chief's state files

@@ -166,8 +166,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
   import tempfile
   from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, SaliencyMapMethod
 
-  from lad_tf import attacks, datasets, models, training
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import attacks, models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import training
+  from lad_tf.runtime.execution import ExecutionConfig
 
   if sections not in ("all", "autoattack"):
     raise ValueError(f"sections must be 'all' or 'autoattack', got {sections!r}")

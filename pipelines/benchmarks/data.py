@@ -76,7 +76,9 @@ def train_steps(data_dir, steps, seed):
   the epoch cut to `steps` batches of the whole-split stream: the run measures memory, not accuracy
   (one CelebANet batch takes over a minute on this machine). Returns the evaluation accuracy."""
   import keras
-  from lad_tf import datasets, execution, losses, models, training
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import execution, losses, training
   spec = datasets.get_spec("celeba_smile")
   data = datasets.load(spec.name, data_dir=data_dir)
   _, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed)

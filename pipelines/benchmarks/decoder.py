@@ -39,7 +39,10 @@ def _latents(data, spec, n, epochs, seed):
   """Latents of the first n training images and of the test split under a briefly trained
   classifier (float32), as the decoder stage computes them."""
   import keras
-  from lad_tf import datasets, decoder, execution, losses, models
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import decoder
+  from lad_tf.runtime import execution, losses
   run = execution.ExecutionConfig(seed=seed, verbose=0, precision="float32")
   run.seed_everything()
   train = data.train.take(np.arange(min(n, len(data.train))))
@@ -87,7 +90,8 @@ def _xla_probe(z, x, batch_size, steps, seed):
   """Seconds per train step of the float32 decoder with and without jit_compile, alternately."""
   import keras
   import tensorflow as tf
-  from lad_tf import execution, losses, models
+  from lad_tf import models
+  from lad_tf.runtime import execution, losses
   ds = tf.data.Dataset.from_tensor_slices((z[:batch_size * steps], x[:batch_size * steps])).batch(batch_size).cache()
   trainers = {}
   for jit in (False, True):
@@ -107,7 +111,7 @@ def _xla_probe(z, x, batch_size, steps, seed):
 
 def _input_pipeline_s(z, x, batch_size, seed):
   """Seconds per batch of the decoder stage's shuffled (z, x) pipeline alone, over one epoch."""
-  from lad_tf import decoder
+  from lad_tf.lad import decoder
   ds = decoder._pairs(z, x, batch_size, seed)
   start, batches = time.perf_counter(), 0
   for _ in ds:
@@ -118,7 +122,10 @@ def _input_pipeline_s(z, x, batch_size, seed):
 def run(dataset="fashion_mnist", n=0, seed=0, epochs=4, classifier_epochs=1, batch_size=0,
         variants="conv_float32+float32+conv_mixed_bfloat16+mixed_bfloat16", xla_steps=10, data_dir=None):
   import keras
-  from lad_tf import datasets, decoder, execution, losses, models
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import decoder
+  from lad_tf.runtime import execution, losses
   from pipelines.benchmarks import windows
   n = n or 20000
   names = [v for v in str(variants).replace(",", "+").split("+") if v]

@@ -51,9 +51,12 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   import tensorflow as tf
   from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-  from lad_tf import boundary, datasets, generation, models, training
-  from lad_tf import decoder as decoder_lib
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import boundary, generation
+  from lad_tf.runtime import training
+  from lad_tf.lad import decoder as decoder_lib
+  from lad_tf.runtime.execution import ExecutionConfig
 
   n = n or 2000
   spec = datasets.get_spec(dataset)

@@ -18,7 +18,7 @@ on real images (`compare_decoders`): their reconstruction errors.
 
 SVHN runs on full-size files in its own format (train_32x32.mat: 73,257 images; test_32x32.mat:
 26,032): the real ones from --data_dir when there, else written from a seeded generator into a cache
-folder (lad_tf.sources.svhn.write_synthetic); the JSON says which. Synthetic files give times only:
+folder (lad_tf.data.sources.svhn.write_synthetic); the JSON says which. Synthetic files give times only:
 no accuracy figure of such a run means anything.
 
 Runs `python -m pipelines.defend --dataset=DATASET --workdir=<fresh temporary folder>` as a
@@ -56,7 +56,7 @@ def _peak_rss_mb():
 def svhn_files(data_dir, seed=0):
   """(folder, description) of SVHN's two .mat files: --data_dir's real ones, else synthetic ones of the
   real sizes written once into a cache folder."""
-  from lad_tf.sources import svhn
+  from lad_tf.data.sources import svhn
   if data_dir and svhn.has_files(data_dir):
     return data_dir, f"the real SVHN files in {data_dir}"
   folder = os.path.join(tempfile.gettempdir(), f"lad_tf-svhn-synthetic-seed{seed}")
@@ -223,7 +223,7 @@ CONFIGS = {"before": BEFORE, "after": {"defence": "lad"},
            "light_decoder": {"generator": "svhnnet_decoder_light", "defence": "lad"}, "robust_default": {}}
 
 
-PART_PIECES = {  # which measured pieces each part of lad_tf.plan.estimate multiplies
+PART_PIECES = {  # which measured pieces each part of lad_tf.run.plan.estimate multiplies
     "training": {"classifier": "classifier_step", "generator": "decoder_step", "defended": "robust_step"},
     "validation (each epoch)": "classifier_validation", "test accuracy": "classifier_inference",
     "latents (train and test)": "classifier_inference", "latents": "classifier_inference",
@@ -299,8 +299,11 @@ def compare_decoders(seed=0, classifier_epochs=10, decoder_epochs=30):
   spec's norm) and training time; an indication of what the lighter decoder costs in fidelity."""
   import keras
   import numpy as np
-  from lad_tf import datasets, decoder as decoder_lib, models, training
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import decoder as decoder_lib
+  from lad_tf.runtime import training
+  from lad_tf.runtime.execution import ExecutionConfig
   data = datasets.load("digits")
   rgb = lambda x: np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
   train, test = datasets.Split(rgb(data.train.x), data.train.y), datasets.Split(rgb(data.test.x), data.test.y)

@@ -4,10 +4,10 @@
 
 For each policy, in alternation (the machine is shared: rounds A B A B), the dataset spec's classifier
 (LeNet-5 on Fashion-MNIST) is trained from the same starting weights on the same n training examples
-for `epochs` epochs through lad_tf.execution.fit, then its decoder (Eq. 2) for `epochs` epochs on the
+for `epochs` epochs through lad_tf.runtime.execution.fit, then its decoder (Eq. 2) for `epochs` epochs on the
 frozen float32 latents. Reported per policy: the best epoch time of each (the first epoch, which traces,
 excluded) and the whole classifier and decoder trainings, the clean test accuracy and the decoder's
-test reconstruction loss. `goal_met` is the rule lad_tf.execution.auto_precision follows:
+test reconstruction loss. `goal_met` is the rule lad_tf.runtime.execution.auto_precision follows:
 mixed_bfloat16 only where the CPU has AVX512-BF16 or AMX, its accuracy is within 0.3 points of
 float32's and the two trainings together are faster.
 """
@@ -21,7 +21,10 @@ MAX_ACCURACY_DROP = 0.003
 
 def _train_once(policy, data, spec, weights, n, epochs, seed):
   import keras
-  from lad_tf import datasets, decoder as decoder_lib, execution, losses, models, training
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import decoder as decoder_lib
+  from lad_tf.runtime import execution, losses, training
   # the executor trains copies of the models under `policy` (ExecutionConfig.precision)
   run = execution.ExecutionConfig(seed=seed, verbose=0, precision=policy)
   model = models.build_classifier(spec.classifier, spec.image_shape, spec.num_classes)
@@ -51,7 +54,9 @@ def _train_once(policy, data, spec, weights, n, epochs, seed):
 
 def run(dataset="fashion_mnist", n=0, seed=0, epochs=3, rounds=2):
   import keras
-  from lad_tf import datasets, execution, models
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.runtime import execution
   n = n or 20000
   spec = datasets.get_spec(dataset)
   data = datasets.load(dataset)

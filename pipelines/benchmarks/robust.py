@@ -6,7 +6,7 @@
 Setup, once (timed apart, not in any method's cost): the starting classifier (`model`, trained
 `pretrain_epochs` epochs on the whole training split, seed 0), LAD's decoder on its latents
 (`generator_epochs` epochs on `generator_examples` training images) and the attention-SVM boundaries
-on the calibration split (lad_tf.datasets.calibration_split, the dataset's per-class count).
+on the calibration split (lad_tf.data.datasets.calibration_split, the dataset's per-class count).
 
 Per seed: `train_examples` random training images (plus `guard_examples` held out of them for the
 catastrophic-overfitting guard); every method fine-tunes the starting classifier for `epochs`
@@ -103,7 +103,7 @@ def evaluate(model, x, y, eps, autoattack="standard", log=None):
   """Clean, PGD-40 and the strongest attack's accuracy, always computed in float32 (a model trained
   under mixed_bfloat16 is evaluated as the float32 model it exports to)."""
   from lad_tf import attacks
-  from lad_tf.execution import with_policy
+  from lad_tf.runtime.execution import with_policy
   model = with_policy(model, "float32")
   predict = lambda images: np.argmax(model.predict(images, batch_size=500, verbose=0), -1)
   clean = predict(x) == y
@@ -146,14 +146,17 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
     only may change) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
   """
   import keras
-  from lad_tf import boundary, datasets, models, robust, training
-  from lad_tf import decoder as decoder_lib
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import models, robust
+  from lad_tf.data import datasets
+  from lad_tf.lad import boundary
+  from lad_tf.runtime import training
+  from lad_tf.lad import decoder as decoder_lib
+  from lad_tf.runtime.execution import ExecutionConfig
 
   say = lambda message: print(message, flush=True)
   ablation_table = ablation_options(short_pgd, carry)
   only = _rows_named(only, tuple(ablation_table), ablation)
-  # bfloat16: every training computes in mixed_bfloat16 (lad_tf.execution), models stay float32
+  # bfloat16: every training computes in mixed_bfloat16 (lad_tf.runtime.execution), models stay float32
   precision = "mixed_bfloat16" if bfloat16 else "float32"
   spec = datasets.get_spec(dataset)
   data = datasets.load(dataset, data_dir)

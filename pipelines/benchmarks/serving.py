@@ -60,7 +60,7 @@ def _latency_figures(latencies_s, errors, elapsed_s, batch_size):
 def _images(dataset, n, seed):
   """Test images of `dataset` when the loader has them at 28x28x1, else uniform noise."""
   try:
-    from lad_tf import datasets
+    from lad_tf.data import datasets
     x = np.asarray(datasets.load(dataset).test.x[:n], dtype=np.float32)
     if x.shape[1:] == INPUT_SHAPE and len(x) >= 32:
       return x, f"{dataset} test split"

@@ -7,12 +7,12 @@ All on the same n training examples, the same LeNet-5 (the same starting weights
 epoch each, timed after a warm-up epoch on one full and one last-size batch (tracing excluded), best of
 `REPEATS` timed epochs (the machine is shared):
   clean   Keras fit on (x, y): one forward/backward pass per example.
-  lad     Eq. 4 fine-tuning (lad_tf.defence.fine_tuning) on ((x, x_adv), y): x_adv is given (LAD generates it once,
+  lad     Eq. 4 fine-tuning (lad_tf.lad.fine_tuning.fine_tuning) on ((x, x_adv), y): x_adv is given (LAD generates it once,
           before fine-tuning; the generation suite times that), so two forward/backward passes.
   pgd7    adversarial training (Madry et al.): per step, L-inf PGD-7 (eps 0.1, step 0.01, random
   pgd40   start) against the current model, then a train step on the adversarial batch. The PGD is a
           compiled tf.function (faster than cleverhans' eager loop), so the ratio is conservative.
-Also measured: the clean epoch through lad_tf.distribute.custom_fit (the multi-worker loop, here
+Also measured: the clean epoch through lad_tf.runtime.distribute.custom_fit (the multi-worker loop, here
 under the default strategy; its second epoch, the first one traces) and with XLA (`jit_compile=True`),
 to show what each costs on this machine.
 """
@@ -78,8 +78,11 @@ def pgd_train_step(model, optimizer, k):
 def run(dataset="fashion_mnist", n=0, seed=0):
   import keras
 
-  from lad_tf import datasets, defence, distribute, losses, models
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import models
+  from lad_tf.data import datasets
+  from lad_tf.lad import fine_tuning
+  from lad_tf.runtime import distribute, losses
+  from lad_tf.runtime.execution import ExecutionConfig
 
   n = n or 2000
   spec = datasets.get_spec(dataset)
@@ -114,9 +117,9 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   figures["clean_epoch_custom_loop_s"] = float(np.min(np.diff(stamps)))
   _say(f"[training] clean_epoch_custom_loop_s: {figures['clean_epoch_custom_loop_s']:.2f} s")
 
-  tuning = defence.fine_tuning(_lenet(spec, weights), defence.FineTuneConfig(
+  tuning = fine_tuning.fine_tuning(_lenet(spec, weights), fine_tuning.FineTuneConfig(
       batch_size=BATCH_SIZE, execution=ExecutionConfig(verbose=0)))
-  pairs = lambda s: defence.paired_dataset(x[s], x_adv[s], y[s], BATCH_SIZE, seed)
+  pairs = lambda s: fine_tuning.paired_dataset(x[s], x_adv[s], y[s], BATCH_SIZE, seed)
   figures["lad_epoch_s"] = _timed_fit(lambda: tuning.fit(pairs(slice(None)), 1),
                                       lambda: tuning.fit(pairs(one), 1))
   _say(f"[training] lad_epoch_s: {figures['lad_epoch_s']:.2f} s")

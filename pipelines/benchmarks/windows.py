@@ -1,9 +1,9 @@
 """Short timed windows of the defend stages, one settings variant per process (the pipeline suite's
-`batches=N` mode; see pipelines/benchmarks/pipeline.py).
+`batches=N` mode; see pipelines/benchmarks/defend.py).
 
 `python -m pipelines.benchmarks.windows '{"dataset": "svhn", "data_dir": DIR, "stages": [...], ...}'`
-times `batches` batches of each piece the listed stages need (lad_tf.plan.measure, the same windows
-`pipelines.defend` prints its plan from), extrapolates them to the full stages (lad_tf.plan.estimate)
+times `batches` batches of each piece the listed stages need (lad_tf.run.plan.measure, the same windows
+`pipelines.defend` prints its plan from), extrapolates them to the full stages (lad_tf.run.plan.estimate)
 and prints one JSON object. Threading is process-wide and must be set before TensorFlow runs an op,
 so every variant gets a fresh process. Also here: the model FLOPs (a count of the layers'
 multiply-adds) and the CPU's peak, so throughput can be read as a fraction of what the cores can do.
@@ -125,7 +125,7 @@ class PeakMemory:
 # -- the worker -----------------------------------------------------------------------------------
 def _input_pipeline_s(split, batch_size, batches, seed):
   """Seconds per batch of the classifier's tf.data pipeline alone (after its first batch)."""
-  from lad_tf import datasets
+  from lad_tf.data import datasets
   ds = datasets.to_tf_dataset(split, batch_size, shuffle=True, seed=seed)
   ends = []
   for i, _ in enumerate(ds):
@@ -145,17 +145,17 @@ def measure(options):
   if options.get("inter_op") is not None:
     tf.config.threading.set_inter_op_parallelism_threads(int(options["inter_op"]))
   import tempfile
-  from lad_tf import pipeline
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf.run import defend
+  from lad_tf.runtime.execution import ExecutionConfig
   execution = ExecutionConfig(seed=options.get("seed", 0), precision=options.get("precision", "auto"),
                               jit_compile=bool(options.get("jit_compile", False)), verbose=0)
-  config = pipeline.DefendConfig(dataset=options["dataset"], data_dir=options.get("data_dir"),
+  config = defend.DefendConfig(dataset=options["dataset"], data_dir=options.get("data_dir"),
                                  generator_architecture=options.get("generator"), execution=execution,
                                  **({"defence": options["defence"]} if options.get("defence") else {}))
   start = time.perf_counter()
   workdir = tempfile.mkdtemp(prefix="lad_tf-windows-")
   try:
-    return _measure(pipeline.DefendRun(workdir, config, progress=lambda _: None), options, execution, start)
+    return _measure(defend.DefendRun(workdir, config, progress=lambda _: None), options, execution, start)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -163,8 +163,9 @@ def measure(options):
 def _measure(run, options, execution, start):
   import dataclasses
   import tensorflow as tf
-  from lad_tf import models, plan
-  from lad_tf.execution import resolve_precision
+  from lad_tf import models
+  from lad_tf.run import plan
+  from lad_tf.runtime.execution import resolve_precision
   batches = int(options.get("batches", 5))
   load_s = time.perf_counter() - start
   changes = {k: options[f"{k}"] for k in ("classifier_batch_size", "generator_batch_size") if options.get(k)}

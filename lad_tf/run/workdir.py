@@ -113,11 +113,11 @@ class WorkDir:
     return config
 
   def generated(self, calibration_size=None):
-    from lad_tf.generation import GeneratedSet
+    from lad_tf.lad.generation import GeneratedSet
     return GeneratedSet.load(self.path("generation", "generated.npz"), calibration_size)
 
   def boundaries(self):
-    from lad_tf.boundary import Boundaries
+    from lad_tf.lad.boundary import Boundaries
     return Boundaries.load(self.path("boundaries", "boundaries.npz"))
 
   # -- stages --------------------------------------------------------------------------------------

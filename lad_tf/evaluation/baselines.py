@@ -2,7 +2,7 @@
 recalibration), the attack-based baselines (the original fine-tuned with the Eq. 4 trainer on
 FGSM, PGD, JSMA or CW examples from the LAD fine-tuning sources) and the `clean` control (the
 original fine-tuned exactly as the defence was, on x' = x: what fine-tuning alone buys). Each is cached in
-DIR/evaluation/models keyed on the fingerprint of its settings (lad_tf.workdir.WorkDir.cached_model).
+DIR/evaluation/models keyed on the fingerprint of its settings (lad_tf.run.workdir.WorkDir.cached_model).
 """
 import dataclasses
 import logging
@@ -12,10 +12,13 @@ import time
 import numpy as np
 
 from lad_tf import attacks as attacks_lib
-from lad_tf import datasets, defence, models, training
-from lad_tf.execution import ExecutionConfig
-from lad_tf.protocol import attack_settings, craft, is_targeted
-from lad_tf.training import accuracy
+from lad_tf import models
+from lad_tf.data import datasets
+from lad_tf.lad import fine_tuning
+from lad_tf.runtime import training
+from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.evaluation.protocol import attack_settings, craft, is_targeted
+from lad_tf.runtime.training import accuracy
 
 log = logging.getLogger("lad_tf")
 CACHE = "evaluation/models"
@@ -28,7 +31,7 @@ def fine_tune_config(config, run_config):
   else the schedule's."""
   full = run_config.get("full", {}) or {}
   epochs = config.fine_tune_epochs or full.get("fine_tune_epochs")
-  return defence.schedule_config(full.get("fine_tune_schedule") or defence.DEFAULT_SCHEDULE, epochs,
+  return fine_tuning.schedule_config(full.get("fine_tune_schedule") or fine_tuning.DEFAULT_SCHEDULE, epochs,
                                  execution=ExecutionConfig(seed=config.seed, verbose=0))
 
 
@@ -127,7 +130,7 @@ def train_baselines(work, contents, config, tune, baseline_eps, say):
                   "generation": work.stage_fingerprint("generation"), "defended": work.stage_fingerprint("defended")}
       found["baseline_clean"], reused = work.cached_model(
           CACHE, "baseline_clean", settings,
-          lambda control=control: defence.fine_tune(contents.original, *clean_control_examples(contents), control))
+          lambda control=control: fine_tuning.fine_tune(contents.original, *clean_control_examples(contents), control))
       info["baseline_clean"] = {"fine_tuned_on": int(len(contents.lad_rows)), "epsilon": None, "reused": reused,
                                 "control": "x' = x, the defence's fine-tuning settings"}
       timings["baseline_clean"] = time.time() - start
@@ -137,7 +140,7 @@ def train_baselines(work, contents, config, tune, baseline_eps, say):
     def build(name=name):
       x, x_adv, y = baseline_examples(name, contents.original, contents.calibration,
                                       contents.generated, contents.lad_rows, config, baseline_eps)
-      return defence.fine_tune(contents.original, x, x_adv, y, tune)
+      return fine_tuning.fine_tune(contents.original, x, x_adv, y, tune)
 
     bounded = attacks_lib.get(name).bounded
     settings = {"attack": name, "rows": int(len(contents.lad_rows)), "eps": baseline_eps if bounded else None,

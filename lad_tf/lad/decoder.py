@@ -1,6 +1,6 @@
 """Training the decoder G (the paper's boundary-guided generator) on the frozen classifier's latents (Eq. 2).
 
-Not to be confused with lad_tf.generation (decoding perturbed latents into the LAD set) or
+Not to be confused with lad_tf.lad.generation (decoding perturbed latents into the LAD set) or
 lad_tf.models.generators (the decoder architectures).
 """
 import dataclasses
@@ -11,9 +11,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import datasets, execution, losses, training
-from lad_tf.execution import ExecutionConfig
-from lad_tf.workdir import read_json, write_json
+from lad_tf.data import datasets
+from lad_tf.runtime import execution, losses, training
+from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.run.workdir import read_json, write_json
 
 
 @dataclasses.dataclass
@@ -29,7 +30,7 @@ class DecoderConfig:
 
 def latents(phi, x, batch_size=512, name="latents"):
   """phi(x) as float32 numpy, in batches (lazy images are streamed); progress lines with the time
-  left when it takes long (lad_tf.progress)."""
+  left when it takes long (lad_tf.runtime.progress)."""
   return training.predict(phi, x, batch_size, name=name).astype(np.float32)
 
 

@@ -1,8 +1,8 @@
 """The per-example losses of lad_tf's training loops, each written once for every loop.
 
-Each is a `loss_fn(model, x, y, training)` for lad_tf.execution.fit (see there): it returns float32
+Each is a `loss_fn(model, x, y, training)` for lad_tf.runtime.execution.fit (see there): it returns float32
 per-example losses (and per-example figures reported as means). Logits are cast to float32 first, so
-the losses hold under mixed precision. The Eq. 4 loss lives with the defence (lad_tf.defence).
+the losses hold under mixed precision. The Eq. 4 loss lives with the defence (lad_tf.lad.fine_tuning).
 """
 import tensorflow as tf
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from lad_tf.sources import DataFormatError, DatasetNotFoundError
-from lad_tf.sources import celeba, digits, idx, images, svhn, tfds_source
+from lad_tf.data.sources import DataFormatError, DatasetNotFoundError
+from lad_tf.data.sources import celeba, digits, idx, images, svhn, tfds_source
 
 __all__ = ["DatasetSpec", "Split", "Dataset", "REGISTRY", "get_spec", "load", "stratified_indices",
            "calibration_split", "to_tf_dataset", "naming_unreadable_files", "DataFormatError", "DatasetNotFoundError"]
@@ -26,7 +26,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 @dataclasses.dataclass(frozen=True)
 class Split:
   """Images and their labels. `x` is a float32 array, or for large splits a LazyImages that stands for
-  one (decoded per row or streamed, lad_tf.sources.images); `y` is always an int64 array."""
+  one (decoded per row or streamed, lad_tf.data.sources.images); `y` is always an int64 array."""
   x: Any
   y: np.ndarray
 
@@ -73,7 +73,7 @@ class DatasetSpec:
   authors_eps_grid: Tuple[float, ...]  # the authors' eps list, for the raw-normal convention
   recon_norm: str          # "l2" (MSE) or "l1", the paper's choice for Eq. 2
   attack_eps: float        # the field's usual L-inf eps for this dataset
-  # eps in units of the mean latent norm (lad_tf.generation's default "relative" convention)
+  # eps in units of the mean latent norm (lad_tf.lad.generation's default "relative" convention)
   eps_grid: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
   classifier_epochs: int = 10
   classifier_batch_size: int = 128
@@ -82,7 +82,7 @@ class DatasetSpec:
   generator_epochs: int = 10
   generator_batch_size: int = 256
   calibration_per_class: int = 50  # test examples per class for boundaries and generation
-  # XLA for the boundary fit (lad_tf.boundary.BoundaryConfig.jit_compile): measured on SVHN's 4096-d
+  # XLA for the boundary fit (lad_tf.lad.boundary.BoundaryConfig.jit_compile): measured on SVHN's 4096-d
   # latents, where it is about 10x faster with the same boundaries; off elsewhere (the pinned digits
   # metrics are those of the plain fit)
   boundary_jit_compile: bool = False

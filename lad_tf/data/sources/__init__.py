@@ -1,7 +1,7 @@
 """Readers, one per file format, each returning numpy arrays (images float32 NHWC in [0, 1], labels int64).
 
 A reader raises `DataFormatError` naming the file and what is wrong with it; the dataset registry
-(`lad_tf.datasets`) decides which readers to try and in which order.
+(`lad_tf.data.datasets`) decides which readers to try and in which order.
 """
 from lad_tf.errors import LadError
 

@@ -9,13 +9,13 @@ need no generator, boundaries or generation). The robustness stage attacks the o
 defended classifier with AutoAttack (lad_tf.attacks.autoattack) at the dataset's eps on the same
 evaluation images (never the calibration ones).
 
-Each stage writes one folder of the work directory (lad_tf.workdir) keyed on the fingerprint of the
+Each stage writes one folder of the work directory (lad_tf.run.workdir) keyed on the fingerprint of the
 settings it depends on (its own and its inputs'): a re-run does nothing, a changed setting reruns
 exactly the stages it affects, and a killed run resumes at the stage it was in (training stages
 resume at their last finished epoch). Export (serving) is a stage of the command line
 (pipelines/stages.py), above the library. `pipelines/defend.py` is the command line.
 
-Distribution (DefendConfig.execution.strategy, see lad_tf.distribute and docs/SCALING.md): the three training
+Distribution (DefendConfig.execution.strategy, see lad_tf.runtime.distribute and docs/SCALING.md): the three training
 loops (classifier, generator, fine-tuning) run under the chosen tf.distribute strategy; boundaries
 and generation are cheap and run on every worker alike. Under `multi_worker` every worker runs the
 same pipeline; only the chief writes the work directory and exports, the others work in a temporary
@@ -31,12 +31,16 @@ import tempfile
 import keras
 import numpy as np
 
-from lad_tf import boundary as boundary_lib
-from lad_tf import datasets, defence, distribute, execution, figures, generation, models, robust, training
-from lad_tf import decoder as decoder_lib
-from lad_tf.defend_config import STAGES, DefendConfig, stage_settings
+from lad_tf.lad import boundary as boundary_lib
+from lad_tf import models, robust
+from lad_tf.data import datasets
+from lad_tf.evaluation import figures
+from lad_tf.lad import fine_tuning, generation
+from lad_tf.runtime import distribute, execution, training
+from lad_tf.lad import decoder as decoder_lib
+from lad_tf.run.defend_config import STAGES, DefendConfig, stage_settings
 from lad_tf.errors import ConfigError
-from lad_tf.workdir import WorkDir, load_model, read_json, save_model, write_json
+from lad_tf.run.workdir import WorkDir, load_model, read_json, save_model, write_json
 
 log = logging.getLogger("lad_tf")
 
@@ -167,7 +171,7 @@ class DefendRun:
     except ValueError:
       return "conv_decoder", models.build_generator("conv_decoder", latent_dim, self.spec.image_shape)
 
-  # -- the plan (lad_tf.plan) -------------------------------------------------------------------
+  # -- the plan (lad_tf.run.plan) -------------------------------------------------------------------
   def planned_classifier(self):
     """The classifier the later stages will use: the trained one when the stage is done, the user's,
     else a fresh zoo build (same shapes and cost)."""
@@ -182,9 +186,9 @@ class DefendRun:
     return self._build_generator(latent_dim)[1]
 
   def plan(self, batches=3):
-    """(lad_tf.plan.StageEstimate list, printable lines): each stage's time estimated from `batches`
+    """(lad_tf.run.plan.StageEstimate list, printable lines): each stage's time estimated from `batches`
     timed batches of its pieces."""
-    from lad_tf import plan as plan_lib
+    from lad_tf.run import plan as plan_lib
     self.prepare()
     return plan_lib.plan(self, batches)
 
@@ -271,7 +275,7 @@ class DefendRun:
         defended = self._fine_tune_on_the_fly(classifier, tune, out)
       else:
         generated = self.work.generated(len(self.calibration))
-        rows = defence.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
+        rows = fine_tuning.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
         index = generated.index[rows]
         # the clean control: the same examples, schedule and seed, with x' = x
         x_adv = self.calibration.x[index] if c.defence == "clean" else generated.x_adv[rows]
@@ -280,7 +284,7 @@ class DefendRun:
                  f"{len(rows)} {'clean pairs' if c.defence == 'clean' else 'generated examples'}, "
                  f"{c.fine_tune_schedule} schedule: {tune.epochs} epochs, SGD lr {tune.learning_rate:g}, "
                  f"momentum {tune.momentum:g}, batch {tune.batch_size}")
-        defended = defence.fine_tune(classifier, self.calibration.x[index], x_adv,
+        defended = fine_tuning.fine_tune(classifier, self.calibration.x[index], x_adv,
                                      self.calibration.y[index], tune, state_dir=out)
       accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
       save_model(defended, os.path.join(out, "model.keras"))
@@ -292,10 +296,10 @@ class DefendRun:
     return self._stage("defended", run)
 
   def fine_tune_config(self):
-    """The defence's Eq. 4 settings: the named schedule (defence.FINE_TUNE_SCHEDULES) with the
+    """The defence's Eq. 4 settings: the named schedule (fine_tuning.FINE_TUNE_SCHEDULES) with the
     configured epochs, under the run's execution settings."""
     c = self.config
-    return defence.schedule_config(c.fine_tune_schedule, c.fine_tune_epochs, execution=c.execution)
+    return fine_tuning.schedule_config(c.fine_tune_schedule, c.fine_tune_epochs, execution=c.execution)
 
   def robust_train_split(self):
     """The training rows a robust defence trains on (--defence_train_examples of them, else all).
@@ -376,12 +380,12 @@ class DefendRun:
   def _fine_tune_on_the_fly(self, classifier, tune, out):
     """Each epoch draws fresh training examples, random targets and eps, and decodes them anew."""
     c = self.config
-    frozen = defence.clone_classifier(classifier)
+    frozen = fine_tuning.clone_classifier(classifier)
     phi, _ = models.split_at_latent(frozen, c.latent_layer)
     generator = self.work.model("generator")
     boundaries = self.boundaries()
     scale = generation.latent_scale(decoder_lib.latents(phi, self.calibration.x))
-    tuning = defence.fine_tuning(classifier, tune)
+    tuning = fine_tuning.fine_tuning(classifier, tune)
     rng = np.random.default_rng(c.seed)
     for epoch in range(tune.epochs):
       idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
@@ -390,7 +394,7 @@ class DefendRun:
       eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
       gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
       x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
-      history = tuning.fit(defence.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch), 1, verbose=0)
+      history = tuning.fit(fine_tuning.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch), 1, verbose=0)
       self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
                ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
     return tuning.finish()

@@ -1,4 +1,4 @@
-"""Images that are not held in memory as float32: the streamed half of a `lad_tf.datasets.Split`.
+"""Images that are not held in memory as float32: the streamed half of a `lad_tf.data.datasets.Split`.
 
 A large split (CelebA's 162,770 faces are 32 GB as float32) cannot be an array. A `LazyImages` stands
 for the float32 NHWC array in [0, 1] it would be, with two ways in:
@@ -63,7 +63,7 @@ class LazyImages:
   def __array__(self, dtype=None, copy=None):
     raise TypeError(f"{type(self).__name__} of {len(self)} images is not converted to an array whole "
                     f"(it may not fit in memory): index the rows you need, or stream it with "
-                    f"lad_tf.datasets.to_tf_dataset")
+                    f"lad_tf.data.datasets.to_tf_dataset")
 
 
 class UInt8Images(LazyImages):

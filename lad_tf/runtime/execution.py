@@ -4,8 +4,8 @@
 of a per-example loss `loss_fn(model, x, y, training)` over a `tf.data` pipeline of (x, y) batches
 (batched by the global batch size). Under `default` and `mirrored` strategies it runs Keras `fit` on a
 `LossTrainer` (a `keras.Model` whose `train_step` minimises that loss) with per-epoch backups; under
-`multi_worker` (where Keras fit fails with several workers) it runs lad_tf.distribute.custom_fit with
-the *same* `loss_fn`. So each loss is written once (lad_tf.losses, lad_tf.defence.eq4_loss) and the
+`multi_worker` (where Keras fit fails with several workers) it runs lad_tf.runtime.distribute.custom_fit with
+the *same* `loss_fn`. So each loss is written once (lad_tf.runtime.losses, lad_tf.lad.fine_tuning.eq4_loss) and the
 strategy, seeding, build-in-scope, loop choice and weight copy-back are written once, here.
 
 `loss_fn` returns a float32 vector of per-example losses, or a dict holding it as "loss" plus other
@@ -18,7 +18,7 @@ from typing import Any
 
 import keras
 
-from lad_tf import distribute
+from lad_tf.runtime import distribute
 
 log = logging.getLogger("lad_tf")
 
@@ -38,7 +38,7 @@ class ExecutionConfig:
     model under that policy and copies the float32 weights back, so saved models, inference, the
     boundaries and serving stay float32.
   jit_compile: XLA for the Keras fit train steps.
-  verbose: 0 silent, 1 or 2 progress per epoch, plus (both) a lad_tf.progress line with the time
+  verbose: 0 silent, 1 or 2 progress per epoch, plus (both) a lad_tf.runtime.progress line with the time
     left every `progress_s` seconds.
   progress_s: seconds between two progress lines of a training loop.
   """
@@ -251,11 +251,11 @@ class Training:
   def fit(self, data, epochs, state_dir=None, validation_data=None, verbose=None, callbacks=(),
           batch_size=None):
     """Runs (or resumes from state_dir) `epochs` epochs; returns the history dict. With verbose, a
-    lad_tf.progress.Progress line (the time left) every execution.progress_s seconds; `batch_size`
+    lad_tf.runtime.progress.Progress line (the time left) every execution.progress_s seconds; `batch_size`
     adds images/s to it."""
     verbose = self.execution.verbose if verbose is None else verbose
     if verbose:
-      from lad_tf.progress import Progress
+      from lad_tf.runtime.progress import Progress
       callbacks = [*callbacks, Progress(self.name, self.execution.progress_s, batch_size)]
     if self.custom:
       return distribute.custom_fit(self.model, self.optimizer, self.loss_fn, data, epochs, self.strategy,
@@ -286,9 +286,9 @@ def fit(model, loss_fn, data, execution, epochs, optimizer, state_dir=None, vali
 
 def evaluate(model, loss_fn, data, name=None):
   """The mean of every figure of `loss_fn` (training=False) over a batched dataset, as floats; with a
-  `name`, lad_tf.progress lines (the time left) while it runs."""
+  `name`, lad_tf.runtime.progress lines (the time left) while it runs."""
   import tensorflow as tf
-  from lad_tf.progress import Progress
+  from lad_tf.runtime.progress import Progress
   progress = Progress(name) if name else keras.callbacks.Callback()
   steps = int(data.cardinality())
   progress.set_params({"epochs": 1, "steps": steps if steps > 0 else None})

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from lad_tf.sources import DataFormatError
+from lad_tf.data.sources import DataFormatError
 
 # magic = 0x0000 | dtype code | number of dimensions; MNIST-style files use unsigned bytes (0x08).
 _UBYTE = 0x08

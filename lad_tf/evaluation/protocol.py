@@ -2,7 +2,7 @@
 registered attack is called with the EvalConfig's settings, and the white-box and transfer rows.
 
 Attacks come from the registry (lad_tf.attacks.get): every attack the registry knows can run, with
-EvalConfig's settings (ATTACK_OPTIONS) plus EvalConfig.attack_options. See lad_tf.evaluation for the
+EvalConfig's settings (ATTACK_OPTIONS) plus EvalConfig.attack_options. See lad_tf.run.evaluate for the
 row keys and the whole protocol.
 """
 import dataclasses
@@ -13,9 +13,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from lad_tf import attacks as attacks_lib
-from lad_tf import datasets
+from lad_tf.data import datasets
 from lad_tf.errors import ConfigError
-from lad_tf.training import accuracy
+from lad_tf.runtime.training import accuracy
 
 log = logging.getLogger("lad_tf")
 
@@ -23,7 +23,7 @@ ATTACK_NAMES = ("fgsm", "pgd", "jsma", "cw", "apgd", "autoattack")  # the defaul
 BASELINES = ("fgsm", "pgd", "jsma", "cw", "clean")  # clean: the control, fine-tuned on x' = x
 # GA starts from an AC-GAN's noise, not from images: it needs `python -m pipelines.train_acgan
 # --workdir=DIR` first and gives a white-box and a transfer row plus the "fine-tuned on GA" baseline
-# (lad_tf.sweeps.ga_rows).
+# (lad_tf.evaluation.sweeps.ga_rows).
 LATENT_ATTACKS = ("ga",)
 PAPER_EPS = 0.3
 
@@ -268,14 +268,14 @@ def sanity_images(split, num_classes, config):
 
 
 def sanity_checks(attacked, split, eps, num_classes, config, progress=None):
-  """The gradient-masking checks (lad_tf.sanity.gradient_masking_checks) of the original and the
+  """The gradient-masking checks (lad_tf.evaluation.sanity.gradient_masking_checks) of the original and the
   defended model on config.sanity_n stratified images of `split` at the dataset's eps; each failed
   check is logged as a warning that names it and the model.
 
   Returns {"n", "eps", "passed", "models": {name: checks}} for report.json's "sanity" ({} when
   config.sanity_n is 0).
   """
-  from lad_tf import sanity
+  from lad_tf.evaluation import sanity
   say = progress or log.info
   if config.sanity_n == 0:
     return {}
@@ -306,7 +306,7 @@ def eps_sweep(attacked, split, eps, num_classes, config, sanity=None, progress=N
   Returns {"attack": "pgd", "steps", "n", "dataset_eps", "eps": [...], "accuracy": {name: [...]}} for
   report.json's "eps_sweep" ({} when config.sanity_n is 0).
   """
-  from lad_tf import sanity as sanity_lib
+  from lad_tf.evaluation import sanity as sanity_lib
   say = progress or log.info
   if config.sanity_n == 0:
     return {}

@@ -7,7 +7,7 @@ Strategies (`get_strategy(name)`; the command lines take `--strategy=NAME`):
                 variable: the same program runs on every worker; gradients are all-reduced each step.
 
 Keras 3 `fit` fails under MultiWorkerMirroredStrategy with more than one worker (keras-team/keras#20585),
-so lad_tf.execution.fit runs `custom_fit` there: a
+so lad_tf.runtime.execution.fit runs `custom_fit` there: a
 custom loop with the same semantics as `fit` (loss = mean over the global batch, one optimizer step per
 global batch, the same epochs and dataset order) under `strategy.run`. `default` and `mirrored` keep
 `fit` (it works there) unless a caller asks for the custom loop.
@@ -213,13 +213,13 @@ def custom_loop_optimizer(strategy, make_optimizer):
 def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_dir=None,
                validation_data=None, verbose=2, name="train", callbacks=()):
   """A `fit` equivalent under `strategy.run` (works under MultiWorkerMirroredStrategy); called by
-  lad_tf.execution.fit, which picks it or Keras fit for the same loss_fn.
+  lad_tf.runtime.execution.fit, which picks it or Keras fit for the same loss_fn.
 
   Args:
     model: a Keras model built inside `strategy.scope()` (see `build_in_scope`).
     optimizer: a Keras optimizer created inside `strategy.scope()`.
     loss_fn: `loss_fn(model, x, y, training)` -> per-example losses, or a dict with them as "loss"
-      plus other per-example figures (see lad_tf.execution). Each step minimises the sum of the
+      plus other per-example figures (see lad_tf.runtime.execution). Each step minimises the sum of the
       per-example losses over the global batch divided by its size (the mean, as Keras fit does);
       every figure is reported as its mean over the epoch's examples.
     dataset: a tf.data.Dataset batched by the global batch size (the same on every worker).
@@ -233,13 +233,13 @@ def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_
     name: what the progress lines call this loop.
     callbacks: objects with Keras' callback methods: `on_epoch_end(epoch, logs)` after each epoch's
       checkpoint, and `on_train_begin`, `on_epoch_begin`, `on_train_batch_end` and `on_train_end`
-      when they have them (Keras callbacks, e.g. lad_tf.progress.Progress); training stops after an
+      when they have them (Keras callbacks, e.g. lad_tf.runtime.progress.Progress); training stops after an
       epoch where a callback's `stop_training` attribute is True.
   Returns:
     history dict {key: [value per epoch run]} like `fit(...).history`.
   """
   import tensorflow as tf
-  from lad_tf.execution import per_example
+  from lad_tf.runtime.execution import per_example
   strategy = get_strategy(strategy)
   variables = list(model.trainable_variables)
   with strategy.scope():

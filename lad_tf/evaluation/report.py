@@ -3,7 +3,7 @@
 The HTML needs nothing but the file: styles are inline, every plot is a base64 PNG drawn with
 matplotlib (Agg), and there are no links, scripts or fonts to fetch. Tables follow the paper's shape
 (original vs defended, white-box and transfer, the fine-tuning baselines); plots show robust accuracy
-against eps (lad_tf.figures.robust_accuracy_figure), the LAD sweep (Fig. 7), the LAD success heatmap
+against eps (lad_tf.evaluation.figures.robust_accuracy_figure), the LAD sweep (Fig. 7), the LAD success heatmap
 (source x target) and example grids.
 """
 import base64
@@ -14,9 +14,9 @@ import tempfile
 
 import numpy as np
 
-from lad_tf import figures
-from lad_tf.figures import model_label as _label, show_image
-from lad_tf.workdir import atomic_path, write_json
+from lad_tf.evaluation import figures
+from lad_tf.evaluation.figures import model_label as _label, show_image
+from lad_tf.run.workdir import atomic_path, write_json
 
 _STYLE = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1200px; }

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from lad_tf.sources import DataFormatError
-from lad_tf.sources.images import LazyImages
+from lad_tf.data.sources import DataFormatError
+from lad_tf.data.sources.images import LazyImages
 
 ATTRIBUTES = "list_attr_celeba.txt"
 PARTITION = "list_eval_partition.txt"

@@ -5,8 +5,8 @@ import urllib.parse
 
 import numpy as np
 
-from lad_tf.sources import DataFormatError
-from lad_tf.sources.images import SHUFFLE_BUFFER, LazyImages
+from lad_tf.data.sources import DataFormatError
+from lad_tf.data.sources.images import SHUFFLE_BUFFER, LazyImages
 
 # Environment variables through which downloads may go via a proxy: then the download host need not
 # resolve here, so the offline check below is skipped.

@@ -1,13 +1,14 @@
-"""Training a classifier: cross-entropy (lad_tf.losses.classification) through lad_tf.execution.fit,
+"""Training a classifier: cross-entropy (lad_tf.runtime.losses.classification) through lad_tf.runtime.execution.fit,
 which resumes a killed run from its per-epoch backup and runs under any tf.distribute strategy."""
 import dataclasses
 
 import keras
 import numpy as np
 
-from lad_tf import datasets, execution, losses
-from lad_tf.execution import ExecutionConfig
-from lad_tf.progress import Progress
+from lad_tf.data import datasets
+from lad_tf.runtime import execution, losses
+from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.runtime.progress import Progress
 
 
 @dataclasses.dataclass
@@ -20,7 +21,7 @@ class TrainConfig:
 
 def predict(model, x, batch_size=512, name="predict"):
   """model.predict over images x, in batches, with progress lines when it takes long
-  (lad_tf.progress); lazy images (lad_tf.sources.images) are streamed, never decoded whole."""
+  (lad_tf.runtime.progress); lazy images (lad_tf.data.sources.images) are streamed, never decoded whole."""
   split = datasets.Split(x, np.zeros(len(x), np.int64))
   progress = [Progress(name, batch_size=batch_size, steps=-(-len(x) // batch_size))]
   if not split.streamed:

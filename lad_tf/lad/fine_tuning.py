@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf import execution, losses
+from lad_tf.runtime import execution, losses
 from lad_tf.errors import ConfigError
-from lad_tf.execution import ExecutionConfig
+from lad_tf.runtime.execution import ExecutionConfig
 
 
 @dataclasses.dataclass

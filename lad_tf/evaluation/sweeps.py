@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from lad_tf import defence
-from lad_tf.auxiliary_models import CACHE
-from lad_tf.protocol import white_box_columns
-from lad_tf.training import accuracy
+from lad_tf.lad import fine_tuning
+from lad_tf.evaluation.baselines import CACHE
+from lad_tf.evaluation.protocol import white_box_columns
+from lad_tf.runtime.training import accuracy
 
 log = logging.getLogger("lad_tf")
 
@@ -40,7 +40,7 @@ def lad_sweep(work, contents, config, fine_tune_config, progress=None):
                                    "fine_tune": dataclasses.asdict(fine_tune_config),
                                    "original": work.stage_fingerprint("classifier"),
                                    "generation": work.stage_fingerprint("generation")},
-        lambda: defence.fine_tune(contents.original, contents.calibration.x[idx], gen.x_adv[fit_rows],
+        lambda: fine_tuning.fine_tune(contents.original, contents.calibration.x[idx], gen.x_adv[fit_rows],
                                   contents.calibration.y[idx], fine_tune_config))
     held_x, held_y = gen.x_adv[held_rows], gen.source[held_rows]
     out.append({

@@ -20,9 +20,11 @@ from typing import Dict, Optional
 import keras
 import numpy as np
 
-from lad_tf import boundary as boundary_lib
-from lad_tf import defence, execution, losses, models, robust
-from lad_tf.progress import StepTimer, duration
+from lad_tf.lad import boundary as boundary_lib
+from lad_tf import models, robust
+from lad_tf.lad import fine_tuning
+from lad_tf.runtime import execution, losses
+from lad_tf.runtime.progress import StepTimer, duration
 from lad_tf.robust import adversaries
 
 INFERENCE_BATCH = 512  # the batch of the pipeline's predict/evaluate loops
@@ -146,9 +148,9 @@ def measure(run, batches=3, pieces=None):
       fitter.fit(z, y, batch_size=n, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
       return timer
     timed(piece, config.batch_size, fit_window)
-  tune = defence.FineTuneConfig()
+  tune = fine_tuning.FineTuneConfig()
   timed("fine_tune_step", tune.batch_size, lambda n: time_training(
-      classifier, defence.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
+      classifier, fine_tuning.eq4_loss(tune.alpha), (images(n), images(n)), labels(n), exec_,
       lambda: keras.optimizers.SGD(tune.learning_rate, momentum=tune.momentum), batches, "fine-tuning"))
   if "robust_step" in wanted and c.robust_training:
     rc = c.robust_config()

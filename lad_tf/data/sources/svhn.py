@@ -1,7 +1,7 @@
 """SVHN cropped digits in their original MATLAB files (train_32x32.mat, test_32x32.mat).
 
 scipy reads a .mat whole (the files are compressed: no memory map), so the pixels stay uint8 in
-memory (lad_tf.sources.images.UInt8Images) and become float32 only per row or per streamed batch.
+memory (lad_tf.data.sources.images.UInt8Images) and become float32 only per row or per streamed batch.
 `write_mat` writes that format (for tests and for benchmarks on full-size files where the real ones
 are absent: `write_synthetic`, random images that only stand in for SVHN's sizes, never its content).
 """
@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from lad_tf.sources import DataFormatError
-from lad_tf.sources.images import UInt8Images
+from lad_tf.data.sources import DataFormatError
+from lad_tf.data.sources.images import UInt8Images
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 

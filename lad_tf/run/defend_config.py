@@ -1,12 +1,14 @@
 """The defend pipeline's settings: `DefendConfig` (what each stage computes, checked and resolved
 against the dataset's spec) and `stage_settings` (the fingerprint inputs of each stage, so a changed
-setting reruns exactly the stages it affects). lad_tf.pipeline runs the stages."""
+setting reruns exactly the stages it affects). lad_tf.run.defend runs the stages."""
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
-from lad_tf import datasets, defence, defences, robust
+from lad_tf import defences, robust
+from lad_tf.data import datasets
+from lad_tf.lad import fine_tuning
 from lad_tf.errors import ConfigError
-from lad_tf.execution import ExecutionConfig
+from lad_tf.runtime.execution import ExecutionConfig
 
 
 STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
@@ -34,7 +36,7 @@ class DefendConfig:
   adaptive: bool = False
   fine_tune_mode: str = "mix"
   fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
-  fine_tune_schedule: str = defence.DEFAULT_SCHEDULE  # defence.FINE_TUNE_SCHEDULES: "lad_tf" or "authors"
+  fine_tune_schedule: str = fine_tuning.DEFAULT_SCHEDULE  # fine_tuning.FINE_TUNE_SCHEDULES: "lad_tf" or "authors"
   fine_tune_epochs: Optional[int] = None    # default: the schedule's
   decoder_loss_epochs: Tuple[int, ...] = ()  # epochs at which the decoder's train / test loss is recorded
   on_the_fly_per_epoch: int = 2000
@@ -68,7 +70,7 @@ class DefendConfig:
                         "have theirs (drop --latent_layer, or pass --classifier=FILE.keras)")
     if not self.fine_tune_eps or any(e <= 0 for e in self.fine_tune_eps):
       raise ConfigError(f"fine_tune_eps must be positive values, got {tuple(self.fine_tune_eps)}")
-    schedule = defence.schedule_config(self.fine_tune_schedule, self.fine_tune_epochs)  # checks the name
+    schedule = fine_tuning.schedule_config(self.fine_tune_schedule, self.fine_tune_epochs)  # checks the name
     generator_epochs = self.generator_epochs or spec.generator_epochs
     late = [e for e in self.decoder_loss_epochs if not 1 <= e <= generator_epochs]
     if late:
@@ -146,10 +148,10 @@ class DefendConfig:
 
 def stage_settings(config, spec):
   """What each stage's content depends on: its own settings plus the fingerprints of its inputs
-  (lad_tf.workdir.fingerprint), so a change propagates downstream and nowhere else. Execution
+  (lad_tf.run.workdir.fingerprint), so a change propagates downstream and nowhere else. Execution
   settings (strategy, precision, verbosity, ...) are not part of any: they do not change what a
   stage means."""
-  from lad_tf.workdir import fingerprint
+  from lad_tf.run.workdir import fingerprint
   c = config
   data = {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
           "calibration_per_class": c.calibration_per_class}
@@ -171,7 +173,7 @@ def stage_settings(config, spec):
     # lad's settings carry no "defence" key: work directories made before there was a choice stay done
     out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
                        "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
-                       **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != defence.DEFAULT_SCHEDULE else {}),
+                       **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != fine_tuning.DEFAULT_SCHEDULE else {}),
                        **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {}),
                        **({"defence": "clean"} if c.defence == "clean" else {})}
   else:

@@ -89,7 +89,7 @@ class GeneratedSet:
     required = [f.name for f in dataclasses.fields(cls) if f.name != "crossing_eps"]
     missing = [k for k in required if k not in arrays]
     if missing:
-      raise ValueError(f"{path} has no array(s) {missing}: it was not written by lad_tf.generation")
+      raise ValueError(f"{path} has no array(s) {missing}: it was not written by lad_tf.lad.generation")
     generated = cls(**{k: arrays[k] for k in required}, crossing_eps=arrays.get("crossing_eps"))
     generated.latent_scale = float(generated.latent_scale)
     if calibration_size is not None and len(generated) and generated.index.max() >= calibration_size:
@@ -179,7 +179,7 @@ def generate(classifier, phi, head, generator, boundaries, x, y, config, progres
     classifier: f, the full model (images -> logits).
     phi, head: f split at the latent layer (lad_tf.models.split_at_latent).
     generator: G (latents -> images).
-    boundaries: lad_tf.boundary.Boundaries fitted on the classifier's latents.
+    boundaries: lad_tf.lad.boundary.Boundaries fitted on the classifier's latents.
     x, y: seed examples (the calibration split) and their labels.
     config: GenerationConfig.
     progress: optional callable(str) for progress lines.

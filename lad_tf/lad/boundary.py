@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf.progress import Progress
+from lad_tf.runtime.progress import Progress
 
 ATTENTION_MODES = ("authors", "budget", "none")
 

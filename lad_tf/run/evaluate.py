@@ -22,12 +22,12 @@ Rows (one per attack, setting and eps; see `Row` keys in `attack_rows`):
   the original, the defended and the baseline classifiers (Table III). APGD returns its highest-loss
   iterate there (protocol.TRANSFER_OPTIONS), not the first misclassified one.
 GA (EvalConfig.attacks containing "ga", after `python -m pipelines.train_acgan --workdir=DIR`;
-lad_tf.sweeps.ga_rows): a white-box row (GA against the original, every other model scored on its
+lad_tf.evaluation.sweeps.ga_rows): a white-box row (GA against the original, every other model scored on its
 examples, the defended model and, with attack_baselines, each baseline attacked itself; accuracies
 over the tries) and a transfer row (the black-box model's kept GA examples), both with the
 fine-tuned-on-GA baseline `baseline_ga` among the models.
 Baselines (Tables IV, VII, X): the original classifier fine-tuned with the same Eq. 4 trainer
-(lad_tf.defence.fine_tune) on FGSM, PGD, JSMA and CW examples crafted against it from the same
+(lad_tf.lad.fine_tuning.fine_tune) on FGSM, PGD, JSMA and CW examples crafted against it from the same
 calibration sources, as many as the LAD fine-tuning set has (JSMA / CW towards LAD's targets); and the
 control `baseline_clean`: the original fine-tuned exactly as the defence was (its epochs, seed and
 rows) on x' = x, so a gain the control shares is fine-tuning's, not LAD's.
@@ -35,11 +35,11 @@ LAD sweep (Fig. 7): one FT-eps model per eps of generated.npz, fine-tuned on the
 the calibration sources; clean accuracy, and accuracy on the LAD examples of the other half.
 Accuracies count the source (true) label as correct, for targeted attacks too; every accuracy is
 measured on the evaluation part of the test split (calibration examples excluded).
-Sanity ("sanity"): lad_tf.sanity's gradient-masking checks of the original and the defended model on
+Sanity ("sanity"): lad_tf.evaluation.sanity's gradient-masking checks of the original and the defended model on
 EvalConfig.sanity_n evaluation images at the dataset's eps; a failed check is logged as a warning.
 Eps sweep ("eps_sweep", protocol.eps_sweep): every model's white-box PGD accuracy (attacked itself)
 on those images at eps 0, 0.5x, 1x, 2x and 4x the dataset's eps, drawn by
-lad_tf.figures.robust_accuracy into DIR/evaluation/robust_accuracy.png and the HTML report.
+lad_tf.evaluation.figures.robust_accuracy into DIR/evaluation/robust_accuracy.png and the HTML report.
 """
 import dataclasses
 import logging
@@ -48,12 +48,14 @@ import time
 
 import numpy as np
 
-from lad_tf import auxiliary_models, datasets, defence, figures, sweeps
-from lad_tf.protocol import (ATTACK_NAMES, ATTACK_OPTIONS, BASELINES, LATENT_ATTACKS, PAPER_EPS,  # noqa: F401
+from lad_tf.data import datasets
+from lad_tf.evaluation import baselines, figures, sweeps
+from lad_tf.lad import fine_tuning
+from lad_tf.evaluation.protocol import (ATTACK_NAMES, ATTACK_OPTIONS, BASELINES, LATENT_ATTACKS, PAPER_EPS,  # noqa: F401
                              EvalConfig, attack_rows, craft, eps_sweep, sanity_checks, sanity_images, select_sources,
                              source_counts)
-from lad_tf.training import accuracy
-from lad_tf.workdir import WorkDir
+from lad_tf.runtime.training import accuracy
+from lad_tf.run.workdir import WorkDir
 
 log = logging.getLogger("lad_tf")
 
@@ -66,13 +68,13 @@ class WorkdirContents:
   evaluation: datasets.Split
   original: object
   defended: object
-  generated: object       # lad_tf.generation.GeneratedSet
+  generated: object       # lad_tf.lad.generation.GeneratedSet
   run_config: dict        # DIR/config.json ("full" holds the defend settings)
   lad_rows: np.ndarray    # rows of generated.npz the defended model was fine-tuned on
 
 
 def load_workdir(workdir):
-  """Reads what the evaluation needs from a defend work directory through lad_tf.workdir.WorkDir
+  """Reads what the evaluation needs from a defend work directory through lad_tf.run.workdir.WorkDir
   (the reader the pipeline uses): the same errors for the same missing or inconsistent files."""
   work = WorkDir(workdir)
   run_config = work.run_config()
@@ -89,7 +91,7 @@ def load_workdir(workdir):
   if mode == "on_the_fly":  # fine-tuned on fresh training examples: every row is held out alike
     lad_rows = np.arange(len(generated))
   else:
-    lad_rows = defence.fine_tuning_rows(generated, mode, full.get("fine_tune_eps") or np.unique(generated.eps))
+    lad_rows = fine_tuning.fine_tuning_rows(generated, mode, full.get("fine_tune_eps") or np.unique(generated.eps))
   return WorkdirContents(spec, data, calibration, evaluation, work.model("classifier"), work.model("defended"),
                          generated, run_config, lad_rows)
 
@@ -117,7 +119,7 @@ def evaluate_workdir(workdir, config=None, progress=None):
     (the gradient-masking checks of the original and the defended model), "eps_sweep" (every model's
     accuracy against eps), ...).
   """
-  from lad_tf import report as report_lib
+  from lad_tf.evaluation import report as report_lib
   config = config or EvalConfig()
   say = progress or log.info
   started = time.time()
@@ -130,21 +132,21 @@ def evaluate_workdir(workdir, config=None, progress=None):
   eps = config.epsilons if config.epsilons is not None else (PAPER_EPS, spec.attack_eps)
   config = dataclasses.replace(config, epsilons=tuple(sorted({round(float(e), 6) for e in eps})))
   out_dir = os.path.join(workdir, "evaluation")
-  tune = auxiliary_models.fine_tune_config(config, contents.run_config)
+  tune = baselines.fine_tune_config(config, contents.run_config)
   say(f"evaluate: {spec.name}, {len(contents.evaluation)} evaluation examples, attacks "
       f"{', '.join(config.attacks)}, eps {', '.join(f'{e:g}' for e in config.epsilons)}")
 
   attacked = {"original": contents.original, "defended": contents.defended}
   models_info = {"original": {}, "defended": {"fine_tuned_on": int(len(contents.lad_rows))}}
   baseline_eps = config.baseline_eps if config.baseline_eps is not None else spec.attack_eps
-  baselines, info, timings = auxiliary_models.train_baselines(work, contents, config, tune, baseline_eps, say)
+  baselines, info, timings = baselines.train_baselines(work, contents, config, tune, baseline_eps, say)
   attacked.update(baselines)
   models_info.update(info)
 
   blackbox = None
   if config.transfer:
     start = time.time()
-    blackbox, models_info["blackbox"] = auxiliary_models.blackbox_model(work, contents, config, say)
+    blackbox, models_info["blackbox"] = baselines.blackbox_model(work, contents, config, say)
     timings["blackbox"] = time.time() - start
 
   clean = {}
