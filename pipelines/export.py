@@ -109,7 +109,7 @@ def main(argv):
     pass
   workdir = os.path.abspath(FLAGS.workdir)
   model_path, stage = find_model(workdir)
-  from lad_tf.run.workdir import load_model
+  from lad_tf.runtime.files import load_model
   model = load_model(model_path, "classifier")
   input_shape = tuple(model.inputs[0].shape[1:])
   if any(d is None for d in input_shape):

@@ -132,7 +132,7 @@ def run_step(step, args, workdir, say, skip=None):
   """Runs one command (output to <workdir>/<step>.log), recording each attempt's commit, start, end
   and exit status in <workdir>/run_info.json; `skip(info)` True skips it."""
   from lad_tf.errors import LadError
-  from lad_tf.run.workdir import read_json, write_json
+  from lad_tf.runtime.files import read_json, write_json
   info_path = os.path.join(workdir, "run_info.json")
   info = read_json(info_path, {})
   if skip is not None and skip(info.get(step) or {}):
@@ -197,7 +197,7 @@ def run(spec, root, say=print, dirs=None):
     info = run_step("evaluate", args, workdir, say,
                     skip=lambda entry: finished(entry, args, report) and entry.get("defended") == defended)
     if info["evaluate"].get("defended") != defended:
-      from lad_tf.run.workdir import write_json
+      from lad_tf.runtime.files import write_json
       info["evaluate"]["defended"] = defended
       write_json(os.path.join(workdir, "run_info.json"), info)
   return workdir

@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 
-from lad_tf.run.workdir import read_json
+from lad_tf.runtime.files import read_json
 
 # The paper's printed MNIST figures, in percent (LeNet; Tables II-IV and Section IV-B of
 # /work/shared/seed/000_b471cea093738dd0.txt). Table III's defended model is FT-0.1, Table II's

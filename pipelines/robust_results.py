@@ -9,7 +9,7 @@ import math
 import os
 import re
 
-from lad_tf.run.workdir import read_json
+from lad_tf.runtime.files import read_json
 from pipelines.benchmarks.robust import LAD_ROBUST_ROW
 from pipelines.results import git_commit_of_file, table
 

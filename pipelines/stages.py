@@ -11,7 +11,7 @@ import os
 
 from lad_tf import robust
 from lad_tf.run import defend
-from lad_tf.run.workdir import fingerprint, read_json, write_json
+from lad_tf.runtime.files import fingerprint, read_json, write_json
 
 log = logging.getLogger("lad_tf")
 

@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_logging()
-  from lad_tf.models import acgan  # pylint: disable=import-outside-toplevel
+  from lad_tf.run import acgan  # pylint: disable=import-outside-toplevel
   config = acgan.ACGANConfig(
       epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, noise_dim=FLAGS.noise_dim, width=FLAGS.width,
       critic_steps=FLAGS.critic_steps, learning_rate=FLAGS.learning_rate, gp_weight=FLAGS.gp_weight,

@@ -115,7 +115,7 @@ def seed_defend_stages(workdir, config, stages=LAD_PARTS):
   import os
   import shutil
   from lad_tf.run import defend_config
-  from lad_tf.run.workdir import fingerprint
+  from lad_tf.runtime.files import fingerprint
   resolved = config.resolved()
   settings = defend_config.stage_settings(resolved, datasets.get_spec(resolved.dataset))
   folder = trained.artifact("defend_stages", lambda d: _run_defend_stages(d, config),

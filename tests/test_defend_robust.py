@@ -19,7 +19,8 @@ from lad_tf.run import defend
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries
 from lad_tf.errors import ConfigError
-from lad_tf.run.workdir import WorkDir, read_json
+from lad_tf.run.workdir import WorkDir
+from lad_tf.runtime.files import read_json
 from pipelines import stages
 import independent
 from digits_models import seed_defend_stages

@@ -192,7 +192,7 @@ def test_custom_loop_resumes_exactly_after_a_kill(tmp_path):
   import keras
   from lad_tf import models
   from lad_tf.data import datasets
-  from lad_tf.runtime import distribute, losses
+  from lad_tf.runtime import custom_loop, distribute, losses
   data, rows = _digits()
   ds = datasets.to_tf_dataset(data.train.take(rows), 64)
 
@@ -202,13 +202,13 @@ def test_custom_loop_resumes_exactly_after_a_kill(tmp_path):
             keras.optimizers.SGD(0.05, momentum=0.9))  # momentum: the optimizer state must come back
 
   straight, optimizer = fresh()
-  distribute.custom_fit(straight, optimizer, losses.classification, ds, 3, verbose=0)
+  custom_loop.custom_fit(straight, optimizer, losses.classification, ds, 3, verbose=0)
   model, optimizer = fresh()
   with pytest.raises(Killed):
-    distribute.custom_fit(model, optimizer, losses.classification, ds, 3, state_dir=str(tmp_path),
+    custom_loop.custom_fit(model, optimizer, losses.classification, ds, 3, state_dir=str(tmp_path),
                           verbose=0, callbacks=[KillAfter(0)])
   model, optimizer = fresh()
-  history = distribute.custom_fit(model, optimizer, losses.classification, ds, 3,
+  history = custom_loop.custom_fit(model, optimizer, losses.classification, ds, 3,
                                   state_dir=str(tmp_path), verbose=0)
   assert len(history["loss"]) == 2  # epochs 2 and 3 only
   for a, b in zip(straight.get_weights(), model.get_weights()):

@@ -18,7 +18,7 @@ from lad_tf.data import datasets
 from lad_tf.lad import generation
 from lad_tf.run import evaluate
 from lad_tf.runtime import training
-from lad_tf.run.workdir import load_model, read_json, write_json
+from lad_tf.runtime.files import load_model, read_json, write_json
 from digits_models import plain_lenet
 
 CALIBRATION_PER_CLASS = 5

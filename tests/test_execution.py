@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from lad_tf.runtime import execution, losses
 from lad_tf.runtime.execution import ExecutionConfig
-from lad_tf.run.workdir import WorkDir, atomic_path, read_json
+from lad_tf.run.workdir import WorkDir
+from lad_tf.runtime.files import atomic_path, read_json
 
 
 def _task(n=256, seed=0):

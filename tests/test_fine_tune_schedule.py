@@ -11,7 +11,7 @@ from lad_tf.lad import fine_tuning
 from lad_tf.run import defend
 from lad_tf.errors import ConfigError
 from lad_tf.runtime.execution import ExecutionConfig
-from lad_tf.run.workdir import read_json
+from lad_tf.runtime.files import read_json
 
 QUIET = ExecutionConfig(verbose=0)
 

@@ -16,7 +16,9 @@ from lad_tf.lad import fine_tuning
 from lad_tf.runtime import training
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.attacks import ga
+from lad_tf.evaluation import sweeps
 from lad_tf.models import acgan as acgan_lib
+from lad_tf.run import acgan as acgan_run
 import trained
 from digits_models import plain_lenet
 from kill import Killed, KillAfter
@@ -40,7 +42,7 @@ def lenet(digits):
 
 def _train_small_gan(folder):
   data = datasets.load("digits")
-  model, history = acgan_lib.train_acgan(data.train, data.spec.image_shape, data.spec.num_classes,
+  model, history = acgan_run.train_acgan(data.train, data.spec.image_shape, data.spec.num_classes,
                                          acgan_lib.ACGANConfig(**SMALL))
   assert len(history["d_loss"]) == SMALL["epochs"]
   model.save(folder)
@@ -69,7 +71,7 @@ def test_networks_have_the_documented_shapes_for_grey_and_colour_images():
 
 
 def test_samples_are_recognised_as_their_class_by_a_trained_lenet(gan, lenet, digits, tmp_path):
-  accuracy, per_class = acgan_lib.class_conditional_accuracy(gan, lenet, n_per_class=30)
+  accuracy, per_class = acgan_run.class_conditional_accuracy(gan, lenet, n_per_class=30)
   assert accuracy >= 0.4, per_class  # chance is 0.1
   aux_accuracy = training.accuracy(keras.Model(gan.critic.inputs, gan.critic.outputs[1]), digits.test.x, digits.test.y)
   assert aux_accuracy >= 0.7  # the auxiliary classifier is a usable judge of the class
@@ -166,12 +168,12 @@ def test_evaluation_helpers_pair_by_source_class_and_fine_tune(gan, lenet, digit
   loaded = ga.load_set(path)
   np.testing.assert_array_equal(loaded["source"], transfer["source"])
   assert loaded["tries"] == 30
-  x, x_adv, y = ga.fine_tune_pairs(transfer, digits.test, seed=0)
+  x, x_adv, y = sweeps.fine_tune_pairs(transfer, digits.test, seed=0)
   assert x.shape == x_adv.shape and len(y) == len(x_adv)
   for clean_image, label in zip(x, y):  # every partner is a clean image of the same class
     matches = np.flatnonzero(np.all(digits.test.x == clean_image, axis=(1, 2, 3)))
     assert len(matches) and np.all(digits.test.y[matches] == label)
-  tuned, used = ga.ga_fine_tuned(lenet, gan, digits.test, n_per_class=2, seed=3,
+  tuned, used = sweeps.ga_fine_tuned(lenet, gan, digits.test, n_per_class=2, seed=3,
                                  config=fine_tuning.FineTuneConfig(epochs=1, execution=ExecutionConfig(verbose=0)), **FAST_ATTACK)
   assert used["kept"].any()
   assert training.accuracy(tuned, digits.test.x, digits.test.y) >= 0.85

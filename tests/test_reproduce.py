@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lad_tf.errors import ConfigError
-from lad_tf.run.workdir import read_json, write_json
+from lad_tf.runtime.files import read_json, write_json
 from pipelines import reproduce, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ from lad_tf.runtime import training
 from lad_tf.lad import decoder as decoder_lib
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.robust import adversaries, losses
-from lad_tf.run.workdir import load_model
+from lad_tf.runtime.files import load_model
 import trained
 
 EPS = 0.1

@@ -100,7 +100,7 @@ def test_training_reaches_the_conv2d_decoders_loss():
 
 
 def test_a_fresh_process_loads_a_saved_blocked_decoder(tmp_path):
-  """lad_tf.run.workdir.load_model registers the layer itself: a later stage (or pipelines.evaluate) in a
+  """lad_tf.runtime.files.load_model registers the layer itself: a later stage (or pipelines.evaluate) in a
   new process need not have imported lad_tf.models first."""
   path = str(tmp_path / "decoder.keras")
   models.build_generator("lenet5_decoder_blocked", 500, (28, 28, 1)).save(path)

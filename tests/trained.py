@@ -121,7 +121,7 @@ def copy_of(name, build, destination, **params):
 
 def keras_model(name, train, **params):
   """A Keras model trained by `train(**params)` once per test run, loaded fresh for each caller."""
-  from lad_tf.run.workdir import load_model
+  from lad_tf.runtime.files import load_model
 
   def build(folder):
     train(**params).save(os.path.join(folder, "model.keras"))

@@ -23,7 +23,7 @@ succeeds at some step keeps its last successful image even if later steps wander
 checks the last step).
 
 `generative_attack` runs the search; `make_ga_set` builds an evaluation set over all classes;
-`ga_transfer_set`, `transfer_accuracy`, `accuracy_over_tries`, `fine_tune_pairs` and `ga_fine_tuned`
+`ga_transfer_set`, `transfer_accuracy`, `accuracy_over_tries` (the fine-tuned-on-GA baseline: lad_tf.evaluation.sweeps)
 serve the evaluation protocol (the white-box row, the paper's Table III transfer row and Table IV's
 "fine-tuned on GA" baseline).
 """
@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf.attacks import common
+from lad_tf.runtime import files
 
 log = logging.getLogger("lad_tf")
 
@@ -309,60 +310,10 @@ def accuracy_over_tries(models, ga_set, batch_size=512):
   return out
 
 
-def fine_tune_pairs(ga_set, clean, seed=0):
-  """Pairs each kept GA example with a clean example of its source class, for fine_tuning.fine_tune.
-
-  GA examples are generated from noise, so unlike FGSM / PGD / LAD examples they have no clean
-  counterpart; Eq. 4 needs one, so each is paired with a clean example of its source class drawn at
-  random (with `seed`) from `clean` (a Split, e.g. the calibration or training data).
-  Returns (x, x_adv, y) ready for lad_tf.lad.fine_tuning.fine_tune(classifier, x, x_adv, y, config).
-  """
-  mask = ga_set["kept"]
-  x_adv, y = ga_set["x_adv"][mask], ga_set["source"][mask].astype(np.int64)
-  rng = np.random.default_rng(seed)
-  x = np.zeros_like(x_adv)
-  for c in np.unique(y):
-    members = np.flatnonzero(clean.y == c)
-    if len(members) == 0:
-      raise ValueError(f"fine_tune_pairs: the clean data has no example of class {c}")
-    rows = np.flatnonzero(y == c)
-    x[rows] = clean.x[rng.choice(members, size=len(rows), replace=True)]
-  return x, x_adv, y
-
-
-def ga_fine_tuned(classifier, acgan, clean, n_per_class, config=None, targeted=False, seed=0,
-                  state_dir=None, **attack_kwargs):
-  """The Table IV baseline "fine-tuned on GA": GA against `classifier` itself, then Eq. 4 fine-tuning.
-
-  Args:
-    classifier: the original classifier (Keras model, logits); left unchanged.
-    acgan: ACGAN or its folder.
-    clean: Split the clean partners come from (see fine_tune_pairs).
-    n_per_class: GA tries per source class.
-    config: lad_tf.lad.fine_tuning.FineTuneConfig (None: its defaults).
-    targeted, seed, **attack_kwargs: as in make_ga_set.
-    state_dir: per-epoch backups of the fine-tuning (None: none).
-  Returns:
-    (the fine-tuned copy of classifier, the GA set it was tuned on).
-  """
-  from lad_tf.lad import fine_tuning  # pylint: disable=import-outside-toplevel
-  ga_set = make_ga_set(classifier, acgan, n_per_class, targeted=targeted, seed=seed, **attack_kwargs)
-  if not ga_set["kept"].any():
-    raise ValueError("ga_fine_tuned: no GA try succeeded against the classifier; raise num_steps or "
-                     "n_per_class")
-  x, x_adv, y = fine_tune_pairs(ga_set, clean, seed)
-  tuned = fine_tuning.fine_tune(classifier, x, x_adv, y, config or fine_tuning.FineTuneConfig(), state_dir=state_dir)
-  return tuned, ga_set
-
-
 def save_set(path, ga_set):
   """Writes a GA set as .npz (atomically)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".tmp-{os.path.basename(path)}")
-  with open(tmp, "wb") as f:
-    np.savez_compressed(f, **{k: np.asarray(v) for k, v in ga_set.items()})
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in ga_set.items()})
   return path
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lad_tf.evaluation import figures
 from lad_tf.evaluation.figures import model_label as _label, show_image
-from lad_tf.run.workdir import atomic_path, write_json
+from lad_tf.runtime.files import atomic_path, write_json
 
 _STYLE = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1200px; }

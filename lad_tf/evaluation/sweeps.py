@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
-from lad_tf.lad import fine_tuning
+from lad_tf.attacks import ga
 from lad_tf.evaluation.baselines import CACHE
+from lad_tf.lad import fine_tuning
 from lad_tf.evaluation.protocol import white_box_columns
 from lad_tf.runtime.training import accuracy
 
@@ -88,10 +89,9 @@ def ga_rows(acgan, contents, attacked, blackbox, config, tune, say):
     without a black-box model.
   Returns {"rows": [...], "baseline_clean_accuracy": float, "baseline": info for report["models"]}.
   """
-  from lad_tf.attacks import ga
   options = {"num_steps": config.ga_steps, **config.attack_options.get("ga", {})}
-  tuned, tuned_set = ga.ga_fine_tuned(contents.original, acgan, contents.calibration, config.ga_per_class,
-                                      config=tune, seed=config.seed, **options)
+  tuned, tuned_set = ga_fine_tuned(contents.original, acgan, contents.calibration, config.ga_per_class,
+                                  config=tune, seed=config.seed, **options)
   baseline_clean = accuracy(tuned, contents.evaluation.x, contents.evaluation.y)
   say(f"evaluate: ga baseline: fine-tuned on {int(tuned_set['kept'].sum())} GA examples, clean accuracy "
       f"{baseline_clean:.4f}")
@@ -128,3 +128,48 @@ def ga_rows(acgan, contents, attacked, blackbox, config, tune, say):
         f"original {on_set['original']:.3f}, defended {on_set['defended']:.3f}")
   return {"rows": rows, "baseline_clean_accuracy": baseline_clean,
           "baseline": {"fine_tuned_on": int(tuned_set["kept"].sum()), "clean_accuracy": baseline_clean}}
+
+
+def fine_tune_pairs(ga_set, clean, seed=0):
+  """Pairs each kept GA example with a clean example of its source class, for fine_tuning.fine_tune.
+
+  GA examples are generated from noise, so unlike FGSM / PGD / LAD examples they have no clean
+  counterpart; Eq. 4 needs one, so each is paired with a clean example of its source class drawn at
+  random (with `seed`) from `clean` (a Split, e.g. the calibration or training data).
+  Returns (x, x_adv, y) ready for lad_tf.lad.fine_tuning.fine_tune(classifier, x, x_adv, y, config).
+  """
+  mask = ga_set["kept"]
+  x_adv, y = ga_set["x_adv"][mask], ga_set["source"][mask].astype(np.int64)
+  rng = np.random.default_rng(seed)
+  x = np.zeros_like(x_adv)
+  for c in np.unique(y):
+    members = np.flatnonzero(clean.y == c)
+    if len(members) == 0:
+      raise ValueError(f"fine_tune_pairs: the clean data has no example of class {c}")
+    rows = np.flatnonzero(y == c)
+    x[rows] = clean.x[rng.choice(members, size=len(rows), replace=True)]
+  return x, x_adv, y
+
+
+def ga_fine_tuned(classifier, acgan, clean, n_per_class, config=None, targeted=False, seed=0,
+                  state_dir=None, **attack_kwargs):
+  """The Table IV baseline "fine-tuned on GA": GA against `classifier` itself, then Eq. 4 fine-tuning.
+
+  Args:
+    classifier: the original classifier (Keras model, logits); left unchanged.
+    acgan: ACGAN or its folder.
+    clean: Split the clean partners come from (see fine_tune_pairs).
+    n_per_class: GA tries per source class.
+    config: lad_tf.lad.fine_tuning.FineTuneConfig (None: its defaults).
+    targeted, seed, **attack_kwargs: as in lad_tf.attacks.ga.make_ga_set.
+    state_dir: per-epoch backups of the fine-tuning (None: none).
+  Returns:
+    (the fine-tuned copy of classifier, the GA set it was tuned on).
+  """
+  ga_set = ga.make_ga_set(classifier, acgan, n_per_class, targeted=targeted, seed=seed, **attack_kwargs)
+  if not ga_set["kept"].any():
+    raise ValueError("ga_fine_tuned: no GA try succeeded against the classifier; raise num_steps or "
+                     "n_per_class")
+  x, x_adv, y = fine_tune_pairs(ga_set, clean, seed)
+  tuned = fine_tuning.fine_tune(classifier, x, x_adv, y, config or fine_tuning.FineTuneConfig(), state_dir=state_dir)
+  return tuned, ga_set

@@ -14,7 +14,7 @@ import tensorflow as tf
 from lad_tf.data import datasets
 from lad_tf.runtime import execution, losses, training
 from lad_tf.runtime.execution import ExecutionConfig
-from lad_tf.run.workdir import read_json, write_json
+from lad_tf.runtime.files import read_json, write_json
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lad_tf.run import workdir
+from lad_tf.runtime import files
 from lad_tf.robust import adversaries as adv
 
 
@@ -168,7 +168,7 @@ class OverfittingGuard(keras.callbacks.Callback):
     for key, (weights, slots) in (("good", self._good), ("best", self._best))[:1 + (not meta["best_is_good"])]:
       arrays.update({f"{key}_w{i}": w for i, w in enumerate(weights)})
       arrays.update({f"{key}_o{i}": o for i, o in enumerate(slots)})
-    with workdir.atomic_path(self.state_path) as tmp:
+    with files.atomic_path(self.state_path) as tmp:
       np.savez(tmp, **arrays)
 
   def _resume(self):

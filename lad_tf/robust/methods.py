@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from lad_tf.lad import fine_tuning
-from lad_tf.run import workdir
+from lad_tf.runtime import files
 from lad_tf.runtime import distribute, execution
 from lad_tf.defences import DESCRIPTIONS, EQ4_DEFENCES, LR_SCHEDULES
 from lad_tf.runtime.execution import ExecutionConfig
@@ -191,7 +191,7 @@ class _TrainingClock(keras.callbacks.Callback):
     super().__init__()
     self.start, self.save = start, save
     self.path = None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "clock.json")
-    earlier = (self.path and workdir.read_json(self.path)) or {}
+    earlier = (self.path and files.read_json(self.path)) or {}
     self.earlier_s, self.resumed_epochs = earlier.get("seconds", 0.0), earlier.get("epochs", 0)
 
   def total(self):
@@ -199,7 +199,7 @@ class _TrainingClock(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     if self.path and self.save:
-      workdir.write_json(self.path, {"seconds": self.total(), "epochs": epoch + 1})
+      files.write_json(self.path, {"seconds": self.total(), "epochs": epoch + 1})
 
 
 def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=None, log=None,

@@ -40,7 +40,8 @@ from lad_tf.runtime import distribute, execution, training
 from lad_tf.lad import decoder as decoder_lib
 from lad_tf.run.defend_config import STAGES, DefendConfig, stage_settings
 from lad_tf.errors import ConfigError
-from lad_tf.run.workdir import WorkDir, load_model, read_json, save_model, write_json
+from lad_tf.run.workdir import WorkDir
+from lad_tf.runtime.files import load_model, read_json, save_model, write_json
 
 log = logging.getLogger("lad_tf")
 

@@ -148,10 +148,10 @@ class DefendConfig:
 
 def stage_settings(config, spec):
   """What each stage's content depends on: its own settings plus the fingerprints of its inputs
-  (lad_tf.run.workdir.fingerprint), so a change propagates downstream and nowhere else. Execution
+  (lad_tf.runtime.files.fingerprint), so a change propagates downstream and nowhere else. Execution
   settings (strategy, precision, verbosity, ...) are not part of any: they do not change what a
   stage means."""
-  from lad_tf.run.workdir import fingerprint
+  from lad_tf.runtime.files import fingerprint
   c = config
   data = {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
           "calibration_per_class": c.calibration_per_class}

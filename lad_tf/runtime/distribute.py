@@ -1,4 +1,4 @@
-"""Training under `tf.distribute`: strategy by name, chief-only writes, the custom loop.
+"""Training under `tf.distribute`: strategy by name, chief-only writes, local clusters.
 
 Strategies (`get_strategy(name)`; the command lines take `--strategy=NAME`):
   default       no distribution (TensorFlow's default strategy): one device.
@@ -7,8 +7,7 @@ Strategies (`get_strategy(name)`; the command lines take `--strategy=NAME`):
                 variable: the same program runs on every worker; gradients are all-reduced each step.
 
 Keras 3 `fit` fails under MultiWorkerMirroredStrategy with more than one worker (keras-team/keras#20585),
-so lad_tf.runtime.execution.fit runs `custom_fit` there: a
-custom loop with the same semantics as `fit` (loss = mean over the global batch, one optimizer step per
+so lad_tf.runtime.execution.fit runs lad_tf.runtime.custom_loop.custom_fit there: a custom loop with the same semantics as `fit` (loss = mean over the global batch, one optimizer step per
 global batch, the same epochs and dataset order) under `strategy.run`. `default` and `mirrored` keep
 `fit` (it works there) unless a caller asks for the custom loop.
 
@@ -23,8 +22,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-
 
 log = logging.getLogger("lad_tf")
 
@@ -58,18 +55,6 @@ def get_strategy(name=None):
     log.info("strategy %s: %d replica(s) in sync, %s", name, strategy.num_replicas_in_sync,
              "chief" if is_chief(strategy) else "worker %s" % (task(strategy),))
   return _STRATEGIES[name]
-
-
-def strategy_name(strategy):
-  """"default", "mirrored" or "multi_worker" for a strategy (or its name)."""
-  import tensorflow as tf
-  if strategy is None or isinstance(strategy, str):
-    return strategy or "default"
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return "multi_worker"
-  if isinstance(strategy, tf.distribute.MirroredStrategy):
-    return "mirrored"
-  return "default"
 
 
 def is_multi_worker(strategy):
@@ -190,14 +175,6 @@ def all_equal(strategy, value):
   return abs(total * total - n * squares) <= 1e-3 * max(1.0, n * squares)
 
 
-def _check_same_epoch(strategy, start_epoch):
-  """All workers must resume at the same epoch, or the collectives would wait for ever."""
-  if not all_equal(strategy, start_epoch):
-    raise RuntimeError(f"workers resume at different epochs (this one at {start_epoch}): every worker "
-                       f"must see the chief's backup (put the work directory on a shared filesystem), "
-                       f"or delete the backup to start over")
-
-
 def custom_loop_optimizer(strategy, make_optimizer):
   """The optimizer for custom_fit, created in the strategy's scope (loss-scaled under
   mixed_float16, which Keras `compile` would otherwise do for us)."""
@@ -208,139 +185,6 @@ def custom_loop_optimizer(strategy, make_optimizer):
         and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
-
-
-def custom_fit(model, optimizer, loss_fn, dataset, epochs, strategy=None, state_dir=None,
-               validation_data=None, verbose=2, name="train", callbacks=()):
-  """A `fit` equivalent under `strategy.run` (works under MultiWorkerMirroredStrategy); called by
-  lad_tf.runtime.execution.fit, which picks it or Keras fit for the same loss_fn.
-
-  Args:
-    model: a Keras model built inside `strategy.scope()` (see `build_in_scope`).
-    optimizer: a Keras optimizer created inside `strategy.scope()`.
-    loss_fn: `loss_fn(model, x, y, training)` -> per-example losses, or a dict with them as "loss"
-      plus other per-example figures (see lad_tf.runtime.execution). Each step minimises the sum of the
-      per-example losses over the global batch divided by its size (the mean, as Keras fit does);
-      every figure is reported as its mean over the epoch's examples.
-    dataset: a tf.data.Dataset batched by the global batch size (the same on every worker).
-    epochs: total epochs (resumed runs do the remaining ones).
-    strategy: a strategy or its name (default: the default strategy).
-    state_dir: folder for per-epoch checkpoints (state_dir/backup) so a killed run resumes; the chief
-      writes there, other workers into a temporary folder; deleted once training ends.
-    validation_data: optional dataset evaluated with loss_fn (training=False) after each epoch, on
-      every worker alike; reported as val_<key>.
-    verbose: 0 silent, 1 or 2 one line per epoch (on the chief).
-    name: what the progress lines call this loop.
-    callbacks: objects with Keras' callback methods: `on_epoch_end(epoch, logs)` after each epoch's
-      checkpoint, and `on_train_begin`, `on_epoch_begin`, `on_train_batch_end` and `on_train_end`
-      when they have them (Keras callbacks, e.g. lad_tf.runtime.progress.Progress); training stops after an
-      epoch where a callback's `stop_training` attribute is True.
-  Returns:
-    history dict {key: [value per epoch run]} like `fit(...).history`.
-  """
-  import tensorflow as tf
-  from lad_tf.runtime.execution import per_example
-  strategy = get_strategy(strategy)
-  variables = list(model.trainable_variables)
-  with strategy.scope():
-    if not optimizer.built:
-      optimizer.build(variables)
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-  backup = os.path.join(state_dir, "backup") if state_dir else None
-  start_epoch = 0
-  if backup:
-    latest = tf.train.latest_checkpoint(backup)
-    if latest:
-      checkpoint.restore(latest).expect_partial()
-      start_epoch = int(epoch_var.numpy())
-      if verbose:
-        log.info("%s: resumed from %s at epoch %d", name, latest, start_epoch)
-  _check_same_epoch(strategy, start_epoch)
-
-  def batch_sums(batch, training):
-    x, y = batch
-    figures = per_example(loss_fn(model, x, y, training))
-    return {"count": tf.cast(tf.size(figures["loss"]), tf.float32),
-            **{k: tf.reduce_sum(v) for k, v in figures.items()}}
-
-  def replica_step(batch):
-    context = tf.distribute.get_replica_context()
-    with tf.GradientTape() as tape:
-      totals = batch_sums(batch, True)
-      global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, totals["count"])
-      loss = totals["loss"] / tf.maximum(global_count, 1.0)
-      scaled = optimizer.scale_loss(loss)
-    gradients = tape.gradient(scaled, variables)
-    optimizer.apply(gradients, variables)
-    return totals
-
-  @tf.function(reduce_retracing=True)
-  def train_step(batch):
-    per_replica = strategy.run(replica_step, args=(batch,))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
-
-  @tf.function(reduce_retracing=True)
-  def eval_step(batch):
-    return batch_sums(batch, False)
-
-  distributed = distribute_dataset(dataset, strategy)
-  history = {}
-  chief = is_chief(strategy)
-  call = lambda method, *args: [getattr(c, method)(*args) for c in callbacks if hasattr(c, method)]
-  steps = int(dataset.cardinality())
-  for callback in callbacks:
-    if hasattr(callback, "set_params"):
-      callback.set_params({"epochs": epochs, "steps": steps if steps > 0 else None, "verbose": verbose})
-  with _checkpoint_dir(backup, strategy) as write_to:
-    manager = tf.train.CheckpointManager(checkpoint, write_to, max_to_keep=1) if write_to else None
-    call("on_train_begin", None)
-    for epoch in range(start_epoch, epochs):
-      call("on_epoch_begin", epoch, None)
-      start = time.time()
-      totals = None
-      for step, batch in enumerate(distributed):
-        sums = train_step(batch)
-        call("on_train_batch_end", step, None)
-        totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
-      figures = _means(totals)
-      if validation_data is not None:
-        val = None
-        for batch in validation_data:
-          sums = eval_step(batch)
-          val = sums if val is None else {k: val[k] + sums[k] for k in val}
-        figures.update({f"val_{k}": v for k, v in _means(val).items()})
-      for key, value in figures.items():
-        history.setdefault(key, []).append(value)
-      epoch_var.assign(epoch + 1)
-      if manager:
-        manager.save(checkpoint_number=epoch + 1)
-      if verbose and chief:
-        log.info("%s epoch %d/%d - %.1fs - %s", name, epoch + 1, epochs, time.time() - start,
-                 " - ".join(f"{k}: {v:.4f}" for k, v in figures.items()))
-      call("on_epoch_end", epoch, figures)
-      if any(getattr(c, "stop_training", False) for c in callbacks):
-        break
-    call("on_train_end", None)
-  if backup and chief:
-    shutil.rmtree(backup, ignore_errors=True)  # as BackupAndRestore(delete_checkpoint=True)
-  return history
-
-
-def _means(totals):
-  if not totals:
-    return {}
-  count = max(float(totals["count"]), 1.0)
-  return {k: float(v) / count for k, v in totals.items() if k != "count"}
-
-
-@contextlib.contextmanager
-def _checkpoint_dir(backup, strategy):
-  if backup is None:
-    yield None
-    return
-  with write_dir(backup, strategy) as path:
-    yield path
 
 
 # -- local clusters (tests, benchmarks, trying multi-worker on one machine) ------------------------

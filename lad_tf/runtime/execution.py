@@ -4,7 +4,7 @@
 of a per-example loss `loss_fn(model, x, y, training)` over a `tf.data` pipeline of (x, y) batches
 (batched by the global batch size). Under `default` and `mirrored` strategies it runs Keras `fit` on a
 `LossTrainer` (a `keras.Model` whose `train_step` minimises that loss) with per-epoch backups; under
-`multi_worker` (where Keras fit fails with several workers) it runs lad_tf.runtime.distribute.custom_fit with
+`multi_worker` (where Keras fit fails with several workers) it runs lad_tf.runtime.custom_loop.custom_fit with
 the *same* `loss_fn`. So each loss is written once (lad_tf.runtime.losses, lad_tf.lad.fine_tuning.eq4_loss) and the
 strategy, seeding, build-in-scope, loop choice and weight copy-back are written once, here.
 
@@ -18,7 +18,8 @@ from typing import Any
 
 import keras
 
-from lad_tf.runtime import distribute
+from lad_tf.runtime import custom_loop, distribute
+from lad_tf.runtime.losses import per_example
 
 log = logging.getLogger("lad_tf")
 
@@ -140,15 +141,6 @@ def with_policy(model, policy):
 
 
 # -- the executor -----------------------------------------------------------------------------------
-def per_example(out):
-  """A loss_fn's result as a dict of float32 per-example vectors with the key "loss"."""
-  import tensorflow as tf
-  out = dict(out) if isinstance(out, dict) else {"loss": out}
-  if "loss" not in out:
-    raise ValueError(f"loss_fn must return per-example losses or a dict with 'loss', got keys {sorted(out)}")
-  return {k: tf.cast(v, tf.float32) for k, v in out.items()}
-
-
 class LossTrainer(keras.Model):
   """Wraps a model; Keras `fit` on (x, y) batches minimises the batch mean of loss_fn's per-example
   losses and reports the mean of every figure loss_fn returns."""
@@ -258,7 +250,7 @@ class Training:
       from lad_tf.runtime.progress import Progress
       callbacks = [*callbacks, Progress(self.name, self.execution.progress_s, batch_size)]
     if self.custom:
-      return distribute.custom_fit(self.model, self.optimizer, self.loss_fn, data, epochs, self.strategy,
+      return custom_loop.custom_fit(self.model, self.optimizer, self.loss_fn, data, epochs, self.strategy,
                                    state_dir, validation_data=validation_data, verbose=verbose,
                                    name=self.name, callbacks=callbacks)
     with self.strategy.scope():

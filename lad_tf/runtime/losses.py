@@ -42,3 +42,11 @@ def reconstruction(recon_norm="l2"):
   def loss(model, z, x, training):
     return pixel_error(model(z, training=training), x, recon_norm)
   return loss
+
+
+def per_example(out):
+  """A loss_fn's result as a dict of float32 per-example vectors with the key "loss"."""
+  out = dict(out) if isinstance(out, dict) else {"loss": out}
+  if "loss" not in out:
+    raise ValueError(f"loss_fn must return per-example losses or a dict with 'loss', got keys {sorted(out)}")
+  return {k: tf.cast(v, tf.float32) for k, v in out.items()}

@@ -12,7 +12,7 @@ epoch each, timed after a warm-up epoch on one full and one last-size batch (tra
   pgd7    adversarial training (Madry et al.): per step, L-inf PGD-7 (eps 0.1, step 0.01, random
   pgd40   start) against the current model, then a train step on the adversarial batch. The PGD is a
           compiled tf.function (faster than cleverhans' eager loop), so the ratio is conservative.
-Also measured: the clean epoch through lad_tf.runtime.distribute.custom_fit (the multi-worker loop, here
+Also measured: the clean epoch through lad_tf.runtime.custom_loop.custom_fit (the multi-worker loop, here
 under the default strategy; its second epoch, the first one traces) and with XLA (`jit_compile=True`),
 to show what each costs on this machine.
 """
@@ -81,7 +81,7 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   from lad_tf import models
   from lad_tf.data import datasets
   from lad_tf.lad import fine_tuning
-  from lad_tf.runtime import distribute, losses
+  from lad_tf.runtime import custom_loop, losses
   from lad_tf.runtime.execution import ExecutionConfig
 
   n = n or 2000
@@ -111,7 +111,7 @@ def run(dataset="fashion_mnist", n=0, seed=0):
   model = _lenet(spec, weights)
   stamps = []
   stamp = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: stamps.append(time.perf_counter()))
-  distribute.custom_fit(model, _sgd(), losses.classification, clean_ds(x, y), 1 + REPEATS, verbose=0,
+  custom_loop.custom_fit(model, _sgd(), losses.classification, clean_ds(x, y), 1 + REPEATS, verbose=0,
                         callbacks=[stamp])
   # each call traces anew: its epochs after the first are the tracing-free ones
   figures["clean_epoch_custom_loop_s"] = float(np.min(np.diff(stamps)))
