@@ -26,7 +26,7 @@ def main(argv):
       classifier_epochs=FLAGS.epochs, calibration_per_class=FLAGS.calibration_per_class,
       force=("classifier",) if FLAGS.force else (), execution=execution)
   run = defend.DefendRun(common.workdir(FLAGS), config)
-  path = run.classifier_stage()
+  path = run.run_stage("classifier")
   if not run.chief:
     print(f"worker: done (the chief writes {common.workdir(FLAGS)})")
     return

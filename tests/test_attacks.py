@@ -46,11 +46,12 @@ def _assert_valid(x, x_adv, eps=None):
     assert np.max(np.abs(x_adv.astype(np.float64) - x)) <= eps + 1e-6
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mim", "apgd"])
 def test_linf_attacks_lower_accuracy_and_stay_in_the_ball(setup, name):
   model, x, y, _, clean = setup
   run = {"fgsm": lambda: attacks.fgsm(model, x, y, EPS),
          "pgd": lambda: attacks.pgd(model, x, y, EPS, nb_iter=20, seed=0),
+         "mim": lambda: attacks.get("mim")(model, x, y, EPS),
          "apgd": lambda: attacks.apgd(model, x, y, EPS, n_iter=20, seed=0)}[name]
   x_adv = run()
   _assert_valid(x, x_adv, EPS)
@@ -137,6 +138,33 @@ def test_clear_errors_on_bad_input(setup):
 def test_apgd_checkpoints_follow_the_paper():
   assert apgd_module.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
   assert apgd_module.checkpoints(1) == [1]
+
+
+def test_mim_follows_the_momentum_of_l1_normalised_gradients():
+  """Four MIM steps on a fixed two-layer tanh model against the update followed by hand in numpy
+  (its gradients turn between steps, so the L1 normalisation and the momentum both change the
+  result); one step is FGSM."""
+  rng = np.random.default_rng(3)
+  w1, w2 = (rng.normal(size=(12, 8)) * 1.5).astype(np.float32), (rng.normal(size=(8, 4)) * 2).astype(np.float32)
+  model = lambda images: tf.matmul(tf.tanh(tf.matmul(tf.reshape(images, (-1, 12)), w1)), w2)
+  x = rng.uniform(0.2, 0.8, size=(20, 2, 2, 3)).astype(np.float32)
+  y = rng.integers(0, 4, 20)
+  eps, steps = 0.3, 4
+
+  def ce_gradient(images):  # d CE / d x of softmax(tanh(x W1) W2)
+    h = np.tanh(images.reshape(len(images), -1) @ w1)
+    logits = h @ w2
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return ((((p - np.eye(4)[y]) @ w2.T) * (1 - h ** 2)) @ w1.T).reshape(images.shape)
+
+  adv, momentum = x.astype(np.float64), np.zeros(x.shape)
+  for _ in range(steps):
+    g = ce_gradient(adv)
+    momentum = momentum + g / np.abs(g).sum(axis=(1, 2, 3), keepdims=True)  # decay 1, Dong et al.'s
+    adv = np.clip(adv + eps / steps * np.sign(momentum), 0, 1)
+  np.testing.assert_allclose(attacks.mim(model, x, y, eps, nb_iter=steps), adv, atol=1e-5)
+  np.testing.assert_allclose(attacks.mim(model, x, y, eps, nb_iter=1), attacks.fgsm(model, x, y, eps), atol=1e-6)
 
 
 def test_the_registry_calls_every_attack_with_one_argument_order(setup):

@@ -192,7 +192,7 @@ def test_custom_loop_resumes_exactly_after_a_kill(tmp_path):
   import keras
   from lad_tf import models
   from lad_tf.data import datasets
-  from lad_tf.runtime import custom_loop, distribute, losses
+  from lad_tf.runtime import custom_loop, losses
   data, rows = _digits()
   ds = datasets.to_tf_dataset(data.train.take(rows), 64)
 

@@ -245,7 +245,7 @@ def test_robust_defence_decodes_svhns_uint8_split_and_refuses_one_too_big_before
   np.testing.assert_allclose(train.x, images / 255.0, atol=1e-7)
   assert len(defend.DefendRun(str(tmp_path / "run2"), config(defence_train_examples=200)).robust_train_split()) == 120
   # over the memory limit: refused when the run is set up, with the flag that fixes it
-  monkeypatch.setattr(pipeline, "ROBUST_MEMORY_BYTES", 100 * 32 * 32 * 3 * 4)
+  monkeypatch.setattr(defend, "ROBUST_MEMORY_BYTES", 100 * 32 * 32 * 3 * 4)
   with pytest.raises(ConfigError, match=r"--defence_train_examples=100 \(at most 100 fit\)"):
     defend.DefendRun(str(tmp_path / "run3"), config())
   assert len(defend.DefendRun(str(tmp_path / "run4"), config(defence_train_examples=100)).robust_train_split()) == 100

@@ -8,6 +8,7 @@ attacks and the target classes of targeted ones.
 
   fgsm(model_fn, x, y, eps)                           untargeted (or targeted) L-inf, cleverhans 4
   pgd(model_fn, x, y, eps, nb_iter=40)                untargeted (or targeted) L-inf, cleverhans 4
+  mim(model_fn, x, y, eps, nb_iter=10, decay=1.0)     momentum iterative FGSM, L-inf (ours)
   jsma(model_fn, x, y_target, theta=1.0, gamma=0.1)   targeted L0 saliency map (ours, TensorFlow)
   carlini_wagner_l2(model_fn, x, y, targeted=...)     CW-L2, targeted or untargeted (ours)
   apgd(model_fn, x, y, eps, loss="ce"|"dlr", y_target=None)   APGD-CE / APGD-DLR, L-inf (ours)
@@ -30,6 +31,7 @@ from lad_tf.attacks.cw import carlini_wagner_l2
 from lad_tf.attacks.fab import fab
 from lad_tf.attacks.fgsm import fgsm
 from lad_tf.attacks.jsma import jsma
+from lad_tf.attacks.mim import mim
 from lad_tf.attacks.pgd import pgd
 from lad_tf.attacks.square import square
 
@@ -87,10 +89,11 @@ def autoattack_images(model_fn, x, y, eps, **options):
 
 register("fgsm", fgsm, targeted=False, norm="linf")
 register("pgd", pgd, targeted=False, norm="linf")
+register("mim", mim, targeted=False, norm="linf")
 register("apgd", apgd, targeted=False, norm="linf")
 register("jsma", jsma, targeted=True, norm=None)
 register("cw", functools.partial(carlini_wagner_l2, targeted=True), targeted=True, norm=None)
 register("autoattack", autoattack_images, targeted=False, norm="linf")
 
-__all__ = ["fgsm", "pgd", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab", "square",
+__all__ = ["fgsm", "pgd", "mim", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab", "square",
            "autoattack", "autoattack_images", "Attack", "REGISTRY", "register", "get", "perturbation_norms", "predict"]

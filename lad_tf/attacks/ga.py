@@ -89,6 +89,45 @@ def generative_attack(model_fn, generator, aux_fn, source, target=None, *, num_s
     model_fn (said the target, or not the source when untargeted) while aux_fn still said the source.
   """
   common.check_model_fn(model_fn)
+  targeted = target is not None
+  n, source, target, noise, image_shape = _tries(model_fn, generator, aux_fn, source, target, num, noise,
+                                                 num_steps, batch_size, pixel_eps, eps_box, seed)
+  if n == 0:
+    return np.zeros((0, *image_shape), np.float32), np.zeros((0,), bool)
+  say = progress or log.info
+  images_of, step, final = _search_graphs(model_fn, generator, aux_fn, targeted, eps_box, lambda1, lambda2,
+                                          learning_rate, pixel_eps, pixel_learning_rate)
+  size = min(batch_size, n)
+  batches = int(np.ceil(n / size))
+  images, success = [], []
+  for b, start in enumerate(range(0, n, size)):
+    rows = np.arange(start, min(start + size, n))
+    pad = np.concatenate([rows, np.repeat(rows[:1], size - len(rows))])  # one shape: no retracing
+    z0 = tf.constant(noise[pad])
+    src, tgt = tf.constant(source[pad], tf.int32), tf.constant(target[pad], tf.int32)
+    z, q = z0, tf.zeros((size, *image_shape), tf.float32)
+    kept, ever = tf.zeros((size, *image_shape), tf.float32), tf.zeros((size,), tf.bool)
+    for k in range(num_steps):
+      sigma = tf.constant(noise_std / (1.0 + k) ** (noise_decay / 2.0), tf.float32)
+      z, q, kept, ever, loss = step(z, q, z0, src, tgt, sigma, tf.constant([seed, b * num_steps + k], tf.int64),
+                                    kept, ever)
+      if log_every and (k + 1) % log_every == 0 and k + 1 < num_steps:
+        say(f"ga batch {b + 1}/{batches} step {k + 1}/{num_steps}: loss {float(loss):.4f}, "
+            f"succeeded so far {int(tf.reduce_sum(tf.cast(ever[:len(rows)], tf.int32)))}/{len(rows)}")
+    kept, ever = final(z, q, src, tgt, kept, ever)
+    _, x_last = images_of(z, q, src)
+    ever = ever.numpy()[:len(rows)]
+    images.append(np.where(ever[:, None, None, None], kept.numpy()[:len(rows)], x_last.numpy()[:len(rows)]))
+    success.append(ever)
+    say(f"ga batch {b + 1}/{batches}: {int(ever.sum())}/{len(rows)} tries kept "
+        f"({'targeted' if targeted else 'untargeted'}, {num_steps} steps)")
+  return np.clip(np.concatenate(images), 0.0, 1.0).astype(np.float32), np.concatenate(success)
+
+
+def _tries(model_fn, generator, aux_fn, source, target, num, noise, num_steps, batch_size, pixel_eps, eps_box,
+           seed):
+  """generative_attack's arguments checked and spelled out per try: (n, source, target (-1 each when
+  untargeted), start noise, image shape)."""
   if not callable(aux_fn):
     raise TypeError(f"aux_fn must be callable (images -> logits), got {type(aux_fn).__name__}")
   if num_steps < 1:
@@ -121,9 +160,12 @@ def generative_attack(model_fn, generator, aux_fn, source, target=None, *, num_s
   if noise.shape != (n, noise_dim):
     raise ValueError(f"generative_attack: noise must have shape ({n}, {noise_dim}), got {noise.shape}")
   image_shape = tuple(int(v) for v in generator.output_shape[1:])
-  if n == 0:
-    return np.zeros((0, *image_shape), np.float32), np.zeros((0,), bool)
-  say = progress or log.info
+  return n, source, target, noise, image_shape
+
+
+def _search_graphs(model_fn, generator, aux_fn, targeted, eps_box, lambda1, lambda2, learning_rate, pixel_eps,
+                   pixel_learning_rate):
+  """The search's compiled pieces: images of (z, q), one gradient step of every try, the final check."""
   use_pixels = pixel_eps > 0
 
   def images_of(z, q, src):
@@ -170,31 +212,7 @@ def generative_attack(model_fn, generator, aux_fn, source, target=None, *, num_s
     ok = outcome(model_fn(x), aux_fn(clean), src, tgt)
     return tf.where(ok[:, None, None, None], x, kept), tf.logical_or(ever, ok)
 
-  size = min(batch_size, n)
-  batches = int(np.ceil(n / size))
-  images, success = [], []
-  for b, start in enumerate(range(0, n, size)):
-    rows = np.arange(start, min(start + size, n))
-    pad = np.concatenate([rows, np.repeat(rows[:1], size - len(rows))])  # one shape: no retracing
-    z0 = tf.constant(noise[pad])
-    src, tgt = tf.constant(source[pad], tf.int32), tf.constant(target[pad], tf.int32)
-    z, q = z0, tf.zeros((size, *image_shape), tf.float32)
-    kept, ever = tf.zeros((size, *image_shape), tf.float32), tf.zeros((size,), tf.bool)
-    for k in range(num_steps):
-      sigma = tf.constant(noise_std / (1.0 + k) ** (noise_decay / 2.0), tf.float32)
-      z, q, kept, ever, loss = step(z, q, z0, src, tgt, sigma, tf.constant([seed, b * num_steps + k], tf.int64),
-                                    kept, ever)
-      if log_every and (k + 1) % log_every == 0 and k + 1 < num_steps:
-        say(f"ga batch {b + 1}/{batches} step {k + 1}/{num_steps}: loss {float(loss):.4f}, "
-            f"succeeded so far {int(tf.reduce_sum(tf.cast(ever[:len(rows)], tf.int32)))}/{len(rows)}")
-    kept, ever = final(z, q, src, tgt, kept, ever)
-    _, x_last = images_of(z, q, src)
-    ever = ever.numpy()[:len(rows)]
-    images.append(np.where(ever[:, None, None, None], kept.numpy()[:len(rows)], x_last.numpy()[:len(rows)]))
-    success.append(ever)
-    say(f"ga batch {b + 1}/{batches}: {int(ever.sum())}/{len(rows)} tries kept "
-        f"({'targeted' if targeted else 'untargeted'}, {num_steps} steps)")
-  return np.clip(np.concatenate(images), 0.0, 1.0).astype(np.float32), np.concatenate(success)
+  return images_of, step, final
 
 
 # -- evaluation sets ------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def load(name, data_dir=None, source="auto"):
   (decoded on the fly) for the large ones (CelebA, SVHN, TFDS splits over 256 MB as float32).
 
   Args:
-    name: a key of REGISTRY.
+    name: a key of REGISTRY, or its DatasetSpec (a run that resolved it already).
     data_dir: folder with the dataset's own files (see DatasetSpec.local_formats); also TFDS's data_dir.
     source: "auto" (local files, system package files, then TFDS), or one of "local", "system",
       "tfds", "embedded" to insist on one.
@@ -210,7 +210,8 @@ def load(name, data_dir=None, source="auto"):
   Raises:
     DatasetNotFoundError naming the ways to get the data; DataFormatError naming a corrupt file.
   """
-  spec = get_spec(name)
+  spec = name if isinstance(name, DatasetSpec) else get_spec(name)
+  name = spec.name
   attempts = []
   if spec.embedded:
     attempts.append(("embedded", lambda: spec.embedded()))

@@ -132,12 +132,7 @@ def gradient_masking_checks(model_fn, x, y, eps, pgd_steps=PGD_STEPS, more_steps
       passed=longer >= reference - tolerance, accuracy=longer, reference=reference,
       detail=f"PGD-{more_steps} {longer:.4f} vs PGD-{pgd_steps} {reference:.4f}: must not be far below")
 
-  robust = common.predict(model_fn, pgd(model_fn, x=x, eps=eps, y=y, nb_iter=pgd_steps, seed=seed,
-                                        batch_size=batch_size), batch_size) == y
-  for r in range(1, restarts):
-    robust &= common.predict(model_fn, pgd(model_fn, x=x, eps=eps, y=y, nb_iter=pgd_steps, seed=seed + r,
-                                           batch_size=batch_size), batch_size) == y
-  restarted = float(np.mean(robust))
+  restarted = _worst_of_restarts(model_fn, x, y, eps, pgd_steps, seed, restarts, batch_size)
   checks["more_restarts"] = dict(
       passed=restarted >= reference - tolerance, accuracy=restarted, reference=reference,
       detail=f"PGD-{pgd_steps} worst of {restarts} restarts {restarted:.4f} vs one {reference:.4f}: must "
@@ -149,3 +144,12 @@ def gradient_masking_checks(model_fn, x, y, eps, pgd_steps=PGD_STEPS, more_steps
       warnings.warn(f"gradient-masking check '{name}' failed: {check['detail']}", stacklevel=2)
   return {**checks, "passed": all(c["passed"] for c in checks.values()),
           "clean_accuracy": acc(x), "eps": eps, "n": len(x)}
+
+
+def _worst_of_restarts(model_fn, x, y, eps, steps, seed, restarts, batch_size):
+  """Accuracy when an image counts as broken if any of `restarts` seeded PGD runs breaks it."""
+  robust = np.ones(len(x), bool)
+  for r in range(restarts):
+    x_adv = pgd(model_fn, x=x, eps=eps, y=y, nb_iter=steps, seed=seed + r, batch_size=batch_size)
+    robust &= common.predict(model_fn, x_adv, batch_size) == y
+  return float(np.mean(robust))

@@ -238,38 +238,11 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   start = time.perf_counter()
   info = {"method": config.method, "epochs": config.epochs, "train_examples": int(len(rows))}
   if config.method in EQ4_DEFENCES:
-    x_adv = x[rows]
-    if config.method == "lad":
-      x_adv = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
-                                      latent_layer=config.latent_layer, seed=config.seed,
-                                      need=("decoded",))["decoded"]
-    info["prepare_s"] = time.perf_counter() - start
-    model = fine_tuning.fine_tune(classifier, x[rows], x_adv, y[rows],
-                              fine_tuning.FineTuneConfig(epochs=config.epochs, execution=config.execution),
-                              state_dir=state_dir)
-    info["train_s"] = time.perf_counter() - start
-    return model, info
+    return _train_eq4(classifier, x[rows], y[rows], config, generator, boundaries, lad_classifier,
+                      state_dir, start, info)
   loss_fn = make_loss(config)
-  inputs = {"image": x[rows]}
-  needs = extras_needed(loss_fn)
-  lad_needs = tuple(k for k in needs if k != "index")
-  if lad_needs:
-    extras = boundary_start.features(lad_classifier, generator, boundaries, x[rows], y[rows],
-                                     strength=config.guide_strength, threshold=config.guide_threshold,
-                                     latent_layer=config.latent_layer,
-                                     seed=config.seed, need=lad_needs)
-    inputs.update({k: extras[k] for k in lad_needs})
-  if "index" in needs:  # carried perturbations: each example's row in a buffer the loss keeps
-    if config.execution.get_strategy().num_replicas_in_sync > 1:
-      raise ValueError(f"{config.method} carries each example's perturbation over epochs and trains on one "
-                       f"replica only (its buffer is not distributed); drop the multi-device strategy, or "
-                       f"choose a method without carried perturbations (e.g. nfgsm)")
-    inputs["index"] = np.arange(len(rows), dtype=np.int64)
-    loss_fn.allocate(len(rows), x.shape[1:])
+  ds = _training_set(loss_fn, x[rows], y[rows], config, generator, boundaries, lad_classifier)
   info["prepare_s"] = time.perf_counter() - start
-  ds = tf.data.Dataset.from_tensor_slices((inputs, y[rows])).shuffle(
-      min(len(rows), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
-          config.batch_size).prefetch(tf.data.AUTOTUNE)
   rate = learning_rate(config, -(-len(rows) // config.batch_size))
   training = execution.Training(fine_tuning.clone_classifier(classifier), loss_fn, config.execution,
                                 lambda: keras.optimizers.Adam(rate), name=config.method)
@@ -300,3 +273,40 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
                      "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
   return model, info
 
+
+def _train_eq4(classifier, x, y, config, generator, boundaries, lad_classifier, state_dir, start, info):
+  """`lad` and `clean` through robust.train: the paper's Eq. 4 fine-tuning on decoded boundary-guided
+  examples (lad) or on x' = x (clean)."""
+  x_adv = x
+  if config.method == "lad":
+    x_adv = boundary_start.features(lad_classifier, generator, boundaries, x, y, latent_layer=config.latent_layer,
+                                    seed=config.seed, need=("decoded",))["decoded"]
+  info["prepare_s"] = time.perf_counter() - start
+  model = fine_tuning.fine_tune(classifier, x, x_adv, y,
+                                fine_tuning.FineTuneConfig(epochs=config.epochs, execution=config.execution),
+                                state_dir=state_dir)
+  info["train_s"] = time.perf_counter() - start
+  return model, info
+
+
+def _training_set(loss_fn, x, y, config, generator, boundaries, lad_classifier):
+  """The shuffled tf.data set of (inputs, y): the images plus whatever the loss reads beside them
+  (LAD's boundary-guided features; each example's row of the carried perturbations)."""
+  inputs = {"image": x}
+  needs = extras_needed(loss_fn)
+  lad_needs = tuple(k for k in needs if k != "index")
+  if lad_needs:
+    extras = boundary_start.features(lad_classifier, generator, boundaries, x, y,
+                                     strength=config.guide_strength, threshold=config.guide_threshold,
+                                     latent_layer=config.latent_layer, seed=config.seed, need=lad_needs)
+    inputs.update({k: extras[k] for k in lad_needs})
+  if "index" in needs:  # carried perturbations: each example's row in a buffer the loss keeps
+    if config.execution.get_strategy().num_replicas_in_sync > 1:
+      raise ValueError(f"{config.method} carries each example's perturbation over epochs and trains on one "
+                       f"replica only (its buffer is not distributed); drop the multi-device strategy, or "
+                       f"choose a method without carried perturbations (e.g. nfgsm)")
+    inputs["index"] = np.arange(len(y), dtype=np.int64)
+    loss_fn.allocate(len(y), x.shape[1:])
+  return tf.data.Dataset.from_tensor_slices((inputs, y)).shuffle(
+      min(len(y), 20000), seed=config.seed, reshuffle_each_iteration=True).batch(
+          config.batch_size).prefetch(tf.data.AUTOTUNE)

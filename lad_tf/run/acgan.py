@@ -8,13 +8,15 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from lad_tf.data import datasets
 from lad_tf.evaluation import figures
-from lad_tf.models.acgan import ACGANConfig, build_trainer
+from lad_tf.models.acgan import CRITIC_FILE, GENERATOR_FILE, INFO_FILE, ACGANConfig, build_trainer
 from lad_tf.run.workdir import WorkDir
 from lad_tf.runtime import training
 from lad_tf.runtime.execution import fit_resumable
+from lad_tf.runtime.files import read_json
 
 log = logging.getLogger("lad_tf")
 
@@ -96,7 +98,7 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
   settings.pop("verbose")
 
   def run(out):
-    data = datasets.load(dataset, data_dir=data_dir)
+    data = datasets.load(spec, data_dir=data_dir)
     say(f"acgan: training an AC-WGAN-GP on {len(data.train)} {dataset} images for {config.epochs} epochs "
         f"(z {config.noise_dim}-d, width {config.width}, {config.critic_steps} critic steps)")
     model, history = train_acgan(data.train, spec.image_shape, spec.num_classes, config, state_dir=out,
@@ -118,6 +120,6 @@ def train_stage(workdir, dataset, config=ACGANConfig(), data_dir=None, samples_p
     say(f"acgan: auxiliary classifier test accuracy {info['aux_test_accuracy']:.4f}, samples of the "
         f"right class (aux) {info['aux_sample_accuracy']:.4f}")
 
-  path = work.run_stage("acgan", settings, run, force=force)
+  path = work.run_stage("acgan", settings, run, force=force, outputs=(GENERATOR_FILE, CRITIC_FILE, INFO_FILE))
   info = read_json(os.path.join(path, INFO_FILE), {})
   return {**info, "path": path}

@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 
 from lad_tf.lad import boundary as boundary_lib
@@ -36,16 +35,18 @@ from lad_tf import models, robust
 from lad_tf.data import datasets
 from lad_tf.evaluation import figures
 from lad_tf.lad import fine_tuning, generation
-from lad_tf.runtime import distribute, execution, training
-from lad_tf.lad import decoder as decoder_lib
-from lad_tf.run.defend_config import STAGES, DefendConfig, stage_settings
+from lad_tf.runtime import distribute, execution
+from lad_tf.run import defend_stages
+from lad_tf.run.defend_config import STAGES, DefendConfig
+from lad_tf.run.stage import fingerprint_settings, needed
 from lad_tf.errors import ConfigError
 from lad_tf.run.workdir import WorkDir
-from lad_tf.runtime.files import load_model, read_json, save_model, write_json
+from lad_tf.runtime.files import load_model, read_json, write_json
 
 log = logging.getLogger("lad_tf")
 
 
+STAGE_BY_NAME = {declared.name: declared for declared in defend_stages.STAGES}
 ROBUST_MEMORY_BYTES = 4 * 2**30  # float32 training images a robust defence may decode into memory
 
 
@@ -53,16 +54,17 @@ class DefendRun:
   """One run of the pipeline over a work directory; each stage method is idempotent."""
 
   def __init__(self, workdir, config, progress=None):
-    self.config = config.resolved()
+    self.spec = datasets.get_spec(config.dataset)  # the one lookup of the dataset's spec in a run
+    self.config = config.resolved(self.spec)
     c = self.config
     self.strategy = c.execution.get_strategy()  # first: MultiWorkerMirroredStrategy needs it
     self.chief = distribute.is_chief(self.strategy)
     self.work = WorkDir(workdir if self.chief else self._worker_dir(workdir))
     self.say = progress or log.info
-    self.spec = datasets.get_spec(self.config.dataset)
-    self.settings = stage_settings(self.config, self.spec)
+    self.settings = fingerprint_settings(defend_stages.STAGES, self.config, self.spec)
+    self.needed = needed(defend_stages.STAGES, self.config)
     self.prepared = False
-    self.data = datasets.load(self.config.dataset, data_dir=self.config.data_dir)
+    self.data = datasets.load(self.spec, data_dir=self.config.data_dir)
     self.say(f"dataset {self.spec.name} ({self.data.source}): {len(self.data.train)} train, "
              f"{len(self.data.test)} test")
     self.calibration, self.evaluation = datasets.calibration_split(
@@ -100,8 +102,11 @@ class DefendRun:
                 "calibration_per_class": c.calibration_per_class, "full": dataclasses.asdict(c)})
     self.prepared = True
 
-  def _stage(self, name, fn):
+  def run_stage(self, name):
+    """Runs stage `name` (lad_tf.run.defend_stages) unless it is done with this run's settings;
+    returns its folder."""
     self.prepare()
+    declared = STAGE_BY_NAME[name]
     force = name in self.config.force
     settings = self.settings[name]
     if distribute.num_workers(self.strategy) > 1:
@@ -109,61 +114,13 @@ class DefendRun:
       if not distribute.all_equal(self.strategy, int(done)):
         raise RuntimeError(f"stage {name} is done on some workers only: every worker must see the "
                            f"chief's work directory (a shared filesystem) to resume, or use --force")
-    return self.work.run_stage(name, settings, fn, force=force)
-
-  # -- stages -------------------------------------------------------------------------------
-  def classifier_stage(self):
-    def run(out):
-      c = self.config
-      if c.classifier_path:
-        model = load_model(c.classifier_path, "classifier (--classifier)")
-        self.say(f"classifier: using {c.classifier_path}")
-        metrics = {"source": c.classifier_path}
-      else:
-        keras.utils.set_random_seed(c.seed)
-        model = models.build_classifier(c.architecture, self.spec.image_shape, self.spec.num_classes)
-        self.say(f"classifier: training {c.architecture} for {c.classifier_epochs} epochs")
-        history, _ = training.train_classifier(
-            model, self.data.train, self.evaluation,
-            training.TrainConfig(epochs=c.classifier_epochs, batch_size=self.spec.classifier_batch_size,
-                                 execution=c.execution), out)
-        metrics = {"source": c.architecture, "history": history}
-      models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
-      metrics["test_accuracy"] = training.accuracy(model, self.evaluation.x, self.evaluation.y)
-      save_model(model, os.path.join(out, "model.keras"))
-      write_json(os.path.join(out, "metrics.json"), metrics)
-      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-    return self._stage("classifier", run)
+    return self.work.run_stage(name, settings, lambda out: declared.run(self, out), force=force,
+                               outputs=declared.outputs)
 
   def classifier(self):
     return self.work.model("classifier")
 
-  def generator_stage(self):
-    def run(out):
-      c = self.config
-      classifier = self.classifier()
-      phi, _ = models.split_at_latent(classifier, c.latent_layer)
-      phi.trainable = False
-      latent_dim = int(phi.output_shape[-1])
-      name, generator = self._build_generator(latent_dim)
-      self.say(f"generator: training {name} on {latent_dim}-d latents for {c.generator_epochs} epochs "
-               f"({c.recon_norm} loss)")
-      result = decoder_lib.train_decoder(
-          phi, generator, self.data.train, self.evaluation,
-          decoder_lib.DecoderConfig(epochs=c.generator_epochs, batch_size=self.spec.generator_batch_size,
-                                    recon_norm=c.recon_norm, loss_at_epochs=c.decoder_loss_epochs,
-                                    execution=c.execution), out)
-      save_model(generator, os.path.join(out, "model.keras"))
-      write_json(os.path.join(out, "metrics.json"), {"architecture": name, "recon_norm": c.recon_norm,
-                                                     "epochs": c.generator_epochs, **result})
-      sample = self.evaluation.x[:12]
-      figures.reconstructions(self.work.path("figures", "reconstructions.png"), sample,
-                              generator.predict(phi.predict(sample, verbose=0), verbose=0))
-      shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-      self.say(f"generator: train loss {result['train_loss']:.5f}, test loss {result['test_loss']:.5f}")
-    return self._stage("generator", run)
-
-  def _build_generator(self, latent_dim):
+  def build_generator(self, latent_dim):
     """(architecture name, fresh decoder): the configured one, or conv_decoder where the spec's
     does not fit the images."""
     name = self.config.generator_architecture or self.spec.generator
@@ -184,7 +141,7 @@ class DefendRun:
     return models.build_classifier(c.architecture, self.spec.image_shape, self.spec.num_classes)
 
   def planned_generator(self, latent_dim):
-    return self._build_generator(latent_dim)[1]
+    return self.build_generator(latent_dim)[1]
 
   def plan(self, batches=3):
     """(lad_tf.run.plan.StageEstimate list, printable lines): each stage's time estimated from `batches`
@@ -192,28 +149,6 @@ class DefendRun:
     from lad_tf.run import plan as plan_lib
     self.prepare()
     return plan_lib.plan(self, batches)
-
-  def boundaries_stage(self):
-    def run(out):
-      c = self.config
-      phi, _ = models.split_at_latent(self.classifier(), c.latent_layer)
-      z_cal = decoder_lib.latents(phi, self.calibration.x)
-      heldout = (decoder_lib.latents(phi, self.evaluation.x), self.evaluation.y)
-      k = self.spec.num_classes
-      summary = {}
-      for mode in dict.fromkeys([c.attention, "none"]):
-        self.say(f"boundaries: fitting {k * (k - 1) // 2} {mode}-attention SVMs on "
-                 f"{len(z_cal)} calibration latents")
-        fitted = boundary_lib.fit_boundaries(z_cal, self.calibration.y, k, self.boundary_config(mode), heldout)
-        fitted.save(os.path.join(out, f"boundaries_{mode}.npz"))
-        summary[mode] = {"heldout_accuracy": float(np.nanmean(fitted.heldout_accuracy)),
-                         "fit_accuracy": float(np.mean(fitted.fit_accuracy)),
-                         "per_pair": {f"{s}-{t}": float(a) for (s, t), a in
-                                      zip(fitted.pairs, fitted.heldout_accuracy)}}
-        self.say(f"boundaries: {mode}: held-out accuracy {summary[mode]['heldout_accuracy']:.4f}")
-      shutil.copyfile(os.path.join(out, f"boundaries_{c.attention}.npz"), os.path.join(out, "boundaries.npz"))
-      write_json(os.path.join(out, "metrics.json"), {"attention": c.attention, **summary})
-    return self._stage("boundaries", run)
 
   def boundary_config(self, mode):
     """The boundary fit's settings: the authors', XLA where the spec measured it faster."""
@@ -223,78 +158,10 @@ class DefendRun:
   def boundaries(self):
     return self.work.boundaries()
 
-  def _generation_config(self, eps_grid=None):
+  def generation_config(self, eps_grid=None):
     c = self.config
     return generation.GenerationConfig(eps_grid=tuple(eps_grid or c.eps_grid), normal=c.normal,
                                        target=c.target, adaptive=c.adaptive, seed=c.seed)
-
-  def generation_stage(self):
-    def run(out):
-      c = self.config
-      classifier = self.classifier()
-      phi, head = models.split_at_latent(classifier, c.latent_layer)
-      generator = self.work.model("generator")
-      grid = tuple(sorted(set(c.eps_grid) | set(c.fine_tune_eps)))
-      generated = generation.generate(classifier, phi, head, generator, self.boundaries(),
-                                      self.calibration.x, self.calibration.y,
-                                      self._generation_config(grid), progress=self.say)
-      generated.save(os.path.join(out, "generated.npz"))
-      summary = generation.summarize(generated)
-      write_json(os.path.join(out, "summary.json"), summary)
-      self._generation_figures(generated, summary)
-    return self._stage("generation", run)
-
-  def _generation_figures(self, generated, summary):
-    names = self.spec.class_names
-    fig = lambda name: self.work.path("figures", name)
-    figures.success_curve(fig("success_rate.png"), summary)
-    g = generated
-    figures.success_heatmap(fig("success_heatmap.png"), g.pair_rates(self.spec.num_classes)[0], names)
-    n = len(g.recon_label)
-    strips, labels = [], []
-    for i in np.random.default_rng(0).choice(n, size=min(6, n), replace=False):
-      rows = np.flatnonzero(g.index == i)
-      rows = rows[np.argsort(g.eps[rows])]
-      strips.append(g.x_adv[rows])
-      labels.append(g.image_label[rows])
-    figures.transitions(fig("transitions.png"), strips, np.unique(g.eps), labels, names)
-    fooled = np.flatnonzero(g.image_label != g.source)
-    pick = np.random.default_rng(1).choice(fooled, size=min(30, len(fooled)), replace=False) if len(
-        fooled) else np.arange(0)
-    figures.image_grid(fig("generated_examples.png"), g.x_adv[pick],
-                       [f"{names[g.source[j]]}->{names[g.image_label[j]]} e{g.eps[j]:g}" for j in pick],
-                       title="LAD examples: source -> predicted (eps)")
-
-  def defended_stage(self):
-    def run(out):
-      c = self.config
-      if c.robust_training:
-        return self._robust_training(out)
-      classifier = self.classifier()
-      tune = self.fine_tune_config()
-      if c.fine_tune_mode == "on_the_fly":
-        defended = self._fine_tune_on_the_fly(classifier, tune, out)
-      else:
-        generated = self.work.generated(len(self.calibration))
-        rows = fine_tuning.fine_tuning_rows(generated, c.fine_tune_mode, c.fine_tune_eps)
-        index = generated.index[rows]
-        # the clean control: the same examples, schedule and seed, with x' = x
-        x_adv = self.calibration.x[index] if c.defence == "clean" else generated.x_adv[rows]
-        self.say(f"fine-tuning ({c.defence}, {c.fine_tune_mode}, eps "
-                 f"{', '.join(f'{e:g}' for e in np.unique(generated.eps[rows]))}): "
-                 f"{len(rows)} {'clean pairs' if c.defence == 'clean' else 'generated examples'}, "
-                 f"{c.fine_tune_schedule} schedule: {tune.epochs} epochs, SGD lr {tune.learning_rate:g}, "
-                 f"momentum {tune.momentum:g}, batch {tune.batch_size}")
-        defended = fine_tuning.fine_tune(classifier, self.calibration.x[index], x_adv,
-                                     self.calibration.y[index], tune, state_dir=out)
-      accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
-      save_model(defended, os.path.join(out, "model.keras"))
-      write_json(os.path.join(out, "metrics.json"), {
-          "clean_accuracy": accuracy, "mode": c.fine_tune_mode, "eps": list(c.fine_tune_eps),
-          "defence": c.defence, "schedule": c.fine_tune_schedule,
-          "optimizer": {k: getattr(tune, k) for k in ("epochs", "batch_size", "learning_rate", "momentum")}})
-      shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
-    return self._stage("defended", run)
 
   def fine_tune_config(self):
     """The defence's Eq. 4 settings: the named schedule (fine_tuning.FINE_TUNE_SCHEDULES) with the
@@ -324,85 +191,9 @@ class DefendRun:
     self._robust_train = train
     return train
 
-  def _robust_training(self, out):
-    """A robust defence (lad_tf.robust.train) on the training split, fine-tuning the classifier or
-    (defence_init="scratch") training its architecture anew; LAD's parts always belong to the trained one."""
-    c = self.config
-    rc = c.robust_config()
-    train = self.robust_train_split().in_memory()
-    lad_parts = {}
-    if rc.needs_lad():
-      lad_parts = {"generator": self.work.model("generator"), "boundaries": self.boundaries()}
-    trained = self.classifier()
-    start = trained
-    if c.defence_init == "scratch":  # the same layers with fresh (seeded) weights
-      keras.utils.set_random_seed(c.seed)
-      start = keras.models.clone_model(trained)
-    self.say(f"robust training ({c.defence}: {robust.DESCRIPTIONS[c.defence]}): eps {rc.eps:g}, "
-             f"{rc.epochs} epochs on {len(train)} training images"
-             f"{', from scratch' if c.defence_init == 'scratch' else ''}")
-    defended, info = robust.train(start, train.x, train.y, rc, log=self.say, state_dir=out,
-                                  lad_classifier=trained, **lad_parts)
-    accuracy = training.accuracy(defended, self.evaluation.x, self.evaluation.y)
-    save_model(defended, os.path.join(out, "model.keras"))
-    write_json(os.path.join(out, "metrics.json"), {
-        "clean_accuracy": accuracy, "defence": c.defence, "init": c.defence_init, "eps": rc.eps, "epochs": rc.epochs,
-        "train_examples": info["train_examples"], "train_s": info["train_s"], "guard": info.get("guard"),
-        **({"resumed_epochs": info["resumed_epochs"]} if "resumed_epochs" in info else {})})
-    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
-
-  def robustness_stage(self):
-    """AutoAttack on the original and the defended classifier, the same evaluation images for both."""
-    def run(out):
-      c = self.config
-      from lad_tf.attacks.autoattack import CLEAN, ROBUST, autoattack
-      n = min(c.robust_eval_examples, len(self.evaluation))
-      pick = np.sort(np.random.default_rng(c.seed).choice(len(self.evaluation), n, replace=False))
-      x, y = self.evaluation.x[pick], self.evaluation.y[pick]
-      eps = self.spec.attack_eps
-      result = {"attack": f"AutoAttack {c.robust_eval} (lad_tf.attacks.autoattack)", "version": c.robust_eval,
-                "eps": eps, "examples": n}
-      if n < c.robust_eval_examples:
-        result["note"] = (f"{self.spec.name}'s evaluation split (the test split without the calibration "
-                          f"examples) has {len(self.evaluation)} images, fewer than {c.robust_eval_examples}: "
-                          f"all of them were attacked")
-      for name in ("original", "defended"):
-        model = self.classifier() if name == "original" else self.work.model("defended")
-        self.say(f"robustness: AutoAttack {c.robust_eval} on the {name} classifier, {n} images, eps {eps:g}")
-        _, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed,
-                                  log=self.say)
-        result[name] = {"robust_accuracy": float(np.mean(broken_by == ROBUST)),
-                        "clean_accuracy": float(np.mean(broken_by != CLEAN)),
-                        "broken_by": {k: int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}
-        self.say(f"robustness: {name}: robust accuracy {result[name]['robust_accuracy']:.4f}")
-      write_json(os.path.join(out, "metrics.json"), result)
-    return self._stage("robustness", run)
-
-  def _fine_tune_on_the_fly(self, classifier, tune, out):
-    """Each epoch draws fresh training examples, random targets and eps, and decodes them anew."""
-    c = self.config
-    frozen = fine_tuning.clone_classifier(classifier)
-    phi, _ = models.split_at_latent(frozen, c.latent_layer)
-    generator = self.work.model("generator")
-    boundaries = self.boundaries()
-    scale = generation.latent_scale(decoder_lib.latents(phi, self.calibration.x))
-    tuning = fine_tuning.fine_tuning(classifier, tune)
-    rng = np.random.default_rng(c.seed)
-    for epoch in range(tune.epochs):
-      idx = rng.choice(len(self.data.train), size=min(c.on_the_fly_per_epoch, len(self.data.train)),
-                       replace=False)
-      x, y = self.data.train.x[idx], self.data.train.y[idx]
-      eps = rng.choice(np.array(c.fine_tune_eps, np.float32), size=len(idx))
-      gen_config = dataclasses.replace(self._generation_config(), seed=c.seed + epoch)
-      x_adv = generation.sample_adversarial(phi, generator, boundaries, x, y, eps, gen_config, scale)
-      history = tuning.fit(fine_tuning.paired_dataset(x, x_adv, y, tune.batch_size, c.seed + epoch), 1, verbose=0)
-      self.say(f"on-the-fly epoch {epoch + 1}/{tune.epochs}: " +
-               ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
-    return tuning.finish()
-
   # -- summary and export -------------------------------------------------------------------
   def write_metrics(self):
-    needed = self.config.needed_stages()
+    needed = self.needed
 
     def read(stage, name):  # only what this run's stages made with its settings (not a stale folder)
       if stage not in needed or not self.work.done(stage, self.settings[stage]):
@@ -459,9 +250,9 @@ class DefendRun:
     if stop_after is not None and stop_after not in STAGES:
       raise ConfigError(f"stop_after must be one of {STAGES}, got '{stop_after}'")
     try:
-      for stage in self.config.needed_stages():
-        getattr(self, f"{stage}_stage")()
-        if stage == stop_after:
+      for name in self.needed:
+        self.run_stage(name)
+        if name == stop_after:
           break
       return self.write_metrics()
     finally:

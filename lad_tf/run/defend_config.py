@@ -1,6 +1,6 @@
-"""The defend pipeline's settings: `DefendConfig` (what each stage computes, checked and resolved
-against the dataset's spec) and `stage_settings` (the fingerprint inputs of each stage, so a changed
-setting reruns exactly the stages it affects). lad_tf.run.defend runs the stages."""
+"""The defend pipeline's settings: `DefendConfig`, what each stage computes, checked and resolved
+against the dataset's spec. The stages are declared in lad_tf.run.defend_stages; lad_tf.run.defend runs
+them."""
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
@@ -8,10 +8,11 @@ from lad_tf import defences, robust
 from lad_tf.data import datasets
 from lad_tf.lad import fine_tuning
 from lad_tf.errors import ConfigError
+from lad_tf.run import defend_stages, stage
 from lad_tf.runtime.execution import ExecutionConfig
 
 
-STAGES = ("classifier", "generator", "boundaries", "generation", "defended", "robustness")
+STAGES = tuple(s.name for s in defend_stages.STAGES)
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
 ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
 
@@ -61,8 +62,10 @@ class DefendConfig:
   def seed(self):
     return self.execution.seed
 
-  def resolved(self):
-    spec = datasets.get_spec(self.dataset)
+  def resolved(self, spec=None):
+    """The config with every default filled in from `spec` (the dataset's DatasetSpec; looked up by
+    name when not given), checked."""
+    spec = spec or datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
       raise ConfigError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
     if self.latent_layer and not self.classifier_path:
@@ -135,53 +138,4 @@ class DefendConfig:
 
   def needed_stages(self):
     """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
-    needed = ["classifier"]
-    if not self.robust_training or self.robust_config().needs_lad():
-      needed += ["generator", "boundaries"]
-    if not self.robust_training:
-      needed.append("generation")
-    needed.append("defended")
-    if self.robust_eval != "none":
-      needed.append("robustness")
-    return tuple(needed)
-
-
-def stage_settings(config, spec):
-  """What each stage's content depends on: its own settings plus the fingerprints of its inputs
-  (lad_tf.runtime.files.fingerprint), so a change propagates downstream and nowhere else. Execution
-  settings (strategy, precision, verbosity, ...) are not part of any: they do not change what a
-  stage means."""
-  from lad_tf.runtime.files import fingerprint
-  c = config
-  data = {"dataset": c.dataset, "data_dir": c.data_dir, "seed": c.seed,
-          "calibration_per_class": c.calibration_per_class}
-  out = {"classifier": {**data, "classifier_path": c.classifier_path, "latent_layer": c.latent_layer,
-                        **({} if c.classifier_path else {"architecture": c.architecture,
-                                                          "epochs": c.classifier_epochs,
-                                                          "batch_size": spec.classifier_batch_size})}}
-  up = lambda *stages: {s: fingerprint(out[s]) for s in stages}
-  out["generator"] = {**up("classifier"), "architecture": c.generator_architecture or spec.generator,
-                      "epochs": c.generator_epochs, "recon_norm": c.recon_norm,
-                      "batch_size": spec.generator_batch_size,
-                      **({"loss_at_epochs": list(c.decoder_loss_epochs)} if c.decoder_loss_epochs else {})}
-  out["boundaries"] = {**up("classifier"), "attention": c.attention}
-  generation_grid = sorted(set(c.eps_grid) | set(c.fine_tune_eps))
-  out["generation"] = {**up("classifier", "generator", "boundaries"), "eps_grid": generation_grid,
-                       "normal": c.normal, "target": c.target, "adaptive": c.adaptive}
-  if not c.robust_training:
-    tuned_on = up("generator", "boundaries") if c.fine_tune_mode == "on_the_fly" else up("generation")
-    # lad's settings carry no "defence" key: work directories made before there was a choice stay done
-    out["defended"] = {**up("classifier"), **tuned_on, "mode": c.fine_tune_mode,
-                       "eps": list(c.fine_tune_eps), "epochs": c.fine_tune_epochs,
-                       **({"schedule": c.fine_tune_schedule} if c.fine_tune_schedule != fine_tuning.DEFAULT_SCHEDULE else {}),
-                       **({"per_epoch": c.on_the_fly_per_epoch} if c.fine_tune_mode == "on_the_fly" else {}),
-                       **({"defence": "clean"} if c.defence == "clean" else {})}
-  else:
-    rc = c.robust_config()
-    out["defended"] = {**up("classifier"), **(up("generator", "boundaries") if rc.needs_lad() else {}),
-                       "defence": c.defence, "robust": rc.identity(),
-                       "train_examples": c.defence_train_examples,
-                       **({"init": c.defence_init} if c.defence_init != "finetune" else {})}
-  out["robustness"] = {**up("classifier", "defended"), "attack": "autoattack", "version": c.robust_eval,
-                       "examples": c.robust_eval_examples, "eps": spec.attack_eps}
-  return out
+    return stage.needed(defend_stages.STAGES, self)

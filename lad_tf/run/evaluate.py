@@ -82,7 +82,7 @@ def load_workdir(workdir):
     if key not in run_config:
       raise ValueError(f"{work.path('config.json')} has no '{key}': cannot rebuild the calibration split")
   spec = datasets.get_spec(run_config["dataset"])
-  data = datasets.load(spec.name, data_dir=run_config.get("data_dir"))
+  data = datasets.load(spec, data_dir=run_config.get("data_dir"))
   calibration, evaluation = datasets.calibration_split(data.test, int(run_config["calibration_per_class"]),
                                                        int(run_config["seed"]))
   generated = work.generated(len(calibration))
@@ -135,54 +135,21 @@ def evaluate_workdir(workdir, config=None, progress=None):
   tune = baselines.fine_tune_config(config, contents.run_config)
   say(f"evaluate: {spec.name}, {len(contents.evaluation)} evaluation examples, attacks "
       f"{', '.join(config.attacks)}, eps {', '.join(f'{e:g}' for e in config.epsilons)}")
-
-  attacked = {"original": contents.original, "defended": contents.defended}
-  models_info = {"original": {}, "defended": {"fine_tuned_on": int(len(contents.lad_rows))}}
-  baseline_eps = config.baseline_eps if config.baseline_eps is not None else spec.attack_eps
-  baselines, info, timings = baselines.train_baselines(work, contents, config, tune, baseline_eps, say)
-  attacked.update(baselines)
-  models_info.update(info)
-
-  blackbox = None
-  if config.transfer:
-    start = time.time()
-    blackbox, models_info["blackbox"] = baselines.blackbox_model(work, contents, config, say)
-    timings["blackbox"] = time.time() - start
-
-  clean = {}
-  for name, model in attacked.items():
-    clean[name] = accuracy(model, contents.evaluation.x, contents.evaluation.y)
-    models_info[name]["clean_accuracy"] = clean[name]
-  say("evaluate: clean accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in clean.items()))
+  models = _Models(work, contents, config, tune, say)
 
   start = time.time()
-  sanity = sanity_checks(attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, progress)
-  sweep_of_eps = eps_sweep(attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, sanity, say)
-  timings["sanity"] = time.time() - start
-
-  start = time.time()
-  sources = select_sources(contents.evaluation, config.n_per_class, config.m_per_class, spec.num_classes,
-                           config.seed, config.targets_per_image)
-  image_attacks = tuple(a for a in config.attacks if a not in LATENT_ATTACKS)
-  rows, examples = attack_rows(attacked, sources, dataclasses.replace(config, attacks=image_attacks),
-                               blackbox, say)
-  timings["attacks"] = time.time() - start
-  if "ga" in config.attacks:
-    start = time.time()
-    from lad_tf.models.acgan import ACGAN
-    ga_result = sweeps.ga_rows(ACGAN.load(workdir), contents, attacked, blackbox, config, tune, say)
-    rows.extend(ga_result["rows"])
-    clean["baseline_ga"] = ga_result["baseline_clean_accuracy"]
-    models_info["baseline_ga"] = ga_result["baseline"]
-    timings["ga"] = time.time() - start
-
+  sanity = sanity_checks(models.attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config, progress)
+  sweep_of_eps = eps_sweep(models.attacked, contents.evaluation, spec.attack_eps, spec.num_classes, config,
+                           sanity, say)
+  models.timings["sanity"] = time.time() - start
+  rows, examples, sources = _attack_rows(workdir, contents, models, config, tune, say)
   sweep = []
   if config.lad_sweep:
     start = time.time()
     sweep = sweeps.lad_sweep(work, contents, config, tune, say)
-    timings["lad_sweep"] = time.time() - start
+    models.timings["lad_sweep"] = time.time() - start
   generation_summary, lad_examples = sweeps.lad_generation_summary(contents.generated, spec.num_classes)
-  timings["total"] = time.time() - started
+  models.timings["total"] = time.time() - started
 
   report = _nan_to_none({
       "dataset": spec.name,
@@ -190,27 +157,73 @@ def evaluate_workdir(workdir, config=None, progress=None):
       "workdir": os.path.abspath(workdir),
       "created": time.strftime("%Y-%m-%d %H:%M:%S"),
       "config": {**dataclasses.asdict(config), "fine_tune": dataclasses.asdict(tune),
-                 "baseline_eps": baseline_eps},
+                 "baseline_eps": models.baseline_eps},
       "n": {"untargeted": int(len(sources[0]["y"])), "targeted": int(len(sources[1]["y"])),
             "targeted_images": source_counts(sources[1])["n_images"],
             "targeted_pairs": source_counts(sources[1])["n_pairs"],
             "evaluation_split": int(len(contents.evaluation))},
-      "models": models_info,
-      "clean": clean,
+      "models": models.info,
+      "clean": models.clean,
       "rows": rows,
       "lad_sweep": sweep,
       "sanity": sanity,
       "eps_sweep": sweep_of_eps,
       "lad_generation": generation_summary,
-      "timings_s": timings,
+      "timings_s": models.timings,
       "notes": NOTES,
   })
   report_lib.write_report(out_dir, report, examples=examples, lad_examples=lad_examples)
   if report["eps_sweep"]:
     figures.robust_accuracy(os.path.join(out_dir, "robust_accuracy.png"), report)
   say(f"evaluate: report written to {out_dir}/report.json and report.html "
-      f"({timings['total']:.0f} s)")
+      f"({models.timings['total']:.0f} s)")
   return report
+
+
+class _Models:
+  """The models the evaluation attacks (original, defended, the baselines and the control), the
+  black-box model of the transfer rows, and each one's clean accuracy."""
+
+  def __init__(self, work, contents, config, tune, say):
+    spec = contents.spec
+    self.attacked = {"original": contents.original, "defended": contents.defended}
+    self.info = {"original": {}, "defended": {"fine_tuned_on": int(len(contents.lad_rows))}}
+    self.baseline_eps = config.baseline_eps if config.baseline_eps is not None else spec.attack_eps
+    trained, info, self.timings = baselines.train_baselines(work, contents, config, tune, self.baseline_eps, say)
+    self.attacked.update(trained)
+    self.info.update(info)
+    self.blackbox = None
+    if config.transfer:
+      start = time.time()
+      self.blackbox, self.info["blackbox"] = baselines.blackbox_model(work, contents, config, say)
+      self.timings["blackbox"] = time.time() - start
+    self.clean = {}
+    for name, model in self.attacked.items():
+      self.clean[name] = accuracy(model, contents.evaluation.x, contents.evaluation.y)
+      self.info[name]["clean_accuracy"] = self.clean[name]
+    say("evaluate: clean accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in self.clean.items()))
+
+
+def _attack_rows(workdir, contents, models, config, tune, say):
+  """The attack rows (image attacks on every model, white-box and transfer; GA's when asked), the
+  examples the report shows, and the attacked sources."""
+  spec = contents.spec
+  start = time.time()
+  sources = select_sources(contents.evaluation, config.n_per_class, config.m_per_class, spec.num_classes,
+                           config.seed, config.targets_per_image)
+  image_attacks = tuple(a for a in config.attacks if a not in LATENT_ATTACKS)
+  rows, examples = attack_rows(models.attacked, sources, dataclasses.replace(config, attacks=image_attacks),
+                               models.blackbox, say)
+  models.timings["attacks"] = time.time() - start
+  if "ga" in config.attacks:
+    start = time.time()
+    from lad_tf.models.acgan import ACGAN
+    ga_result = sweeps.ga_rows(ACGAN.load(workdir), contents, models.attacked, models.blackbox, config, tune, say)
+    rows.extend(ga_result["rows"])
+    models.clean["baseline_ga"] = ga_result["baseline_clean_accuracy"]
+    models.info["baseline_ga"] = ga_result["baseline"]
+    models.timings["ga"] = time.time() - start
+  return rows, examples, sources
 
 
 NOTES = [

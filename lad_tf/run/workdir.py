@@ -63,10 +63,11 @@ class WorkDir:
       return False
     return settings is None or self.stage_fingerprint(stage) == fingerprint(settings)
 
-  def run_stage(self, stage, settings, fn, force=False):
+  def run_stage(self, stage, settings, fn, force=False, outputs=()):
     """Runs fn(partial_dir) unless `stage` is done with `settings`; returns the stage folder.
 
-    fn writes its artifacts into partial_dir (which may hold a killed run's resumable state).
+    fn writes its artifacts into partial_dir (which may hold a killed run's resumable state); each of
+    `outputs` (file names) must be among them, or the stage stays unfinished.
     The wall time of each run is recorded in DIR/stages.json.
     """
     final = self.path(stage)
@@ -83,6 +84,10 @@ class WorkDir:
     log.info("stage %s: running", stage)
     start = time.time()
     fn(partial)
+    missing = [name for name in outputs if not os.path.exists(os.path.join(partial, name))]
+    if missing:
+      raise RuntimeError(f"stage {stage} finished without writing {', '.join(missing)} (declared in its "
+                         f"outputs); {partial} is kept for a look")
     seconds = time.time() - start
     if os.path.isdir(final):
       shutil.rmtree(final)
