@@ -114,10 +114,11 @@ def seed_defend_stages(workdir, config, stages=LAD_PARTS):
   and trains the rest. Other settings make another artifact: nothing stale is reused."""
   import os
   import shutil
-  from lad_tf.run import defend_config
+  from lad_tf.run import defend_stages
+  from lad_tf.run.stage import fingerprint_settings
   from lad_tf.runtime.files import fingerprint
-  resolved = config.resolved()
-  settings = defend_config.stage_settings(resolved, datasets.get_spec(resolved.dataset))
+  spec = datasets.get_spec(config.dataset)
+  settings = fingerprint_settings(defend_stages.STAGES, config.resolved(spec), spec)
   folder = trained.artifact("defend_stages", lambda d: _run_defend_stages(d, config),
                             **{stage: fingerprint(settings[stage]) for stage in LAD_PARTS})
   for stage in stages:

@@ -85,19 +85,19 @@ def test_killed_acgan_stage_resumes_at_its_last_epoch(tmp_path):
   config = acgan_lib.ACGANConfig(epochs=4, width=8, noise_dim=8, critic_steps=1, verbose=0)
   workdir = str(tmp_path / "run")
   with pytest.raises(Killed):
-    acgan_lib.train_stage(workdir, "digits", config, callbacks=[KillAfter(1)])
+    acgan_run.train_stage(workdir, "digits", config, callbacks=[KillAfter(1)])
   assert not os.path.exists(os.path.join(workdir, "acgan"))
   backup = os.path.join(workdir, ".acgan.partial", "backup", "latest.weights.h5")
   # the backup holds the weights and both optimisers' states (2 epochs of 1438 // 64 = 22 steps)
   trainer = acgan_lib.build_trainer((28, 28, 1), 10, config)
   trainer.load_weights(backup)
   assert int(trainer.g_optimizer.iterations.numpy()) == 44 == int(trainer.d_optimizer.iterations.numpy())
-  info = acgan_lib.train_stage(workdir, "digits", config)
+  info = acgan_run.train_stage(workdir, "digits", config)
   assert len(info["history"]["d_loss"]) == 2  # epochs 3 and 4 only: 1 and 2 were done before the kill
   assert os.path.exists(os.path.join(workdir, "acgan", "generator.keras"))
   assert os.path.exists(os.path.join(workdir, "figures", "acgan_samples.png"))
   assert not os.path.exists(os.path.join(workdir, ".acgan.partial"))
-  again = acgan_lib.train_stage(workdir, "digits", config)  # a finished stage is skipped
+  again = acgan_run.train_stage(workdir, "digits", config)  # a finished stage is skipped
   assert again["history"] == info["history"]
 
 
