@@ -5,56 +5,119 @@ import dataclasses
 from typing import Optional, Sequence, Tuple
 
 from lad_tf import defences, robust
+from lad_tf.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from lad_tf.data import datasets
-from lad_tf.lad import fine_tuning
+from lad_tf.lad import boundary, fine_tuning, generation
 from lad_tf.errors import ConfigError
 from lad_tf.run import defend_stages, stage
+from lad_tf.runtime import losses
 from lad_tf.runtime.execution import ExecutionConfig
 
 
 STAGES = tuple(s.name for s in defend_stages.STAGES)
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
-ROBUST_EVALS = ("standard", "fast", "none")  # AutoAttack version of the robustness stage ("none": skip it)
+ROBUST_EVALS = (*AUTOATTACK_VERSIONS, "none")  # AutoAttack version of the robustness stage ("none": skip it)
+
+
+def _setting(default, help_text, **command_line):
+  """A DefendConfig field and what it means; pipelines.config_flags makes its flag of it (command_line:
+  flag= its name on the command line where it differs, None to keep it off; choices= the library's
+  tuple of accepted values)."""
+  return dataclasses.field(default=default, metadata={"help": help_text, **command_line})
+
+
+_DEFENCE_HELP = (
+    "The defence: " + "; ".join(f"{name}: {defences.DESCRIPTIONS[name]}" for name in defences.DEFENCES) +
+    ". lad and clean fine-tune on the calibration examples (--fine_tune_* flags); the others train on the "
+    "training split (--defence_* flags). The default is the robust benchmark's choice: the best AutoAttack "
+    "accuracy over 3 seeds within 3x the cost of clean training, ties to clean accuracy beyond sampling "
+    "error, else to the more robust (README, 'Robust training').")
 
 
 @dataclasses.dataclass
 class DefendConfig:
-  """Everything `run_defend` needs; None fields take the dataset spec's defaults."""
+  """Everything `run_defend` needs; None fields take the dataset spec's defaults. Each field's help is
+  its `python -m pipelines.defend` flag's (pipelines.config_flags)."""
   dataset: str = "digits"
   data_dir: Optional[str] = None
-  classifier_path: Optional[str] = None     # a user's Keras classifier (.keras) instead of training one
-  latent_layer: Optional[str] = None        # default: the spec's ("latent")
-  architecture: Optional[str] = None        # zoo classifier to train; default: the spec's
-  generator_architecture: Optional[str] = None
-  calibration_per_class: Optional[int] = None
-  classifier_epochs: Optional[int] = None
-  generator_epochs: Optional[int] = None
-  recon_norm: Optional[str] = None
-  attention: str = "authors"
-  eps_grid: Optional[Tuple[float, ...]] = None
-  normal: str = "relative"
-  target: str = "random"
-  adaptive: bool = False
-  fine_tune_mode: str = "mix"
-  fine_tune_eps: Tuple[float, ...] = (0.1, 0.2, 0.3)
-  fine_tune_schedule: str = fine_tuning.DEFAULT_SCHEDULE  # fine_tuning.FINE_TUNE_SCHEDULES: "lad_tf" or "authors"
-  fine_tune_epochs: Optional[int] = None    # default: the schedule's
-  decoder_loss_epochs: Tuple[int, ...] = ()  # epochs at which the decoder's train / test loss is recorded
-  on_the_fly_per_epoch: int = 2000
-  defence: Optional[str] = None             # lad_tf.robust.DEFENCES; default lad_tf.robust.DEFAULT_DEFENCE
-  defence_eps: Optional[float] = None       # robust methods' L-inf eps; default: the spec's attack_eps
-  # the robust methods' training; None: the spec's DefenceRecipe (lad and clean: fine_tune_epochs)
-  defence_epochs: Optional[int] = None
-  defence_learning_rate: Optional[float] = None  # Adam (the peak of a cyclic schedule)
-  defence_lr_schedule: Optional[str] = None  # defences.LR_SCHEDULES: "constant" or "cyclic" (0 -> rate -> 0)
-  defence_train_examples: Optional[int] = None  # robust methods' training images (default: the split)
-  defence_pgd_steps: int = 10               # inner steps of pgd_at and trades (PGD-3 at MNIST eps 0.3: docs/ROBUST.md)
-  defence_init: Optional[str] = None        # defences.DEFENCE_INITS: start from the trained classifier, or anew
-  defence_step_scale: Optional[float] = None  # single-step defences' first step, in units of their step
-  defence_atta_steps: Optional[int] = None  # atta's carried steps per batch, eps / K each (ATTA-K)
-  robust_eval: str = "standard"             # ROBUST_EVALS
-  robust_eval_examples: int = 1000          # evaluation images the robustness stage attacks
-  force: Sequence[str] = ()
+  classifier_path: Optional[str] = _setting(None, "Path of your own Keras classifier (.keras, logits) to "
+                                            "defend instead of training the zoo's.", flag="classifier")
+  latent_layer: Optional[str] = _setting(None, "Name of the latent layer of --classifier (default: "
+                                         "'latent').")
+  architecture: Optional[str] = _setting(None, "Zoo classifier to train (default: the spec's; "
+                                         "pipelines.train_classifier --architecture).", flag=None)
+  generator_architecture: Optional[str] = _setting(
+      None, "Decoder architecture of lad_tf.models.GENERATORS (default: the spec's, the paper's; e.g. "
+      "svhnnet_decoder_light, 3x faster but 2.4x the L1 error, benchmarks/svhn_speed.json).", flag="generator")
+  calibration_per_class: Optional[int] = _setting(
+      None, "Test examples per class for boundaries and generation (the paper: 20-200; default: the "
+      "spec's); excluded from every reported accuracy.")
+  classifier_epochs: Optional[int] = _setting(None, "Classifier training epochs (default: the spec's).")
+  generator_epochs: Optional[int] = _setting(None, "Generator training epochs (default: the spec's).")
+  recon_norm: Optional[str] = _setting(None, "Generator loss (default: the spec's).",
+                                       choices=losses.RECON_NORMS)
+  attention: str = _setting("authors", "Attention of the SVM.", choices=boundary.ATTENTION_MODES)
+  eps_grid: Optional[Tuple[float, ...]] = _setting(None, "eps grid (default: the spec's), in units of "
+                                                   "--normal.", flag="eps")
+  normal: str = _setting("relative", "eps convention: relative to the mean latent norm, or the authors' "
+                         "raw SVM weight.", choices=generation.NORMALS)
+  target: str = _setting("random", "Target class of each generated example.", choices=generation.TARGETS)
+  adaptive: bool = _setting(False, "Also find each example's smallest crossing eps.")
+  fine_tune_mode: str = _setting("mix", "mix: all --fine_tune_eps; eps: the first only (FT-eps); "
+                                 "on_the_fly: generate from the training set during fine-tuning.",
+                                 choices=FINE_TUNE_MODES)
+  fine_tune_eps: Tuple[float, ...] = _setting((0.1, 0.2, 0.3), "eps of the fine-tuning set.")
+  fine_tune_schedule: str = _setting(
+      fine_tuning.DEFAULT_SCHEDULE, "Fine-tuning schedule (SGD): lad_tf: 10 epochs, lr 0.001, momentum "
+      "0.5, batch 64; authors: the authors' MNIST run, 100 epochs, lr 0.01, momentum 0.5, batch 64.",
+      choices=tuple(fine_tuning.FINE_TUNE_SCHEDULES))
+  fine_tune_epochs: Optional[int] = _setting(None, "Fine-tuning epochs (default: the schedule's).")
+  decoder_loss_epochs: Tuple[int, ...] = _setting(
+      (), "Epochs at which the decoder's train and test loss (MSE with the l2 loss) is measured during its "
+      "training, e.g. 10,30,100 (generator/metrics.json loss_at_epoch; each must be <= --generator_epochs).",
+      flag="decoder_mse_epochs")
+  on_the_fly_per_epoch: int = _setting(2000, "Examples generated per epoch of on_the_fly fine-tuning.",
+                                       flag=None)
+  defence: str = _setting(defences.DEFAULT_DEFENCE, _DEFENCE_HELP, choices=defences.DEFENCES)
+  defence_eps: Optional[float] = _setting(
+      None, "L-inf eps of the robust defences (fgsm_rs, pgd_at, trades, nfgsm, atta, lad_robust; default: "
+      "the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
+  # the robust defences' training: None, the dataset's recipe (lad_tf.data.datasets.DefenceRecipe)
+  defence_epochs: Optional[int] = _setting(None, "Epochs of the robust defences (default: the dataset's; "
+                                           "5, MNIST 10).")
+  defence_learning_rate: Optional[float] = _setting(
+      None, "Adam learning rate of the robust defences (with --defence_lr_schedule=cyclic, the peak; "
+      "default: the dataset's, 0.001, MNIST 0.005).")
+  defence_lr_schedule: Optional[str] = _setting(
+      None, "Learning rate of the robust defences: constant, or cyclic (0 -> rate -> 0 over the run, Wong "
+      "et al. 2020; default: the dataset's, constant, MNIST cyclic: what eps 0.3 needs, docs/ROBUST.md).",
+      choices=defences.LR_SCHEDULES)
+  defence_train_examples: Optional[int] = _setting(
+      None, "Training images of the robust defences (default: the whole training split; fewer for a "
+      "quick run on 2 cores).")
+  defence_pgd_steps: int = _setting(10, "Inner PGD steps of pgd_at and trades (each costs about 0.8x a "
+                                    "clean training step on the CPU; 3 steps at MNIST eps 0.3: "
+                                    "docs/ROBUST.md).")
+  defence_init: Optional[str] = _setting(
+      None, "Where the robust defences start: the trained classifier (finetune), or its architecture "
+      "with fresh weights (scratch; default: the dataset's, finetune, MNIST scratch).",
+      choices=defences.DEFENCE_INITS)
+  defence_step_scale: Optional[float] = _setting(
+      None, "The single-step defences' (fgsm_rs, nfgsm, atta, lad_robust) step at the start, as a "
+      "fraction of their usual step; the overfitting guard halves it after a collapse (default: the "
+      "dataset's, 1, MNIST 0.5).")
+  defence_atta_steps: Optional[int] = _setting(
+      None, "atta's projected steps per batch, eps / K each, carried over from epoch to epoch (ATTA-K; "
+      "each step costs one more input gradient per batch; default: the dataset's, 1).")
+  robust_eval: str = _setting(
+      "standard", "Robustness stage: AutoAttack (APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and "
+      "APGD-T) on the original and the defended classifier at the dataset's eps, reported as "
+      "robust_accuracy in metrics.json and the model card; none skips it.",
+      flag="autoattack", choices=ROBUST_EVALS)
+  robust_eval_examples: int = _setting(
+      1000, "Evaluation images (never the calibration ones) the robustness stage attacks (fewer if the "
+      "split has fewer; metrics.json says so).", flag="autoattack_examples")
+  force: Sequence[str] = _setting((), f"Stages to recompute ({', '.join(STAGES)}) or 'all'.")
   # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
