@@ -61,7 +61,7 @@ COMMAND_LINE_PRECISION = "auto"
 def define_distribution_flags():
   """--strategy, --deterministic, --precision, --jit_compile (see docs/SCALING.md): the choices of
   lad_tf.runtime, the defaults of its ExecutionConfig."""
-  from lad_tf.runtime import distribute, execution
+  from lad_tf.runtime import distribute, execution, precision
   defaults = execution.ExecutionConfig()
   flags.DEFINE_enum("strategy", defaults.strategy, list(distribute.STRATEGIES),
                     "tf.distribute strategy of every training loop: default (one device), mirrored (all "
@@ -69,10 +69,10 @@ def define_distribution_flags():
                     "variable; run the same command on every worker, only the chief writes --workdir).")
   flags.DEFINE_bool("deterministic", defaults.deterministic, "Reproducible runs: seeds everything and enables "
                     "tf.config.experimental.enable_op_determinism (slower on GPUs).")
-  flags.DEFINE_enum("precision", COMMAND_LINE_PRECISION, list(execution.PRECISIONS),
+  flags.DEFINE_enum("precision", COMMAND_LINE_PRECISION, list(precision.PRECISIONS),
                     "Keras dtype policy of training (losses in float32): mixed_float16 on GPUs (float32 "
                     "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
-                    "lad_tf.runtime.execution.auto_precision measured accurate enough on this hardware.")
+                    "lad_tf.runtime.precision.auto_precision measured accurate enough on this hardware.")
   flags.DEFINE_bool("jit_compile", defaults.jit_compile, "XLA-compile the Keras fit train steps (measured "
                     "slower on CPU: LeNet, and svhnNet 2.2x / its decoder 5x the CPU time per batch; try it on "
                     "GPUs).")

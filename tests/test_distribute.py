@@ -257,8 +257,8 @@ def test_strategies_by_name_and_mirrored_training(tmp_path):
 
 def test_mixed_precision_is_a_warned_no_op_without_a_gpu():
   import keras
-  from lad_tf.runtime import execution
-  if execution.has_gpu():
+  from lad_tf.runtime import execution, precision
+  if precision.has_gpu():
     pytest.skip("a GPU is present")
   assert execution.configure(ExecutionConfig(precision="mixed_float16")) == "float32"
   assert keras.mixed_precision.global_policy().name == "float32"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lad_tf.runtime import execution, losses
+from lad_tf.runtime import execution, losses, precision
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.run.workdir import WorkDir
 from lad_tf.runtime.files import atomic_path, read_json
@@ -47,15 +47,15 @@ def test_fit_trains_under_each_loop_and_precision_and_leaves_a_float32_model(loo
 
 
 def test_auto_precision_follows_the_cpu_flags(monkeypatch):
-  monkeypatch.setattr(execution, "has_gpu", lambda: False)
-  monkeypatch.setattr(execution, "cpu_flags", lambda: {"sse4_2", "avx512_bf16"})
-  assert execution.resolve_precision("auto") == "mixed_bfloat16"
-  monkeypatch.setattr(execution, "cpu_flags", lambda: {"sse4_2", "avx2"})
-  assert execution.resolve_precision("auto") == "float32"
-  monkeypatch.setattr(execution, "BF16_MEASURED_ACCURATE", False)
-  monkeypatch.setattr(execution, "cpu_flags", lambda: {"amx_bf16"})
-  assert execution.resolve_precision("auto") == "float32"
-  assert execution.resolve_precision("mixed_float16") == "float32"  # no GPU: a warning, not a slow run
+  monkeypatch.setattr(precision, "has_gpu", lambda: False)
+  monkeypatch.setattr(precision, "cpu_flags", lambda: {"sse4_2", "avx512_bf16"})
+  assert precision.resolve_precision("auto") == "mixed_bfloat16"
+  monkeypatch.setattr(precision, "cpu_flags", lambda: {"sse4_2", "avx2"})
+  assert precision.resolve_precision("auto") == "float32"
+  monkeypatch.setattr(precision, "BF16_MEASURED_ACCURATE", False)
+  monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+  assert precision.resolve_precision("auto") == "float32"
+  assert precision.resolve_precision("mixed_float16") == "float32"  # no GPU: a warning, not a slow run
   with pytest.raises(ValueError, match="precision must be one of"):
     ExecutionConfig(precision="float8")
 

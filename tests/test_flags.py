@@ -13,7 +13,7 @@ from lad_tf.data import datasets
 from lad_tf.lad import boundary, fine_tuning, generation
 from lad_tf.run import defend_config
 from lad_tf.run.defend_config import DefendConfig
-from lad_tf.runtime import distribute, execution, losses
+from lad_tf.runtime import distribute, execution, losses, precision
 from pipelines import common, config_flags
 from pipelines import defend as defend_command
 
@@ -27,7 +27,7 @@ LIBRARY_CHOICES = {
     "fine_tune_schedule": tuple(fine_tuning.FINE_TUNE_SCHEDULES), "defence": defences.DEFENCES,
     "defence_lr_schedule": defences.LR_SCHEDULES, "defence_init": defences.DEFENCE_INITS,
     "autoattack": defend_config.ROBUST_EVALS, "strategy": distribute.STRATEGIES,
-    "precision": execution.PRECISIONS, "dataset": tuple(sorted(datasets.REGISTRY)),
+    "precision": precision.PRECISIONS, "dataset": tuple(sorted(datasets.REGISTRY)),
     "stop_after": defend_config.STAGES[:-1],
 }
 

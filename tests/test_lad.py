@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from lad_tf.lad import boundary, fine_tuning, generation
 from lad_tf.run import defend
-from lad_tf.runtime import execution
+from lad_tf.runtime import execution, precision
 from lad_tf.run.workdir import WorkDir
 from pipelines import stages
 
@@ -231,7 +231,7 @@ def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_pa
 # 6d6628d): the refactor must not change a number. The AVX2 pin is commit 52c28ea's run; its LAD path
 # is 46c2a4e's, which matched the AVX-512 pin on AVX-512. Later changes must not change a number on either.
 def _vector_isa():
-  flags = execution.cpu_flags()
+  flags = precision.cpu_flags()
   return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown"
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from lad_tf import models
 from lad_tf.data import datasets
 from lad_tf.lad import decoder
-from lad_tf.runtime import execution, losses
+from lad_tf.runtime import execution, losses, precision
 from lad_tf.models import generators
 from lad_tf.models.space_to_depth import SpaceToDepthConv2D
 
@@ -71,7 +71,7 @@ def test_decoder_same_outputs_saved_and_in_bfloat16(tmp_path):
   blocked.save(path)
   np.testing.assert_array_equal(keras.models.load_model(path, compile=False)(z).numpy(), blocked(z).numpy())
   # the executor's bfloat16 copy keeps the layer and computes within bfloat16 rounding of float32
-  copy = execution.with_policy(blocked, "mixed_bfloat16")
+  copy = precision.with_policy(blocked, "mixed_bfloat16")
   assert isinstance(copy.get_layer("image"), SpaceToDepthConv2D)
   assert copy.get_layer("image").compute_dtype == "bfloat16"
   np.testing.assert_allclose(tf.cast(copy(z), tf.float32).numpy(), plain(z).numpy(), atol=0.02)

@@ -23,7 +23,7 @@ import numpy as np
 from lad_tf.lad import boundary as boundary_lib
 from lad_tf import models, robust
 from lad_tf.lad import fine_tuning
-from lad_tf.runtime import execution, losses
+from lad_tf.runtime import execution, losses, precision
 from lad_tf.runtime.progress import StepTimer, duration
 from lad_tf.robust import adversaries
 
@@ -128,7 +128,7 @@ def measure(run, batches=3, pieces=None):
   timed("classifier_inference", INFERENCE_BATCH, lambda n: time_inference(classifier, images(n), batches))
   # validation during training runs on the trained copy, under the training policy (bf16 or not)
   timed("classifier_validation", INFERENCE_BATCH, lambda n: time_inference(
-      execution.with_policy(classifier, execution.resolve_precision(exec_.precision)), images(n), batches))
+      precision.with_policy(classifier, precision.resolve_precision(exec_.precision)), images(n), batches))
   if {"decoder_step", "decoder_inference"} & wanted:
     generator = run.planned_generator(latent_dim)
     z = rng.standard_normal((max(spec.generator_batch_size, INFERENCE_BATCH), latent_dim)).astype(np.float32)

@@ -7,7 +7,7 @@ For each policy, in alternation (the machine is shared: rounds A B A B), the dat
 for `epochs` epochs through lad_tf.runtime.execution.fit, then its decoder (Eq. 2) for `epochs` epochs on the
 frozen float32 latents. Reported per policy: the best epoch time of each (the first epoch, which traces,
 excluded) and the whole classifier and decoder trainings, the clean test accuracy and the decoder's
-test reconstruction loss. `goal_met` is the rule lad_tf.runtime.execution.auto_precision follows:
+test reconstruction loss. `goal_met` is the rule lad_tf.runtime.precision.auto_precision follows:
 mixed_bfloat16 only where the CPU has AVX512-BF16 or AMX, its accuracy is within 0.3 points of
 float32's and the two trainings together are faster.
 """
@@ -56,13 +56,13 @@ def run(dataset="fashion_mnist", n=0, seed=0, epochs=3, rounds=2):
   import keras
   from lad_tf import models
   from lad_tf.data import datasets
-  from lad_tf.runtime import execution
+  from lad_tf.runtime import precision
   n = n or 20000
   spec = datasets.get_spec(dataset)
   data = datasets.load(dataset)
   keras.utils.set_random_seed(seed)
   weights = models.build_classifier(spec.classifier, spec.image_shape, spec.num_classes).get_weights()
-  flags = execution.cpu_flags()
+  flags = precision.cpu_flags()
   results = {p: [] for p in POLICIES}
   for r in range(rounds):
     for policy in POLICIES:
