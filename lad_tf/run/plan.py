@@ -303,7 +303,7 @@ PIECES = {  # what each stage's estimate needs
 def stage_pieces(config, stage):
   """The pieces `stage`'s estimate needs under DefendConfig `config` (a resolved one)."""
   if stage != "defended":
-    return PIECES[stage]
+    return PIECES.get(stage, ())  # a stage with no timed pieces is listed without an estimate
   if not config.robust_training:
     return ("classifier_inference", "fine_tune_step")
   rc = config.robust_config()
