@@ -50,30 +50,29 @@ def _read_json(path):
     return json.load(f)
 
 
-def _find_accuracy(metrics, stage):
-  """The clean accuracy of the exported model, from metrics.json's layout (lad_tf.run.defend)."""
-  section = (metrics or {}).get("defended" if stage == "defended" else "original") or {}
-  return section.get("clean_accuracy")
-
-
 def build_model_card(workdir, stage):
-  """Model card facts: dataset, clean accuracy, and the robustness report where it ran."""
+  """The model card of the stage's model (lad_tf.evaluation.model_card): the defend run's defence, eps,
+  clean and robust accuracy with the attack and image count, class names and dataset; the evaluation
+  report's rows where pipelines.evaluate ran."""
+  from lad_tf.evaluation.model_card import card_of_defend_metrics, model_card
   metrics = _read_json(os.path.join(workdir, "metrics.json"))
   report = _read_json(os.path.join(workdir, "evaluation", "report.json"))
-  card = {
-      "source": {"workdir": os.path.abspath(workdir), "stage": stage},
-      "dataset": metrics.get("dataset") if isinstance(metrics, dict) else None,
-      "clean_accuracy": _find_accuracy(metrics, stage),
-      "defence": "LAD fine-tuning" if stage == "defended" else "none (undefended classifier)",
-      "metrics": metrics,
-      "robustness": report,
-      "robustness_evaluated": report is not None,
-  }
-  if metrics is None:
-    log.warning("%s/metrics.json not found: the model card has no dataset or accuracy",
-                workdir)
-  if report is None:
-    log.info("no evaluation/report.json: the model card records robustness as not evaluated")
+  if not isinstance(metrics, dict):
+    log.warning("%s/metrics.json not found: the model card has no dataset or accuracy", workdir)
+    metrics = {}
+  class_names = None
+  if metrics.get("dataset"):
+    from lad_tf.data import datasets
+    class_names = datasets.get_spec(metrics["dataset"]).class_names
+  if stage == "defended":
+    card = card_of_defend_metrics(metrics, class_names)
+  else:  # the undefended classifier, with the robustness stage's figures of it
+    evaluation = metrics.get("robust_evaluation", {})
+    card = model_card(None, evaluation={**evaluation, **(metrics.get("original") or {})},
+                      class_names=class_names, dataset=metrics.get("dataset"))
+  card["source"] = {"workdir": os.path.abspath(workdir), "stage": stage}
+  if report is not None:
+    card["evaluation_rows"] = report.get("rows")
   return card
 
 

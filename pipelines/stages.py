@@ -9,7 +9,7 @@ same images).
 import logging
 import os
 
-from lad_tf import robust
+from lad_tf.evaluation.model_card import card_of_defend_metrics
 from lad_tf.run import defend
 from lad_tf.runtime.files import read_json, write_json
 
@@ -39,16 +39,10 @@ def export_stage(run, metrics, export_base=None, model_name="lad"):
 def _export(run, metrics, base, model_name, out):
   from serving import export as serving_export
   work = run.work
-  name = metrics["defence"]
-  card = {"dataset": run.spec.name, "clean_accuracy": metrics["defended"]["clean_accuracy"],
-          "original_clean_accuracy": metrics["original"]["clean_accuracy"],
-          "defence": name, "defence_description": robust.DESCRIPTIONS[name],
-          "robust_accuracy": metrics["defended"]["robust_accuracy"],
-          "original_robust_accuracy": metrics["original"]["robust_accuracy"],
-          "robust_evaluation": metrics["robust_evaluation"], "class_names": list(run.spec.class_names)}
+  card = card_of_defend_metrics(metrics, run.spec.class_names)
   report = read_json(work.path("evaluation", "report.json"))
   if report:
-    card["robustness"] = report.get("rows")
+    card["evaluation_rows"] = report.get("rows")
   path = serving_export.export_classifier(work.model("defended"), base, sample_images=run.evaluation.x[:16],
                                           model_name=model_name, model_card=card)
   write_json(os.path.join(out, "export.json"), {"path": path})

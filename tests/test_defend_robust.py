@@ -86,7 +86,9 @@ def test_fgsm_rs_raises_pgd_accuracy_and_metrics_say_so(fgsm_rs_run):
   card = json.load(open(os.path.join(metrics["export_path"], "assets.extra", "model_card.json")))
   assert card["defence"] == "fgsm_rs" and "Wong" in card["defence_description"]
   assert card["robust_accuracy"] == metrics["defended"]["robust_accuracy"]
-  assert card["original_robust_accuracy"] == metrics["original"]["robust_accuracy"]
+  assert card["original"]["robust_accuracy"] == metrics["original"]["robust_accuracy"]
+  assert card["eps"] == EPS and card["attack_eps"] == EPS and card["examples"] == metrics["robust_evaluation"]["examples"]
+  assert card["attack"].startswith("AutoAttack") and card["dataset"] == "digits" and len(card["class_names"]) == 10
 
 
 def test_clean_control_stays_within_noise_of_the_original(fgsm_rs_run):

@@ -43,7 +43,10 @@ class DefendConfig:
   classifier_path: Optional[str] = _setting(None, "Path of your own Keras classifier (.keras, logits) to "
                                             "defend instead of training the zoo's.", flag="classifier")
   latent_layer: Optional[str] = _setting(None, "Name of the latent layer of --classifier (default: "
-                                         "'latent').")
+                                         "'latent'); only the defences that use LAD's parts (lad, clean, "
+                                         "lad_robust) read it.")
+  allow_weak_classifier: bool = _setting(False, "Defend --classifier even when it is no better than chance "
+                                         "on the evaluation images (it is refused otherwise).")
   architecture: Optional[str] = _setting(None, "Zoo classifier to train (default: the spec's; "
                                          "pipelines.train_classifier --architecture).", flag=None)
   generator_architecture: Optional[str] = _setting(

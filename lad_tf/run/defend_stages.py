@@ -79,8 +79,13 @@ def _classifier(run, out):
         training.TrainConfig(epochs=c.classifier_epochs, batch_size=run.spec.classifier_batch_size,
                              execution=c.execution), out)
     metrics = {"source": c.architecture, "history": history}
-  models.split_at_latent(model, c.latent_layer)  # fail early on a bad --latent_layer
-  metrics["test_accuracy"] = training.accuracy(model, run.evaluation.x, run.evaluation.y)
+  if "generator" in run.needed:  # fail early on a bad --latent_layer, where LAD's parts will cut there
+    models.split_at_latent(model, c.latent_layer)
+  if c.classifier_path and not c.allow_weak_classifier:
+    metrics["test_accuracy"] = training.check_better_than_chance(
+        model, run.evaluation.x, run.evaluation.y, "or pass --allow_weak_classifier")
+  else:
+    metrics["test_accuracy"] = training.accuracy(model, run.evaluation.x, run.evaluation.y)
   save_model(model, os.path.join(out, "model.keras"))
   write_json(os.path.join(out, "metrics.json"), metrics)
   shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)

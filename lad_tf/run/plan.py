@@ -106,8 +106,9 @@ def measure(run, batches=3, pieces=None):
   wanted = set(ALL_PIECES if pieces is None else pieces)
   exec_ = dataclasses.replace(c.execution, verbose=0)
   classifier = run.planned_classifier()
-  phi, _ = models.split_at_latent(classifier, c.latent_layer)
-  latent_dim = int(phi.output_shape[-1])
+  latent_dim = None
+  if wanted & {"decoder_step", "decoder_inference", "boundary_step", "boundary_none_step"}:  # LAD's parts
+    latent_dim = int(models.split_at_latent(classifier, c.latent_layer)[0].output_shape[-1])
   seconds, batch, cpu = {}, {}, {}
 
   def images(n):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from lad_tf.data import datasets
+from lad_tf.errors import ConfigError
 from lad_tf.runtime import execution, losses
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.runtime.progress import Progress
@@ -37,6 +38,17 @@ def accuracy(model, x, y, batch_size=512):
     return float("nan")
   logits = predict(model, x, batch_size, name="accuracy")
   return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def check_better_than_chance(model, x, y, way_out, margin=0.05):
+  """Refuses a classifier no better than always saying the most frequent class (+ `margin`): a defence
+  would harden a model that has learnt nothing. Returns its accuracy on (x, y)."""
+  measured = accuracy(model, x, y)
+  chance = float(np.max(np.bincount(np.asarray(y, np.int64)))) / len(y) if len(y) else 0.0
+  if not measured > chance + margin:
+    raise ConfigError(f"the classifier is {measured:.1%} accurate on {len(y)} of your images, no better than "
+                      f"chance ({chance:.1%}): train it first, {way_out}")
+  return measured
 
 
 def train_classifier(model, train, test, config, state_dir):
