@@ -10,7 +10,6 @@ import json
 
 from absl import flags
 
-from lad_tf import defences
 from lad_tf.run.defend_config import STAGES, DefendConfig
 from pipelines import common, config_flags
 
@@ -44,11 +43,6 @@ def main(argv):
   del argv
   common.setup_logging()
   config = config_from_flags()
-  if FLAGS.evaluate and FLAGS.defence not in defences.EQ4_DEFENCES:
-    from lad_tf.errors import ConfigError
-    raise ConfigError(f"--evaluate runs the paper's protocol, which needs LAD's generated set; "
-                      f"--defence={FLAGS.defence} does not make one. Its AutoAttack figures are in "
-                      f"metrics.json (--autoattack); drop --evaluate")
   workdir = common.workdir(FLAGS)
   from pipelines import stages
   metrics = stages.run_defend(workdir, config, export=FLAGS.export, export_base=FLAGS.export_base,

@@ -6,7 +6,9 @@ above the original's; the clean control stays within noise of the original's.
 """
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,14 +134,23 @@ def test_help_names_every_defence_and_the_default():
   assert f"(default:'{defences.DEFAULT_DEFENCE}')" in text
 
 
-def test_evaluate_with_a_robust_defence_is_refused_up_front(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "pipelines.defend", "--defence=pgd_at", "--evaluate",
-                           f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": REPO})
-  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: --evaluate") and "drop --evaluate" in last
-  assert not os.path.exists(tmp_path / "w" / "classifier")
+def test_evaluate_after_a_robust_defence_skips_only_lads_rows(fgsm_rs_run, tmp_path, caplog):
+  """pipelines.evaluate works after any defence: a robust one made no LAD set, so the LAD sweep, the
+  Eq. 4 baselines and control are skipped with one line saying why; the attack rows, the checks and
+  the report remain."""
+  from lad_tf.evaluation.protocol import EvalConfig
+  from lad_tf.run.evaluate import evaluate_workdir
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(fgsm_rs_run[0], workdir)
+  config = EvalConfig(attacks=("fgsm", "pgd"), n_per_class=3, pgd_iter=10, transfer=False, examples_per_attack=4,
+                      sanity_n=20, sanity_options={"pgd_steps": 5, "more_steps": 10, "restarts": 2})
+  with caplog.at_level(logging.INFO, logger="lad_tf"):
+    report = evaluate_workdir(workdir, config)
+  assert any("made no LAD set: LAD's rows" in r.getMessage() for r in caplog.records)
+  assert sorted(report["models"]) == ["defended", "original"] and report["lad_sweep"] == []
+  white_box = {r["attack"] for r in report["rows"] if r["setting"] == "white_box"}
+  assert white_box == {"fgsm", "pgd"} and report["sanity"] and report["eps_sweep"]
+  assert os.path.exists(os.path.join(workdir, "evaluation", "report.html"))
 
 
 def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_refused():

@@ -68,7 +68,7 @@ class WorkdirContents:
   evaluation: datasets.Split
   original: object
   defended: object
-  generated: object       # lad_tf.lad.generation.GeneratedSet
+  generated: object       # lad_tf.lad.generation.GeneratedSet; None after a robust defence
   run_config: dict        # DIR/config.json ("full" holds the defend settings)
   lad_rows: np.ndarray    # rows of generated.npz the defended model was fine-tuned on
 
@@ -85,13 +85,16 @@ def load_workdir(workdir):
   data = datasets.load(spec, data_dir=run_config.get("data_dir"))
   calibration, evaluation = datasets.calibration_split(data.test, int(run_config["calibration_per_class"]),
                                                        int(run_config["seed"]))
-  generated = work.generated(len(calibration))
   full = run_config.get("full", {}) or {}
-  mode = full.get("fine_tune_mode", "mix")
-  if mode == "on_the_fly":  # fine-tuned on fresh training examples: every row is held out alike
-    lad_rows = np.arange(len(generated))
+  if not work.done("generation"):  # a robust defence trained on the training split: no generated set
+    generated, lad_rows = None, np.arange(0)
   else:
-    lad_rows = fine_tuning.fine_tuning_rows(generated, mode, full.get("fine_tune_eps") or np.unique(generated.eps))
+    generated = work.generated(len(calibration))
+    mode = full.get("fine_tune_mode", "mix")
+    if mode == "on_the_fly":  # fine-tuned on fresh training examples: every row is held out alike
+      lad_rows = np.arange(len(generated))
+    else:
+      lad_rows = fine_tuning.fine_tuning_rows(generated, mode, full.get("fine_tune_eps") or np.unique(generated.eps))
   return WorkdirContents(spec, data, calibration, evaluation, work.model("classifier"), work.model("defended"),
                          generated, run_config, lad_rows)
 
@@ -133,6 +136,12 @@ def evaluate_workdir(workdir, config=None, progress=None):
   config = dataclasses.replace(config, epsilons=tuple(sorted({round(float(e), 6) for e in eps})))
   out_dir = os.path.join(workdir, "evaluation")
   tune = baselines.fine_tune_config(config, contents.run_config)
+  if contents.generated is None:
+    say(f"evaluate: the {contents.run_config.get('full', {}).get('defence', 'robust')} defence trained on the "
+        f"training split and made no LAD set: LAD's rows (the LAD sweep, the Eq. 4 baselines and control, "
+        f"GA's fine-tuned baseline) are skipped")
+    config = dataclasses.replace(config, baselines=(), lad_sweep=False,
+                                 attacks=tuple(a for a in config.attacks if a != "ga"))
   say(f"evaluate: {spec.name}, {len(contents.evaluation)} evaluation examples, attacks "
       f"{', '.join(config.attacks)}, eps {', '.join(f'{e:g}' for e in config.epsilons)}")
   models = _Models(work, contents, config, tune, say)
@@ -148,7 +157,8 @@ def evaluate_workdir(workdir, config=None, progress=None):
     start = time.time()
     sweep = sweeps.lad_sweep(work, contents, config, tune, say)
     models.timings["lad_sweep"] = time.time() - start
-  generation_summary, lad_examples = sweeps.lad_generation_summary(contents.generated, spec.num_classes)
+  generation_summary, lad_examples = (sweeps.lad_generation_summary(contents.generated, spec.num_classes)
+                                      if contents.generated is not None else ({}, None))
   models.timings["total"] = time.time() - started
 
   report = _nan_to_none({
