@@ -34,7 +34,7 @@ RESULTS_FLAGS ?=
 
 # Debian packages `make test` needs: Bazel 4.2.3, the two Bazel repositories it
 # would otherwise download (see .bazelrc) and the Fashion-MNIST files.
-APT_PACKAGES := bazel-bootstrap bazel-platforms bazel-rules-java dataset-fashion-mnist
+APT_PACKAGES := bazel-bootstrap bazel-platforms bazel-rules-java dataset-fashion-mnist chromium
 
 PIP := $(VENV_PY) -m pip
 PIP_FLAGS := --quiet --disable-pip-version-check --progress-bar off

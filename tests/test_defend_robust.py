@@ -6,6 +6,7 @@ above the original's; the clean control stays within noise of the original's.
 """
 import dataclasses
 import json
+import re
 import logging
 import os
 import shutil
@@ -186,3 +187,30 @@ def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_ref
   assert (digits.defence_init, digits.defence_epochs, digits.defence_step_scale) == ("finetune", 5, 1.0)
   mine = dataclasses.replace(CONFIG, dataset="mnist", defence_init="finetune", defence_step_scale=1.0).resolved()
   assert (mine.defence_init, mine.defence_epochs, mine.defence_step_scale) == ("finetune", 4, 1.0)
+
+
+def test_the_defend_report_reads_at_1200_px_in_chromium(fgsm_rs_run, tmp_path):
+  """Every defend run writes DIR/report/report.html; headless Chromium renders it at 1200 px without
+  sideways scrolling, the headline plot and the checks on the page."""
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  assert chromium, "Chromium is missing: `make test` installs Debian's chromium package"
+  page = os.path.join(fgsm_rs_run[0], "report", "report.html")
+  probe = str(tmp_path / "probe.html")  # the page plus a script that writes its width into the title
+  with open(page) as f, open(probe, "w") as g:
+    g.write(f.read().replace("</body>", "<script>document.title = 'width=' + "
+                                        "document.documentElement.scrollWidth;</script></body>"))
+  flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400"]
+  dom = subprocess.run(flags + ["--dump-dom", f"file://{probe}"], capture_output=True, text=True, timeout=120)
+  width = re.search(r"<title>width=(\d+)</title>", dom.stdout)
+  assert width and int(width.group(1)) <= 1200, dom.stdout[:500]
+  for heading in ("Clean and robust accuracy", "Robust accuracy against eps", "What broke each image",
+                  "Gradient-masking checks", "Adversarial examples against the defended model"):
+    assert f"<h2>{heading}</h2>" in dom.stdout
+  assert "alt=\"headline.png\"" in dom.stdout or "alt='headline.png'" in dom.stdout
+  shot = str(tmp_path / "report.png")
+  subprocess.run(flags + [f"--screenshot={shot}", f"file://{page}"], capture_output=True, timeout=120, check=True)
+  with open(shot, "rb") as f:
+    header = f.read(24)
+  assert header[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(header[16:20], "big") == 1200

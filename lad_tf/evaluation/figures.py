@@ -19,7 +19,8 @@ def show_image(ax, image):
   ax.set_yticks([])
 
 
-def _save(fig, path):
+def save(fig, path):
+  """Writes `fig` to `path` (PNG) atomically and closes it; returns the path."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -36,7 +37,7 @@ def reconstructions(path, originals, reconstructed, title="originals (top) and G
     show_image(axes[0, i], originals[i])
     show_image(axes[1, i], reconstructed[i])
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def success_curve(path, summary, title="LAD attack success rate"):
@@ -52,7 +53,7 @@ def success_curve(path, summary, title="LAD attack success rate"):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def success_heatmap(path, matrix, class_names, title="success rate, source x target"):
@@ -65,7 +66,7 @@ def success_heatmap(path, matrix, class_names, title="success rate, source x tar
   ax.set_ylabel("source")
   fig.colorbar(im, ax=ax, fraction=0.046)
   ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def transitions(path, strips, eps_values, labels, class_names, title="transition across eps"):
@@ -77,7 +78,7 @@ def transitions(path, strips, eps_values, labels, class_names, title="transition
       show_image(axes[r, c], strips[r][c])
       axes[r, c].set_title(f"{eps_values[c]:g}: {class_names[labels[r][c]]}", fontsize=6)
   fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def image_grid(path, images, captions, cols=10, title=""):
@@ -92,21 +93,7 @@ def image_grid(path, images, captions, cols=10, title=""):
       ax.axis("off")
   if title:
     fig.suptitle(title, fontsize=9)
-  return _save(fig, path)
-
-
-def accuracy_bars(path, accuracies, title="clean accuracy"):
-  """Original vs defended clean accuracy."""
-  fig, ax = plt.subplots(figsize=(3.6, 2.8))
-  names = list(accuracies)
-  values = [accuracies[k] for k in names]
-  ax.bar(names, values, color=["#888888", "#2a7ab0"][: len(names)])
-  low = max(0.0, min(values) - 0.05)
-  ax.set_ylim(low, 1.0)
-  for i, v in enumerate(values):
-    ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
-  ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def model_label(name):
@@ -151,4 +138,4 @@ def robust_accuracy_figure(report):
 def robust_accuracy(path, report):
   """Writes robust_accuracy_figure(report) as a PNG; returns the path (None without a sweep)."""
   fig = robust_accuracy_figure(report)
-  return None if fig is None else _save(fig, path)
+  return None if fig is None else save(fig, path)

@@ -33,7 +33,6 @@ import numpy as np
 from lad_tf.lad import boundary as boundary_lib
 from lad_tf import models, robust
 from lad_tf.data import datasets
-from lad_tf.evaluation import figures
 from lad_tf.lad import fine_tuning, generation
 from lad_tf.runtime import distribute, execution
 from lad_tf.run import defend_stages
@@ -192,7 +191,8 @@ class DefendRun:
     return train
 
   # -- summary and export -------------------------------------------------------------------
-  def write_metrics(self):
+  def summary(self):
+    """The run's figures from each stage's files (only what this run's stages made with its settings)."""
     needed = self.needed
 
     def read(stage, name):  # only what this run's stages made with its settings (not a stale folder)
@@ -237,11 +237,12 @@ class DefendRun:
                 "eps_convention": self.config.normal},
         "stages_s": read_json(self.work.path("stages.json"), {}),
     }
+    return metrics
+
+  def write_metrics(self):
+    """DIR/metrics.json: the summary of every stage this run made; returns it."""
+    metrics = self.summary()
     write_json(self.work.path("metrics.json"), metrics)
-    if metrics["original"]["clean_accuracy"] is not None and metrics["defended"]["clean_accuracy"] is not None:
-      figures.accuracy_bars(self.work.path("figures", "clean_accuracy.png"),
-                            {"original": metrics["original"]["clean_accuracy"],
-                             ("LAD" if name == "lad" else name) + "-defended": metrics["defended"]["clean_accuracy"]})
     return metrics
 
   def run(self, stop_after=None):

@@ -120,6 +120,8 @@ class DefendConfig:
   robust_eval_examples: int = _setting(
       1000, "Evaluation images (never the calibration ones) the robustness stage attacks (fewer if the "
       "split has fewer; metrics.json says so).", flag="autoattack_examples")
+  report_images: int = _setting(100, "Evaluation images of the report's accuracy-against-eps curve and "
+                                "gradient-masking checks (DIR/report/report.html; 0: no report).")
   force: Sequence[str] = _setting((), f"Stages to recompute ({', '.join(STAGES)}) or 'all'.")
   # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
@@ -172,6 +174,8 @@ class DefendConfig:
     if recipe["atta_steps"] < 1:
       raise ConfigError(f"defence_atta_steps is how many steps of eps / K atta takes per batch: give K >= 1, "
                         f"got {recipe['atta_steps']}")
+    if self.report_images < 0:
+      raise ConfigError(f"report_images must be >= 0 (0: no report), got {self.report_images}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")

@@ -11,13 +11,14 @@ import numpy as np
 
 from lad_tf import models, robust
 from lad_tf.attacks.autoattack import CLEAN, ROBUST, autoattack
-from lad_tf.evaluation import figures
+from lad_tf.evaluation import defence_report, figures
+from lad_tf.evaluation.sanity import gradient_masking_checks
 from lad_tf.lad import boundary as boundary_lib
 from lad_tf.lad import decoder as decoder_lib
 from lad_tf.lad import fine_tuning, generation
 from lad_tf.run.stage import Stage
 from lad_tf.runtime import training
-from lad_tf.runtime.files import load_model, save_model, write_json
+from lad_tf.runtime.files import load_model, read_json, save_model, write_json
 
 
 # -- what each stage's content depends on (its inputs' fingerprints are added by the stage graph) ---
@@ -197,13 +198,41 @@ def _robustness(run, out):
   for name in ("original", "defended"):
     model = run.classifier() if name == "original" else run.work.model("defended")
     run.say(f"robustness: AutoAttack {c.robust_eval} on the {name} classifier, {n} images, eps {eps:g}")
-    _, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed,
+    x_adv, broken_by = autoattack(model, x, y, eps, version=c.robust_eval, seed=c.seed,
                               log=run.say)
+    if name == "defended":  # a few of AutoAttack's images for the report
+      broken = np.flatnonzero((broken_by != ROBUST) & (broken_by != CLEAN))[:8]
+      np.savez(os.path.join(out, "examples.npz"), x=x[broken], x_adv=x_adv[broken], y=y[broken],
+               pred=np.argmax(model.predict(x_adv[broken], verbose=0), -1) if len(broken) else y[broken])
     result[name] = {"robust_accuracy": float(np.mean(broken_by == ROBUST)),
                     "clean_accuracy": float(np.mean(broken_by != CLEAN)),
                     "broken_by": {k: int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}
     run.say(f"robustness: {name}: robust accuracy {result[name]['robust_accuracy']:.4f}")
   write_json(os.path.join(out, "metrics.json"), result)
+
+
+def _report(run, out):
+  """DIR/report/report.html: the headline plot, accuracy against eps, what broke each image, the
+  gradient-masking checks, adversarial examples and, for LAD, the paper's figures."""
+  c = run.config
+  metrics = run.summary()
+  robustness = read_json(run.work.path("robustness", "metrics.json"), {}) if "robustness" in run.needed else {}
+  n = min(c.report_images, len(run.evaluation))
+  pick = np.sort(np.random.default_rng(c.seed + 1).choice(len(run.evaluation), n, replace=False))
+  x, y = run.evaluation.x[pick], run.evaluation.y[pick]
+  checks = {}
+  for name, model in (("original", run.classifier()), ("defended", run.work.model("defended"))):
+    run.say(f"report: gradient-masking checks and accuracy against eps on the {name} classifier, {n} images")
+    checks[name] = gradient_masking_checks(model, x, y, run.spec.attack_eps, restarts=2, more_steps=50,
+                                           seed=c.seed, warn=False)
+  examples_path = run.work.path("robustness", "examples.npz")
+  examples = dict(np.load(examples_path)) if robustness and os.path.exists(examples_path) else None
+  page = defence_report.write(
+      out, {**metrics, "robust_broken_by": {m: robustness.get(m, {}) for m in defence_report.MODELS}}, checks,
+      examples, lad_figure_dir=None if c.robust_training else run.work.path("figures"),
+      class_names=run.spec.class_names)
+  write_json(os.path.join(out, "report.json"), {"checks": checks, "images": n})
+  run.say(f"report: {run.work.path('report', os.path.basename(page))}")
 
 
 def _generation_figures(run, generated, summary):
@@ -293,4 +322,8 @@ STAGES = (
           outputs=("model.keras", "metrics.json")),
     Stage("robustness", _robustness, _robustness_settings, inputs=lambda c: ("classifier", "defended"),
           wanted=lambda c: c.robust_eval != "none", outputs=("metrics.json",)),
+    Stage("report", _report, lambda c, spec: {"images": c.report_images, "eps": spec.attack_eps},
+          inputs=lambda c: ("classifier", "defended") + (("robustness",) if c.robust_eval != "none" else ()) + (
+              () if c.robust_training else ("generation",)),
+          wanted=lambda c: c.report_images > 0, outputs=("report.html", "report.json")),
 )

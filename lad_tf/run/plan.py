@@ -158,7 +158,9 @@ def measure(run, batches=3, pieces=None):
     loss_fn = robust.methods.make_loss(rc)
     needs = robust.methods.extras_needed(loss_fn)
     extras = {"guide": lambda n: np.sign(rng.standard_normal((n, *spec.image_shape))).astype(np.int8),
-              "target": labels, "decoded": images}
+              "target": labels, "decoded": images, "index": lambda n: np.arange(n, dtype=np.int64)}
+    if "index" in needs:  # carried perturbations: a buffer of one batch's rows is enough to time a step
+      loss_fn.allocate(rc.batch_size, spec.image_shape)
     timed("robust_step", rc.batch_size, lambda n: time_training(
         classifier, loss_fn, {"image": images(n), **{k: extras[k](n) for k in needs if k in extras}}, labels(n), exec_,
         lambda: keras.optimizers.Adam(rc.learning_rate), batches, rc.method))
