@@ -155,6 +155,16 @@ def test_plan_estimates_each_stage_from_timed_batches_and_skips_done_stages(tmp_
   assert f"to {duration(expected - robustness.seconds + robustness.upper)}" in total
 
 
+def test_the_default_defence_plans_its_carried_step(tmp_path):
+  """atta's loss reads each example's row (carried perturbations): the plan's timed step gives it one,
+  or `python -m pipelines.defend` stops before its first stage."""
+  run = defend.DefendRun(str(tmp_path), defend.DefendConfig(dataset="digits", execution=execution.ExecutionConfig(verbose=0)))
+  run.prepare()
+  assert run.config.defence == "atta" == defend.DefendConfig().defence
+  timings = plan.measure(run, 1, ["robust_step"])
+  assert timings.batch == {"robust_step": 128} and timings.seconds["robust_step"] > 0
+
+
 def test_plan_estimates_the_robust_defence_and_autoattack_from_their_own_pieces(tmp_path):
   config = defend.DefendConfig(dataset="digits", defence="fgsm_rs", defence_epochs=3,
                                  execution=execution.ExecutionConfig(verbose=0))
@@ -169,7 +179,7 @@ def test_plan_estimates_the_robust_defence_and_autoattack_from_their_own_pieces(
   fake = plan.Timings({"robust_step": 0.3, "attack_gradient": 0.2, "classifier_inference": 0.1},
                       {"robust_step": 128, "attack_gradient": 512, "classifier_inference": 512})
   by_name = {e.name: e for e in plan.estimate(run, fake)}
-  assert [e.name for e in plan.estimate(run, fake)] == ["classifier", "defended", "robustness"]
+  assert [e.name for e in plan.estimate(run, fake)] == ["classifier", "defended", "robustness", "report"]
   n = len(run.data.train)
   held = min(1000, n // 5)
   defended = by_name["defended"].parts

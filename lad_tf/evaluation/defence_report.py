@@ -76,9 +76,9 @@ def broken_by(path, robustness):
   return figures.save(fig, path)
 
 
-def write(out_dir, metrics, checks, examples=None, lad_figure_dir=None, class_names=None):
-  """Writes out_dir/report.html (and its figures beside it); returns the page's path."""
-  eps = (metrics.get("robust_evaluation") or {}).get("eps")
+def write(out_dir, metrics, checks, eps, examples=None, lad_figure_dir=None, class_names=None):
+  """Writes out_dir/report.html (and its figures beside it); returns the page's path. `eps`: the
+  dataset's attack eps (the checks' and AutoAttack's)."""
   parts = [_section("Clean and robust accuracy", _image(headline(os.path.join(out_dir, "headline.png"), metrics)),
                     _headline_note(metrics))]
   if checks:

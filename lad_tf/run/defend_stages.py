@@ -229,7 +229,7 @@ def _report(run, out):
   examples = dict(np.load(examples_path)) if robustness and os.path.exists(examples_path) else None
   page = defence_report.write(
       out, {**metrics, "robust_broken_by": {m: robustness.get(m, {}) for m in defence_report.MODELS}}, checks,
-      examples, lad_figure_dir=None if c.robust_training else run.work.path("figures"),
+      run.spec.attack_eps, examples, lad_figure_dir=None if c.robust_training else run.work.path("figures"),
       class_names=run.spec.class_names)
   write_json(os.path.join(out, "report.json"), {"checks": checks, "images": n})
   run.say(f"report: {run.work.path('report', os.path.basename(page))}")

@@ -209,6 +209,11 @@ def estimate(run, timings):
   if c.robust_training:
     parts["defended"] = {**_robust_training_parts(c, run, per_image, steps),
                          "test accuracy": infer("classifier_inference", n_eval)}
+  # the report's gradient-masking checks (restarts 2, more steps 50) on both models: per image, the eps
+  # sweep's 4 PGD-20, FGSM, the unbounded and the longer PGD-50, 2 PGD-20 restarts and the zero gradient
+  n_report = min(c.report_images, n_eval)
+  parts["report"] = {"gradient-masking checks, both models": 2 * n_report * (4 * 20 + 1 + 50 + 50 + 2 * 20 + 1) *
+                     per_image("attack_gradient")}
   upper = {}
   if "attack_gradient" in s and "classifier_inference" in s:
     parts["robustness"], upper["robustness"] = _autoattack_parts(
@@ -300,6 +305,7 @@ PIECES = {  # what each stage's estimate needs
     "defended": ("classifier_inference", "fine_tune_step", "robust_step", "attack_gradient",
                  "decoder_inference"),
     "robustness": ("classifier_inference", "attack_gradient"),
+    "report": ("attack_gradient",),
 }
 
 
