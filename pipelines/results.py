@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 
+from lad_tf.evaluation.report_tables import model_label, sanity_rows, sanity_status
 from lad_tf.runtime.files import read_json
 
 # The paper's printed MNIST figures, in percent (LeNet; Tables II-IV and Section IV-B of
@@ -101,11 +102,6 @@ def row_size(row, report):
 def baselines(report):
   names = [n for n in (report or {}).get("models", {}) if n.startswith("baseline_")]
   return sorted(names, key=lambda n: (n != "baseline_clean", n))
-
-
-def model_label(name):
-  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control"}.get(
-      name, "FT on " + name.replace("baseline_", "").upper())
 
 
 # -- the rule that writes the sentences ---------------------------------------------------------------
@@ -292,14 +288,10 @@ def sanity_section(report):
   sanity = (report or {}).get("sanity") or {}
   if not sanity.get("models"):
     return "### Gradient-masking checks\n\nNot run (sanity_n = 0, or a report made before the checks existed)."
-  body = []
-  for name, checks in sanity["models"].items():
-    for check, result in checks.items():
-      if isinstance(result, dict):
-        body.append([model_label(name), check, "passed" if result.get("passed") else "**FAILED**",
-                     str(result.get("detail", "")).replace("|", "/")])
-  status = "all passed" if sanity.get("passed") else "some FAILED: a robustness figure may come from masked gradients"
-  return (f"### Gradient-masking checks ({sanity.get('n')} images, eps {sanity.get('eps')}): {status}\n\n" +
+  body = [[label, check, "passed" if passed else "**FAILED**", detail.replace("|", "/")]
+          for label, check, passed, detail in sanity_rows(sanity)]
+  return (f"### Gradient-masking checks ({sanity.get('n')} images, eps {sanity.get('eps')}): "
+          f"{sanity_status(sanity)}\n\n" +
           table(["model", "check", "result", "figures"], body))
 
 

@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lad_tf.evaluation.report_tables import model_label  # noqa: E402
+
 
 def show_image(ax, image):
   """Draws one [0, 1] image (grey or RGB) without ticks."""
@@ -107,12 +109,6 @@ def accuracy_bars(path, accuracies, title="clean accuracy"):
     ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
-
-
-def model_label(name):
-  """A model's name in the evaluation's tables and plots."""
-  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control (FT on x'=x)"}.get(
-      name, name.replace("baseline_", "FT on "))
 
 
 def robust_accuracy_figure(report):
