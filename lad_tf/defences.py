@@ -30,7 +30,7 @@ EQ4_DEFENCES = ("lad", "clean")
 DEFENCES = ("lad", "clean", "fgsm_rs", "pgd_at", "trades", "nfgsm", "atta", "lad_robust")
 
 # The defence `pipelines.defend` applies without --defence: the robust benchmark's choice
-# (pipelines/robust_results.py best_within_budget over benchmarks/robust_fashion_mnist.json: the best
+# (pipelines/documents/robust_benchmark.py best_within_budget over benchmarks/robust_fashion_mnist.json: the best
 # AutoAttack accuracy over 3 seeds at most 3x the cost of clean training, ties broken by clean accuracy, never by a
 # difference within sampling error; a test holds this constant to it). On Fashion-MNIST, eps 0.1, carried
 # single steps (the benchmark's carry1 row) beat FGSM-RS and N-FGSM by about 4 points of AutoAttack at the

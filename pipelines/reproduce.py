@@ -3,7 +3,7 @@
 For Fashion-MNIST and MNIST it runs `pipelines.defend` and `pipelines.evaluate` with the pinned
 configuration below (the paper's method with today's other defaults, written out so a change of
 defaults does not silently change the published figures) into one work directory per run under --workdir, then writes docs/RESULTS.md
-(and the README's headline block) from the JSON those runs leave (pipelines/results.py). Runs:
+(and the README's headline block) from the JSON those runs leave (pipelines/documents). Runs:
   fashion_mnist   the defence and its evaluation
   mnist           the same on MNIST (the paper's dataset; files from --mnist_dir)
   mnist_authors   MNIST with the authors' fine-tuning schedule (100 epochs, SGD lr 0.01), evaluated
@@ -227,7 +227,7 @@ def pairs(values, what):
 def main(argv):
   del argv
   from absl import app
-  from pipelines import results, robust_results
+  from pipelines.documents import readme, results
   unknown = sorted(set(FLAGS.only) - set(RUN_NAMES))
   if unknown:
     raise app.UsageError(f"--only: unknown runs {unknown}; runs: {', '.join(RUN_NAMES)}")
@@ -247,9 +247,9 @@ def main(argv):
   runs = {name: overrides.get(name, os.path.join(root, name)) for name in RUN_NAMES}
   results.render(runs, REPO, FLAGS.output, pairs(FLAGS.commits, "commits"))
   print(f"reproduce: wrote {FLAGS.output}")
-  if FLAGS.readme and results.update_readme(FLAGS.readme, runs, pairs(FLAGS.commits, "commits")):
+  if FLAGS.readme and readme.update_readme(FLAGS.readme, runs, pairs(FLAGS.commits, "commits")):
     print(f"reproduce: rewrote the results block of {FLAGS.readme}")
-  if FLAGS.readme and robust_results.update_readme(FLAGS.readme, REPO):
+  if FLAGS.readme and readme.update_robust_readme(FLAGS.readme, REPO):
     print(f"reproduce: rewrote the robust-training block of {FLAGS.readme} from benchmarks/robust_*.json")
 
 

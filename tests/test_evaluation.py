@@ -218,17 +218,29 @@ def test_robust_accuracy_plot_draws_each_models_eps_sweep(evaluated):
   assert sweep["accuracy"]["baseline_clean"] == pytest.approx(want)
   assert want[-1] < want[0] - 0.3  # attacked itself, the control falls with eps
   # the plot: one curve of five points per model, written next to report.json
-  from lad_tf.evaluation import figures
+  from lad_tf.evaluation import figures, report_tables
   fig = figures.robust_accuracy_figure(report)
   curves = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
   for name in names:
-    line = curves[figures.model_label(name)]
+    line = curves[report_tables.model_label(name)]
     assert list(line.get_xdata()) == pytest.approx(sweep["eps"])
     assert list(line.get_ydata()) == pytest.approx(sweep["accuracy"][name])
   path = os.path.join(root, "evaluation", "robust_accuracy.png")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.getsize(path) > 10000
+
+
+def test_the_html_report_and_docs_results_name_models_and_checks_alike():
+  """One naming for report.html, its plots and docs/RESULTS.md (lad_tf.evaluation.report_tables)."""
+  from lad_tf.evaluation import report_tables
+  names = ("original", "defended", "baseline_clean", "baseline_fgsm", "blackbox")
+  assert [report_tables.model_label(n) for n in names] == [
+      "original", "LAD-defended", "clean control", "FT on FGSM", "blackbox"]
+  sanity = {"passed": False, "models": {"baseline_pgd": {"nonzero_gradient": {"passed": False, "detail": "0.0"},
+                                                         "note": "not a check"}}}
+  assert report_tables.sanity_rows(sanity) == [("FT on PGD", "nonzero_gradient", False, "0.0")]
+  assert report_tables.sanity_status(sanity).startswith("some FAILED")
 
 
 def test_a_failed_sanity_check_warns_by_name(evaluated, caplog):

@@ -1,4 +1,4 @@
-"""pipelines.reproduce and pipelines.results on a real (tiny) digits run: `pipelines.defend` and
+"""pipelines.reproduce and pipelines.documents on a real (tiny) digits run: `pipelines.defend` and
 `pipelines.evaluate` run as the reproduction runs them, then docs/RESULTS.md is written from their JSON."""
 import json
 import os
@@ -10,7 +10,9 @@ import pytest
 
 from lad_tf.errors import ConfigError
 from lad_tf.runtime.files import read_json, write_json
-from pipelines import reproduce, results
+from pipelines import reproduce
+from pipelines.documents import dataset, formatting, paper, results, robust_benchmark, rule, runs
+from pipelines.documents import readme as readme_doc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,9 +100,9 @@ def test_the_adaptive_table_leads_and_equals_the_report(document):
   header, rows = table_after(text, "### Adaptive white-box")
   assert header[:4] == ["attack", "n", "original", "LAD-defended"]
   assert [r[0].split()[0] for r in rows] == ["AutoAttack", "PGD-5", "FGSM"]
-  white = results.ordered_rows(report, "white_box")
+  white = runs.ordered_rows(report, "white_box")
   for cells, row in zip(rows, white):
-    assert cells[0] == results.attack_label(row, report)
+    assert cells[0] == runs.attack_label(row, report)
     assert cells[2] == f"{100 * row['original_accuracy']:.2f}" and cells[3] == f"{100 * row['defended_accuracy']:.2f}"
 
 
@@ -108,20 +110,20 @@ def test_the_fixed_set_and_transfer_tables_equal_the_report(document):
   text, _, report, _ = document
   header, rows = table_after(text, "### The paper's fixed-set")
   assert header[3] == "LAD-defended (fixed set)" and header[4] == "clean control (fixed set)"
-  for cells, row in zip(rows, results.ordered_rows(report, "white_box")):
-    assert cells[3] == results.pct(row["defended_accuracy_fixed_set"])
-    assert cells[4] == results.pct(row["baseline_clean_accuracy_fixed_set"])
-    assert cells[-1] == results.verdict(row["original_accuracy"], row["defended_accuracy_fixed_set"],
-                                        row["baseline_clean_accuracy_fixed_set"], row["n"])[1]
+  for cells, row in zip(rows, runs.ordered_rows(report, "white_box")):
+    assert cells[3] == formatting.pct(row["defended_accuracy_fixed_set"])
+    assert cells[4] == formatting.pct(row["baseline_clean_accuracy_fixed_set"])
+    assert cells[-1] == rule.verdict(row["original_accuracy"], row["defended_accuracy_fixed_set"],
+                                     row["baseline_clean_accuracy_fixed_set"], row["n"])[1]
   header, rows = table_after(text, "### Transfer")
-  transfer = results.ordered_rows(report, "transfer")
+  transfer = runs.ordered_rows(report, "transfer")
   assert len(rows) == len(transfer) == 3
   for cells, row in zip(rows, transfer):
-    assert cells[2:5] == [results.pct(row[k]) for k in ("blackbox_accuracy", "original_accuracy",
-                                                          "defended_accuracy")]
+    assert cells[2:5] == [formatting.pct(row[k]) for k in ("blackbox_accuracy", "original_accuracy",
+                                                           "defended_accuracy")]
   header, rows = table_after(text, "### The clean control")
-  assert rows[0][1:] == [results.pct(report["clean"][m]) for m in ("original", "defended", "baseline_clean",
-                                                                    "baseline_fgsm")]
+  assert rows[0][1:] == [formatting.pct(report["clean"][m]) for m in ("original", "defended", "baseline_clean",
+                                                                      "baseline_fgsm")]
   _, rows = table_after(text, "### Gradient-masking")
   assert {r[0] for r in rows} == {"original", "LAD-defended"} and len(rows) >= 10
 
@@ -154,18 +156,18 @@ def test_figures_are_copied_and_linked(document):
 
 def test_the_sentences_come_from_the_rule():
   n = 500
-  assert results.verdict(0.02, 0.20, 0.05, n)[0] == "helps"
-  assert results.verdict(0.02, 0.20, 0.19, n)[0] == "control_explains"
-  assert results.verdict(0.02, 0.03, 0.30, n)[0] == "no_gain"
-  assert "within sampling error" in results.verdict(0.80, 0.78, 0.79, n)[1]
-  assert "LAD lowers accuracy (-7.00 points, beyond sampling error)" in results.verdict(0.79, 0.72, 0.74, n)[1]
-  assert results.verdict(0.02, 0.20, None, n)[0] == "no_control"
+  assert rule.verdict(0.02, 0.20, 0.05, n)[0] == "helps"
+  assert rule.verdict(0.02, 0.20, 0.19, n)[0] == "control_explains"
+  assert rule.verdict(0.02, 0.03, 0.30, n)[0] == "no_gain"
+  assert "within sampling error" in rule.verdict(0.80, 0.78, 0.79, n)[1]
+  assert "LAD lowers accuracy (-7.00 points, beyond sampling error)" in rule.verdict(0.79, 0.72, 0.74, n)[1]
+  assert rule.verdict(0.02, 0.20, None, n)[0] == "no_control"
   row = lambda lad, control: {"attack": "cw", "setting": "white_box", "epsilon": None, "n": n, "targeted": True,
                               "original_accuracy": 0.01, "defended_accuracy": 0.01, "baseline_clean_accuracy": 0.01,
                               "defended_accuracy_fixed_set": lad, "baseline_clean_accuracy_fixed_set": control}
   report = lambda r: {"rows": [r], "config": {}, "class_names": list("0123456789")}
-  helps = " ".join(results.readings(report(row(0.40, 0.10))))
-  explained = " ".join(results.readings(report(row(0.40, 0.38))))
+  helps = " ".join(dataset.readings(report(row(0.40, 0.10))))
+  explained = " ".join(dataset.readings(report(row(0.40, 0.38))))
   assert "LAD helps on the paper's fixed sets beyond the clean control for: CW-L2" in helps
   assert "LAD helps" not in explained and "the clean control explains LAD's gain for: CW-L2" in explained
 
@@ -174,7 +176,7 @@ def test_render_only_command_line_and_missing_mnist(reproduced, tmp_path):
   _, _, workdir, _ = reproduced
   doc = tmp_path / "RESULTS.md"
   readme = tmp_path / "README.md"
-  readme.write_text(f"intro\n{results.README_BEGIN}\nold figures\n{results.README_END}\nrest\n")
+  readme.write_text(f"intro\n{readme_doc.README_BEGIN}\nold figures\n{readme_doc.README_END}\nrest\n")
   env = {**os.environ, "PYTHONPATH": REPO}
   done = subprocess.run([sys.executable, "-m", "pipelines.reproduce", "--render_only",
                          f"--runs=fashion_mnist={workdir}", f"--workdir={tmp_path / 'none'}", f"--output={doc}",
@@ -209,7 +211,7 @@ def test_mnist_against_the_paper_puts_our_figures_beside_the_printed_ones():
          "report": {"rows": rows, "config": {}, "clean": {"baseline_clean": 0.99, "baseline_fgsm": 0.95}}}
   decoder = {"path": "/y", "generator": {"loss_at_epoch": {"10": {"train": 0.0087, "test": 0.0086},
                                                            "100": {"train": 0.0071, "test": 0.0072}}}}
-  text = results.paper_section(run, None, decoder)
+  text = paper.paper_section(run, None, decoder)
   _, body = table_after(text, "### Table II")
   assert body[0][:4] == ["FGSM eps 0.3", "2.00 -> 30.00", "1.77 -> 21.67", "5.00"]
   assert body[0][-1].startswith("LAD helps on this set") and body[1][-1].startswith("the clean control explains")
@@ -258,16 +260,15 @@ def _bench(nfgsm_aa, guided_aa):
 
 def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_path):
   from lad_tf import defences
-  from pipelines import robust_results
   (tmp_path / "benchmarks").mkdir()
   readme = tmp_path / "README.md"
-  readme.write_text(f"intro\n{robust_results.README_BEGIN}\nold figures\n{robust_results.README_END}\nrest\n")
+  readme.write_text(f"intro\n{readme_doc.ROBUST_BEGIN}\nold figures\n{readme_doc.ROBUST_END}\nrest\n")
   for nfgsm, guided, expected, best in [(0.58, 0.564, "does not help", "nfgsm"), (0.50, 0.60, "helps", "lad_robust"),
                                         (0.60, 0.50, "hurts", "nfgsm")]:
     (tmp_path / "benchmarks" / "robust_fashion_mnist.json").write_text(json.dumps(_bench(nfgsm, guided)))
     # pgd_at (8.9x) is over the 3x budget; a tie on AutoAttack goes to the higher clean accuracy
-    assert robust_results.best_within_budget(_bench(nfgsm, guided)) == best
-    assert robust_results.update_readme(str(readme), str(tmp_path))
+    assert robust_benchmark.best_within_budget(_bench(nfgsm, guided)) == best
+    assert readme_doc.update_robust_readme(str(readme), str(tmp_path))
     text = readme.read_text()
     assert "old figures" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert f"LAD's boundary-guided start {expected}" in text
@@ -276,85 +277,82 @@ def test_the_robust_block_is_written_from_the_benchmark_json_by_the_rule(tmp_pat
     assert "| `pgd_at` | 78.0 ± 1.0 | 60.0 ± 0.5 | 63.0 ± 1.0 | 8.9 ± 0.1 | 3 |" in text
     assert f"applies `{defences.DEFAULT_DEFENCE}`" in text and "FAB-T and Square broke 12 that" in text  # 6 rows x 2
   assert "no better than its clean control" in text
-  assert "Ablation of `lad_robust`" in robust_results.section(str(tmp_path))
+  assert "Ablation of `lad_robust`" in robust_benchmark.section(str(tmp_path))
 
 
 def test_the_multi_step_pairs_join_the_main_table_before_pgd_at_and_are_read_by_the_rule():
-  from pipelines import robust_results
   bench = _bench(0.36, 0.30)
   bench["ablation"].update({"pgd3": bench["methods"]["lad_robust"], "pgd3+guided_start": bench["methods"]["pgd_at"],
                             "carry1": bench["methods"]["pgd_at"], "carry1+guided_start": bench["methods"]["lad_robust"]})
-  assert list(robust_results.methods_of(bench))[-5:] == [
+  assert list(robust_benchmark.methods_of(bench))[-5:] == [
       "carry1", "carry1+guided_start", "pgd3", "pgd3+guided_start", "pgd_at"]
-  assert robust_results.label("pgd3+guided_start") == "`pgd3+guided_start` (PGD-3 + LAD's boundary-guided start)"
-  assert robust_results.label("carry1") == "`carry1` (1 carried step(s) alone, `--defence=atta`)"
-  lines = robust_results.readings(bench)
+  assert robust_benchmark.label("pgd3+guided_start") == "`pgd3+guided_start` (PGD-3 + LAD's boundary-guided start)"
+  assert robust_benchmark.label("carry1") == "`carry1` (1 carried step(s) alone, `--defence=atta`)"
+  lines = robust_benchmark.readings(bench)
   assert any(line.startswith("With 3 projected steps instead of one, LAD's boundary-guided start helps: "
                              "`pgd3+guided_start` +30.0") for line in lines)
   assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
                              "LAD's boundary-guided start hurts: `carry1+guided_start` -30.0") for line in lines)
-  assert not {"carry1", "pgd3"} & set(robust_results.ablation_rows(bench))
+  assert not {"carry1", "pgd3"} & set(robust_benchmark.ablation_rows(bench))
   # the default comes from the rows defend can train: carry1 as `atta`, never pgd3 (no such defence)
   cheap = {**bench["methods"]["pgd_at"], "cost_ratio": {"mean": 2.0, "std": 0.1}}
   bench["ablation"].update({"pgd3": cheap, "carry1": cheap})
-  assert robust_results.best_within_budget(bench) == "carry1" and robust_results.defence_of("carry1") == "atta"
-  assert any("`atta` (row `carry1`), 60.0% AutoAttack" in line for line in robust_results.readings(bench))
+  assert robust_benchmark.best_within_budget(bench) == "carry1" and robust_benchmark.defence_of("carry1") == "atta"
+  assert any("`atta` (row `carry1`), 60.0% AutoAttack" in line for line in robust_benchmark.readings(bench))
   # a separate run's rows with a smaller step (benchmark step_scale=S) are named ROW@S, and defend trains them
   # with --defence_step_scale=S; their guided pair is read against them, not against the full-step row
-  assert robust_results.label("carry1@0.5") == ("`carry1@0.5` (1 carried step(s) alone, step x0.5, "
-                                                "`--defence=atta --defence_step_scale=0.5`)")
-  assert robust_results.defence_of("carry1@0.5") == "atta"
+  assert robust_benchmark.label("carry1@0.5") == ("`carry1@0.5` (1 carried step(s) alone, step x0.5, "
+                                                  "`--defence=atta --defence_step_scale=0.5`)")
+  assert robust_benchmark.defence_of("carry1@0.5") == "atta"
   bench["ablation"].update({"carry1@0.5": bench["methods"]["lad_robust"],
                             "carry1+guided_start@0.5": bench["methods"]["pgd_at"]})
   assert any(line.startswith("With perturbations carried over from epoch to epoch (1 projected step(s) per batch), "
                              "LAD's boundary-guided start helps: `carry1+guided_start@0.5` +30.0")
-             for line in robust_results.readings(bench))
+             for line in robust_benchmark.readings(bench))
   # and a separate run that trained E epochs instead of the benchmark's is named ROW@S,Eep
-  assert robust_results.variant("carry1+guided_start@0.5,15ep") == (
+  assert robust_benchmark.variant("carry1+guided_start@0.5,15ep") == (
       "carry1+guided_start", "@0.5,15ep", {"step_scale": 0.5, "epochs": 15})
-  assert robust_results.label("carry1@0.5,15ep") == (
+  assert robust_benchmark.label("carry1@0.5,15ep") == (
       "`carry1@0.5,15ep` (1 carried step(s) alone, step x0.5, 15 epochs, "
       "`--defence=atta --defence_step_scale=0.5 --defence_epochs=15`)")
-  assert robust_results.defence_of("carry1,15ep") == "atta" and robust_results.variant("nfgsm")[1] == ""
+  assert robust_benchmark.defence_of("carry1,15ep") == "atta" and robust_benchmark.variant("nfgsm")[1] == ""
   # carryK is atta with K carried steps per batch
-  assert robust_results.label("carry2") == "`carry2` (2 carried step(s) alone, `--defence=atta --defence_atta_steps=2`)"
-  assert robust_results.recipe_of("carry2@0.5") == {"atta_steps": 2, "step_scale": 0.5}
-  assert robust_results.recipe_of("carry1") == {} and robust_results.defence_of("pgd3") is None
+  assert robust_benchmark.label("carry2") == "`carry2` (2 carried step(s) alone, `--defence=atta --defence_atta_steps=2`)"
+  assert robust_benchmark.recipe_of("carry2@0.5") == {"atta_steps": 2, "step_scale": 0.5}
+  assert robust_benchmark.recipe_of("carry1") == {} and robust_benchmark.defence_of("pgd3") is None
 
 
 def test_a_difference_within_sampling_error_never_picks_the_default():
   """Rows tied on AutoAttack go to the cleaner one only when it is cleaner beyond sampling error; a tie on
   both goes to the more robust one, not to a hundredth of a point of clean accuracy."""
-  from pipelines import robust_results
   row = lambda clean, aa: {"clean": {"mean": clean, "std": 0.002}, "autoattack": {"mean": aa, "std": 0.005},
                            "cost_ratio": {"mean": 1.8, "std": 0.1}, "seeds": [{}, {}, {}]}
   bench = {"options": {"eval_examples": 1000}, "methods": {},
            "ablation": {"carry1@0.5": row(0.9937, 0.880), "carry1@0.5,15ep": row(0.9940, 0.876)}}
-  assert robust_results.best_within_budget(bench) == "carry1@0.5"
+  assert robust_benchmark.best_within_budget(bench) == "carry1@0.5"
   bench["ablation"]["carry1@0.5,15ep"] = row(0.9995, 0.876)  # cleaner by 0.6 points: beyond two standard errors
-  assert robust_results.best_within_budget(bench) == "carry1@0.5,15ep"
+  assert robust_benchmark.best_within_budget(bench) == "carry1@0.5,15ep"
   bench["ablation"]["carry1@0.5,15ep"] = row(0.9995, 0.800)  # but not when it protects less
-  assert robust_results.best_within_budget(bench) == "carry1@0.5"
+  assert robust_benchmark.best_within_budget(bench) == "carry1@0.5"
   # a row measured over fewer than 3 seeds never becomes the default, however robust
   bench["ablation"]["carry2"] = {**row(0.9940, 0.95), "seeds": [{}, {}]}
-  assert robust_results.best_within_budget(bench) == "carry1@0.5"
+  assert robust_benchmark.best_within_budget(bench) == "carry1@0.5"
 
 
 def test_the_default_defence_is_the_committed_benchmarks_choice():
   """lad_tf.defences.DEFAULT_DEFENCE is set from benchmarks/robust_fashion_mnist.json by the rule in
-  pipelines/robust_results.py: a new benchmark that changes the verdict fails here until it is updated."""
+  pipelines/documents/robust_benchmark.py: a new benchmark that changes the verdict fails here until it is updated."""
   from lad_tf import defences
-  from pipelines import robust_results
-  bench = read_json(robust_results.path_of(REPO, "fashion_mnist"))
-  assert bench, f"{robust_results.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
-  assert defences.DEFAULT_DEFENCE == robust_results.defence_of(robust_results.best_within_budget(bench))
+  bench = read_json(robust_benchmark.path_of(REPO, "fashion_mnist"))
+  assert bench, f"{robust_benchmark.path_of(REPO, 'fashion_mnist')} is missing (a data dependency of //:pipelines)"
+  assert defences.DEFAULT_DEFENCE == robust_benchmark.defence_of(robust_benchmark.best_within_budget(bench))
   # MNIST's recipe (lad_tf.data.datasets) trains what the rule picks from its benchmark: the same defence, and
   # the settings of a separate run's row (ROW@S,Eep: step scale S, E epochs; carryK: K carried steps)
   from lad_tf.data import datasets
-  bench = read_json(robust_results.path_of(REPO, "mnist"))
-  row = robust_results.best_within_budget(bench)
-  assert robust_results.defence_of(row) == defences.DEFAULT_DEFENCE
-  settings = robust_results.recipe_of(row)
+  bench = read_json(robust_benchmark.path_of(REPO, "mnist"))
+  row = robust_benchmark.best_within_budget(bench)
+  assert robust_benchmark.defence_of(row) == defences.DEFAULT_DEFENCE
+  settings = robust_benchmark.recipe_of(row)
   recipe = datasets.get_spec("mnist").defence
   assert recipe.step_scale == settings.get("step_scale", 1.0)
   assert recipe.epochs == settings.get("epochs", bench["options"]["epochs"])

@@ -25,8 +25,6 @@ from lad_tf.attacks import common
 
 # Loss ids the graph switches on (a tensor, so one traced graph serves all four).
 LOSSES = {"ce": 0, "dlr": 1, "ce-targeted": 2, "dlr-targeted": 3}
-_NUM_STATE = 12  # x_adv, x_prev, grad, loss, x_best, grad_best, loss_best, x_found, found, step,
-                 # loss_best_ckpt, reduced_ckpt
 
 
 def checkpoints(n_iter):

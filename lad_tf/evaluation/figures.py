@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lad_tf.evaluation.report_tables import model_label  # noqa: E402
+
 
 def show_image(ax, image):
   """Draws one [0, 1] image (grey or RGB) without ticks."""
@@ -94,12 +96,6 @@ def image_grid(path, images, captions, cols=10, title=""):
   if title:
     fig.suptitle(title, fontsize=9)
   return save(fig, path)
-
-
-def model_label(name):
-  """A model's name in the evaluation's tables and plots."""
-  return {"original": "original", "defended": "LAD-defended", "baseline_clean": "clean control (FT on x'=x)"}.get(
-      name, name.replace("baseline_", "FT on "))
 
 
 def robust_accuracy_figure(report):

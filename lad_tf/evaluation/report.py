@@ -15,7 +15,8 @@ import tempfile
 import numpy as np
 
 from lad_tf.evaluation import figures
-from lad_tf.evaluation.figures import model_label as _label, show_image
+from lad_tf.evaluation.figures import show_image
+from lad_tf.evaluation.report_tables import model_label as _label, sanity_rows, sanity_status
 from lad_tf.runtime.files import atomic_path, write_json
 
 _STYLE = """
@@ -216,15 +217,10 @@ def _sanity_table(report):
   sanity = report.get("sanity") or {}
   if not sanity.get("models"):
     return ""
-  body = []
-  for name, checks in sanity["models"].items():
-    for check, result in checks.items():
-      if isinstance(result, dict):
-        verdict = "passed" if result.get("passed") else "<b>FAILED</b>"
-        body.append([html.escape(_label(name)), html.escape(check), verdict, html.escape(str(result.get("detail", "")))])
-  status = "all passed" if sanity.get("passed") else "some FAILED: a robustness figure may come from masked gradients"
+  body = [[html.escape(label), html.escape(check), "passed" if passed else "<b>FAILED</b>", html.escape(detail)]
+          for label, check, passed, detail in sanity_rows(sanity)]
   return (f"<h2>Gradient-masking checks ({sanity.get('n')} images, eps {_fmt(sanity.get('eps'), False)}: "
-          f"{status})</h2>" + _table(["model", "check", "result", "figures"], body, left=4))
+          f"{sanity_status(sanity)})</h2>" + _table(["model", "check", "result", "figures"], body, left=4))
 
 
 def render_html(report, examples=None, lad_examples=None, figure_dir=None):

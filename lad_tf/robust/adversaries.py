@@ -7,6 +7,8 @@ the model as it will be attacked).
 """
 import tensorflow as tf
 
+from lad_tf.runtime import losses
+
 
 def logits_of(model, x, training=False):
   """The model's logits as float32 (they are bfloat16 under a mixed policy)."""
@@ -14,7 +16,9 @@ def logits_of(model, x, training=False):
 
 
 def cross_entropy(logits, y):
-  return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int64), logits=logits)
+  """Kept only for lad_tf.run.plan.time_gradient, which calls it with (logits, y): the one
+  cross-entropy is lad_tf.runtime.losses.cross_entropy(labels, logits); delete this once plan calls that."""
+  return losses.cross_entropy(y, logits)
 
 
 def kl_divergence(clean_logits, logits):
@@ -47,7 +51,7 @@ def pgd(model, x, y, eps, steps=10, step_size=None, random_start=True, objective
   point is `start` when given (TRADES' x + 0.001 N(0, 1): every step still projects around x), else
   uniform in the ball (random_start) or x."""
   step_size = 2.5 * eps / steps if step_size is None else step_size
-  objective = objective or (lambda logits: cross_entropy(logits, y))
+  objective = objective or (lambda logits: losses.cross_entropy(y, logits))
   if start is None:
     start = project(x + uniform_noise(x, eps), x, eps) if random_start else x
   x_adv = start
@@ -59,5 +63,5 @@ def pgd(model, x, y, eps, steps=10, step_size=None, random_start=True, objective
 
 def fgsm(model, x, y, eps):
   """One signed step of size eps from x (no random start): the guard's cheap attack."""
-  grad, _ = input_gradient(model, x, lambda logits: cross_entropy(logits, y))
+  grad, _ = input_gradient(model, x, lambda logits: losses.cross_entropy(y, logits))
   return tf.stop_gradient(project(x + eps * tf.sign(grad), x, eps))

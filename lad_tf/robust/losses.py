@@ -14,6 +14,7 @@ import dataclasses
 import tensorflow as tf
 
 from lad_tf.robust import adversaries as adv
+from lad_tf.runtime.losses import cross_entropy
 
 
 def images_of(x):
@@ -31,7 +32,7 @@ class StandardLoss(_Loss):
   """Clean training: CE(f(x), y)."""
 
   def __call__(self, model, x, y, training=True):
-    return adv.cross_entropy(adv.logits_of(model, images_of(x), training), y)
+    return cross_entropy(y, adv.logits_of(model, images_of(x), training))
 
 
 class FgsmRsLoss(_Loss):
@@ -45,9 +46,9 @@ class FgsmRsLoss(_Loss):
   def __call__(self, model, x, y, training=True):
     x = images_of(x)
     start = adv.project(x + adv.uniform_noise(x, self.eps), x, self.eps)
-    grad, _ = adv.input_gradient(model, start, lambda logits: adv.cross_entropy(logits, y))
+    grad, _ = adv.input_gradient(model, start, lambda logits: cross_entropy(y, logits))
     x_adv = adv.project(start + self.step_scale * self.alpha * self.eps * tf.sign(grad), x, self.eps)
-    return adv.cross_entropy(adv.logits_of(model, tf.stop_gradient(x_adv), training), y)
+    return cross_entropy(y, adv.logits_of(model, tf.stop_gradient(x_adv), training))
 
 
 class PgdLoss(_Loss):
@@ -60,7 +61,7 @@ class PgdLoss(_Loss):
   def __call__(self, model, x, y, training=True):
     x = images_of(x)
     x_adv = adv.pgd(model, x, y, self.eps, self.steps)
-    return adv.cross_entropy(adv.logits_of(model, x_adv, training), y)
+    return cross_entropy(y, adv.logits_of(model, x_adv, training))
 
 
 class TradesLoss(_Loss):
@@ -78,7 +79,7 @@ class TradesLoss(_Loss):
     x_adv = adv.pgd(model, x, y, self.eps, self.steps, start=start,
                     objective=lambda logits: adv.kl_divergence(clean_eval, logits))
     clean = adv.logits_of(model, x, training)
-    return adv.cross_entropy(clean, y) + self.beta * adv.kl_divergence(
+    return cross_entropy(y, clean) + self.beta * adv.kl_divergence(
         clean, adv.logits_of(model, x_adv, training))
 
 
@@ -191,10 +192,10 @@ class LadRobustLoss(_Loss):
       clean_eval = tf.stop_gradient(adv.logits_of(model, x))
       base = lambda logits: adv.kl_divergence(clean_eval, logits)
     else:
-      base = lambda logits: adv.cross_entropy(logits, y)
+      base = lambda logits: cross_entropy(y, logits)
     objective = base
     if o.targeted:
-      objective = lambda logits: base(logits) - adv.cross_entropy(logits, features["target"])
+      objective = lambda logits: base(logits) - cross_entropy(features["target"], logits)
     x_adv = start
     for _ in range(o.steps):
       grad, _ = adv.input_gradient(model, x_adv, objective)
@@ -206,9 +207,9 @@ class LadRobustLoss(_Loss):
     adv_logits = adv.logits_of(model, x_adv, training)
     if o.trades_beta > 0:
       clean = adv.logits_of(model, x, training)
-      losses = adv.cross_entropy(clean, y) + o.trades_beta * adv.kl_divergence(clean, adv_logits)
+      losses = cross_entropy(y, clean) + o.trades_beta * adv.kl_divergence(clean, adv_logits)
     else:
-      losses = adv.cross_entropy(adv_logits, y)
+      losses = cross_entropy(y, adv_logits)
     if o.manifold_weight > 0:
-      losses += o.manifold_weight * adv.cross_entropy(adv.logits_of(model, features["decoded"], training), y)
+      losses += o.manifold_weight * cross_entropy(y, adv.logits_of(model, features["decoded"], training))
     return losses

@@ -40,21 +40,11 @@ def _say(message):
 
 
 def _measures(model, x, x_adv, y, target, targeted):
-  from lad_tf import attacks
-  pred = attacks.predict(model, x_adv)
-  clean = attacks.predict(model, x)
-  if targeted:
-    success = pred == target
-    rate = float(np.mean(success))
-  else:
-    eligible = clean == y
-    success = eligible & (pred != y)
-    rate = float(np.sum(success) / max(1, np.sum(eligible)))
-  norms = attacks.perturbation_norms(x, x_adv)
-  pick = success if success.any() else np.zeros(len(x), bool)
-  mean = lambda v: float(np.mean(v[pick])) if pick.any() else float("nan")
-  return {"success_rate": rate, "mean_l2": mean(norms["l2"]), "mean_l0": mean(norms["l0"]),
-          "max_linf": float(np.max(norms["linf"])) if len(x) else 0.0}
+  """lad_tf.evaluation.protocol.attack_stats (the evaluation's measure of an attack) under the names
+  benchmarks/attacks.json has always used."""
+  from lad_tf.evaluation.protocol import attack_stats
+  stats = attack_stats(model, x, x_adv, y, target if targeted else None)
+  return {"success_rate": stats.pop("attack_success_rate"), **stats}
 
 
 def _timed(fn):
@@ -157,23 +147,15 @@ def _autoattack_figures(model, spec, x, y, eps, seed, art_n, check_n):
   return row, {"settings": settings, **checks}
 
 
-def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_n=0, crosscheck_n=0,
-        sections="all"):
-  """sections: "all", or "autoattack" for the AutoAttack comparison and cross-checks only.
-  art_autoattack_n / crosscheck_n: images for ART's AutoAttack / the cross-checks (0: autoattack_n)."""
-  _require_art()
+def _trained_lenet(dataset, seed):
+  """(spec, data, model, epochs, test accuracy): the LeNet-5 both sides attack."""
   import keras
   import tempfile
-  from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, SaliencyMapMethod
 
-  from lad_tf import attacks, models
+  from lad_tf import models
   from lad_tf.data import datasets
   from lad_tf.runtime import training
   from lad_tf.runtime.execution import ExecutionConfig
-
-  if sections not in ("all", "autoattack"):
-    raise ValueError(f"sections must be 'all' or 'autoattack', got {sections!r}")
-  n = n or 100
   spec = datasets.get_spec(dataset)
   epochs = 2 if dataset != "digits" else 15
   _say(f"[attacks] training LeNet-5 on {dataset} for {epochs} epochs")
@@ -184,33 +166,26 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
     _, test_accuracy = training.train_classifier(
         model, data.train, data.test, training.TrainConfig(epochs=epochs, batch_size=128,
                                                            execution=ExecutionConfig(seed=seed, verbose=0)), state)
-  aa_idx = datasets.stratified_indices(data.test.y, int(np.ceil(autoattack_n / spec.num_classes)),
-                                       seed + 1)[:autoattack_n]
-  aa_x, aa_y = data.test.x[aa_idx], data.test.y[aa_idx]
-  art_n = min(art_autoattack_n or len(aa_x), len(aa_x))
-  check_n = min(crosscheck_n or len(aa_x), len(aa_x))
-  autoattack_row, crosscheck = _autoattack_figures(model, spec, aa_x, aa_y, spec.attack_eps, seed, art_n,
-                                                   check_n)
-  if sections == "autoattack":
-    return {"dataset": dataset, "model": "lenet5", "train_epochs": epochs, "test_accuracy": test_accuracy,
-            "autoattack": autoattack_row, "crosscheck": crosscheck}
+  return spec, data, model, epochs, test_accuracy
+
+
+def _attacked_images(data, spec, n, seed):
+  """n test images stratified by class, shuffled, each with one random other class as its target."""
+  from lad_tf.data import datasets
   per_class = max(1, int(np.ceil(n / spec.num_classes)))
   idx = datasets.stratified_indices(data.test.y, per_class, seed)[:n]
   rng = np.random.default_rng(seed)
   rng.shuffle(idx)
   x, y = data.test.x[idx], data.test.y[idx]
-  n = len(x)
-  target = (y + rng.integers(1, spec.num_classes, size=n)) % spec.num_classes
-  eps = spec.attack_eps
-  art_model = _art_classifier(model, spec)
-  figures = {"dataset": dataset, "n": n, "model": "lenet5", "train_epochs": epochs,
-             "clean_accuracy": float(np.mean(attacks.predict(model, x) == y)),
-             "test_accuracy": test_accuracy, "apgd_eps": eps, "settings": SETTINGS,
-             "autoattack": autoattack_row, "crosscheck": crosscheck,
-             "art_cw_images": min(ART_CW_IMAGES, n),
-             "timing": "seconds per image; ours warm (second call), cold = first call with tracing; "
-                       f"ART CW-L2 measured on the first {min(ART_CW_IMAGES, n)} images"}
+  target = (y + rng.integers(1, spec.num_classes, size=len(x))) % spec.num_classes
+  return x, y, target
 
+
+def _both_sides(model, art_model, n, eps, seed):
+  """({attack: ours(x, target, y)}, {attack: () -> ART's attack}) with the SETTINGS of both sides."""
+  from art.attacks.evasion import AutoProjectedGradientDescent, CarliniL2Method, SaliencyMapMethod
+
+  from lad_tf import attacks
   s = SETTINGS
   ours = {
       "jsma": lambda xs, ts, ys: attacks.jsma(model, xs, ts, theta=s["jsma"]["theta"],
@@ -236,37 +211,88 @@ def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_
                                                    nb_random_init=s["apgd"]["restarts"], batch_size=n,
                                                    loss_type="cross_entropy", verbose=False),
   }
-  targeted = {"jsma": True, "cw": True, "apgd": False}
-  for name in ("jsma", "cw", "apgd"):
-    _say(f"[attacks] {name}: ours (cold, then warm) on {n} images")
-    _, cold = _timed(lambda: ours[name](x, target, y))
-    x_ours, warm = _timed(lambda: ours[name](x, target, y))
-    m = n if name != "cw" else min(ART_CW_IMAGES, n)
-    _say(f"[attacks] {name}: ART on {m} images")
-    labels = target[:m] if targeted[name] else y[:m]
-    x_art, art_seconds = _timed(lambda: art[name]().generate(x[:m], y=labels))
-    x_art = np.clip(x_art.astype(np.float32), 0.0, 1.0)
-    row = {
-        "ours": {"seconds": warm, "seconds_cold": cold, "s_per_image": warm / n, "images": n,
-                 **_measures(model, x, x_ours, y, target, targeted[name])},
-        "ours_on_art_images": _measures(model, x[:m], x_ours[:m], y[:m], target[:m], targeted[name]),
-        "art": {"seconds": art_seconds, "s_per_image": art_seconds / m, "images": m,
-                **_measures(model, x[:m], x_art, y[:m], target[:m], targeted[name])},
-    }
-    row["speedup"] = row["art"]["s_per_image"] / max(row["ours"]["s_per_image"], 1e-9)
-    row["speedup_cold"] = row["art"]["s_per_image"] / max(cold / n, 1e-9)
-    row["goal_met"] = bool(row["speedup"] >= 10 and
-                           row["ours_on_art_images"]["success_rate"] >= row["art"]["success_rate"])
-    figures[name] = row
-    _say(f"[attacks] {name}: ours {warm:.2f} s ({cold:.2f} s cold) for {n}, success "
-         f"{row['ours']['success_rate']:.2f}; ART {art_seconds:.2f} s for {m}, success "
-         f"{row['art']['success_rate']:.2f}; speed-up x{row['speedup']:.1f}")
+  return ours, art
 
+
+def _compare(name, ours, art, targeted, model, x, y, target):
+  """One attack, ours (timed cold, then warm) against ART's (on ART_CW_IMAGES images for CW)."""
+  n = len(x)
+  _say(f"[attacks] {name}: ours (cold, then warm) on {n} images")
+  _, cold = _timed(lambda: ours(x, target, y))
+  x_ours, warm = _timed(lambda: ours(x, target, y))
+  m = n if name != "cw" else min(ART_CW_IMAGES, n)
+  _say(f"[attacks] {name}: ART on {m} images")
+  labels = target[:m] if targeted else y[:m]
+  x_art, art_seconds = _timed(lambda: art().generate(x[:m], y=labels))
+  x_art = np.clip(x_art.astype(np.float32), 0.0, 1.0)
+  row = {
+      "ours": {"seconds": warm, "seconds_cold": cold, "s_per_image": warm / n, "images": n,
+               **_measures(model, x, x_ours, y, target, targeted)},
+      "ours_on_art_images": _measures(model, x[:m], x_ours[:m], y[:m], target[:m], targeted),
+      "art": {"seconds": art_seconds, "s_per_image": art_seconds / m, "images": m,
+              **_measures(model, x[:m], x_art, y[:m], target[:m], targeted)},
+  }
+  row["speedup"] = row["art"]["s_per_image"] / max(row["ours"]["s_per_image"], 1e-9)
+  row["speedup_cold"] = row["art"]["s_per_image"] / max(cold / n, 1e-9)
+  row["goal_met"] = bool(row["speedup"] >= 10 and
+                         row["ours_on_art_images"]["success_rate"] >= row["art"]["success_rate"])
+  _say(f"[attacks] {name}: ours {warm:.2f} s ({cold:.2f} s cold) for {n}, success "
+       f"{row['ours']['success_rate']:.2f}; ART {art_seconds:.2f} s for {m}, success "
+       f"{row['art']['success_rate']:.2f}; speed-up x{row['speedup']:.1f}")
+  return row
+
+
+def _cleverhans_reference(model, x, y, target, eps, seed):
+  """cleverhans FGSM / PGD-40 timings (second call) and measures, for reference."""
+  from lad_tf import attacks
+  n = len(x)
   _say(f"[attacks] cleverhans FGSM / PGD-40 at eps={eps} on {n} images (reference)")
+  out = {}
   for name, fn in (("fgsm", lambda: attacks.fgsm(model, x, y, eps)),
                    ("pgd40", lambda: attacks.pgd(model, x, y, eps, nb_iter=40, seed=seed))):
     fn()
     x_adv, seconds = _timed(fn)
-    figures[name] = {"seconds": seconds, "s_per_image": seconds / n,
-                     **_measures(model, x, x_adv, y, target, False)}
+    out[name] = {"seconds": seconds, "s_per_image": seconds / n,
+                 **_measures(model, x, x_adv, y, target, False)}
+  return out
+
+
+def run(dataset="fashion_mnist", n=0, seed=0, autoattack_n=1000, art_autoattack_n=0, crosscheck_n=0,
+        sections="all"):
+  """sections: "all", or "autoattack" for the AutoAttack comparison and cross-checks only.
+  art_autoattack_n / crosscheck_n: images for ART's AutoAttack / the cross-checks (0: autoattack_n)."""
+  _require_art()
+  from lad_tf import attacks
+  from lad_tf.data import datasets
+
+  if sections not in ("all", "autoattack"):
+    raise ValueError(f"sections must be 'all' or 'autoattack', got {sections!r}")
+  n = n or 100
+  spec, data, model, epochs, test_accuracy = _trained_lenet(dataset, seed)
+  aa_idx = datasets.stratified_indices(data.test.y, int(np.ceil(autoattack_n / spec.num_classes)),
+                                       seed + 1)[:autoattack_n]
+  aa_x, aa_y = data.test.x[aa_idx], data.test.y[aa_idx]
+  art_n = min(art_autoattack_n or len(aa_x), len(aa_x))
+  check_n = min(crosscheck_n or len(aa_x), len(aa_x))
+  autoattack_row, crosscheck = _autoattack_figures(model, spec, aa_x, aa_y, spec.attack_eps, seed, art_n,
+                                                   check_n)
+  if sections == "autoattack":
+    return {"dataset": dataset, "model": "lenet5", "train_epochs": epochs, "test_accuracy": test_accuracy,
+            "autoattack": autoattack_row, "crosscheck": crosscheck}
+  x, y, target = _attacked_images(data, spec, n, seed)
+  n = len(x)
+  eps = spec.attack_eps
+  art_model = _art_classifier(model, spec)
+  figures = {"dataset": dataset, "n": n, "model": "lenet5", "train_epochs": epochs,
+             "clean_accuracy": float(np.mean(attacks.predict(model, x) == y)),
+             "test_accuracy": test_accuracy, "apgd_eps": eps, "settings": SETTINGS,
+             "autoattack": autoattack_row, "crosscheck": crosscheck,
+             "art_cw_images": min(ART_CW_IMAGES, n),
+             "timing": "seconds per image; ours warm (second call), cold = first call with tracing; "
+                       f"ART CW-L2 measured on the first {min(ART_CW_IMAGES, n)} images"}
+  ours, art = _both_sides(model, art_model, n, eps, seed)
+  targeted = {"jsma": True, "cw": True, "apgd": False}
+  for name in ("jsma", "cw", "apgd"):
+    figures[name] = _compare(name, ours[name], art[name], targeted[name], model, x, y, target)
+  figures.update(_cleverhans_reference(model, x, y, target, eps, seed))
   return figures

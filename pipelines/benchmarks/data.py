@@ -13,7 +13,6 @@ set of that process alone (ru_maxrss from wait4 on it; the JPEG writing stays in
 sizes run the same steps on the same test images, so only the training split's size differs.
 Goal: the largest size's peak within 1.3x of the smallest's (both splits are streamed).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -30,9 +29,6 @@ ATTRIBUTES = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald 
               "Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie "
               "Young").split()
 GOAL_RATIO = 1.3
-# the child's peak resident set, measured by a fresh interpreter around it
-_MEASURE = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'CODE', code)")
 
 
 def write_faces(folder, n, seed=0):

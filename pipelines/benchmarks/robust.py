@@ -128,56 +128,28 @@ def _summary(rows):
   return out
 
 
-def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
-        epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
-        generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
-        ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
-        short_pgd=0, carry=0, step_scale=1.0, partial=None):
-  """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
+def _evaluation_images(data, spec, eval_examples, dataset):
+  """(calibration split, x_eval, y_eval): the same `eval_examples` images of the evaluation split for
+  every row (never the calibration split, which fits the boundaries)."""
+  from lad_tf.data import datasets
+  calibration, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed=0)
+  if len(evaluation) < eval_examples:
+    raise ValueError(f"{dataset} has {len(evaluation)} evaluation images, fewer than eval_examples={eval_examples}")
+  pick = np.sort(np.random.default_rng(0).choice(len(evaluation), eval_examples, replace=False))
+  return calibration, evaluation.x[pick], evaluation.y[pick]
 
-  only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
-    all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
-  short_pgd, carry: k > 0 adds the ablation pair pgdK and pgdK+guided_start, or carryK and
-    carryK+guided_start (ablation_options).
-  step_scale: the single-step methods' step multiplier at the start of training (RobustConfig.step_scale).
-  ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
-    N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
-  partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
-    only may change) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
-  """
+
+def _setup(spec, data, calibration, x_eval, y_eval, *, model_name, eps, pretrain_epochs, generator_epochs,
+           generator_examples, attention, autoattack, precision, say):
+  """The starting classifier, LAD's decoder and boundaries, once per run (seed 0, timed apart from every
+  row's cost); returns (base, generator, boundaries, setup figures)."""
   import keras
-  from lad_tf import models, robust
+  from lad_tf import models
   from lad_tf.data import datasets
   from lad_tf.lad import boundary
   from lad_tf.runtime import training
   from lad_tf.lad import decoder as decoder_lib
   from lad_tf.runtime.execution import ExecutionConfig
-
-  say = lambda message: print(message, flush=True)
-  ablation_table = ablation_options(short_pgd, carry)
-  only = _rows_named(only, tuple(ablation_table), ablation)
-  # bfloat16: every training computes in mixed_bfloat16 (lad_tf.runtime.execution), models stay float32
-  precision = "mixed_bfloat16" if bfloat16 else "float32"
-  spec = datasets.get_spec(dataset)
-  data = datasets.load(dataset, data_dir)
-  eps = float(eps or DATASET_EPS.get(dataset, spec.attack_eps))
-  model_name = model or spec.classifier
-  eval_examples = n or eval_examples
-  calibration, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed=0)
-  if len(evaluation) < eval_examples:
-    raise ValueError(f"{dataset} has {len(evaluation)} evaluation images, fewer than eval_examples={eval_examples}")
-  pick = np.sort(np.random.default_rng(0).choice(len(evaluation), eval_examples, replace=False))
-  x_eval, y_eval = evaluation.x[pick], evaluation.y[pick]
-  options = dict(dataset=dataset, eps=eps, model=model_name, train_examples=train_examples, epochs=epochs,
-                 seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
-                 generator_epochs=generator_epochs, generator_examples=generator_examples,
-                 guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
-                 **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
-                 attention=attention, ablation_seeds=ablation_seeds, only=only,
-                 **({"short_pgd": short_pgd} if short_pgd else {}), **({"carry": carry} if carry else {}),
-                 **({"step_scale": step_scale} if step_scale != 1 else {}),
-                 autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
-  say(f"robust benchmark: {options}")
 
   setup_start = time.perf_counter()
   keras.utils.set_random_seed(0)
@@ -203,46 +175,140 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
            "generator_test_loss": gen_result["test_loss"],
            "boundary_fit_accuracy": float(np.mean(fitted.fit_accuracy)),
            "parameters": int(base.count_params())}
-  say(f"setup: {setup}")
+  return base, generator, fitted, setup
 
-  variants = [(m, None) for m in METHODS]
-  variants += list(ablation_table.items()) if ablation else [(LAD_ROBUST_ROW, ablation_table[LAD_ROBUST_ROW])]
-  rows = {name: [] for name, _ in variants}
-  guard_logs = {}
-  result = {}
-  done = set()
-  if partial and os.path.exists(partial):
+
+class _Figures:
+  """Every (row, seed) figure so far: what run() returns, and what its partial JSON holds after each row
+  so that a killed run resumes after the last finished one."""
+
+  def __init__(self, variants, ablation, head):
+    self.variants, self.ablation, self.head = variants, ablation, head
+    self.rows = {name: [] for name, _ in variants}
+    self.guard_logs = {}
+
+  def resume(self, partial, options, say):
+    """Takes the rows of a partial JSON written with the same options (seeds and only may differ);
+    returns the (row, seed) pairs it holds."""
+    if not (partial and os.path.exists(partial)):
+      return set()
     with open(partial) as f:
       previous = json.load(f)
     same = lambda o: {k: v for k, v in o.items() if k not in ("seeds", "only")}  # rows to add, not how
     if same(previous.get("options", {})) != same(json.loads(json.dumps(options))):
       raise ValueError(f"{partial} holds a run with other options; remove it or pass another partial path")
     for name, summary in {**previous["methods"], **previous["ablation"]}.items():
-      if name in rows:
-        rows[name] = summary["seeds"]
-    rows[LAD_ROBUST_ROW] = previous["methods"].get("lad_robust", {}).get("seeds", [])
-    guard_logs.update(previous.get("guard", {}))
-    done = {(name, r["seed"]) for name, held in rows.items() for r in held}
+      if name in self.rows:
+        self.rows[name] = summary["seeds"]
+    self.rows[LAD_ROBUST_ROW] = previous["methods"].get("lad_robust", {}).get("seeds", [])
+    self.guard_logs.update(previous.get("guard", {}))
+    done = {(name, r["seed"]) for name, held in self.rows.items() for r in held}
     say(f"resuming from {partial}: {len(done)} (method, seed) rows done")
+    return done
 
-  def assemble():
+  def assemble(self):
+    rows = self.rows
     methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
     if rows[LAD_ROBUST_ROW]:
       methods["lad_robust"] = _summary(rows[LAD_ROBUST_ROW])
-    abl = {name: _summary(rows[name]) for name, _ in variants if name not in METHODS and rows[name]}
-    result.update({"dataset": dataset, "eps": eps, "model": model_name, "parameters": setup["parameters"],
-                   "options": options, "setup": setup, "methods": methods,
-                   "ablation": abl if ablation else {}, "lad_robust_is": LAD_ROBUST_ROW,
-                   "guard": guard_logs})
-    return result
+    abl = {name: _summary(rows[name]) for name, _ in self.variants if name not in METHODS and rows[name]}
+    return {**self.head, "methods": methods, "ablation": abl if self.ablation else {},
+            "lad_robust_is": LAD_ROBUST_ROW, "guard": self.guard_logs}
 
-  core = {"nfgsm", LAD_ROBUST_ROW}
-  def save(message):
+  def save(self, partial, message, say):
     if partial:
       with open(partial, "w") as f:
-        json.dump(assemble(), f, indent=2, sort_keys=True, default=float)
+        json.dump(self.assemble(), f, indent=2, sort_keys=True, default=float)
       say(f"{message}: partial figures written to {partial}")
 
+
+def _train_row(name, opts, s, x_train, y_train, shared, standard_rows, say):
+  """One method (opts None) or ablation row (its LadRobustOptions) trained with seed s and evaluated;
+  its cost_ratio divides by `standard`'s time in the same seed (standard trains first in every seed)."""
+  import keras
+  from lad_tf import models, robust
+  from lad_tf.runtime.execution import ExecutionConfig
+  method = "lad_robust" if opts is not None else name
+  config = robust.RobustConfig(method=method, eps=shared["eps"], epochs=shared["epochs"],
+                               learning_rate=shared["learning_rate"], lr_schedule=shared["lr_schedule"],
+                               step_scale=shared["step_scale"], guard_examples=shared["guard_examples"],
+                               execution=ExecutionConfig(seed=s, verbose=0, precision=shared["precision"]),
+                               **({"options": opts} if opts is not None else {}))
+  if shared["init"] == "scratch":
+    keras.utils.set_random_seed(s)
+    spec = shared["spec"]
+    start = models.build_classifier(shared["model_name"], spec.image_shape, spec.num_classes)
+  else:
+    start = shared["base"]
+  trained, info = robust.train(start, x_train, y_train, config, generator=shared["generator"],
+                               boundaries=shared["boundaries"], lad_classifier=shared["base"], log=say)
+  figures = evaluate(trained, shared["x_eval"], shared["y_eval"], shared["eps"], shared["autoattack"], say)
+  figures.update(seed=s, train_s=info["train_s"], prepare_s=info.get("prepare_s", 0.0))
+  if "guard" in info:
+    figures["guard_rollbacks"] = info["guard"]["rollbacks"]
+    figures["guard_s"] = info["guard"].get("seconds", 0.0)
+  figures["cost_ratio"] = figures["train_s"] / next(r["train_s"] for r in standard_rows + [figures]
+                                                     if r["seed"] == s)
+  return figures, info.get("guard")
+
+
+def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=None, train_examples=6000,
+        epochs=3, seeds=3, eval_examples=1000, pretrain_epochs=2, generator_epochs=3,
+        generator_examples=20000, guard_examples=1000, learning_rate=1e-3, lr_schedule="constant", init="finetune",
+        ablation=True, ablation_seeds=None, only=None, bfloat16=False, attention="none", autoattack="standard",
+        short_pgd=0, carry=0, step_scale=1.0, partial=None):
+  """See the module docstring; `n` overrides eval_examples, `seed` is the first seed.
+
+  only: names of the methods / ablation rows to train, a list or a "|"-separated string (default:
+    all; `lad_robust` is the row +guided_start); `standard` is always trained (the cost ratios divide by it).
+  short_pgd, carry: k > 0 adds the ablation pair pgdK and pgdK+guided_start, or carryK and
+    carryK+guided_start (ablation_options).
+  step_scale: the single-step methods' step multiplier at the start of training (RobustConfig.step_scale).
+  ablation_seeds: how many seeds (the first ones) train every ablation row; the others train only
+    N-FGSM alone and the default lad_robust next to the methods (default: all seeds).
+  partial: a JSON path written after each (method, seed) row; a run started with the same options (seeds and
+    only may change) resumes from it, skipping the rows it holds (the setup is recomputed from seed 0, as deterministic as TF on the CPU).
+  """
+  from lad_tf.data import datasets
+
+  say = lambda message: print(message, flush=True)
+  ablation_table = ablation_options(short_pgd, carry)
+  only = _rows_named(only, tuple(ablation_table), ablation)
+  # bfloat16: every training computes in mixed_bfloat16 (lad_tf.runtime.execution), models stay float32
+  precision = "mixed_bfloat16" if bfloat16 else "float32"
+  spec = datasets.get_spec(dataset)
+  data = datasets.load(dataset, data_dir)
+  eps = float(eps or DATASET_EPS.get(dataset, spec.attack_eps))
+  model_name = model or spec.classifier
+  eval_examples = n or eval_examples
+  calibration, x_eval, y_eval = _evaluation_images(data, spec, eval_examples, dataset)
+  options = dict(dataset=dataset, eps=eps, model=model_name, train_examples=train_examples, epochs=epochs,
+                 seeds=seeds, eval_examples=eval_examples, pretrain_epochs=pretrain_epochs,
+                 generator_epochs=generator_epochs, generator_examples=generator_examples,
+                 guard_examples=guard_examples, learning_rate=learning_rate, init=init, bfloat16=bfloat16,
+                 **({} if lr_schedule == "constant" else {"lr_schedule": lr_schedule}),
+                 attention=attention, ablation_seeds=ablation_seeds, only=only,
+                 **({"short_pgd": short_pgd} if short_pgd else {}), **({"carry": carry} if carry else {}),
+                 **({"step_scale": step_scale} if step_scale != 1 else {}),
+                 autoattack_attack=AUTOATTACKS.get(autoattack, autoattack) + ", worst case with PGD-40 per example")
+  say(f"robust benchmark: {options}")
+  base, generator, fitted, setup = _setup(
+      spec, data, calibration, x_eval, y_eval, model_name=model_name, eps=eps, pretrain_epochs=pretrain_epochs,
+      generator_epochs=generator_epochs, generator_examples=generator_examples, attention=attention,
+      autoattack=autoattack, precision=precision, say=say)
+  say(f"setup: {setup}")
+
+  variants = [(m, None) for m in METHODS]
+  variants += list(ablation_table.items()) if ablation else [(LAD_ROBUST_ROW, ablation_table[LAD_ROBUST_ROW])]
+  found = _Figures(variants, ablation, {"dataset": dataset, "eps": eps, "model": model_name,
+                                        "parameters": setup["parameters"], "options": options, "setup": setup})
+  done = found.resume(partial, options, say)
+  # what every row trains from and is scored on
+  shared = dict(spec=spec, model_name=model_name, eps=eps, epochs=epochs, learning_rate=learning_rate,
+                lr_schedule=lr_schedule, step_scale=step_scale, guard_examples=guard_examples, precision=precision,
+                init=init, base=base, generator=generator, boundaries=fitted, x_eval=x_eval, y_eval=y_eval,
+                autoattack=autoattack)
+  core = {"nfgsm", LAD_ROBUST_ROW}
   for s in range(seed, seed + seeds):
     full_ablation = ablation_seeds is None or s < seed + ablation_seeds
     rng = np.random.default_rng(s)
@@ -253,29 +319,10 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, model=None, eps=Non
         continue
       if (only and name != "standard" and name not in only) or (name, s) in done:
         continue
-      method = "lad_robust" if opts is not None else name
-      config = robust.RobustConfig(method=method, eps=eps, epochs=epochs, learning_rate=learning_rate,
-                                   lr_schedule=lr_schedule, step_scale=step_scale,
-                                   guard_examples=guard_examples,
-                                   execution=ExecutionConfig(seed=s, verbose=0, precision=precision),
-                                   **({"options": opts} if opts is not None else {}))
-      if init == "scratch":
-        keras.utils.set_random_seed(s)
-        start = models.build_classifier(model_name, spec.image_shape, spec.num_classes)
-      else:
-        start = base
-      trained, info = robust.train(start, x_train, y_train, config, generator=generator, boundaries=fitted,
-                                   lad_classifier=base, log=say)
-      figures = evaluate(trained, x_eval, y_eval, eps, autoattack, say)
-      figures.update(seed=s, train_s=info["train_s"], prepare_s=info.get("prepare_s", 0.0))
-      if "guard" in info:
-        guard_logs[f"{name}/seed{s}"] = info["guard"]
-        figures["guard_rollbacks"] = info["guard"]["rollbacks"]
-        figures["guard_s"] = info["guard"].get("seconds", 0.0)
-      # standard trains first in every seed: the cost reference of the rows after it
-      figures["cost_ratio"] = figures["train_s"] / next(r["train_s"] for r in rows["standard"] + [figures]
-                                                         if r["seed"] == s)
-      rows[name].append(figures)
+      figures, guard = _train_row(name, opts, s, x_train, y_train, shared, found.rows["standard"], say)
+      if guard is not None:
+        found.guard_logs[f"{name}/seed{s}"] = guard
+      found.rows[name].append(figures)
       say(f"seed {s} {name}: {figures}")
-      save(f"seed {s} {name}")  # a killed run resumes after the last finished row
-  return assemble()
+      found.save(partial, f"seed {s} {name}", say)  # a killed run resumes after the last finished row
+  return found.assemble()

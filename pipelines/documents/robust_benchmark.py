@@ -1,8 +1,8 @@
 """The robust-training benchmark's figures as Markdown, written from its committed JSON
 (benchmarks/robust_<dataset>.json, `python -m pipelines.benchmark robust`): a section of
-docs/RESULTS.md and the README's robust block, so neither holds a hand-copied figure.
+docs/RESULTS.md and the README's robust block (documents.readme), so neither holds a hand-copied figure.
 
-The readings come from a rule, like pipelines/results.py's: two means differ only beyond two
+The readings come from a rule, like documents.rule's: two means differ only beyond two
 standard errors, counting both the sampling error of `eval_examples` test images and the spread over
 seeds."""
 import math
@@ -11,10 +11,9 @@ import re
 
 from lad_tf.runtime.files import read_json
 from pipelines.benchmarks.robust import LAD_ROBUST_ROW
-from pipelines.results import git_commit_of_file, table
+from pipelines.documents.formatting import table
+from pipelines.documents.provenance import git_commit_of_file
 
-README_BEGIN = "<!-- robust:begin (written by python -m pipelines.reproduce; do not edit by hand) -->"
-README_END = "<!-- robust:end -->"
 DATASETS = ("fashion_mnist", "mnist")
 
 # Rows in reading order: no defence, the paper and its control, the cheap single-step methods, ours,
@@ -280,15 +279,3 @@ def readme_block(repo):
                         f"otherwise (`lad_tf.defences.DEFAULT_DEFENCE`).", ""])
   return None
 
-
-def update_readme(readme_path, repo):
-  """Rewrites the README's robust block; returns whether it did (markers present, a benchmark committed)."""
-  with open(readme_path) as f:
-    text = f.read()
-  body = readme_block(repo)
-  if body is None or README_BEGIN not in text or README_END not in text:
-    return False
-  start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-  with open(readme_path, "w") as f:
-    f.write(text[:start] + body + text[end:])
-  return True
