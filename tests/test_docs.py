@@ -7,7 +7,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the site is built from (tests/BUILD gives the Bazel test the same files).
-SITE_SOURCES = ("mkdocs.yml", "CHANGELOG.md", "docs")
+SITE_SOURCES = ("mkdocs.yml", "docs_hooks.py", "CHANGELOG.md", "docs")
 
 
 def build(root, site_dir):
