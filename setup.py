@@ -33,11 +33,12 @@ setup(
     name="lad_tf",
     version=read_version(),
     description=(
-        "Latent Adversarial Defence for TensorFlow/Keras classifiers, "
-        "with TensorFlow Serving export and a serving client"
+        "Harden Keras classifiers against adversarial examples before serving them "
+        "with TensorFlow Serving (with the paper's Latent Adversarial Defence)"
     ),
     long_description=read_long_description(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     packages=find_packages(
         include=[
             "lad_tf",
