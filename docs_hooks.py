@@ -4,10 +4,12 @@ never holds a hand-copied list that can drift from it.
 `<!-- defences-table -->` in a page becomes the table of `python -m pipelines.defend --defence=NAME`'s
 choices with their one-line descriptions, read from lad_tf/defences.py (the same text `--help` and the
 model card use). The file is loaded on its own: importing the lad_tf package would start TensorFlow.
-`<!-- benchmarks-index -->` becomes the list of committed benchmarks/*.json files, read from them.
+`<!-- benchmarks-index -->` becomes the list of committed benchmarks/*.json files, read from them, and
+`<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds.
 """
 import importlib.util
 import os
+import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARKER = "<!-- defences-table -->"
@@ -59,7 +61,36 @@ def benchmarks_index():
   return "\n".join(rows)
 
 
+FIGURES_MARKER = re.compile(r"<!-- benchmark-figures: ([\w.-]+\.json) -->")
+
+
+def _scalars(data, prefix=""):
+  """(dotted key, value) of every number, string or boolean in data, nested dicts included; the machine
+  description and long notes are left to the file itself."""
+  for key, value in data.items():
+    name = f"{prefix}{key}"
+    if key in ("machine", "note", "status") or name.endswith("_tree"):
+      continue
+    if isinstance(value, dict):
+      yield from _scalars(value, name + ".")
+    elif isinstance(value, float):
+      yield name, f"{value:.4g}"
+    elif isinstance(value, (int, bool, str)) and len(str(value)) <= 120:
+      yield name, value
+
+
+def benchmark_figures(name):
+  """A two-column table of one committed benchmark file's figures, as the file holds them."""
+  import json
+  with open(os.path.join(HERE, "benchmarks", name), encoding="utf-8") as f:
+    data = json.load(f)
+  rows = [f"Figures of `benchmarks/{name}`, as the file holds them:", "", "| field | value |", "|---|---|"]
+  rows += [f"| `{key}` | {_cell(value)} |" for key, value in _scalars(data)]
+  return "\n".join(rows)
+
+
 def on_page_markdown(markdown, page, config, files):
+  markdown = FIGURES_MARKER.sub(lambda found: benchmark_figures(found.group(1)), markdown)
   if MARKER in markdown:
     markdown = markdown.replace(MARKER, defences_table())
   if BENCHMARKS_MARKER in markdown:
