@@ -1,7 +1,7 @@
 """Packaging for lad_tf: the library plus its command lines and serving code.
 
     pip install -e .               # library, pipelines, serving
-    pip install -e ".[test,bench]" # + pytest, + ART for the attack benchmarks
+    pip install -e ".[test,bench]" # + pytest and MkDocs (the docs site), + ART for the attack benchmarks
 """
 
 import os
@@ -33,11 +33,12 @@ setup(
     name="lad_tf",
     version=read_version(),
     description=(
-        "Latent Adversarial Defence for TensorFlow/Keras classifiers, "
-        "with TensorFlow Serving export and a serving client"
+        "Harden Keras classifiers against adversarial examples before serving them "
+        "with TensorFlow Serving (with the paper's Latent Adversarial Defence)"
     ),
     long_description=read_long_description(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     packages=find_packages(
         include=[
             "lad_tf",
@@ -66,7 +67,9 @@ setup(
         "importlib_resources>=5.10",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # the test suite also builds the documentation site (tests/test_docs.py: mkdocs build --strict)
+        "test": ["pytest>=7", "mkdocs>=1.6,<2", "mkdocstrings>=1.0,<2", "mkdocstrings-python>=2.0,<3",
+                 "pymdown-extensions>=10"],
         # ART's AutoAttack imports multiprocess, which ART does not declare.
         "bench": ["adversarial-robustness-toolbox==1.20.1", "multiprocess>=0.70"],
     },

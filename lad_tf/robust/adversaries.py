@@ -15,12 +15,6 @@ def logits_of(model, x, training=False):
   return tf.cast(model(x, training=training), tf.float32)
 
 
-def cross_entropy(logits, y):
-  """Kept only for lad_tf.run.plan.time_gradient, which calls it with (logits, y): the one
-  cross-entropy is lad_tf.runtime.losses.cross_entropy(labels, logits); delete this once plan calls that."""
-  return losses.cross_entropy(y, logits)
-
-
 def kl_divergence(clean_logits, logits):
   """KL(p_clean || p) per example, the TRADES regulariser."""
   log_p = tf.nn.log_softmax(clean_logits)

@@ -80,7 +80,7 @@ def time_gradient(model, x, y, batches):
   import tensorflow as tf
   x, y = tf.constant(x), tf.constant(y)
   step = tf.function(lambda x, y: adversaries.input_gradient(
-      model, x, lambda logits: adversaries.cross_entropy(logits, y))[0])
+      model, x, lambda logits: losses.cross_entropy(y, logits))[0])
   timer = StepTimer()
   for _ in range(batches + 1):
     step(x, y).numpy()
