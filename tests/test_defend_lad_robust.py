@@ -21,7 +21,7 @@ EPS = 0.1
 MARGIN = 0.1  # PGD-accuracy gain over the original: 4 short epochs, 259 evaluation images (SE about 0.03)
 CONFIG = defend.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, attention="none",
-    defence="lad_robust", defence_epochs=4, robust_eval="fast", robust_eval_examples=60,
+    defence="lad_robust", defence_epochs=4, robust_eval="fast", robust_eval_examples=60, report_images=30,
     execution=ExecutionConfig(verbose=0))
 
 
@@ -76,7 +76,7 @@ def test_export_is_the_classifier_alone_with_the_keras_predictions(defended):
 def test_a_second_run_skips_every_stage(defended, caplog):
   workdir, first = defended
   needed = CONFIG.resolved().needed_stages()
-  assert needed == ("classifier", "generator", "boundaries", "defended", "robustness")
+  assert needed == ("classifier", "generator", "boundaries", "defended", "robustness", "report")
   stamps = {s: os.path.getmtime(os.path.join(workdir, s, "stage.json")) for s in needed}
   with caplog.at_level("INFO", logger="lad_tf"):
     again = stages.run_defend(workdir, CONFIG)

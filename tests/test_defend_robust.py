@@ -32,11 +32,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1
 MARGIN = 0.15
 FLAGS = {"classifier_epochs": 8, "generator_epochs": 5, "calibration_per_class": 10, "fine_tune_epochs": 3,
-         "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 100}
+         "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 100, "report_images": 30}
 # the same settings as the command line's, for the library calls that share its work directory
 CONFIG = defend.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, fine_tune_epochs=3,
-    defence_epochs=4, robust_eval="fast", robust_eval_examples=100, execution=ExecutionConfig(verbose=0))
+    defence_epochs=4, robust_eval="fast", robust_eval_examples=100, report_images=30,
+    execution=ExecutionConfig(verbose=0))
 
 
 # the decoder and plain-SVM boundaries of the clean control, shared with test_defend_lad_robust's run

@@ -40,7 +40,7 @@ def authors_run(tmp_path_factory, monkeypatch_module):
   epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded. No AutoAttack stage:
   nothing here reads robust accuracy (the default, standard AutoAttack, took minutes)."""
   workdir = str(tmp_path_factory.mktemp("authors"))
-  config = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4,
+  config = defend.DefendConfig(dataset="digits", defence="lad", report_images=30, classifier_epochs=4, generator_epochs=4,
                                  decoder_loss_epochs=(1, 2, 4), calibration_per_class=5,
                                  fine_tune_schedule="authors", fine_tune_epochs=2,
                                  eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), robust_eval="none",
@@ -115,7 +115,7 @@ def test_a_changed_schedule_reruns_only_the_defended_stage(authors_run, caplog):
 
 
 def test_stop_after_the_generator_runs_no_later_stage(tmp_path):
-  config = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=2, generator_epochs=2,
+  config = defend.DefendConfig(dataset="digits", defence="lad", report_images=0, classifier_epochs=2, generator_epochs=2,
                                  calibration_per_class=3, decoder_loss_epochs=(2,), execution=QUIET)
   metrics = defend.DefendRun(str(tmp_path), config).run(stop_after="generator")
   assert os.path.isdir(tmp_path / "generator") and not os.path.exists(tmp_path / "boundaries")

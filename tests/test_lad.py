@@ -138,7 +138,7 @@ def test_fine_tune_leaves_the_original_untouched():
 
 
 # -- the pipeline on digits ---------------------------------------------------------------------
-CONFIG = defend.DefendConfig(dataset="digits", defence="lad", classifier_epochs=8, generator_epochs=25,
+CONFIG = defend.DefendConfig(dataset="digits", defence="lad", report_images=30, classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
                                eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), robust_eval="fast",
                                robust_eval_examples=100, execution=QUIET)
@@ -217,7 +217,7 @@ def test_a_changed_setting_reruns_exactly_the_stages_it_affects(defended, tmp_pa
   # the target choice is a generation setting: generation and the fine-tuning on its output rerun
   metrics = stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
   after = stamps()
-  assert [s for s in defend.STAGES if after[s] != before[s]] == ["generation", "defended", "robustness"]
+  assert [s for s in defend.STAGES if after[s] != before[s]] == ["generation", "defended", "robustness", "report"]
   assert metrics["defended"]["clean_accuracy"] > 0.85
   again = stamps()
   stages.run_defend(workdir, dataclasses.replace(CONFIG, target="nearest"), export=False)
