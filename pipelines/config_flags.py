@@ -3,7 +3,9 @@
 A field becomes one absl flag: its type picks the kind (bool, int, float, str; a tuple or sequence is a
 comma-separated list), `metadata["choices"]` (the library's tuple of accepted values) makes it an
 enum, `metadata["help"]` is its --help text and `metadata["flag"]` its name where the command line
-calls it differently (None: not on the command line). `values` reads the parsed flags back as the
+calls it differently (None: not on the command line). A whole-number field is a count: its flag (or
+each item of its list) is at least `metadata["min"]`, 1 unless said, so --classifier_epochs=-1 is a usage
+error before any work rather than a run that trains nothing. `values` reads the parsed flags back as the
 dataclass's keyword arguments, so a new field reaches the command line without touching a pipeline.
 """
 import collections.abc
@@ -58,15 +60,29 @@ def define(config_class, exclude=(), flag_values=flags.FLAGS):
       raise TypeError(f"{config_class.__name__}.{field.name} has no help: give it metadata "
                       f"{{'help': ...}}, or {{'flag': None}} to keep it off the command line")
     name, text, default = flag_name(field), field.metadata["help"], flag_default(field)
-    scalar, is_list, _ = field_kind(config_class, field)
+    scalar, is_list, item = field_kind(config_class, field)
     if "choices" in field.metadata:
       flags.DEFINE_enum(name, default, list(field.metadata["choices"]), text, flag_values=flag_values)
     elif is_list:
       flags.DEFINE_list(name, default, text, flag_values=flag_values)
+      if item is int:
+        _require_counts(name, field.metadata.get("min", 1), flag_values)
+    elif scalar is int:
+      flags.DEFINE_integer(name, default, text, lower_bound=field.metadata.get("min", 1), flag_values=flag_values)
     elif scalar in definers:
       definers[scalar](name, default, text, flag_values=flag_values)
     else:
       raise TypeError(f"{config_class.__name__}.{field.name}: no flag kind for {scalar}")
+
+
+def _require_counts(name, low, flag_values):
+  def check(raw):
+    try:
+      return all(int(v) >= low for v in raw or ())
+    except ValueError:
+      return False
+  flags.register_validator(name, check, f"--{name} takes comma-separated whole numbers >= {low}",
+                           flag_values=flag_values)
 
 
 def _items(name, raw, item):
