@@ -63,7 +63,7 @@ def entry(flag):
 
 
 def _default(value):
-  if value is None or value == []:
+  if value is None or value == [] or value == "":
     return None
   if isinstance(value, bool):
     return str(value).lower()
