@@ -108,6 +108,7 @@ def main(argv):
   except Exception:  # pylint: disable=broad-except
     pass
   workdir = os.path.abspath(FLAGS.workdir)
+  base_path = cli.writable_dir(FLAGS.base_path or os.path.join(workdir, "export"), "--base_path")
   model_path, stage = find_model(workdir)
   from lad_tf.runtime.files import load_model
   model = load_model(model_path, "classifier")
@@ -119,7 +120,6 @@ def main(argv):
   images, description = sample_images(card["dataset"], input_shape, max(1, FLAGS.num_samples),
                                       FLAGS.data_dir, FLAGS.seed)
   card["sample_images"] = description
-  base_path = cli.writable_dir(FLAGS.base_path or os.path.join(workdir, "export"), "--base_path")
   version_dir = export_lib.export_classifier(
       model, base_path, sample_images=images, model_name=FLAGS.model_name, model_card=card,
       version=FLAGS.version)

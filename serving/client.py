@@ -393,4 +393,4 @@ if __name__ == "__main__":
 
   _FLAGS = _define_flags()
   cli.run(main, help_groups=(("request", ("server", "rest", "model_name", "model_version", "signature_name",
-                                          "timeout")), ("images", ("images", "batch_size"))))
+                                          "timeout")), ("images", ("images", "batch_size")), ("messages", ("verbose",))))
