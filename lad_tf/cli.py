@@ -12,6 +12,7 @@ on stderr, so no command needs a try/except of its own. Exit statuses:
 Anything else is a bug and keeps its traceback; --verbose shows the traceback of an expected error too.
 """
 import os
+import re
 import sys
 
 from absl import app
@@ -58,7 +59,8 @@ def _parse(argv, help_groups, arguments):
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    fail(e, usage=True)
+    required = re.search(r"Flag (--\w+) must have a value other than None", str(e))
+    fail(f"{required[1]}=... is required" if required else e, usage=True)
   if arguments is None and len(rest) > 1:
     fail(f"unexpected argument '{rest[1]}': this command takes only --flag=value settings", usage=True)
   return rest

@@ -131,7 +131,7 @@ def test_non_positive_epochs_train_nothing(tmp_path):
     ("pipelines.defend", ["--classifier_epochs=0"], ["--classifier_epochs=0", "not a positive integer"]),
     ("pipelines.defend", ["--decoder_mse_epochs=3,-1"], ["whole numbers >= 1"]),
     ("pipelines.evaluate", ["--workdir=w", "--n_per_class=0"], ["--n_per_class=0"]),
-    ("pipelines.export", [], ["--workdir"]),
+    ("pipelines.export", [], ["--workdir=... is required"]),
     ("pipelines.benchmark", ["no_such_suite"], ["SUITE one of"]),
 ])
 def test_usage_errors_exit_2(tmp_path, module, args, fragments):
