@@ -205,3 +205,22 @@ def test_server_help_keeps_flags_without_effect_in_one_paragraph(tmp_path):
   assert all(f"--{name}" in paragraph for name, _, _ in FLAGS_WITHOUT_EFFECT)
   assert "no effect (" not in out  # none of their one-entry-each help texts
   assert len(out.splitlines()) < 80
+
+
+def test_an_existing_directory_without_write_permission_is_refused(tmp_path, monkeypatch):
+  """The case of a user without root (root may write anywhere, so the permission is faked)."""
+  from lad_tf import cli
+  from lad_tf.errors import LadError
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(LadError, match=f"cannot write the directory {tmp_path} \\(permission denied\\): give --base_path"):
+    cli.writable_dir(str(tmp_path), "--base_path")
+
+
+def test_a_permission_error_anywhere_is_one_line(tmp_path):
+  script = ("from lad_tf import cli\n"
+            "def main(argv):\n"
+            "  raise PermissionError(13, 'Permission denied', '/srv/models/1')\n"
+            "cli.run(main)\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": REPO}, check=False)
+  assert_one_message(result, "permission denied", "/srv/models/1", "a folder you can write to")
