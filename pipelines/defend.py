@@ -19,7 +19,9 @@ SHARED_FIELDS = ("dataset", "data_dir", "execution")
 
 common.define_data_flags(default_dataset=DefendConfig.dataset)
 common.define_distribution_flags()
-config_flags.define(DefendConfig, exclude=SHARED_FIELDS)
+# whole-number settings are counts of at least 1, but for these, whose 0 means "none"
+ZERO_ALLOWED = {"report_images": 0}
+config_flags.define(DefendConfig, exclude=SHARED_FIELDS, minimum=ZERO_ALLOWED)
 flags.DEFINE_integer("plan_batches", 3, "Before running, time this many batches of each stage's pieces "
                      "and print the plan with each stage's estimated time (0: no plan).", lower_bound=0)
 # robustness, the last stage, is left out: a run that gets there goes on to the export
@@ -41,7 +43,7 @@ HELP_GROUPS = (
     ("defence: LAD only (--defence=lad and its controls)", (
         "generator", "generator_epochs", "recon_norm", "attention", "eps", "normal", "target", "adaptive",
         "fine_tune_mode", "fine_tune_eps", "fine_tune_schedule", "fine_tune_epochs", "decoder_mse_epochs")),
-    ("evaluation", ("autoattack", "autoattack_examples", "evaluate")),
+    ("evaluation", ("autoattack", "autoattack_examples", "report_images", "evaluate")),
     ("export", ("export", "export_base", "model_name")),
     ("execution", common.EXECUTION_FLAGS + ("force", "stop_after", "plan_batches")),
 )

@@ -113,3 +113,9 @@ def test_a_count_below_one_is_refused_when_parsed(command_line, flag):
   with pytest.raises(flags.IllegalFlagValueError, match="not a positive integer"):
     command_line(f"--{flag}=0")
   assert command_line("--eps=").eps_grid is None  # an empty grid is the dataset spec's
+
+
+def test_a_count_whose_zero_means_none_takes_zero(command_line):
+  assert command_line("--report_images=0").report_images == 0
+  with pytest.raises(flags.IllegalFlagValueError):
+    command_line("--report_images=-1")
