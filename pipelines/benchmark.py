@@ -21,7 +21,7 @@ SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")
 flags.DEFINE_string("data_dir", None, "Dataset folder, for suites that take one (e.g. robust on real MNIST).")
-flags.DEFINE_integer("n", 0, "Number of examples (0: the suite's default).")
+flags.DEFINE_integer("n", 0, "Number of examples (0: the suite's default).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("set", [], "Suite options as key=value (e.g. --set=seconds=10,clients=8), passed to "
                   "the suite's run() as keyword arguments.")
@@ -67,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, (("benchmark", ("output", "dataset", "data_dir", "n", "seed", "set")), ("execution", ("verbose",))),
+             arguments="SUITE")

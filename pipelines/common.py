@@ -1,38 +1,19 @@
 """Flags, logging and error reporting shared by the command lines."""
 import logging
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
-flags.DEFINE_bool("verbose", False, "Show the Python traceback of an expected error (a missing dataset, "
-                  "a corrupt file, settings that do not fit together) instead of its one-line message.")
-
-# Exit status of an expected error (the message says what to do) and of a usage error.
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+# --help groups every command shares (each lists only the flags it defines)
+DATA_FLAGS = ("dataset", "data_dir", "workdir")
+EXECUTION_FLAGS = ("seed", "strategy", "deterministic", "precision", "jit_compile", "verbose")
 
 
-def run(main):
-  """app.run(main), with expected errors as one line on stderr and a non-zero exit, no traceback.
-
-  Expected errors are lad_tf's `LadError`s (they name the problem and the way out) and absl's
-  UsageError; anything else is a bug and keeps its traceback. --verbose keeps every traceback.
-  """
-  def guarded(argv):
-    from lad_tf.errors import LadError
-    try:
-      return main(argv)
-    except (LadError, app.UsageError) as e:
-      if flags.FLAGS.verbose:
-        raise
-      usage = isinstance(e, app.UsageError)
-      hint = " (see --help)" if usage else " (--verbose shows the traceback)"
-      print(f"error: {e}{hint}", file=sys.stderr)
-      sys.exit(EXIT_USAGE if usage else EXIT_ERROR)
-
-  app.run(guarded)
+def run(main, help_groups=(), arguments=None):
+  """The command line of `main` through lad_tf.cli.run: one-line errors, exit 2 for usage errors, 1
+  for the others, a grouped --help that exits 0 (see lad_tf/cli.py)."""
+  from lad_tf import cli
+  cli.run(main, help_groups=help_groups, arguments=arguments)
 
 
 def define_data_flags(default_dataset="digits"):
@@ -50,7 +31,9 @@ def setup_logging():
 
 
 def workdir(flag_values):
-  return flag_values.workdir or f"runs/{flag_values.dataset}"
+  """--workdir (default runs/DATASET), created; a LadError if it cannot be written, before any work."""
+  from lad_tf import cli
+  return cli.writable_dir(flag_values.workdir or f"runs/{flag_values.dataset}")
 
 
 # The command lines' --precision: the fastest policy measured accurate enough on this hardware, where

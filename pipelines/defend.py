@@ -19,9 +19,11 @@ SHARED_FIELDS = ("dataset", "data_dir", "execution")
 
 common.define_data_flags(default_dataset=DefendConfig.dataset)
 common.define_distribution_flags()
-config_flags.define(DefendConfig, exclude=SHARED_FIELDS)
+# whole-number settings are counts of at least 1, but for these, whose 0 means "none"
+ZERO_ALLOWED = {"report_images": 0}
+config_flags.define(DefendConfig, exclude=SHARED_FIELDS, minimum=ZERO_ALLOWED)
 flags.DEFINE_integer("plan_batches", 3, "Before running, time this many batches of each stage's pieces "
-                     "and print the plan with each stage's estimated time (0: no plan).")
+                     "and print the plan with each stage's estimated time (0: no plan).", lower_bound=0)
 # robustness, the last stage, is left out: a run that gets there goes on to the export
 flags.DEFINE_enum("stop_after", None, list(STAGES[:-1]), "Stop after this stage (e.g. generator: only the "
                   "decoder's loss curve).")
@@ -30,6 +32,21 @@ flags.DEFINE_string("export_base", None, "Export base path (default: DIR/export)
 flags.DEFINE_string("model_name", "lad", "Model name in models.config.")
 flags.DEFINE_bool("evaluate", False, "Run the robustness evaluation (pipelines.evaluate) at the end.")
 FLAGS = flags.FLAGS
+
+# --help's groups; a DefendConfig field missing here still shows, under "other" (a test keeps it empty)
+HELP_GROUPS = (
+    ("data", common.DATA_FLAGS + ("classifier", "latent_layer", "allow_weak_classifier", "calibration_per_class",
+                                  "classifier_epochs")),
+    ("defence", ("defence", "defence_eps", "defence_epochs", "defence_learning_rate", "defence_lr_schedule",
+                 "defence_train_examples", "defence_pgd_steps", "defence_init", "defence_step_scale",
+                 "defence_atta_steps")),
+    ("defence: LAD only (--defence=lad and its controls)", (
+        "generator", "generator_epochs", "recon_norm", "attention", "eps", "normal", "target", "adaptive",
+        "fine_tune_mode", "fine_tune_eps", "fine_tune_schedule", "fine_tune_epochs", "decoder_mse_epochs")),
+    ("evaluation", ("autoattack", "autoattack_examples", "report_images", "evaluate")),
+    ("export", ("export", "export_base", "model_name")),
+    ("execution", common.EXECUTION_FLAGS + ("force", "stop_after", "plan_batches")),
+)
 
 
 def config_from_flags(flag_values=FLAGS):
@@ -62,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, HELP_GROUPS)

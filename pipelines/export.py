@@ -12,6 +12,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from lad_tf import cli
 from pipelines import common
 from serving import export as export_lib
 
@@ -19,8 +20,8 @@ flags.DEFINE_string("workdir", None, "Pipeline work directory (see docs/ARCHITEC
 flags.DEFINE_string("base_path", None, "Model base path for TF Serving. Default: WORKDIR/export.")
 flags.DEFINE_string("model_name", "lad", "Served model name (in models.config and warmup).")
 flags.DEFINE_string("data_dir", None, "Dataset files, for the warmup/validation images.")
-flags.DEFINE_integer("num_samples", 32, "Test images used for warmup and validation.")
-flags.DEFINE_integer("version", None, "Explicit version number (default: the next one).")
+flags.DEFINE_integer("num_samples", 32, "Test images used for warmup and validation.", lower_bound=1)
+flags.DEFINE_integer("version", None, "Explicit version number (default: the next one).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Seed for the random fallback images.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -107,6 +108,7 @@ def main(argv):
   except Exception:  # pylint: disable=broad-except
     pass
   workdir = os.path.abspath(FLAGS.workdir)
+  base_path = cli.writable_dir(FLAGS.base_path or os.path.join(workdir, "export"), "--base_path")
   model_path, stage = find_model(workdir)
   from lad_tf.runtime.files import load_model
   model = load_model(model_path, "classifier")
@@ -118,7 +120,6 @@ def main(argv):
   images, description = sample_images(card["dataset"], input_shape, max(1, FLAGS.num_samples),
                                       FLAGS.data_dir, FLAGS.seed)
   card["sample_images"] = description
-  base_path = FLAGS.base_path or os.path.join(workdir, "export")
   version_dir = export_lib.export_classifier(
       model, base_path, sample_images=images, model_name=FLAGS.model_name, model_card=card,
       version=FLAGS.version)
@@ -128,4 +129,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, (("data", ("workdir", "data_dir", "num_samples", "seed")),
+                    ("export", ("base_path", "model_name", "version")), ("execution", ("verbose",))))

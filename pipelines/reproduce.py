@@ -227,6 +227,7 @@ def pairs(values, what):
 def main(argv):
   del argv
   from absl import app
+  from lad_tf import cli
   from pipelines.documents import readme, results
   unknown = sorted(set(FLAGS.only) - set(RUN_NAMES))
   if unknown:
@@ -234,6 +235,7 @@ def main(argv):
   overrides = pairs(FLAGS.runs, "runs")
   root = os.path.abspath(FLAGS.workdir)
   if not FLAGS.render_only:
+    cli.writable_dir(root)
     specs = pinned_runs(FLAGS.mnist_dir)
     if any(specs[name].dataset == "mnist" for name in FLAGS.only if name not in overrides):
       check_mnist(FLAGS.mnist_dir)
@@ -254,4 +256,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, (("runs", ("only", "workdir", "mnist_dir", "runs", "commits", "render_only")),
+                    ("output", ("output", "readme")), ("execution", ("verbose",))))

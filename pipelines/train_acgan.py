@@ -11,15 +11,15 @@ from absl import flags
 from pipelines import common
 
 common.define_data_flags()
-flags.DEFINE_integer("epochs", 20, "Training epochs (passes over the training split).")
-flags.DEFINE_integer("batch_size", 64, "Images per batch.")
-flags.DEFINE_integer("noise_dim", 64, "Dimension of the generator's noise input z (Song et al.: 128).")
-flags.DEFINE_integer("width", 32, "Base number of filters of both networks.")
-flags.DEFINE_integer("critic_steps", 5, "Critic updates per generator update (WGAN-GP: 5).")
+flags.DEFINE_integer("epochs", 20, "Training epochs (passes over the training split).", lower_bound=1)
+flags.DEFINE_integer("batch_size", 64, "Images per batch.", lower_bound=1)
+flags.DEFINE_integer("noise_dim", 64, "Dimension of the generator's noise input z (Song et al.: 128).", lower_bound=1)
+flags.DEFINE_integer("width", 32, "Base number of filters of both networks.", lower_bound=1)
+flags.DEFINE_integer("critic_steps", 5, "Critic updates per generator update (WGAN-GP: 5).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate (betas 0 and 0.9) of both networks.")
 flags.DEFINE_float("gp_weight", 10.0, "Weight of the gradient penalty.")
 flags.DEFINE_float("aux_weight", 1.0, "Weight of the auxiliary classifier's cross-entropy.")
-flags.DEFINE_integer("samples_per_class", 10, "Samples per class in DIR/figures/acgan_samples.png.")
+flags.DEFINE_integer("samples_per_class", 10, "Samples per class in DIR/figures/acgan_samples.png.", lower_bound=1)
 flags.DEFINE_bool("force", False, "Retrain even if DIR/acgan exists.")
 FLAGS = flags.FLAGS
 
@@ -42,4 +42,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, (("data", common.DATA_FLAGS),
+                    ("training", ("epochs", "batch_size", "noise_dim", "width", "critic_steps", "learning_rate",
+                                  "gp_weight", "aux_weight", "samples_per_class")),
+                    ("execution", common.EXECUTION_FLAGS + ("force",))))

@@ -9,9 +9,9 @@ from pipelines import common
 
 common.define_data_flags()
 common.define_distribution_flags()
-flags.DEFINE_integer("epochs", None, "Training epochs (default: the dataset spec's).")
+flags.DEFINE_integer("epochs", None, "Training epochs (default: the dataset spec's).", lower_bound=1)
 flags.DEFINE_string("architecture", None, "Zoo classifier, e.g. lenet5 or black_cnn (default: the spec's).")
-flags.DEFINE_integer("calibration_per_class", None, "Test examples per class held out for calibration (default: the spec's).")
+flags.DEFINE_integer("calibration_per_class", None, "Test examples per class held out for calibration (default: the spec's).", lower_bound=1)
 flags.DEFINE_bool("force", False, "Retrain even if DIR/classifier exists.")
 FLAGS = flags.FLAGS
 
@@ -36,4 +36,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, (("data", common.DATA_FLAGS), ("training", ("epochs", "architecture", "calibration_per_class")),
+                    ("execution", common.EXECUTION_FLAGS + ("force",))))

@@ -341,35 +341,47 @@ def _define_flags():
   flags.DEFINE_string("signature_name", DEFAULT_SIGNATURE, "Signature to call.")
   flags.DEFINE_integer("model_version", None, "A specific version (default: the latest).")
   flags.DEFINE_bool("rest", False, "Use the REST API (JSON) instead of gRPC.")
-  flags.DEFINE_integer("batch_size", 32, "Images per request.")
+  flags.DEFINE_integer("batch_size", 32, "Images per request.", lower_bound=1)
   flags.DEFINE_float("timeout", 30.0, "Seconds per request.")
   flags.mark_flag_as_required("images")
   return flags.FLAGS
 
 
 def main(argv):
-  flags_ = _FLAGS
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
-  client = PredictClient(flags_.server, model_name=flags_.model_name, rest=flags_.rest,
-                         signature_name=flags_.signature_name, version=flags_.model_version,
-                         timeout=flags_.timeout)
+  """The images are read first, so a wrong path fails before any request."""
+  del argv  # lad_tf.cli.run refuses stray arguments
+  from lad_tf.errors import ConfigError, LadError
+  f = _FLAGS
+  try:
+    image_files(f.images)
+  except FileNotFoundError as e:
+    raise LadError(f"{e}: give --images=PATH, a .png or .npy file or a folder of them") from e
+  try:
+    client = PredictClient(f.server, model_name=f.model_name, rest=f.rest, signature_name=f.signature_name,
+                           version=f.model_version, timeout=f.timeout)
+  except ValueError as e:
+    raise ConfigError(f"--server: {e}") from e
   try:
     try:
       height, width, channels = client.input_shape()
-    except (RequestError, KeyError, ValueError) as e:
-      raise SystemExit(f"cannot read the model's input shape from {flags_.server}: {e}")
-    images, names = load_images(flags_.images, channels=channels)
+    except (OSError, RequestError) as e:  # REST: refused, unknown host; gRPC: UNAVAILABLE
+      if isinstance(e, RequestError) and e.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        raise LadError(f"{f.server} refused the metadata request ({e}): check --model_name") from e
+      raise LadError(f"nothing answers at {f.server} ({'REST' if f.rest else 'gRPC'}: {str(e).splitlines()[0]}): "
+                     f"start python -m serving.server there, or give --server=HOST:PORT") from e
+    try:
+      images, names = load_images(f.images, channels=channels)
+    except (OSError, ValueError) as e:
+      raise LadError(f"cannot read the images: {e}") from e
     if images.shape[1:3] != (height, width):
-      raise SystemExit(f"images are {images.shape[1]}x{images.shape[2]}, the model takes "
-                       f"{height}x{width}; resize them first")
-    for start in range(0, len(images), max(1, flags_.batch_size)):
-      batch = images[start:start + max(1, flags_.batch_size)]
+      raise LadError(f"images are {images.shape[1]}x{images.shape[2]}, the model takes {height}x{width}; "
+                     f"resize them first")
+    for start in range(0, len(images), f.batch_size):
       try:
-        outputs = client.predict(batch)
+        outputs = client.predict(images[start:start + f.batch_size])
       except RequestError as e:
-        raise SystemExit(f"request refused: {e}")
-      for i, name in enumerate(names[start:start + len(batch)]):
+        raise LadError(f"request refused: {e}") from e
+      for i, name in enumerate(names[start:start + f.batch_size]):
         cls = int(outputs["classes"][i])
         print(f"{name}\tclass={cls}\tp={float(outputs['probabilities'][i][cls]):.4f}")
   finally:
@@ -377,7 +389,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app
+  from lad_tf import cli
 
   _FLAGS = _define_flags()
-  app.run(main)
+  cli.run(main, help_groups=(("request", ("server", "rest", "model_name", "model_version", "signature_name",
+                                          "timeout")), ("images", ("images", "batch_size")), ("messages", ("verbose",))))

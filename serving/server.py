@@ -219,10 +219,20 @@ def _set_tf_threads(intra, inter):
       tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
+def check_model_paths(models):
+  """A base path that does not exist is a typo, not a model to wait for: refused before `ready`."""
+  for model in models:
+    if not os.path.isdir(model.base_path):
+      raise config_lib.ConfigError(
+          f"model {model.name}: base path {model.base_path} does not exist; give the folder that holds its "
+          f"numbered versions (python -m pipelines.export writes DIR/export/1/...)")
+
+
 def main(argv):
+  """Everything a user can fix ends as one line (lad_tf.cli): bad flags and paths exit 2, a taken port 1."""
+  del argv  # lad_tf.cli.run refuses stray arguments
+  from lad_tf.errors import ConfigError, LadError
   flags_ = _FLAGS
-  if len(argv) > 1:
-    raise SystemExit(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   if flags_.version:
     print("serving.server (lad_tf), TF Serving API 2.x compatible")
@@ -230,15 +240,16 @@ def main(argv):
   warn_flags_without_effect(flags_)
   try:
     models, config = config_from_flags(flags_)
+    check_model_paths(models)
   except config_lib.ConfigError as e:
-    raise SystemExit(f"serving.server: {e}") from None
+    raise ConfigError(str(e)) from e
   _set_tf_threads(flags_.tensorflow_intra_op_parallelism, flags_.tensorflow_inter_op_parallelism)
   server = ModelServer(models, config)
   try:
     server.start()
   except (OSError, ValueError) as e:
     server.stop(0)
-    raise SystemExit(f"serving.server: {e}") from None
+    raise LadError(f"serving.server cannot start: {e}") from e
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, server.request_stop)
   rest = f"{config.host}:{server.rest_port}" if server.rest_port else "off"
@@ -249,8 +260,28 @@ def main(argv):
   log.info("serving.server stopped")
 
 
+# --help's groups; the flags without effect make one paragraph, not one entry each
+HELP_GROUPS = (
+    ("models", ("model_name", "model_base_path", "model_config_file", "file_system_poll_wait_seconds",
+                "max_num_load_retries", "load_retry_interval_micros", "saved_model_tags", "enable_model_warmup",
+                "num_request_iterations_for_warmup")),
+    ("network", ("port", "rest_api_port", "host", "max_request_bytes", "grpc_max_threads", "grpc_channel_arguments",
+                 "rest_api_num_threads", "rest_api_timeout_in_ms")),
+    ("batching and threads", ("enable_batching", "batching_parameters_file", "max_batch_size",
+                              "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism")),
+    ("messages", ("version", "verbose")),
+)
+
+
+def help_groups():
+  from lad_tf import cli_help
+  ignored = cli_help.brief("accepted for tensorflow_model_server compatibility and ignored (a warning when given)",
+                           [name for name, _, _ in FLAGS_WITHOUT_EFFECT])
+  return HELP_GROUPS + (ignored,)
+
+
 if __name__ == "__main__":
-  from absl import app
+  from lad_tf import cli
 
   _FLAGS = _define_flags()
-  app.run(main)
+  cli.run(main, help_groups=help_groups())

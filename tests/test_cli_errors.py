@@ -1,5 +1,6 @@
-"""Every command line ends an expected error with one message on stderr and a non-zero exit, without
-a traceback; --verbose shows the traceback. Each case runs the real command in a subprocess."""
+"""Every command line ends an expected error with one message on stderr, exit status 2 for a usage
+error and 1 otherwise, without a traceback; --verbose shows the traceback. Each case runs the real
+command in a subprocess; none trains anything."""
 import gzip
 import json
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +64,7 @@ def test_corrupt_file(tmp_path):
 
 def test_bad_flag_combination(tmp_path):
   result = run_command("pipelines.defend", "--latent_layer=fc1", f"--workdir={tmp_path / 'w'}", home=tmp_path)
-  assert_one_message(result, "--latent_layer", "--classifier")
+  assert_one_message(result, "--latent_layer", "--classifier", code=2)
 
 
 def test_unreadable_classifier_file(tmp_path):
@@ -97,3 +99,128 @@ def test_benchmark_set_values_are_literals_and_false_is_false():
       "bfloat16": False, "epochs": 3, "only": "nfgsm|pgd_at", "x": True}
   with pytest.raises(app.UsageError, match="key=value"):
     suite_options(["epochs"])
+
+
+# A directory nobody may create, root included (sysfs refuses new entries).
+UNWRITABLE = "/sys/lad_tf_unwritable/w"
+
+
+@pytest.mark.parametrize("module", ["pipelines.defend", "pipelines.train_classifier", "pipelines.train_acgan"])
+def test_unwritable_workdir(tmp_path, module):
+  result = run_command(module, f"--workdir={UNWRITABLE}", home=tmp_path)
+  assert_one_message(result, f"cannot write the directory {UNWRITABLE}", "give --workdir=DIR")
+
+
+def test_export_unwritable_base_path(tmp_path):
+  workdir = tmp_path / "w"
+  (workdir / "classifier").mkdir(parents=True)
+  (workdir / "classifier" / "model.keras").write_bytes(b"not a zip archive")
+  result = run_command("pipelines.export", f"--workdir={workdir}", f"--base_path={UNWRITABLE}", home=tmp_path)
+  assert_one_message(result, f"cannot write the directory {UNWRITABLE}", "give --base_path=DIR")
+
+
+def test_non_positive_epochs_train_nothing(tmp_path):
+  result = run_command("pipelines.train_classifier", "--epochs=-1", f"--workdir={tmp_path / 'w'}", home=tmp_path)
+  assert_one_message(result, "--epochs=-1", "not a positive integer", code=2)
+  assert not os.path.exists(tmp_path / "w" / "classifier")
+
+
+@pytest.mark.parametrize("module, args, fragments", [
+    ("pipelines.defend", ["--no_such_flag=1"], ["Unknown command line flag 'no_such_flag'"]),
+    ("pipelines.defend", ["--seed=abc"], ["--seed=abc"]),
+    ("pipelines.defend", ["--classifier_epochs=0"], ["--classifier_epochs=0", "not a positive integer"]),
+    ("pipelines.defend", ["--decoder_mse_epochs=3,-1"], ["whole numbers >= 1"]),
+    ("pipelines.evaluate", ["--workdir=w", "--n_per_class=0"], ["--n_per_class=0"]),
+    ("pipelines.export", [], ["--workdir=... is required"]),
+    ("pipelines.benchmark", ["no_such_suite"], ["SUITE one of"]),
+])
+def test_usage_errors_exit_2(tmp_path, module, args, fragments):
+  assert_one_message(run_command(module, *args, home=tmp_path), *fragments, code=2)
+
+
+@pytest.mark.parametrize("module, args", [("pipelines.defend", []), ("pipelines.evaluate", ["--workdir=w"]),
+                                          ("serving.server", []), ("serving.client", ["--images=x.png"])])
+def test_stray_argument_is_refused(tmp_path, module, args):
+  result = run_command(module, *args, "foo", home=tmp_path)
+  assert_one_message(result, "unexpected argument 'foo'", code=2)
+
+
+def test_server_refuses_a_missing_model_path(tmp_path):
+  missing = tmp_path / "no_model"
+  result = run_command("serving.server", f"--model_base_path={missing}", "--port=0", home=tmp_path)
+  assert "ready" not in result.stdout
+  assert_one_message(result, str(missing), "does not exist", code=2)
+
+
+@pytest.fixture(name="image")
+def fixture_image(tmp_path):
+  path = tmp_path / "digit.npy"
+  np.save(path, np.zeros((28, 28), np.uint8))
+  return path
+
+
+def test_client_missing_image(tmp_path):
+  result = run_command("serving.client", f"--images={tmp_path / 'none.png'}", home=tmp_path)
+  assert_one_message(result, "no such file or directory", "none.png", "--images=PATH")
+
+
+@pytest.mark.parametrize("protocol", ["--rest", "--norest"])
+def test_client_against_a_port_nothing_listens_on(tmp_path, image, protocol):
+  from serving.launch import free_port
+  server = f"127.0.0.1:{free_port()}"
+  result = run_command("serving.client", f"--images={image}", f"--server={server}", protocol, "--timeout=2",
+                       home=tmp_path)
+  assert_one_message(result, f"nothing answers at {server}", "REST" if protocol == "--rest" else "gRPC",
+                     "serving.server", "--server=HOST:PORT")
+
+
+HELP_COMMANDS = ["pipelines.defend", "pipelines.train_classifier", "pipelines.train_acgan", "pipelines.evaluate",
+                 "pipelines.export", "pipelines.reproduce", "pipelines.benchmark", "serving.client",
+                 "serving.server"]
+
+
+@pytest.mark.parametrize("module", HELP_COMMANDS)
+def test_help_exits_0_with_only_the_commands_flags(tmp_path, module):
+  result = run_command(module, "--help", home=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert f"usage: python -m {module}" in result.stdout
+  assert "--logtostderr" not in result.stdout and "--run_with_pdb" not in result.stdout  # absl's own
+  assert "\nother:" not in result.stdout  # every flag of the command is in one of its groups
+
+
+def test_defend_help_lists_what_a_user_needs_grouped(tmp_path):
+  out = run_command("pipelines.defend", "--help", home=tmp_path).stdout
+  headings = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+  assert headings[:2] == ["data:", "defence:"] and headings[-1] == "execution:", headings
+  assert "evaluation:" in headings, headings
+  for flag in ("--dataset", "--data_dir", "--workdir", "--seed", "--precision", "--defence", "--autoattack"):
+    assert f"\n  {flag} " in out or f"\n  {flag}:" in out, flag
+  assert len(out.splitlines()) < 150
+
+
+def test_server_help_keeps_flags_without_effect_in_one_paragraph(tmp_path):
+  from serving.server import FLAGS_WITHOUT_EFFECT
+  out = run_command("serving.server", "--help", home=tmp_path).stdout
+  paragraph = out.split("accepted for tensorflow_model_server compatibility and ignored")[1].split("\n\n")[0]
+  assert all(f"--{name}" in paragraph for name, _, _ in FLAGS_WITHOUT_EFFECT)
+  assert "no effect (" not in out  # none of their one-entry-each help texts
+  assert len(out.splitlines()) < 80
+
+
+def test_an_existing_directory_without_write_permission_is_refused(tmp_path, monkeypatch):
+  """The case of a user without root (root may write anywhere, so the permission is faked)."""
+  from lad_tf import cli
+  from lad_tf.errors import LadError
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(LadError, match=f"cannot write the directory {tmp_path} \\(permission denied\\): give --base_path"):
+    cli.writable_dir(str(tmp_path), "--base_path")
+
+
+def test_a_permission_error_anywhere_is_one_line(tmp_path):
+  script = ("from lad_tf import cli\n"
+            "def main(argv):\n"
+            "  raise PermissionError(13, 'Permission denied', '/srv/models/1')\n"
+            "cli.run(main)\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": REPO}, check=False)
+  assert_one_message(result, "permission denied", "/srv/models/1", "a folder you can write to")

@@ -101,6 +101,21 @@ def test_every_flag_reaches_its_field(command_line, monkeypatch):
 
 
 def test_a_list_flag_with_a_bad_item_is_a_usage_error_naming_it(command_line):
-  with pytest.raises(app.UsageError, match="--decoder_mse_epochs takes comma-separated whole numbers"):
-    command_line("--decoder_mse_epochs=10,x")
+  for bad in ("10,x", "10,0"):  # flags.Error: lad_tf.cli ends it as a usage error (exit 2)
+    with pytest.raises(flags.Error, match="--decoder_mse_epochs takes comma-separated whole numbers >= 1"):
+      command_line(f"--decoder_mse_epochs={bad}")
+  with pytest.raises(app.UsageError, match="--eps takes comma-separated numbers"):
+    command_line("--eps=0.1,x")
+
+
+@pytest.mark.parametrize("flag", ["classifier_epochs", "generator_epochs", "defence_pgd_steps", "autoattack_examples"])
+def test_a_count_below_one_is_refused_when_parsed(command_line, flag):
+  with pytest.raises(flags.IllegalFlagValueError, match="not a positive integer"):
+    command_line(f"--{flag}=0")
   assert command_line("--eps=").eps_grid is None  # an empty grid is the dataset spec's
+
+
+def test_a_count_whose_zero_means_none_takes_zero(command_line):
+  assert command_line("--report_images=0").report_images == 0
+  with pytest.raises(flags.IllegalFlagValueError):
+    command_line("--report_images=-1")
