@@ -18,7 +18,7 @@ import time
 import grpc
 
 from serving import errors
-from serving import export as export_lib
+from serving import layout
 from serving import servable as servable_lib
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class ModelManager:
 
   def _poll_model(self, model):
     base = model.config.base_path
-    on_disk = {v: os.path.join(base, str(v)) for v in export_lib.list_versions(base)}
+    on_disk = {v: os.path.join(base, str(v)) for v in layout.list_versions(base)}
     if not on_disk and not model.reported_empty:
       log.warning("model %s: no version directory under %s yet", model.config.name, base)
     model.reported_empty = not on_disk

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from serving import errors
-from serving import export as export_lib
+from serving import layout
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Servable:
       self.signatures[key] = Signature(key, fn, inputs, outputs, enums)
     if not self.signatures:
       raise errors.invalid(f"the SavedModel at {path} has no usable signature")
-    self.card = export_lib.read_model_card(path)
+    self.card = layout.read_model_card(path)
     self.input_ranges = {}
     spec = self.card.get("input") if isinstance(self.card, dict) else None
     if isinstance(spec, dict) and spec.get("name") and spec.get("range"):
@@ -275,7 +275,7 @@ class Servable:
 
   def warmup(self, iterations=1):
     """Replay assets.extra/tf_serving_warmup_requests; any failure fails the load (as in TF)."""
-    records = export_lib.read_warmup_requests(self.path)
+    records = layout.read_warmup_requests(self.path)
     if len(records) > MAX_WARMUP_RECORDS:
       raise errors.invalid(f"{len(records)} warmup records exceed the maximum of "
                            f"{MAX_WARMUP_RECORDS}")
