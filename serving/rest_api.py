@@ -30,6 +30,7 @@ _PREDICT_PATH = re.compile(
     re.IGNORECASE)
 _MODEL_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE)
+DETECTION_PATH = "/monitoring/detection"  # The query detector's counts (GET, JSON).
 
 
 def _json_dict(message):
@@ -56,8 +57,9 @@ def _unquote(text):
 # -- the API (runs on a worker thread) ----------------------------------------------------------
 
 
-def rest_predict(manager, name, version, label, body):
-  """POST :predict body (bytes) -> response dict, in TF Serving's row or columnar format."""
+def rest_predict(manager, name, version, label, body, client=None):
+  """POST :predict body (bytes) -> response dict, in TF Serving's row or columnar format;
+  `client`: see Servable.run."""
   try:
     payload = json.loads(body)
   except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError.
@@ -103,7 +105,7 @@ def rest_predict(manager, name, version, label, body):
     columnar = True
   may_hold_bools = b"true" in body or b"false" in body
   arrays = servable.decode_json(signature, values, may_hold_bools=may_hold_bools)
-  outputs = servable.run(signature, arrays)
+  outputs = servable.run(signature, arrays, client=client)
   if columnar:
     if len(outputs) == 1:
       return {"outputs": next(iter(outputs.values())).tolist()}
@@ -205,16 +207,18 @@ class RestServer:
             grpc.StatusCode.UNAVAILABLE, f"too many open connections (limit "
             f"{self._config.rest_max_connections}); retry later"), keep_alive=False)
         return
+      peer = writer.get_extra_info("peername")
+      peer = peer[0] if isinstance(peer, tuple) and peer else None
       keep_alive = True
       while keep_alive:
-        keep_alive = await self._serve_request(reader, writer)
+        keep_alive = await self._serve_request(reader, writer, peer)
     except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
       pass
     finally:
       self._connections -= 1
       writer.close()
 
-  async def _serve_request(self, reader, writer):
+  async def _serve_request(self, reader, writer, peer=None):
     """Read, bound and answer one request; returns whether the connection stays open."""
     idle = self._config.rest_idle_timeout_s
     try:
@@ -245,7 +249,12 @@ class RestServer:
         return False
       await self._answer(writer, e, keep_alive=request.keep_alive)
       return request.keep_alive
-    status, payload = await self._run(route, body)
+    client = None
+    detector = self._manager.detector
+    if detector is not None:  # Who is asking matters only to the query detector.
+      from serving import detection
+      client = detection.rest_client_id(request.headers, peer, detector.config.client_id_header)
+    status, payload = await self._run(route, body, client)
     await self._answer(writer, (status, payload), keep_alive=request.keep_alive)
     return request.keep_alive
 
@@ -258,6 +267,8 @@ class RestServer:
         name, version, label, verb = match.groups()
         return "predict", (_unquote(name), _version(version), _unquote(label), verb.lower())
     elif request.method == "GET":
+      if path == DETECTION_PATH:
+        return "detection", ()
       match = _MODEL_PATH.fullmatch(path)
       if match:
         name, version, label, metadata = match.groups()
@@ -287,7 +298,7 @@ class RestServer:
       return None
     return values, servable.max_batch_size, 2 * values + 1024
 
-  async def _run(self, route, body):
+  async def _run(self, route, body, client=None):
     """Run the request on the pool under the --rest_api_timeout_in_ms deadline."""
     kind, args = route
 
@@ -295,11 +306,14 @@ class RestServer:
       try:
         if kind == "get":
           return 200, rest_get(self._manager, *args)
+        if kind == "detection":
+          detector = self._manager.detector
+          return 200, detector.metrics() if detector is not None else {"enabled": False}
         name, version, label, verb = args
         if verb != "predict":
           raise errors.ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                     f":{verb} is not implemented; use :predict")
-        return 200, rest_predict(self._manager, name, version, label, body)
+        return 200, rest_predict(self._manager, name, version, label, body, client)
       except errors.ServingError as e:
         return e.http, {"error": e.message}
       except Exception as e:  # pylint: disable=broad-except  One request fails, the server lives.
