@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CLIENT_OVERHEAD_BYTES = 512  # Python objects, array headers and the LRU entry of one client.
 MAX_LISTED_FLAGGED = 1000  # Flagged clients listed by the monitoring endpoint (most recent).
 _FIRST_ROWS = 16
+_GROWTH = 8  # A full ring grows by 1/8 (at least _FIRST_ROWS rows): little memory left unused.
 
 
 class _Client:
@@ -37,7 +38,7 @@ class _Client:
 
   def __init__(self, top_k):
     self.fps = np.zeros((_FIRST_ROWS, top_k), np.uint32)
-    self.digests = np.zeros(_FIRST_ROWS, np.uint64)
+    self.digests = np.zeros(_FIRST_ROWS, np.uint32)
     self.size = self.next = self.queries = 0
     self.flagged_at = None  # The query (1-based) that flagged the client.
 
@@ -47,10 +48,10 @@ class _Client:
 
   def remember(self, fingerprint, digest, capacity):
     if self.size == len(self.fps) and len(self.fps) < capacity:  # Grow until the capacity.
-      rows = min(capacity, 2 * len(self.fps))
+      rows = min(capacity, len(self.fps) + max(_FIRST_ROWS, len(self.fps) // _GROWTH))
       self.fps = np.concatenate([self.fps, np.zeros((rows - len(self.fps), self.fps.shape[1]),
                                                     np.uint32)])
-      self.digests = np.concatenate([self.digests, np.zeros(rows - len(self.digests), np.uint64)])
+      self.digests = np.concatenate([self.digests, np.zeros(rows - len(self.digests), np.uint32)])
     self.fps[self.next] = fingerprint
     self.digests[self.next] = digest
     self.next = (self.next + 1) % len(self.fps)
@@ -58,7 +59,8 @@ class _Client:
 
 
 def _digest(image):
-  return np.uint64(int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little"))
+  """32 bits of the exact bytes: a collision only makes one near-duplicate pass as a retry."""
+  return np.uint32(int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=4).digest(), "little"))
 
 
 class QueryDetector:
