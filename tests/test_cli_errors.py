@@ -97,3 +97,11 @@ def test_benchmark_set_values_are_literals_and_false_is_false():
       "bfloat16": False, "epochs": 3, "only": "nfgsm|pgd_at", "x": True}
   with pytest.raises(app.UsageError, match="key=value"):
     suite_options(["epochs"])
+
+
+def test_attack_service_names_a_bad_budget_and_an_unreachable_server(tmp_path):
+  result = run_command("pipelines.attack_service", "--images=digits", "--queries=1", home=tmp_path)
+  assert_one_message(result, "--queries must be >= 2", code=2)
+  result = run_command("pipelines.attack_service", "--images=digits", "--server=127.0.0.1:9",
+                       f"--output={tmp_path / 'r.json'}", home=tmp_path)
+  assert_one_message(result, "127.0.0.1:9 refused a first query", "check --server")
