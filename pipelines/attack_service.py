@@ -21,24 +21,28 @@ from pipelines import common
 
 BUDGETS = (100, 1000, 10000)
 
-flags.DEFINE_string("server", "localhost:8500", "HOST:PORT of the gRPC (or, with --rest, REST) endpoint.")
-flags.DEFINE_string("model_name", "lad", "Served model name.")
-flags.DEFINE_enum("attack", "square", ["square", "hopskipjump"],
-                  "square: score-based (probabilities); hopskipjump: decision-based (labels only).")
-flags.DEFINE_integer("queries", 10000, "Query budget per image (model queries, each image one).")
-flags.DEFINE_string("images", None, "Images to attack: a PNG/NPY file or a directory of them, or a "
-                    "dataset name (its test split, e.g. fashion_mnist).")
-flags.DEFINE_string("labels", None, "NPY of true classes for --images files (default: the server's "
-                    "own predictions on the clean images).")
-flags.DEFINE_integer("n", 20, "Images taken from a dataset named by --images.")
-flags.DEFINE_float("eps", 0.1, "L-inf radius of the attack, in [0, 1] pixel units.")
-flags.DEFINE_bool("rest", False, "Query the REST API (JSON) instead of gRPC.")
-flags.DEFINE_string("client_id", None, "Name sent as x-client-id (what a gateway would set).")
-flags.DEFINE_integer("batch_size", 64, "Images per request at most.")
-flags.DEFINE_integer("seed", 0, "Seed of the attack's random draws.")
-flags.DEFINE_string("output", None, "JSON report path (a .png plot beside it). Default: "
-                    "runs/attack_service/ATTACK.json.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when run as a command only: the benchmark imports this module beside its own flags."""
+  flags.DEFINE_string("server", "localhost:8500", "HOST:PORT of the gRPC (or, with --rest, REST) endpoint.")
+  flags.DEFINE_string("model_name", "lad", "Served model name.")
+  flags.DEFINE_enum("attack", "square", ["square", "hopskipjump"],
+                    "square: score-based (probabilities); hopskipjump: decision-based (labels only).")
+  flags.DEFINE_integer("queries", 10000, "Query budget per image (model queries, each image one).")
+  flags.DEFINE_string("images", None, "Images to attack: a PNG/NPY file or a directory of them, or a "
+                      "dataset name (its test split, e.g. fashion_mnist).")
+  flags.DEFINE_string("labels", None, "NPY of true classes for --images files (default: the server's "
+                      "own predictions on the clean images).")
+  flags.DEFINE_integer("n", 20, "Images taken from a dataset named by --images.")
+  flags.DEFINE_float("eps", 0.1, "L-inf radius of the attack, in [0, 1] pixel units.")
+  flags.DEFINE_bool("rest", False, "Query the REST API (JSON) instead of gRPC.")
+  flags.DEFINE_string("client_id", None, "Name sent as x-client-id (what a gateway would set).")
+  flags.DEFINE_integer("batch_size", 64, "Images per request at most.")
+  flags.DEFINE_integer("seed", 0, "Seed of the attack's random draws.")
+  flags.DEFINE_string("output", None, "JSON report path (a .png plot beside it). Default: "
+                      "runs/attack_service/ATTACK.json.")
 
 
 def endpoint_fn(client, output, batch_size):
@@ -163,4 +167,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   common.run(main)
