@@ -10,12 +10,15 @@ position, so a shifted copy keeps most of its hashes.
 Our own vectorised implementation: a window's hash is a multiply-xorshift mix of its dot product
 with fixed odd 64-bit coefficients, so a batch of images is fingerprinted in a few numpy calls.
 """
+import functools
+
 import numpy as np
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _EMPTY = np.uint32(0)  # Pads fingerprints of images with fewer distinct windows; never a hash.
 
 
+@functools.lru_cache(maxsize=8)
 def _coefficients(window, seed=0x5EED):
   rng = np.random.default_rng(seed)
   return rng.integers(1, 2**63, size=window, dtype=np.uint64) | np.uint64(1)
@@ -33,7 +36,7 @@ def window_hashes(images, step, window):
   window = min(window, bins.shape[1])
   views = np.lib.stride_tricks.sliding_window_view(bins, window, axis=1)
   with np.errstate(over="ignore"):
-    h = (views * _coefficients(window)).sum(axis=2, dtype=np.uint64)
+    h = views @ _coefficients(window)  # Wraps modulo 2^64, as a hash may.
     h ^= h >> np.uint64(31)
     h *= _MIX
     h ^= h >> np.uint64(29)
