@@ -66,3 +66,14 @@ def test_hop_skip_jump_breaks_a_model_from_its_labels_alone(setup):
   assert np.all(pred[broken] != y[broken]) and np.all(pred[~broken] == y[~broken])
   assert np.max(np.abs(x_adv - x)) <= 0.2 + 1e-6
   assert queries.max() <= 1500 and labels_only.queries >= queries.sum()
+
+
+def test_the_model_card_carries_what_the_endpoint_gave_an_attacker(tmp_path):
+  from pipelines import export as export_pipeline
+  assert export_pipeline.build_model_card(str(tmp_path), "defended")["query_attacks"] is None
+  (tmp_path / "attack_service").mkdir()
+  (tmp_path / "attack_service" / "square.json").write_text(
+      '{"attack": "square", "eps": 0.1, "robust_accuracy": {"100": 0.5}, "queries_per_success": [3]}')
+  card = export_pipeline.build_model_card(str(tmp_path), "defended")["query_attacks"]
+  assert card["through_the_endpoint"] == {"square": {"attack": "square", "eps": 0.1, "robust_accuracy": {"100": 0.5}}}
+  assert "blinds each query" in card["detector_limits"]
