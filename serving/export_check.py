@@ -32,6 +32,34 @@ def validate_export(path, model, images, *, latent_model=None):
     loaded = tf.saved_model.load(path)
   except Exception as e:
     raise ExportError(f"the SavedModel at {path} does not load: {e}") from e
+  _check_signatures(tf, loaded, model, images, latent_model)
+  batch = images[:VALIDATION_SAMPLES]
+  max_diff, latent_diff = _check_outputs(tf, loaded, model, batch, latent_model)
+  serve = loaded.signatures[DEFAULT_SIGNATURE]
+
+  warmups = read_warmup_requests(path)
+  for record in warmups:
+    request = record.predict_log.request
+    fn = loaded.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+    inputs = {k: tf.constant(tensors.to_numpy(v)) for k, v in request.inputs.items()}
+    fn(**inputs)
+
+  probe = batch[:1].copy()
+  for label, bad_value in (("NaN", np.nan), ("out-of-range", 2.0)):
+    probe.flat[0] = bad_value
+    try:
+      serve(**{INPUT_KEY: tf.constant(probe)})
+    except tf.errors.InvalidArgumentError:
+      continue
+    raise ExportError(f"the exported graph accepted a {label} pixel; the input guard is missing")
+
+  return {"max_abs_diff": max_diff, "latent_max_abs_diff": latent_diff,
+          "num_samples": int(len(batch)), "warmup_records": len(warmups),
+          "tolerance": TOLERANCE}
+
+
+def _check_signatures(tf, loaded, model, images, latent_model):
+  """Signature names; the input's name, dtype and shape; the outputs' names, dtypes and shapes."""
   expected = {DEFAULT_SIGNATURE} | ({LATENT} if latent_model is not None else set())
   found = set(loaded.signatures.keys())
   if found != expected:
@@ -66,8 +94,10 @@ def validate_export(path, model, images, *, latent_model=None):
         raise ExportError(f"signature {name} output {key} is {got.dtype.name} {got.shape}, "
                           f"expected {dtype.name} {shape}")
 
+
+def _check_outputs(tf, loaded, model, batch, latent_model):
+  """Probabilities and classes on one image and on the batch, then the latents; the largest gaps."""
   serve = loaded.signatures[DEFAULT_SIGNATURE]
-  batch = images[:VALIDATION_SAMPLES]
   max_diff = 0.0
   for sample in (batch[:1], batch):
     got = serve(**{INPUT_KEY: tf.constant(sample)})
@@ -93,23 +123,4 @@ def validate_export(path, model, images, *, latent_model=None):
     scale = max(1.0, float(np.max(np.abs(want_z))))  # Latents are not bounded like probabilities.
     if not latent_diff <= TOLERANCE * scale:
       raise ExportError(f"served latents differ from the Keras model by {latent_diff:.3g}")
-
-  warmups = read_warmup_requests(path)
-  for record in warmups:
-    request = record.predict_log.request
-    fn = loaded.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
-    inputs = {k: tf.constant(tensors.to_numpy(v)) for k, v in request.inputs.items()}
-    fn(**inputs)
-
-  probe = batch[:1].copy()
-  for label, bad_value in (("NaN", np.nan), ("out-of-range", 2.0)):
-    probe.flat[0] = bad_value
-    try:
-      serve(**{INPUT_KEY: tf.constant(probe)})
-    except tf.errors.InvalidArgumentError:
-      continue
-    raise ExportError(f"the exported graph accepted a {label} pixel; the input guard is missing")
-
-  return {"max_abs_diff": max_diff, "latent_max_abs_diff": latent_diff,
-          "num_samples": int(len(batch)), "warmup_records": len(warmups),
-          "tolerance": TOLERANCE}
+  return max_diff, latent_diff
