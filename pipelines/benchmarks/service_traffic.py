@@ -4,13 +4,8 @@ Every client names itself (x-client-id), as a gateway would, so the server's que
 one history per simulated client although all traffic comes from 127.0.0.1.
 """
 import concurrent.futures
-import threading
-import time
 
 import numpy as np
-
-MAX_REQUESTS_PER_CLIENT = 200_000  # Bounds every loop even if the clock misbehaves.
-
 
 class SwitchableEndpoint:
   """One query function whose client changes between runs, so a QueryModel (and the attack's
@@ -100,38 +95,5 @@ def benign_clients(address, model_name, x, clients, copies_per_client, seed=0, t
 def named_load(address, model_name, images, clients, seconds, prefix):
   """`clients` threads, each its own named client sending batch-1 requests of distinct images."""
   from pipelines.benchmarks import serving as serving_bench
-  from serving import client as client_lib
-
-  latencies, errors = [], [0]
-  lock = threading.Lock()
-  barrier = threading.Barrier(clients + 1)
-  deadline = [0.0]
-
-  def worker(index):
-    local, failed = [], 0
-    own = images[index::clients]
-    with client_lib.PredictClient(address, model_name=model_name, client_id=f"{prefix}-{index}") as client:
-      client.predict(own[:1])
-      barrier.wait()
-      k = 1
-      while time.perf_counter() < deadline[0] and len(local) < MAX_REQUESTS_PER_CLIENT:
-        t = time.perf_counter()
-        try:
-          client.predict(own[k % len(own)][None])
-          local.append(time.perf_counter() - t)
-        except client_lib.RequestError:
-          failed += 1
-        k += 1
-    with lock:
-      latencies.extend(local)
-      errors[0] += failed
-
-  threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
-  for t in threads:
-    t.start()
-  start = time.perf_counter()
-  deadline[0] = start + seconds
-  barrier.wait()
-  for t in threads:
-    t.join(seconds + 60)
-  return serving_bench._latency_figures(latencies, errors[0], time.perf_counter() - start, 1)  # pylint: disable=protected-access
+  return serving_bench.load(address, rest=False, images=images, batch_size=1, clients=clients,
+                            seconds=seconds, model_name=model_name, client_id_prefix=prefix)
