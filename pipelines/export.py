@@ -72,9 +72,34 @@ def build_model_card(workdir, stage):
     card = model_card(None, evaluation={**evaluation, **(metrics.get("original") or {})},
                       class_names=class_names, dataset=metrics.get("dataset"))
   card["source"] = {"workdir": os.path.abspath(workdir), "stage": stage}
+  card["query_attacks"] = query_attack_reports(workdir)
   if report is not None:
     card["evaluation_rows"] = report.get("rows")
   return card
+
+
+QUERY_ATTACKS_DIR = "attack_service"
+DETECTOR_LIMITS = ("serving.server's query detector (--enable_query_detection) flags clients that send "
+                   "many near-duplicate images, as Square and HopSkipJump do; it does not stop an attacker "
+                   "who blinds each query with noise and shifts, one who spreads queries over many client "
+                   "names, or transfer attacks that need no queries (docs/DETECTION.md)")
+
+
+def query_attack_reports(workdir):
+  """What `pipelines.attack_service --output=DIR/attack_service/NAME.json` measured through the
+  endpoint (robust accuracy per query budget), with what the query detector does not cover;
+  None when no such report was written."""
+  folder = os.path.join(workdir, QUERY_ATTACKS_DIR)
+  names = sorted(f for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
+  if not names:
+    return None
+  keys = ("attack", "eps", "images", "query_budget", "robust_accuracy", "clean_accuracy",
+          "median_queries_per_success", "refused", "queries_before_refusal", "protocol")
+  reports = {}
+  for name in names:
+    report = _read_json(os.path.join(folder, name)) or {}
+    reports[name[:-len(".json")]] = {k: report[k] for k in keys if k in report}
+  return {"through_the_endpoint": reports, "detector_limits": DETECTOR_LIMITS}
 
 
 def sample_images(dataset, input_shape, k, data_dir=None, seed=0):

@@ -35,7 +35,10 @@ class PredictClient:
   """Predict / metadata / status calls against one model; thread-safe (one call per thread)."""
 
   def __init__(self, server, *, model_name="lad", rest=False, signature_name=DEFAULT_SIGNATURE,
-               version=None, timeout=30.0, max_message_bytes=64 << 20):
+               version=None, timeout=30.0, max_message_bytes=64 << 20, client_id=None,
+               client_id_header="x-client-id"):
+    """client_id: sent as `client_id_header` (gRPC metadata / HTTP header), the name a server's
+    query detector keeps this client's history under (a gateway sets it in production)."""
     if ":" not in server:
       raise ValueError(f"server must be HOST:PORT, got {server!r}")
     self.server = server
@@ -44,6 +47,7 @@ class PredictClient:
     self.signature_name = signature_name
     self.version = version
     self.timeout = timeout
+    self._identity = [(client_id_header.lower(), str(client_id))] if client_id else []
     self._local = threading.local()
     self._channel = None
     if not rest:
@@ -155,7 +159,7 @@ class PredictClient:
   def _call(self, method, request):
     import grpc
     try:
-      return method(request, timeout=self.timeout)
+      return method(request, timeout=self.timeout, metadata=self._identity or None)
     except grpc.RpcError as e:
       code = e.code()
       raise RequestError(code.name, e.details(), errors.http_status(code)) from None
@@ -176,7 +180,7 @@ class PredictClient:
   def _predict_rest(self, images, signature_name, version):
     body = (f'{{"signature_name": {json.dumps(signature_name)}, '
             f'"inputs": {{"{INPUT_KEY}": {json_array(images)}}}}}').encode()
-    payload = self._rest("POST", self._rest_path(version) + ":predict", body)
+    payload = self._rest("POST", self._rest_path(version) + ":predict", body, dict(self._identity))
     outputs = payload["outputs"]
     if not isinstance(outputs, dict):  # A single-output signature answers the bare value.
       outputs = {"output": outputs}
@@ -217,9 +221,10 @@ class PredictClient:
       parsed = data.decode(errors="replace")
     return response.status, parsed
 
-  def _rest(self, method, path, body=None):
+  def _rest(self, method, path, body=None, extra_headers=None):
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers.update(extra_headers or {})
     status, payload = self._http(method, path, data, headers)
     if status != 200:
       message = payload.get("error", payload) if isinstance(payload, dict) else payload
@@ -333,7 +338,6 @@ def _npy_images(array, file):
 
 def _define_flags():
   from absl import flags
-
   flags.DEFINE_string("server", "localhost:8500", "HOST:PORT of the gRPC (or, with --rest, REST) "
                       "endpoint of serving.server or tensorflow_model_server.")
   flags.DEFINE_string("model_name", "lad", "Served model name.")
@@ -361,7 +365,7 @@ def main(argv):
                            version=f.model_version, timeout=f.timeout)
   except ValueError as e:
     raise ConfigError(f"--server: {e}") from e
-  try:
+  try:  # closes the client whatever happens
     try:
       height, width, channels = client.input_shape()
     except (OSError, RequestError) as e:  # REST: refused, unknown host; gRPC: UNAVAILABLE

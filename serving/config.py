@@ -1,7 +1,8 @@
 """What the server is told: its own settings, the served models and the batching parameters.
 
 Everything here is plain data read from flags or from the text protos `tensorflow_model_server`
-reads (`--model_config_file`, `--batching_parameters_file`), so one file configures either server.
+reads (`--model_config_file`, `--batching_parameters_file`), so one file configures either server;
+`--query_detection_parameters_file`, ours alone, is a text proto of the same kind.
 A file that cannot be read or parsed raises `ConfigError` with a message naming the file and the
 problem (the entry point prints it instead of a traceback).
 """
@@ -45,6 +46,47 @@ class BatchingConfig:
     self.allowed_batch_sizes = sizes
 
 
+DETECTION_ACTIONS = ("log", "reject", "log_and_reject")
+
+
+@dataclasses.dataclass
+class DetectionConfig:
+  """Stateful detection of query attacks (serving.detection); see docs/DETECTION.md."""
+  # Defaults tuned on Fashion-MNIST at eps 0.1 (docs/DETECTION.md): Square-like runs against
+  # clients that send each image up to four times (original, noisy, shifted, JPEG copy).
+  quantization_step: int = 96  # Pixel bins of this many levels of 255; above 2 eps.
+  window_size: int = 16  # Pixels per hashed window of the flattened image.
+  hashes_per_query: int = 20  # Largest distinct window hashes kept: the fingerprint.
+  match_threshold: int = 14  # Shared hashes that make two queries near-duplicates.
+  neighbours_to_flag: int = 4  # Earlier near-duplicates a query needs to flag its client.
+  history_per_client: int = 4096  # Queries remembered per client (the oldest are forgotten).
+  max_memory_mb: float = 100.0  # Cap of the whole store; least recently seen clients go first.
+  action: str = "log"  # log | reject | log_and_reject (reject: PERMISSION_DENIED / 403).
+  client_id_header: str = "x-client-id"  # gRPC metadata key / HTTP header naming the client.
+
+  def __post_init__(self):
+    positive = ("quantization_step", "window_size", "hashes_per_query", "match_threshold",
+                "neighbours_to_flag", "history_per_client")
+    for name in positive:
+      if int(getattr(self, name)) < 1:
+        raise ConfigError(f"query detection {name} must be >= 1, got {getattr(self, name)}")
+    if self.match_threshold > self.hashes_per_query:
+      raise ConfigError(f"query detection match_threshold ({self.match_threshold}) cannot exceed "
+                        f"hashes_per_query ({self.hashes_per_query})")
+    if not self.max_memory_mb > 0:
+      raise ConfigError(f"query detection max_memory_mb must be > 0, got {self.max_memory_mb}")
+    if self.action not in DETECTION_ACTIONS:
+      raise ConfigError(f"query detection action must be one of {', '.join(DETECTION_ACTIONS)}, "
+                        f"got {self.action!r}")
+    self.client_id_header = self.client_id_header.strip().lower()
+    if not self.client_id_header:
+      raise ConfigError("query detection client_id_header cannot be empty")
+
+  @property
+  def rejects(self):
+    return self.action in ("reject", "log_and_reject")
+
+
 @dataclasses.dataclass
 class ServerConfig:
   """What `tensorflow_model_server` takes as flags (plus the limits TF Serving has no flag for)."""
@@ -66,6 +108,7 @@ class ServerConfig:
   load_retry_interval_micros: int = 60_000_000
   saved_model_tags: tuple = ("serve",)
   batching: BatchingConfig = None  # None: no server-side batching (--enable_batching off).
+  detection: DetectionConfig = None  # None: no query detection (--enable_query_detection off).
 
 
 @dataclasses.dataclass
@@ -202,6 +245,52 @@ def read_batching_parameters_file(path=None):
                  else bool(getattr(params, name)))]
   try:
     return BatchingConfig(**values), ignored
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from e
+
+
+_DETECTION_MESSAGE = None
+
+
+def _detection_parameters_class():
+  """Our QueryDetectionParameters message: DetectionConfig's fields, as a text proto."""
+  global _DETECTION_MESSAGE
+  if _DETECTION_MESSAGE is None:
+    from google.protobuf import descriptor_pb2
+    from google.protobuf import descriptor_pool
+    from google.protobuf import message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    kinds = {int: field.TYPE_INT64, float: field.TYPE_DOUBLE, str: field.TYPE_STRING}
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="lad_serving_detection.proto", package="lad.serving", syntax="proto2")
+    message = file_proto.message_type.add(name="QueryDetectionParameters")
+    for number, f in enumerate(dataclasses.fields(DetectionConfig), start=1):
+      message.field.add(name=f.name, number=number, label=field.LABEL_OPTIONAL,
+                        type=kinds[type(f.default)])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    _DETECTION_MESSAGE = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("lad.serving.QueryDetectionParameters"))
+  return _DETECTION_MESSAGE
+
+
+def read_detection_parameters_file(path=None):
+  """DetectionConfig from a text proto such as `action: "reject" neighbours_to_flag: 5`;
+  None: the defaults. Fields left out keep their defaults."""
+  if not path:
+    return DetectionConfig()
+  from google.protobuf import text_format
+
+  params = _detection_parameters_class()()
+  try:
+    text_format.Parse(_read_text(path, "query detection parameters file"), params)
+  except text_format.ParseError as e:
+    raise ConfigError(f"{path} is not a query detection parameters text proto: {e}") from e
+  values = {f.name: getattr(params, f.name) for f in dataclasses.fields(DetectionConfig)
+            if params.HasField(f.name)}
+  try:
+    return DetectionConfig(**values)
   except ConfigError as e:
     raise ConfigError(f"{path}: {e}") from e
 

@@ -1,13 +1,7 @@
 """Export a classifier for TensorFlow Serving: versioned, validated, then made visible atomically.
 
-Layout (what `tensorflow_model_server --model_base_path=BASE` and `serving.server` read):
-```
-BASE/models.config                          text proto for --model_config_file
-BASE/<version>/saved_model.pb, variables/   signatures `serving_default` (+ `latent`)
-BASE/<version>/assets.extra/tf_serving_warmup_requests   TFRecord of PredictionLog
-BASE/<version>/assets.extra/model_card.json              dataset, accuracy, robustness, ...
-```
-A version is written under `BASE/.tmp-<version>-*` (TF Serving ignores names that are not
+The layout on disk (what `tensorflow_model_server --model_base_path=BASE` and `serving.server`
+read) is `serving.layout`'s; the check before publishing is `serving.export_check`'s. A version is written under `BASE/.tmp-<version>-*` (TF Serving ignores names that are not
 integers), loaded back and checked against the Keras model, and only then renamed to
 `BASE/<version>`; a failed or killed export therefore never exposes a half-written version.
 """
@@ -20,48 +14,17 @@ import tempfile
 
 import numpy as np
 
+# Re-exported: callers of the export read versions, cards and warmups through this module too.
+from serving.export_check import TOLERANCE, VALIDATION_SAMPLES, ExportError, validate_export  # noqa: F401
+from serving.layout import (ASSETS_EXTRA, CLASSES, DEFAULT_SIGNATURE, INPUT_KEY,  # noqa: F401
+                            LATENT, MODEL_CARD_FILE, MODELS_CONFIG, PROBABILITIES, TMP_PREFIX,
+                            WARMUP_FILE, list_versions, models_config_text, next_version,
+                            read_model_card, read_warmup_requests, write_models_config)
+
 log = logging.getLogger(__name__)
 
-INPUT_KEY = "images"
-PROBABILITIES = "probabilities"
-CLASSES = "classes"
-LATENT = "latent"
-DEFAULT_SIGNATURE = "serving_default"
-ASSETS_EXTRA = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
-MODEL_CARD_FILE = "model_card.json"
-MODELS_CONFIG = "models.config"
-TMP_PREFIX = ".tmp-"
-TOLERANCE = 1e-5
-# How many sample images the validation compares (the rest are not needed for a 1e-5 check).
-VALIDATION_SAMPLES = 32
 WARMUP_BATCH_SIZES = (1, 8)
 INPUT_RANGE = (0.0, 1.0)
-
-
-class ExportError(RuntimeError):
-  """The exported SavedModel does not behave like the Keras model; nothing was published."""
-
-
-_INT64_MAX = (1 << 63) - 1
-
-
-def list_versions(base_path):
-  """Integer version directories under `base_path`, ascending (what TF Serving would see)."""
-  if not os.path.isdir(base_path):
-    return []
-  versions = []
-  for name in os.listdir(base_path):
-    # As TF Serving: ASCII digits only ('²'.isdigit() is True) and within int64.
-    if (name.isascii() and name.isdigit() and int(name) <= _INT64_MAX
-        and os.path.isdir(os.path.join(base_path, name))):
-      versions.append(int(name))
-  return sorted(versions)
-
-
-def next_version(base_path):
-  versions = list_versions(base_path)
-  return versions[-1] + 1 if versions else 1
 
 
 def export_classifier(model, base_path, *, sample_images, model_name="lad", model_card=None,
@@ -262,125 +225,6 @@ def _write_warmup(path, model_name, images, with_latent):
       writer.write(record.SerializeToString())
 
 
-def read_warmup_requests(version_dir):
-  """The PredictionLog records of a version's warmup file ([] when it has none)."""
-  import tensorflow as tf
-  from tensorflow_serving.apis import prediction_log_pb2
-
-  path = os.path.join(version_dir, ASSETS_EXTRA, WARMUP_FILE)
-  if not os.path.exists(path):
-    return []
-  logs = []
-  for record in tf.data.TFRecordDataset(path):
-    logs.append(prediction_log_pb2.PredictionLog.FromString(record.numpy()))
-  return logs
-
-
-def read_model_card(version_dir):
-  path = os.path.join(version_dir, ASSETS_EXTRA, MODEL_CARD_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def validate_export(path, model, images, *, latent_model=None):
-  """Reload the SavedModel at `path` and check it against the Keras model; returns the figures.
-
-  Checks signature names, input/output names, dtypes and shapes, the probabilities (max abs
-  difference <= TOLERANCE) and classes on sample batches, the latent values, the warmup records,
-  and that the in-graph guard refuses NaN and out-of-range pixels. Raises ExportError.
-  """
-  import tensorflow as tf
-  from serving import tensors
-
-  try:
-    loaded = tf.saved_model.load(path)
-  except Exception as e:
-    raise ExportError(f"the SavedModel at {path} does not load: {e}") from e
-  expected = {DEFAULT_SIGNATURE} | ({LATENT} if latent_model is not None else set())
-  found = set(loaded.signatures.keys())
-  if found != expected:
-    raise ExportError(f"signatures are {sorted(found)}, expected {sorted(expected)}")
-
-  height_width_channels = list(images.shape[1:])
-  logits_probe = np.asarray(model(images[:1], training=False))
-  num_classes = logits_probe.shape[1]
-  want_outputs = {
-      DEFAULT_SIGNATURE: {PROBABILITIES: (tf.float32, [None, num_classes]),
-                          CLASSES: (tf.int64, [None])},
-  }
-  if latent_model is not None:
-    latent_dims = list(latent_model.output.shape)[1:]
-    want_outputs[LATENT] = {LATENT: (tf.float32, [None, *latent_dims])}
-  for name, fn in loaded.signatures.items():
-    args, kwargs = fn.structured_input_signature
-    if args or set(kwargs) != {INPUT_KEY}:
-      raise ExportError(f"signature {name} takes {sorted(kwargs)}, expected [{INPUT_KEY!r}]")
-    spec = kwargs[INPUT_KEY]
-    if spec.dtype != tf.float32 or spec.shape.rank != 4 or spec.shape[0] is not None:
-      raise ExportError(f"signature {name} input is {spec}, expected float32 [batch, H, W, C]")
-    if any(d is not None and d != s for d, s in zip(spec.shape[1:], height_width_channels)):
-      raise ExportError(f"signature {name} input shape {spec.shape} does not fit the samples")
-    outputs = fn.structured_outputs
-    if set(outputs) != set(want_outputs[name]):
-      raise ExportError(f"signature {name} outputs {sorted(outputs)}, "
-                        f"expected {sorted(want_outputs[name])}")
-    for key, (dtype, shape) in want_outputs[name].items():
-      got = outputs[key]
-      if got.dtype != dtype or got.shape.as_list() != shape:
-        raise ExportError(f"signature {name} output {key} is {got.dtype.name} {got.shape}, "
-                          f"expected {dtype.name} {shape}")
-
-  serve = loaded.signatures[DEFAULT_SIGNATURE]
-  batch = images[:VALIDATION_SAMPLES]
-  max_diff = 0.0
-  for sample in (batch[:1], batch):
-    got = serve(**{INPUT_KEY: tf.constant(sample)})
-    keras_logits = np.asarray(model(sample, training=False), dtype=np.float32)
-    want_p = tf.nn.softmax(keras_logits, axis=-1).numpy()
-    got_p = got[PROBABILITIES].numpy()
-    diff = float(np.max(np.abs(got_p - want_p)))
-    max_diff = max(max_diff, diff)
-    if not diff <= TOLERANCE:
-      raise ExportError(f"served probabilities differ from the Keras model by {diff:.3g} "
-                        f"(> {TOLERANCE:g}); refusing to publish")
-    top2 = np.sort(keras_logits, axis=-1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > TOLERANCE  # Near-ties may legitimately flip.
-    mismatched = (got[CLASSES].numpy() != keras_logits.argmax(-1)) & clear
-    if mismatched.any():
-      raise ExportError(f"served classes differ from the Keras argmax on {int(mismatched.sum())}"
-                        " of the sample images; refusing to publish")
-  latent_diff = None
-  if latent_model is not None:
-    got_z = loaded.signatures[LATENT](**{INPUT_KEY: tf.constant(batch)})[LATENT].numpy()
-    want_z = np.asarray(latent_model(batch, training=False), dtype=np.float32)
-    latent_diff = float(np.max(np.abs(got_z - want_z)))
-    scale = max(1.0, float(np.max(np.abs(want_z))))  # Latents are not bounded like probabilities.
-    if not latent_diff <= TOLERANCE * scale:
-      raise ExportError(f"served latents differ from the Keras model by {latent_diff:.3g}")
-
-  warmups = read_warmup_requests(path)
-  for record in warmups:
-    request = record.predict_log.request
-    fn = loaded.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
-    inputs = {k: tf.constant(tensors.to_numpy(v)) for k, v in request.inputs.items()}
-    fn(**inputs)
-
-  probe = batch[:1].copy()
-  for label, bad_value in (("NaN", np.nan), ("out-of-range", 2.0)):
-    probe.flat[0] = bad_value
-    try:
-      serve(**{INPUT_KEY: tf.constant(probe)})
-    except tf.errors.InvalidArgumentError:
-      continue
-    raise ExportError(f"the exported graph accepted a {label} pixel; the input guard is missing")
-
-  return {"max_abs_diff": max_diff, "latent_max_abs_diff": latent_diff,
-          "num_samples": int(len(batch)), "warmup_records": len(warmups),
-          "tolerance": TOLERANCE}
-
-
 def _card(model_name, input_shape, num_classes, latent_model, report, model_card):
   import keras
   import tensorflow as tf
@@ -408,30 +252,6 @@ def _card(model_name, input_shape, num_classes, latent_model, report, model_card
       "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
   })
   return facts
-
-
-def models_config_text(entries):
-  """A ModelServerConfig text proto for `--model_config_file`; entries are (name, base_path)."""
-  from google.protobuf import text_format
-  from tensorflow_serving.config import model_server_config_pb2
-
-  config = model_server_config_pb2.ModelServerConfig()
-  for name, base_path in entries:
-    entry = config.model_config_list.config.add()
-    entry.name = name
-    entry.base_path = os.path.abspath(base_path)
-    entry.model_platform = "tensorflow"
-  return text_format.MessageToString(config)
-
-
-def write_models_config(base_path, model_name, path=None):
-  """Write `models.config` (default: next to the versions); returns its path."""
-  path = path or os.path.join(base_path, MODELS_CONFIG)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(models_config_text([(model_name, base_path)]))
-  os.replace(tmp, path)
-  return path
 
 
 def _write_json(path, payload):

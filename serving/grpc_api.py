@@ -24,8 +24,8 @@ def spec_version(spec):
   return None, None
 
 
-def predict_proto(manager, request):
-  """PredictRequest -> PredictResponse (raises ServingError)."""
+def predict_proto(manager, request, client=None):
+  """PredictRequest -> PredictResponse (raises ServingError); `client`: see Servable.run."""
   from tensorflow_serving.apis import predict_pb2
   from serving import tensors  # Deferred: it imports TensorFlow.
 
@@ -33,7 +33,7 @@ def predict_proto(manager, request):
   servable = manager.resolve(request.model_spec.name, version, label)
   signature = servable.signature(request.model_spec.signature_name)
   arrays = servable.decode_protos(signature, request.inputs)
-  outputs = servable.run(signature, arrays, request.output_filter)
+  outputs = servable.run(signature, arrays, request.output_filter, client=client)
   response = predict_pb2.PredictResponse()
   response.model_spec.name = servable.name
   response.model_spec.version.value = servable.version
@@ -105,7 +105,12 @@ def _servicers():
 
     @_guarded
     def Predict(self, request, context):
-      return predict_proto(self.manager, request)
+      detector = self.manager.detector
+      client = None
+      if detector is not None:  # Who is asking matters only to the query detector.
+        from serving import detection
+        client = detection.grpc_client_id(context, detector.config.client_id_header)
+      return predict_proto(self.manager, request, client)
 
     @_guarded
     def GetModelMetadata(self, request, context):

@@ -18,7 +18,7 @@ import time
 import grpc
 
 from serving import errors
-from serving import export as export_lib
+from serving import layout
 from serving import servable as servable_lib
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class ModelManager:
 
   def __init__(self, models, *, max_batch_size=256, enable_warmup=True, warmup_iterations=1,
                max_num_load_retries=5, load_retry_interval_s=60.0, tags=("serve",),
-               batching=None):
+               batching=None, detector=None):
     if not models:
       raise ValueError("no model to serve: give --model_base_path or --model_config_file")
     self._models = {m.name: _Model(m) for m in models}
@@ -87,6 +87,7 @@ class ModelManager:
     self._retry_interval = max(0.0, load_retry_interval_s)
     self._tags = tuple(tags)
     self._batching = batching
+    self.detector = detector  # A detection.QueryDetector every version's requests go through.
     self._lock = threading.Lock()
     self._stop = threading.Event()
     self._thread = None
@@ -150,7 +151,7 @@ class ModelManager:
 
   def _poll_model(self, model):
     base = model.config.base_path
-    on_disk = {v: os.path.join(base, str(v)) for v in export_lib.list_versions(base)}
+    on_disk = {v: os.path.join(base, str(v)) for v in layout.list_versions(base)}
     if not on_disk and not model.reported_empty:
       log.warning("model %s: no version directory under %s yet", model.config.name, base)
     model.reported_empty = not on_disk
@@ -191,7 +192,8 @@ class ModelManager:
     servable = None
     try:
       servable = servable_lib.Servable(name, version, path, self._max_batch_size,
-                                       tags=self._tags, batching=self._batching)
+                                       tags=self._tags, batching=self._batching,
+                                       detector=self.detector)
       replayed = (servable.warmup(self._warmup_iterations) if self._enable_warmup else 0)
     except Exception as e:  # A broken version is reported; it must not take the server down.
       if servable is not None:

@@ -2,12 +2,11 @@
 
 Connections live on one asyncio loop, so an idle or slow client costs a socket and a few
 kilobytes, never a thread: 64 idle keep-alive connections leave every worker free. A request is
-bounded while it is read, before any parsing: the declared (or chunked) length against
-`--max_request_bytes` (413), and a streaming count of the numbers in the body against what the
-batch limit allows (400), so a refused body costs little memory and time. Only a complete,
-bounded request reaches the pool of `--rest_api_num_threads` workers, which parse the JSON, run
-the model and encode the answer; `--rest_api_timeout_in_ms` is the deadline of that work (504),
-as in TF Serving. Every answer, errors included, is TF Serving's JSON (`{"error": "..."}`).
+bounded while it is read, before any parsing (`serving.http_wire`: the declared or chunked
+length against `--max_request_bytes`, 413, and a streaming count of the numbers in the body
+against what the batch limit allows, 400). Only a complete, bounded request reaches the pool
+of `--rest_api_num_threads` workers, which parse the JSON, run the model and encode the answer;
+`--rest_api_timeout_in_ms` is the deadline of that work (504), as in TF Serving. Every answer, errors included, is TF Serving's JSON (`{"error": "..."}`).
 """
 import asyncio
 import concurrent.futures
@@ -22,26 +21,16 @@ import grpc
 from serving import config as config_lib
 from serving import errors
 from serving import grpc_api
+from serving import http_wire
 
 log = logging.getLogger(__name__)
-
-MAX_HEAD_BYTES = 64 << 10  # Request line plus headers.
-MAX_URL_BYTES = 8 << 10
-_READ_CHUNK = 1 << 16
-_DRAIN_CHUNK = 1 << 20  # Whatever the transport buffered: few loop turns per refused body.
-_DRAIN_SECONDS = 2.0  # A refused body is read and dropped this long so the client sees the answer.
 
 _PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(predict|classify|regress)",
     re.IGNORECASE)
 _MODEL_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE)
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 409: "Conflict", 411: "Length Required",
-            413: "Payload Too Large", 414: "URI Too Long", 429: "Too Many Requests",
-            431: "Request Header Fields Too Large", 499: "Client Closed Request",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-            504: "Gateway Timeout"}
+DETECTION_PATH = "/monitoring/detection"  # The query detector's counts (GET, JSON).
 
 
 def _json_dict(message):
@@ -68,8 +57,9 @@ def _unquote(text):
 # -- the API (runs on a worker thread) ----------------------------------------------------------
 
 
-def rest_predict(manager, name, version, label, body):
-  """POST :predict body (bytes) -> response dict, in TF Serving's row or columnar format."""
+def rest_predict(manager, name, version, label, body, client=None):
+  """POST :predict body (bytes) -> response dict, in TF Serving's row or columnar format;
+  `client`: see Servable.run."""
   try:
     payload = json.loads(body)
   except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError.
@@ -115,7 +105,7 @@ def rest_predict(manager, name, version, label, body):
     columnar = True
   may_hold_bools = b"true" in body or b"false" in body
   arrays = servable.decode_json(signature, values, may_hold_bools=may_hold_bools)
-  outputs = servable.run(signature, arrays)
+  outputs = servable.run(signature, arrays, client=client)
   if columnar:
     if len(outputs) == 1:
       return {"outputs": next(iter(outputs.values())).tolist()}
@@ -152,48 +142,6 @@ def rest_get(manager, name, version, label, metadata):
 # -- HTTP on the event loop ---------------------------------------------------------------------
 
 
-class _Reject(Exception):
-  """Answer `error` and close the connection (the rest of the request is not read)."""
-
-  def __init__(self, error):
-    super().__init__(error.message)
-    self.error = error
-
-
-class _Request:
-  def __init__(self, method, target, version, headers):
-    self.method, self.target, self.version, self.headers = method, target, version, headers
-    self.path = target.split("?", 1)[0]
-    connection = headers.get("connection", "").lower()
-    self.keep_alive = ("close" not in connection if version == "HTTP/1.1"
-                       else "keep-alive" in connection)
-    self.has_body = ("chunked" in headers.get("transfer-encoding", "").lower()
-                     or headers.get("content-length", "0") not in ("", "0"))
-
-
-def _parse_head(head):
-  lines = head.decode("latin-1").split("\r\n")
-  parts = lines[0].split(" ")
-  if (len(parts) != 3 or not re.fullmatch(r"[A-Z]{1,16}", parts[0])
-      or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].startswith("/")):
-    shown = lines[0][:80]
-    raise _Reject(errors.invalid(f"malformed HTTP request line {shown!r}; expected e.g. "
-                                 "`POST /v1/models/NAME:predict HTTP/1.1`"))
-  if len(parts[1]) > MAX_URL_BYTES:
-    raise _Reject(errors.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"the URL is {len(parts[1])} bytes, above the limit of "
-                                      f"{MAX_URL_BYTES}", 414))
-  headers = {}
-  for line in lines[1:]:
-    if not line:
-      continue
-    name, sep, value = line.partition(":")
-    if not sep or not name or name != name.strip():
-      raise _Reject(errors.invalid(f"malformed HTTP header line {line[:80]!r}"))
-    headers[name.lower()] = value.strip()
-  return _Request(parts[0], parts[1], parts[2], headers)
-
-
 class RestServer:
   """TF Serving's REST API on `config.host:config.rest_api_port`; `start()` returns the port."""
 
@@ -218,7 +166,7 @@ class RestServer:
       try:
         self._server = self._loop.run_until_complete(asyncio.start_server(
             self._serve_connection, self._config.host, self._config.rest_api_port,
-            limit=MAX_HEAD_BYTES, backlog=512, reuse_address=True))
+            limit=http_wire.MAX_HEAD_BYTES, backlog=512, reuse_address=True))
         self.port = self._server.sockets[0].getsockname()[1]
       except OSError as e:
         failure.append(e)
@@ -259,16 +207,18 @@ class RestServer:
             grpc.StatusCode.UNAVAILABLE, f"too many open connections (limit "
             f"{self._config.rest_max_connections}); retry later"), keep_alive=False)
         return
+      peer = writer.get_extra_info("peername")
+      peer = peer[0] if isinstance(peer, tuple) and peer else None
       keep_alive = True
       while keep_alive:
-        keep_alive = await self._serve_request(reader, writer)
+        keep_alive = await self._serve_request(reader, writer, peer)
     except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError):
       pass
     finally:
       self._connections -= 1
       writer.close()
 
-  async def _serve_request(self, reader, writer):
+  async def _serve_request(self, reader, writer, peer=None):
     """Read, bound and answer one request; returns whether the connection stays open."""
     idle = self._config.rest_idle_timeout_s
     try:
@@ -276,35 +226,35 @@ class RestServer:
     except asyncio.IncompleteReadError:
       return False  # The client closed (or sent half a request and left).
     except asyncio.LimitOverrunError:
-      line_end = reader._buffer.find(b"\r\n")  # pylint: disable=protected-access
-      if line_end < 0 or line_end > MAX_URL_BYTES:
-        error = errors.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"the request line is above {MAX_URL_BYTES} bytes", 414)
-      else:
-        error = errors.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"the request head is above {MAX_HEAD_BYTES} bytes", 431)
-      await self._answer(writer, error, keep_alive=False)
+      await self._answer(writer, http_wire.head_overrun_error(reader), keep_alive=False)
       return False
     try:
-      request = _parse_head(head)
+      request = http_wire.parse_head(head)
       route = self._route(request)
       body = b""
       if request.method == "POST":
         if request.headers.get("expect", "").lower() == "100-continue":
           writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await self._read_body(reader, request, route)
-    except _Reject as reject:
+        body = await http_wire.read_body(reader, request, self._config.max_request_bytes,
+                                         self._value_bound(route),
+                                         self._config.rest_idle_timeout_s)
+    except http_wire.Reject as reject:
       await self._answer(writer, reject.error, keep_alive=False)
-      await self._drain(reader)
+      await http_wire.drain(reader, self._config.max_request_bytes)
       return False
     except errors.ServingError as e:  # Refused from the head alone.
       if request.has_body:  # Its body was not read: answer, drop what follows, close.
         await self._answer(writer, e, keep_alive=False)
-        await self._drain(reader)
+        await http_wire.drain(reader, self._config.max_request_bytes)
         return False
       await self._answer(writer, e, keep_alive=request.keep_alive)
       return request.keep_alive
-    status, payload = await self._run(route, body)
+    client = None
+    detector = self._manager.detector
+    if detector is not None:  # Who is asking matters only to the query detector.
+      from serving import detection
+      client = detection.rest_client_id(request.headers, peer, detector.config.client_id_header)
+    status, payload = await self._run(route, body, client)
     await self._answer(writer, (status, payload), keep_alive=request.keep_alive)
     return request.keep_alive
 
@@ -317,6 +267,8 @@ class RestServer:
         name, version, label, verb = match.groups()
         return "predict", (_unquote(name), _version(version), _unquote(label), verb.lower())
     elif request.method == "GET":
+      if path == DETECTION_PATH:
+        return "detection", ()
       match = _MODEL_PATH.fullmatch(path)
       if match:
         name, version, label, metadata = match.groups()
@@ -346,94 +298,7 @@ class RestServer:
       return None
     return values, servable.max_batch_size, 2 * values + 1024
 
-  async def _read_body(self, reader, request, route):
-    """The body, refused (413/411/400) as soon as it is known to be too big, before parsing."""
-    max_bytes = self._config.max_request_bytes
-    bound = self._value_bound(route)
-    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
-    length = request.headers.get("content-length")
-    if not chunked and length is None:
-      raise _Reject(errors.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                        "a POST needs a Content-Length header or a chunked "
-                                        "body", 411))
-    if not chunked:
-      if not length.isascii() or not length.isdigit():
-        raise _Reject(errors.invalid(f"bad Content-Length {length!r}"))
-      length = int(length)
-      if length > max_bytes:
-        raise _Reject(self._too_large(length))
-    body = bytearray()
-    commas = 0
-
-    def take(data):
-      nonlocal commas
-      if len(body) + len(data) > max_bytes:
-        raise _Reject(self._too_large(len(body) + len(data), declared=False))
-      body.extend(data)
-      if bound is not None:
-        commas += data.count(b",")
-        if commas > bound[2]:
-          values, batch, _ = bound
-          raise _Reject(errors.invalid(
-              f"the body holds more numbers than the maximum batch size {batch} allows "
-              f"({values} values); refused while reading, before parsing: split the request"))
-
-    idle = self._config.rest_idle_timeout_s
-
-    async def read_exactly(n):  # n bytes in bounded pieces, each counted by take()
-      left = n
-      while left > 0:
-        data = await asyncio.wait_for(reader.read(min(left, _READ_CHUNK)), idle)
-        if not data:
-          raise asyncio.IncompleteReadError(bytes(body), n)
-        take(data)
-        left -= len(data)
-
-    if not chunked:
-      await read_exactly(length)
-      return bytes(body)
-    while True:  # Chunked transfer coding: size line, data, CRLF; a 0 size ends it.
-      line = await asyncio.wait_for(reader.readuntil(b"\r\n"), idle)
-      size_text = line.split(b";", 1)[0].strip()
-      try:
-        size = int(size_text, 16)
-      except ValueError:
-        raise _Reject(errors.invalid(f"malformed chunk size {size_text[:20]!r}")) from None
-      if size == 0:
-        while (await asyncio.wait_for(reader.readuntil(b"\r\n"), idle)) != b"\r\n":
-          pass  # Trailers are read and dropped.
-        return bytes(body)
-      if len(body) + size > max_bytes:
-        raise _Reject(self._too_large(len(body) + size, declared=False))
-      await read_exactly(size)
-      if await asyncio.wait_for(reader.readexactly(2), idle) != b"\r\n":
-        raise _Reject(errors.invalid("malformed chunked body: a chunk does not end in CRLF"))
-
-  def _too_large(self, length, declared=True):
-    what = "request body of" if declared else "request body of at least"
-    return errors.ServingError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"{what} {length} bytes exceeds the limit of {self._config.max_request_bytes} bytes "
-        "(--max_request_bytes); send smaller batches", 413)
-
-  async def _drain(self, reader):
-    """Read and drop what the client still sends (bounded), so it gets to read the answer."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _DRAIN_SECONDS
-    budget = 2 * self._config.max_request_bytes + (1 << 20)
-    try:
-      while budget > 0:
-        left = deadline - loop.time()
-        if left <= 0:
-          return
-        data = await asyncio.wait_for(reader.read(_DRAIN_CHUNK), left)
-        if not data:
-          return
-        budget -= len(data)
-    except (asyncio.TimeoutError, ConnectionError, OSError):
-      pass
-
-  async def _run(self, route, body):
+  async def _run(self, route, body, client=None):
     """Run the request on the pool under the --rest_api_timeout_in_ms deadline."""
     kind, args = route
 
@@ -441,11 +306,14 @@ class RestServer:
       try:
         if kind == "get":
           return 200, rest_get(self._manager, *args)
+        if kind == "detection":
+          detector = self._manager.detector
+          return 200, detector.metrics() if detector is not None else {"enabled": False}
         name, version, label, verb = args
         if verb != "predict":
           raise errors.ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                     f":{verb} is not implemented; use :predict")
-        return 200, rest_predict(self._manager, name, version, label, body)
+        return 200, rest_predict(self._manager, name, version, label, body, client)
       except errors.ServingError as e:
         return e.http, {"error": e.message}
       except Exception as e:  # pylint: disable=broad-except  One request fails, the server lives.
@@ -460,15 +328,5 @@ class RestServer:
       return 504, {"error": f"the request did not complete within {timeout * 1000:.0f} ms "
                             "(--rest_api_timeout_in_ms)"}
 
-  async def _answer(self, writer, answer, keep_alive):
-    if isinstance(answer, errors.ServingError):
-      status, payload = answer.http, {"error": answer.message}
-    else:
-      status, payload = answer
-    body = json.dumps(payload).encode()
-    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            + ("" if keep_alive else "Connection: close\r\n") + "\r\n")
-    writer.write(head.encode() + body)
-    await asyncio.wait_for(writer.drain(), self._config.rest_idle_timeout_s)
+  async def _answer(self, writer, reply, keep_alive):
+    await http_wire.answer(writer, reply, keep_alive, self._config.rest_idle_timeout_s)

@@ -12,11 +12,12 @@ import grpc
 import numpy as np
 
 from serving import errors
-from serving import export as export_lib
+from serving import layout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
+DETECTED_INPUT = layout.INPUT_KEY  # The input the query detector fingerprints, when present.
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit for assets.extra/tf_serving_warmup_requests.
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 
@@ -59,9 +60,11 @@ class Servable:
 
   max_batch_size: the largest batch a request may carry (0: no limit).
   batching: a config.BatchingConfig to merge concurrent requests into one call, or None.
+  detector: a detection.QueryDetector that sees each client's images before the model, or None.
   """
 
-  def __init__(self, name, version, path, max_batch_size, *, tags=("serve",), batching=None):
+  def __init__(self, name, version, path, max_batch_size, *, tags=("serve",), batching=None,
+               detector=None):
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow_serving.apis import get_model_metadata_pb2
@@ -69,6 +72,7 @@ class Servable:
 
     self.name, self.version, self.path = name, int(version), path
     self.max_batch_size = max_batch_size
+    self.detector = detector
     pb_path = os.path.join(path, "saved_model.pb")
     if not os.path.exists(pb_path):
       raise errors.ServingError(grpc.StatusCode.NOT_FOUND, f"no saved_model.pb in {path}")
@@ -99,7 +103,7 @@ class Servable:
       self.signatures[key] = Signature(key, fn, inputs, outputs, enums)
     if not self.signatures:
       raise errors.invalid(f"the SavedModel at {path} has no usable signature")
-    self.card = export_lib.read_model_card(path)
+    self.card = layout.read_model_card(path)
     self.input_ranges = {}
     spec = self.card.get("input") if isinstance(self.card, dict) else None
     if isinstance(spec, dict) and spec.get("name") and spec.get("range"):
@@ -262,10 +266,17 @@ class Servable:
 
     return call
 
-  def run(self, signature, arrays, output_filter=()):
-    """Run the signature on validated numpy inputs; returns {output name: numpy array}."""
+  def run(self, signature, arrays, output_filter=(), client=None):
+    """Run the signature on validated numpy inputs; returns {output name: numpy array}.
+
+    client: who sent the request (detection.grpc_client_id / rest_client_id); the query
+      detector, when on, sees its images first and may refuse them (PERMISSION_DENIED).
+    """
     self.check_values(arrays)
     wanted = self.wanted_outputs(signature, output_filter)
+    if self.detector is not None and client is not None:
+      key = DETECTED_INPUT if DETECTED_INPUT in arrays else sorted(arrays)[0]
+      self.detector.check(client, arrays[key])
     batcher = self._batchers.get(signature.name)
     if batcher is not None:
       result = batcher.submit(arrays)
@@ -275,7 +286,7 @@ class Servable:
 
   def warmup(self, iterations=1):
     """Replay assets.extra/tf_serving_warmup_requests; any failure fails the load (as in TF)."""
-    records = export_lib.read_warmup_requests(self.path)
+    records = layout.read_warmup_requests(self.path)
     if len(records) > MAX_WARMUP_RECORDS:
       raise errors.invalid(f"{len(records)} warmup records exceed the maximum of "
                            f"{MAX_WARMUP_RECORDS}")

@@ -8,6 +8,7 @@ warning. The pieces, each readable alone:
 - `serving.config`: flags' values, `--model_config_file` and `--batching_parameters_file`;
 - `serving.servable`: one loaded version (signatures, input checks, the model call);
 - `serving.batching`: server-side batching (`--enable_batching`);
+- `serving.detection`: stateful detection of query attacks (`--enable_query_detection`);
 - `serving.manager`: versions on disk -> loaded servables (polling, retries, unloading);
 - `serving.grpc_api`, `serving.rest_api`: the two protocols;
 - this module: the whole server and its command line.
@@ -35,12 +36,16 @@ class ModelServer:
 
   def __init__(self, models, config):
     self.config = config
+    self.detector = None
+    if config.detection is not None:
+      from serving import detection
+      self.detector = detection.QueryDetector(config.detection)
     self.manager = manager_lib.ModelManager(
         models, max_batch_size=config.max_batch_size, enable_warmup=config.enable_model_warmup,
         warmup_iterations=config.num_request_iterations_for_warmup,
         max_num_load_retries=config.max_num_load_retries,
         load_retry_interval_s=config.load_retry_interval_micros / 1e6,
-        tags=config.saved_model_tags, batching=config.batching)
+        tags=config.saved_model_tags, batching=config.batching, detector=self.detector)
     self.grpc_server = self.rest_server = None
     self.grpc_port = self.rest_port = None
     self._stop_requested = threading.Event()
@@ -137,6 +142,12 @@ def _define_flags():
   flags.DEFINE_string("batching_parameters_file", None,
                       "BatchingParameters text proto (max_batch_size, batch_timeout_micros, "
                       "num_batch_threads, max_enqueued_batches, allowed_batch_sizes).")
+  flags.DEFINE_bool("enable_query_detection", False,
+                    "Flag clients whose queries look like a query-based attack (many near-duplicate "
+                    "images; see docs/DETECTION.md). Ours, not TF Serving's.")
+  flags.DEFINE_string("query_detection_parameters_file", None,
+                      "Text proto of the detector's parameters (action, thresholds, memory cap, "
+                      "client_id_header); defaults when not given.")
   flags.DEFINE_integer("max_batch_size", 256,
                        "Largest batch accepted (INVALID_ARGUMENT above it); 0: no limit.")
   flags.DEFINE_integer("max_request_bytes", 64 << 20,
@@ -193,6 +204,12 @@ def config_from_flags(f):
   elif f.batching_parameters_file:
     log.warning("--batching_parameters_file has no effect without --enable_batching "
                 "(as in TF Serving)")
+  detection = None
+  if f.enable_query_detection:
+    detection = config_lib.read_detection_parameters_file(f.query_detection_parameters_file)
+  elif f.query_detection_parameters_file:
+    log.warning("--query_detection_parameters_file has no effect without "
+                "--enable_query_detection")
   config = ServerConfig(
       port=f.port, rest_api_port=f.rest_api_port, host=f.host,
       file_system_poll_wait_seconds=f.file_system_poll_wait_seconds,
@@ -206,7 +223,7 @@ def config_from_flags(f):
       max_num_load_retries=f.max_num_load_retries,
       load_retry_interval_micros=f.load_retry_interval_micros,
       saved_model_tags=tuple(t.strip() for t in f.saved_model_tags.split(",") if t.strip()),
-      batching=batching)
+      batching=batching, detection=detection)
   return models, config
 
 
@@ -254,8 +271,10 @@ def main(argv):
     signal.signal(sig, server.request_stop)
   rest = f"{config.host}:{server.rest_port}" if server.rest_port else "off"
   batching = "on" if config.batching else "off"
+  detection = config.detection.action if config.detection else "off"
   print(f"serving.server ready: grpc={config.host}:{server.grpc_port} rest={rest} "
-        f"batching={batching} models={server.manager.model_names}", flush=True)
+        f"batching={batching} query_detection={detection} "
+        f"models={server.manager.model_names}", flush=True)
   server.serve_until_stopped()
   log.info("serving.server stopped")
 

@@ -65,3 +65,18 @@ def wait_for(predicate, timeout=60.0, what="condition"):
       return value
     time.sleep(0.2)
   raise AssertionError(f"{what} not reached within {timeout:.0f}s")
+
+
+def benign_copies(image, rng, noise=0.02, jpeg_quality=85):
+  """What honest clients send again of an image: an exact retry, a copy with light uniform
+  noise, a copy shifted by one pixel, a JPEG re-encoding ({kind: image}, float32 in [0, 1])."""
+  import tensorflow as tf
+
+  image = np.asarray(image, np.float32)
+  noisy = np.clip(image + rng.uniform(-noise, noise, image.shape), 0, 1).astype(np.float32)
+  axis = int(rng.integers(0, 2))
+  shifted = np.roll(image, int(rng.choice([-1, 1])), axis=axis)
+  pixels = tf.constant(np.round(image * 255).astype(np.uint8))
+  jpeg = tf.io.decode_jpeg(tf.io.encode_jpeg(pixels, quality=jpeg_quality),
+                           channels=image.shape[-1]).numpy().astype(np.float32) / 255.0
+  return {"retry": image.copy(), "noise": noisy, "shift": shifted, "jpeg": jpeg}

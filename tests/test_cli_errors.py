@@ -224,3 +224,11 @@ def test_a_permission_error_anywhere_is_one_line(tmp_path):
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": REPO}, check=False)
   assert_one_message(result, "permission denied", "/srv/models/1", "a folder you can write to")
+
+
+def test_attack_service_names_a_bad_budget_and_an_unreachable_server(tmp_path):
+  result = run_command("pipelines.attack_service", "--images=digits", "--queries=1", home=tmp_path)
+  assert_one_message(result, "--queries must be >= 2", code=2)
+  result = run_command("pipelines.attack_service", "--images=digits", "--server=127.0.0.1:9",
+                       f"--output={tmp_path / 'r.json'}", home=tmp_path)
+  assert_one_message(result, "127.0.0.1:9 refused a first query", "check --server")

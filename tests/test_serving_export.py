@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from serving import export
+from serving import export_check
 from serving import testing
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,7 @@ def test_versions_increase_and_are_immutable(model, images, tmp_path):
 
 def test_failed_validation_publishes_nothing(model, images, tmp_path, monkeypatch):
   base = str(tmp_path / "m")
-  monkeypatch.setattr(export, "TOLERANCE", -1.0)  # Any difference, even 0, now fails.
+  monkeypatch.setattr(export_check, "TOLERANCE", -1.0)  # Any difference, even 0, now fails.
   with pytest.raises(export.ExportError, match="refusing to publish"):
     export.export_classifier(model, base, sample_images=images)
   assert export.list_versions(base) == []

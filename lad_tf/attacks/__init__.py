@@ -15,10 +15,15 @@ attacks and the target classes of targeted ones.
   apgd_targeted(model_fn, x, y, eps, n_target_classes=9)     APGD-T, targeted DLR per top class (ours)
   fab(model_fn, x, y, eps, n_target_classes=9)               FAB-T, minimal L-inf crossing (ours)
   square(model_fn, x, y, eps, n_queries=5000)                Square Attack, gradient-free (ours)
+  hop_skip_jump(model_fn, x, y, eps, n_queries=1000)         HopSkipJump, from labels alone (ours)
   autoattack(model_fn, x, y, eps, version="standard")        APGD-CE, APGD-T, FAB-T, Square (ours)
 
 `REGISTRY` (`get(name)`, `register(...)`) is how the evaluation protocol finds and calls them:
 `get(name)(model_fn, x, y, eps, **options)`. `perturbation_norms` measures L2 / L-inf / L0.
+
+`query` holds what attacks through an endpoint need: `QueryModel` (a model_fn over any function
+answering probabilities or labels), the `*_queries` variants that report the queries each image
+took, and `budget_curve` (robust accuracy against the query budget).
 """
 import dataclasses
 import functools
@@ -30,10 +35,11 @@ from lad_tf.attacks.common import perturbation_norms, predict
 from lad_tf.attacks.cw import carlini_wagner_l2
 from lad_tf.attacks.fab import fab
 from lad_tf.attacks.fgsm import fgsm
+from lad_tf.attacks.hopskipjump import hop_skip_jump, hop_skip_jump_queries
 from lad_tf.attacks.jsma import jsma
 from lad_tf.attacks.mim import mim
 from lad_tf.attacks.pgd import pgd
-from lad_tf.attacks.square import square
+from lad_tf.attacks.square import square, square_queries
 
 cw_l2 = carlini_wagner_l2
 
@@ -94,6 +100,9 @@ register("apgd", apgd, targeted=False, norm="linf")
 register("jsma", jsma, targeted=True, norm=None)
 register("cw", functools.partial(carlini_wagner_l2, targeted=True), targeted=True, norm=None)
 register("autoattack", autoattack_images, targeted=False, norm="linf")
+register("square", square, targeted=False, norm="linf")
+register("hopskipjump", hop_skip_jump, targeted=False, norm="linf")
 
 __all__ = ["fgsm", "pgd", "mim", "jsma", "carlini_wagner_l2", "cw_l2", "apgd", "apgd_targeted", "fab", "square",
-           "autoattack", "autoattack_images", "Attack", "REGISTRY", "register", "get", "perturbation_norms", "predict"]
+           "autoattack", "autoattack_images", "square_queries", "hop_skip_jump", "hop_skip_jump_queries", "Attack",
+           "REGISTRY", "register", "get", "perturbation_norms", "predict"]

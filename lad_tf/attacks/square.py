@@ -48,8 +48,9 @@ def _build(model_ref, x_spec):
 
     x_best = tf.clip_by_value(x + eps * signs([n, 1, w, c], 0), 0.0, 1.0)
     margin = _margin(model_ref()(x_best), y)
+    used = tf.ones([n], tf.int32)  # Model queries per image: the first one, then one per step.
 
-    def body(i, x_best, margin):
+    def body(i, x_best, margin, used):
       idx = tf.where(margin > 0)[:, 0]
       xa, xb, ya, ma = (tf.gather(t, idx) for t in (x, x_best, y, margin))
       m = tf.shape(idx)[0]
@@ -71,13 +72,14 @@ def _build(model_ref, x_spec):
       x_best = tf.tensor_scatter_nd_update(x_best, idx[:, None],
                                            tf.where(better[:, None, None, None], x_new, xb))
       margin = tf.tensor_scatter_nd_update(margin, idx[:, None], tf.where(better, m_new, ma))
-      return i + 1, x_best, margin
+      used = tf.tensor_scatter_nd_add(used, idx[:, None], tf.ones([m], tf.int32))
+      return i + 1, x_best, margin, used
 
-    def cond(i, x_best, margin):
+    def cond(i, x_best, margin, used):
       return (i < n_queries) & tf.reduce_any(margin > 0)
 
-    _, x_best, margin = tf.while_loop(cond, body, [tf.constant(0), x_best, margin])
-    return x_best, margin <= 0
+    _, x_best, margin, used = tf.while_loop(cond, body, [tf.constant(0), x_best, margin, used])
+    return x_best, margin <= 0, used
 
   return run
 
@@ -92,7 +94,15 @@ def square_sides(shape, n_queries, p_init, rescale_schedule=False):
 
 def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, n_restarts=1, rescale_schedule=False, seed=0,
            batch_size=512):
-  """Square Attack, L-inf, untargeted, margin loss (AutoAttack's fourth attack).
+  """Square Attack, L-inf, untargeted, margin loss (AutoAttack's fourth attack); see
+  `square_queries` for the arguments. Returns the adversarial images alone."""
+  return square_queries(model_fn, x, y, eps, n_queries, p_init, n_restarts, rescale_schedule, seed,
+                        batch_size)[0]
+
+
+def square_queries(model_fn, x, y, eps, n_queries=5000, p_init=0.8, n_restarts=1, rescale_schedule=False,
+                   seed=0, batch_size=512):
+  """Square Attack with the model queries each image took, for attacks under a query budget.
 
   Args:
     model_fn: callable mapping a float32 NHWC image batch to logits (e.g. a Keras model); only its
@@ -108,8 +118,10 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, n_restarts=1, rescal
     seed: seed of the random draws (restart r uses seed + r).
     batch_size: images per batch.
   Returns:
-    float32 numpy array of images with |x_adv - x| <= eps and values in [0, 1]: the first
-    misclassified point found, else the point of lowest margin.
+    (x_adv, broken, queries): float32 images with |x_adv - x| <= eps and values in [0, 1] (the
+    first misclassified point found, else the point of lowest margin); whether each image is
+    misclassified; the model queries each image took (over all restarts). Without a rescaled
+    schedule a run is the prefix of a longer one, so `queries <= B` tells what budget B breaks.
   """
   common.check_model_fn(model_fn)
   x = common.as_images(x)
@@ -118,7 +130,7 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, n_restarts=1, rescal
     raise ValueError(f"square: n_queries and n_restarts must be >= 1 and p_init in (0, 1], got "
                      f"{n_queries}, {n_restarts}, {p_init}")
   if len(x) == 0 or eps == 0:
-    return x.copy()
+    return x.copy(), np.zeros(len(x), bool), np.zeros(len(x), np.int64)
   if min(x.shape[1:3]) < 2:
     raise ValueError(f"square: images must be at least 2x2 pixels, got {x.shape[1:3]}")
   num_classes = common.num_classes_of(model_fn, x)
@@ -126,18 +138,20 @@ def square(model_fn, x, y, eps, n_queries=5000, p_init=0.8, n_restarts=1, rescal
   run = common.model_graph(model_fn, ("square", x.shape[1:]), lambda ref: _build(ref, common.image_spec(x)))
   sides = tf.constant(square_sides(x.shape[1:], n_queries, p_init, rescale_schedule))
   x_adv = x.copy()
+  queries = np.zeros(len(x), np.int64)
+  broken_all = np.zeros(len(x), bool)
   todo = np.arange(len(x))
   for restart in range(n_restarts):
-    broken_all = np.zeros(len(x), bool)
     for start in range(0, len(todo), batch_size):
       rows = todo[start:start + batch_size]
-      adv, broken = run(tf.constant(x[rows]), tf.constant(y[rows]), tf.constant(eps, tf.float32), sides,
-                        tf.constant(seed + restart, tf.int32))
+      adv, broken, used = run(tf.constant(x[rows]), tf.constant(y[rows]), tf.constant(eps, tf.float32), sides,
+                              tf.constant(seed + restart, tf.int32))
       broken = np.asarray(broken)
       replace = broken | (restart == 0)
       x_adv[rows[replace]] = np.asarray(adv)[replace]
       broken_all[rows] = broken
+      queries[rows] += np.asarray(used)
     todo = todo[~broken_all[todo]]
     if len(todo) == 0:
       break
-  return common.project_linf(x_adv, x, eps)
+  return common.project_linf(x_adv, x, eps), broken_all, queries

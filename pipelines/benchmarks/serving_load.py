@@ -44,10 +44,12 @@ def in_process(version_dir, images, batch_size, seconds):
   return _latency_figures(latencies, 0, time.perf_counter() - start, batch_size)
 
 
-def load(address, *, rest, images, batch_size, clients, seconds, model_name, stop=None):
+def load(address, *, rest, images, batch_size, clients, seconds, model_name, stop=None,
+         client_id_prefix=None):
   """`clients` threads, each with its own connection, sending requests for `seconds`.
 
   stop: an optional threading.Event that ends the run early (the deadline still bounds it).
+  client_id_prefix: each thread names itself PREFIX-K (x-client-id), as behind a gateway.
   """
   from serving import client as client_lib
 
@@ -60,8 +62,9 @@ def load(address, *, rest, images, batch_size, clients, seconds, model_name, sto
 
   def worker(index):
     local, local_errors = [], 0
-    with client_lib.PredictClient(address, model_name=model_name, rest=rest,
-                                  timeout=30.0) as client:
+    client_id = f"{client_id_prefix}-{index}" if client_id_prefix else None
+    with client_lib.PredictClient(address, model_name=model_name, rest=rest, timeout=30.0,
+                                  client_id=client_id) as client:
       for b in batches[:2]:  # Connect and warm the connection before the clock starts.
         try:
           client.predict(b)

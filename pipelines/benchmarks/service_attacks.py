@@ -1,0 +1,238 @@
+"""Query attacks through the server, and the query detector against them:
+`python -m pipelines.benchmark service_attacks [--dataset=fashion_mnist] [--n=20] [--set=...]`.
+
+A LeNet-5 is trained on the dataset (`train_epochs`) and a copy fine-tuned with FGSM-RS
+(lad_tf.robust, `robust_epochs`, eps); both are exported and served by one `serving.server`
+without detection and one with it (`action: "log_and_reject"`, default parameters), side by side
+on loopback. Measured in one run:
+
+- detection off: both models under Square (probabilities) and HopSkipJump (labels) through gRPC,
+  robust accuracy at 100, 1,000 and 10,000 queries per image (`budget`) on n test images, and the
+  defended model's in-process Square on the same images (the endpoint path must lose nothing);
+- detection on: `runs` attack runs per attack (one image, one client each, budget
+  `detection_budget`): share detected, queries until detection (the server's count);
+- an adaptive attacker blinding every query with uniform noise (`adaptive_noise`) and a random
+  one-pixel shift: share detected, and its success without detection;
+- benign traffic: the test set split over `benign_clients` clients, each also sending, for
+  `copies_per_client` of its images, a retry, a noisy, a shifted and a JPEG copy: share flagged;
+- cost: 16 named clients, batch-1 gRPC, detection off against on, in alternating rounds
+  (throughput, p50, p99), and the store's bytes per remembered query.
+"""
+import json
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from pipelines.benchmarks import service_traffic as traffic
+
+BUDGETS = (100, 1000, 10000)
+GOALS = {"detected_share": 0.99, "median_queries_to_detection": 10, "benign_flagged_share": 0.001,
+         "throughput_ratio": 0.90, "p99_extra_ms": 2.0, "mb_per_million_queries": 100.0,
+         "endpoint_vs_in_process_points": 2.0}
+
+
+def _say(message):
+  print(f"[service_attacks] {message}", flush=True)
+
+
+def _models(data, eps, train_epochs, robust_epochs, seed):
+  import keras
+  from lad_tf import models, robust, training
+  from lad_tf.execution import ExecutionConfig
+
+  keras.utils.set_random_seed(seed)
+  original = models.build_classifier("lenet5", data.spec.image_shape, data.spec.num_classes)
+  training.train_classifier(original, data.train, data.test, training.TrainConfig(
+      epochs=train_epochs, batch_size=128, execution=ExecutionConfig(seed=seed, verbose=0)), None)
+  config = robust.RobustConfig(method="fgsm_rs", eps=eps, epochs=robust_epochs, batch_size=128,
+                               execution=ExecutionConfig(seed=seed, verbose=0))
+  defended = robust.train(original, data.train.x, data.train.y, config)[0]
+  return {"original": original, "defended": defended}
+
+
+def _serve(models, x, workdir, detection_flags):
+  from serving import export, launch
+
+  entries = []
+  for name, model in models.items():
+    export.export_classifier(model, f"{workdir}/{name}", sample_images=x[:16], model_name=name)
+    entries.append((name, f"{workdir}/{name}"))
+  config = f"{workdir}/models.config"
+  with open(config, "w") as f:
+    f.write(export.models_config_text(entries))
+  servers = {}
+  for tag, flags in (("off", []), ("on", detection_flags)):
+    servers[tag] = launch.ServerProcess(entries[0][1], model_name="original", log_path=f"{workdir}/{tag}.log",
+                                        extra_flags=[f"--model_config_file={config}", *flags]).start()
+  return servers
+
+
+def _detection_metrics(server):
+  from serving import client as client_lib
+  with client_lib.PredictClient(server.rest_address, rest=True) as rest:
+    return rest._http("GET", "/monitoring/detection")[1]  # pylint: disable=protected-access
+
+
+def _detection_figures(runs, flagged, prefix):
+  at = [flagged.get(f"id:{prefix}-{i}") for i in range(len(runs))]
+  detected = [q for q in at if q is not None]
+  undetected = [r for r, q in zip(runs, at) if q is None]
+  return {"runs": len(runs), "detected_share": len(detected) / max(1, len(runs)),
+          "queries_to_detection_median": float(np.median(detected)) if detected else None,
+          "queries_to_detection_max": int(max(detected)) if detected else None,
+          "undetected_runs_broken": sum(r.get("broken", False) for r in undetected)}
+
+
+def _endpoint_attacks(server, models, x, y, eps, budget, seed):
+  from pipelines import attack_service
+  from serving import client as client_lib
+
+  figures = {}
+  for name in models:
+    for attack in ("square", "hopskipjump"):
+      with client_lib.PredictClient(server.grpc_address, model_name=name, client_id=f"{name}-{attack}") as c:
+        output = "probabilities" if attack == "square" else "labels"
+        start = time.perf_counter()
+        report = attack_service.attack_through(attack_service.endpoint_fn(c, output, 64), 10, attack, x, y,
+                                               eps, budget, seed=seed)
+      report["seconds"] = time.perf_counter() - start
+      figures[f"{name}/{attack}"] = report
+      _say(f"{name} {attack}: {report['robust_accuracy']} in {report['seconds']:.0f} s")
+  return figures
+
+
+def _cost(servers, x, seconds, rounds, clients=16):
+  runs = {"off": [], "on": []}
+  for k in range(rounds):
+    for tag in (("off", "on") if k % 2 == 0 else ("on", "off")):
+      runs[tag].append(traffic.named_load(servers[tag].grpc_address, "original", x, clients, seconds,
+                                          f"load{k}-{tag}"))
+  med = lambda tag, key: float(np.median([r[key] for r in runs[tag]]))
+  return {"clients": clients, "rounds": runs,
+          "throughput_ratio": med("on", "requests_per_s") / med("off", "requests_per_s"),
+          "p50_ms": {t: med(t, "p50_ms") for t in runs}, "p99_ms": {t: med(t, "p99_ms") for t in runs},
+          "p99_extra_ms": med("on", "p99_ms") - med("off", "p99_ms")}
+
+
+def _store_size(queries=100_000, clients=1000, seed=0):
+  """Bytes the store holds per remembered query (tracemalloc, numpy included), extrapolated."""
+  import tracemalloc
+  from serving import config as config_lib
+  from serving import detection
+
+  rng = np.random.default_rng(seed)
+  images = rng.random((queries // clients, 28, 28, 1), dtype=np.float32)
+  tracemalloc.start()
+  before = tracemalloc.get_traced_memory()[0]
+  detector = detection.QueryDetector(config_lib.DetectionConfig(max_memory_mb=1e6))
+  for c in range(clients):
+    detector.check(f"c{c}", np.roll(images, c, axis=0))
+  traced = tracemalloc.get_traced_memory()[0] - before
+  tracemalloc.stop()
+  metrics = detector.metrics()
+  return {"queries_remembered": metrics["queries_remembered"], "clients": clients,
+          "traced_bytes": traced, "accounted_bytes": metrics["store_bytes"],
+          "mb_per_million_queries": traced / metrics["queries_remembered"] * 1e6 / 1e6}
+
+
+def run(dataset="fashion_mnist", n=20, seed=0, eps=0.1, budget=10000, runs=50, detection_budget=1000,
+        benign_clients=100, copies_per_client=10, adaptive_noise=0.05, seconds=8.0, rounds=3,
+        train_epochs=2, robust_epochs=2):
+  from lad_tf import attacks, datasets
+  from lad_tf.attacks import query as query_lib
+
+  n = n or 20
+  data = datasets.load(dataset)
+  x_test, y_test = data.test.x.astype(np.float32), data.test.y.astype(np.int64)
+  workdir = tempfile.mkdtemp(prefix="lad-service-attacks-")
+  figures = {"dataset": dataset, "eps": eps, "images": n, "budget": budget,
+             "scaled": {"images_per_attack": n, "detection_runs": runs, "detection_budget": detection_budget,
+                        "train_epochs": train_epochs, "robust_epochs": robust_epochs}}
+  try:
+    start = time.perf_counter()
+    models = _models(data, eps, train_epochs, robust_epochs, seed)
+    idx = datasets.stratified_indices(y_test, max(1, n // data.spec.num_classes), seed=seed)[:n]
+    x, y = x_test[idx], y_test[idx]
+    figures["clean_accuracy"] = {k: float(np.mean(attacks.predict(m, x_test) == y_test)) for k, m in models.items()}
+    _say(f"models trained in {time.perf_counter() - start:.0f} s: {figures['clean_accuracy']}")
+    params = f"{workdir}/detection.config"
+    with open(params, "w") as f:
+      f.write('action: "log_and_reject"\n')
+    figures["detection_parameters"] = open(params).read().strip() + " (other fields: defaults)"
+    servers = _serve(models, x, workdir, ["--enable_query_detection", f"--query_detection_parameters_file={params}"])
+    try:
+      figures["detection_off"] = _endpoint_attacks(servers["off"], models, x, y, eps, budget, seed)
+      start = time.perf_counter()
+      _, broken, used = query_lib.run_query_attack("square", models["defended"], x, y, eps, budget, seed=seed)
+      correct = attacks.predict(models["defended"], x) == y
+      local = query_lib.budget_curve(correct, broken, used, [b for b in BUDGETS if b < budget] + [budget])
+      local["seconds"] = time.perf_counter() - start
+      figures["in_process_square_defended"] = local
+      through = figures["detection_off"]["defended/square"]["robust_accuracy"][budget]
+      figures["endpoint_vs_in_process_points"] = abs(through - local["robust_accuracy"][budget]) * 100
+      right = attacks.predict(models["defended"], x_test) == y_test  # Runs attack what it gets right.
+      figures["detection_on"] = _detections(servers, x_test[right], y_test[right], eps, runs, detection_budget,
+                                            adaptive_noise, seed)
+      figures["benign"] = traffic.benign_clients(servers["on"].grpc_address, "original", x_test, benign_clients,
+                                                 copies_per_client, seed)
+      flagged = _detection_metrics(servers["on"])["flagged_at_query"]
+      benign_flagged = [k for k in flagged if k.startswith("id:benign-")]
+      figures["benign"].update(flagged_clients=len(benign_flagged),
+                               flagged_share=len(benign_flagged) / benign_clients,
+                               images="Fashion-MNIST test set" if dataset == "fashion_mnist" else dataset)
+      _say(f"benign: {figures['benign']}")
+      figures["cost"] = _cost(servers, x_test, seconds, int(rounds))
+      figures["server_store"] = {k: v for k, v in _detection_metrics(servers["on"]).items()
+                                 if k != "flagged_at_query"}
+    finally:
+      for server in servers.values():
+        server.stop()
+    figures["store"] = _store_size(seed=seed)
+    figures["goals"] = _goals(figures)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return json.loads(json.dumps(figures))  # Budgets as string keys, as the JSON file has them.
+
+
+def _detections(servers, x_test, y_test, eps, runs, budget, noise, seed):
+  """Attack runs against the detecting server (one client each), and the adaptive attacker."""
+  rng = np.random.default_rng(seed + 1)
+  pick = rng.choice(len(x_test), runs, replace=False)
+  x, y = x_test[pick], y_test[pick]
+  out = {}
+  plans = (("square", None), ("hopskipjump", None), ("square_adaptive", traffic.randomiser(rng, noise)))
+  for tag, transform in plans:
+    attack = tag.split("_")[0]
+    output = "probabilities" if attack == "square" else "labels"
+    endpoint = traffic.SwitchableEndpoint(servers["on"].grpc_address, "defended", output, transform)
+    result = traffic.attack_runs(endpoint, attack, x, y, eps, budget, tag, seed)
+    flagged = _detection_metrics(servers["on"])["flagged_at_query"]
+    out[tag] = _detection_figures(result, flagged, tag)
+    _say(f"detection {tag}: {out[tag]}")
+  endpoint = traffic.SwitchableEndpoint(servers["off"].grpc_address, "defended", "probabilities",
+                                        traffic.randomiser(rng, noise))
+  result = traffic.attack_runs(endpoint, "square", x, y, eps, budget, "adaptive-off", seed)
+  out["square_adaptive"]["success_without_detection"] = float(np.mean([r["broken"] for r in result]))
+  endpoint = traffic.SwitchableEndpoint(servers["off"].grpc_address, "defended", "probabilities")
+  result = traffic.attack_runs(endpoint, "square", x, y, eps, budget, "plain-off", seed)
+  out["square"]["success_without_detection"] = float(np.mean([r["broken"] for r in result]))
+  out["adaptive_noise"] = noise
+  return out
+
+
+def _goals(f):
+  d = f["detection_on"]
+  met = {
+      "detected_share": all(d[a]["detected_share"] >= GOALS["detected_share"] for a in ("square", "hopskipjump")),
+      "median_queries_to_detection": all((d[a]["queries_to_detection_median"] or 1e9)
+                                         <= GOALS["median_queries_to_detection"] for a in ("square", "hopskipjump")),
+      "benign_flagged_share": f["benign"]["flagged_share"] <= GOALS["benign_flagged_share"],
+      "throughput_ratio": f["cost"]["throughput_ratio"] >= GOALS["throughput_ratio"],
+      "p99_extra_ms": f["cost"]["p99_extra_ms"] <= GOALS["p99_extra_ms"],
+      "mb_per_million_queries": f["store"]["mb_per_million_queries"] <= GOALS["mb_per_million_queries"],
+      "endpoint_vs_in_process_points": f["endpoint_vs_in_process_points"] <= GOALS["endpoint_vs_in_process_points"],
+  }
+  return {"targets": GOALS, "met": met, "all_met": all(met.values())}
+
