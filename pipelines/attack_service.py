@@ -111,7 +111,7 @@ def plot(report, path):
 
 def load_inputs(images, labels, n):
   """(x, y or None) from files or a dataset name; raises UsageError naming the problem."""
-  from lad_tf import datasets
+  from lad_tf.data import datasets
   if images in datasets.REGISTRY:
     data = datasets.load(images)
     return data.test.x[:n].astype(np.float32), data.test.y[:n].astype(np.int64)

@@ -288,6 +288,7 @@ HELP_GROUPS = (
                  "rest_api_num_threads", "rest_api_timeout_in_ms")),
     ("batching and threads", ("enable_batching", "batching_parameters_file", "max_batch_size",
                               "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism")),
+    ("query-attack detection", ("enable_query_detection", "query_detection_parameters_file")),
     ("messages", ("version", "verbose")),
 )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import digits_models
-from lad_tf import datasets
+from lad_tf.data import datasets
 from lad_tf.attacks import query as query_lib
 from pipelines import attack_service
 from serving import client as client_lib

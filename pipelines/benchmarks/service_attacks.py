@@ -39,8 +39,9 @@ def _say(message):
 
 def _models(data, eps, train_epochs, robust_epochs, seed):
   import keras
-  from lad_tf import models, robust, training
-  from lad_tf.execution import ExecutionConfig
+  from lad_tf import models, robust
+  from lad_tf.runtime import training
+  from lad_tf.runtime.execution import ExecutionConfig
 
   keras.utils.set_random_seed(seed)
   original = models.build_classifier("lenet5", data.spec.image_shape, data.spec.num_classes)
@@ -140,7 +141,8 @@ def _store_size(queries=100_000, clients=1000, seed=0):
 def run(dataset="fashion_mnist", n=20, seed=0, eps=0.1, budget=10000, runs=50, detection_budget=1000,
         benign_clients=100, copies_per_client=10, adaptive_noise=0.05, seconds=8.0, rounds=3,
         train_epochs=2, robust_epochs=2):
-  from lad_tf import attacks, datasets
+  from lad_tf import attacks
+  from lad_tf.data import datasets
   from lad_tf.attacks import query as query_lib
 
   n = n or 20
