@@ -10,17 +10,10 @@ from lad_tf.attacks import common
 def mim(model_fn, x, y, eps, nb_iter=10, decay=1.0, targeted=False, batch_size=512):
   """`nb_iter` signed steps of eps / nb_iter along g_t = decay * g_{t-1} + grad / |grad|_1.
 
-  Args:
-    model_fn: callable mapping a float32 NHWC image batch to logits (e.g. a Keras model).
-    x: images, float32 NHWC in [0, 1].
-    y: untargeted: the true labels (None: the model's predictions); targeted: the target classes.
-    eps: L-inf radius (e.g. 0.1 for Fashion-MNIST, 0.3 for MNIST); 0 returns x unchanged.
-    nb_iter: steps (Dong et al.: 10).
+  Args: as lad_tf.attacks.fgsm's (model_fn, x, y, eps, targeted, batch_size), and
+    nb_iter: steps (Dong et al.: 10);
     decay: momentum factor mu (Dong et al.: 1.0; 0 gives the basic iterative method).
-    targeted: False raises the loss of y; True lowers it.
-    batch_size: images per gradient computation.
-  Returns:
-    float32 numpy array of adversarial images with |x_adv - x| <= eps and values in [0, 1].
+  Returns float32 images with |x_adv - x| <= eps in [0, 1].
   """
   common.check_model_fn(model_fn)
   x = common.as_images(x)
