@@ -61,10 +61,9 @@ def build_model_card(workdir, stage):
   if not isinstance(metrics, dict):
     log.warning("%s/metrics.json not found: the model card has no dataset or accuracy", workdir)
     metrics = {}
-  class_names = None
-  if metrics.get("dataset"):
-    from lad_tf.data import datasets
-    class_names = datasets.get_spec(metrics["dataset"]).class_names
+  from lad_tf.data import datasets
+  spec = datasets.REGISTRY.get(metrics.get("dataset"))
+  class_names = spec.class_names if spec else None
   if stage == "defended":
     card = card_of_defend_metrics(metrics, class_names)
   else:  # the undefended classifier, with the robustness stage's figures of it
@@ -73,8 +72,8 @@ def build_model_card(workdir, stage):
                       class_names=class_names, dataset=metrics.get("dataset"))
   card["source"] = {"workdir": os.path.abspath(workdir), "stage": stage}
   card["query_attacks"] = query_attack_reports(workdir)
-  if report is not None:
-    card["evaluation_rows"] = report.get("rows")
+  if report is not None:  # pipelines.evaluate's report
+    card["robustness"], card["robustness_evaluated"] = report, True
   return card
 
 

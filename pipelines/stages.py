@@ -41,8 +41,8 @@ def _export(run, metrics, base, model_name, out):
   work = run.work
   card = card_of_defend_metrics(metrics, run.spec.class_names)
   report = read_json(work.path("evaluation", "report.json"))
-  if report:
-    card["evaluation_rows"] = report.get("rows")
+  if report:  # pipelines.evaluate's rows, when it ran on this work directory
+    card["robustness"] = report.get("rows")
   path = serving_export.export_classifier(work.model("defended"), base, sample_images=run.evaluation.x[:16],
                                           model_name=model_name, model_card=card)
   write_json(os.path.join(out, "export.json"), {"path": path})
