@@ -63,8 +63,14 @@ def fgsm_rs_run(tmp_path_factory):
                            f"--workdir={workdir}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "PYTHONPATH": REPO})
   assert result.returncode == 0, result.stderr[-3000:]
+  shutil.copytree(workdir, as_run(workdir))  # later tests run other defences in workdir
   with open(os.path.join(workdir, "metrics.json")) as f:
     return workdir, json.load(f)
+
+
+def as_run(workdir):
+  """The copy of the command line's work directory as it finished, before other tests reuse it."""
+  return workdir.rstrip(os.sep) + "-as-run"
 
 
 @pytest.mark.end_to_end("the defend command line end to end in a subprocess, once for the file: training, AutoAttack, export")
@@ -133,7 +139,7 @@ def test_help_names_every_defence_and_the_default():
   text = "".join(result.stdout.split())  # absl wraps lines, and breaks words at hyphens
   for name in defences.DEFENCES:
     assert f"{name}:{''.join(defences.DESCRIPTIONS[name].split())[:40]}" in text
-  assert f"(default:'{defences.DEFAULT_DEFENCE}')" in text
+  assert f"--defence(default:{defences.DEFAULT_DEFENCE})" in text
 
 
 def test_evaluate_after_a_robust_defence_skips_only_lads_rows(fgsm_rs_run, tmp_path, caplog):
@@ -143,7 +149,7 @@ def test_evaluate_after_a_robust_defence_skips_only_lads_rows(fgsm_rs_run, tmp_p
   from lad_tf.evaluation.protocol import EvalConfig
   from lad_tf.run.evaluate import evaluate_workdir
   workdir = str(tmp_path / "copy")
-  shutil.copytree(fgsm_rs_run[0], workdir)
+  shutil.copytree(as_run(fgsm_rs_run[0]), workdir)
   config = EvalConfig(attacks=("fgsm", "pgd"), n_per_class=3, pgd_iter=10, transfer=False, examples_per_attack=4,
                       sanity_n=20, sanity_options={"pgd_steps": 5, "more_steps": 10, "restarts": 2})
   with caplog.at_level(logging.INFO, logger="lad_tf"):
@@ -195,7 +201,7 @@ def test_the_defend_report_reads_at_1200_px_in_chromium(fgsm_rs_run, tmp_path):
   sideways scrolling, the headline plot and the checks on the page."""
   chromium = shutil.which("chromium") or shutil.which("chromium-browser")
   assert chromium, "Chromium is missing: `make test` installs Debian's chromium package"
-  page = os.path.join(fgsm_rs_run[0], "report", "report.html")
+  page = os.path.join(as_run(fgsm_rs_run[0]), "report", "report.html")
   probe = str(tmp_path / "probe.html")  # the page plus a script that writes its width into the title
   with open(page) as f, open(probe, "w") as g:
     g.write(f.read().replace("</body>", "<script>document.title = 'width=' + "
