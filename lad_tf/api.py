@@ -157,36 +157,10 @@ def export(model, path, *, model_card=None, sample_images=None, class_names=None
 
 def load_data(path):
   """Your images: a folder of class sub-folders (one per class, images inside) or an .npz with arrays
-  `x` (N, H, W[, C]) and `y` (N,). Returns (x float32 in [0, 1], y int64, class names)."""
-  if os.path.isdir(path):
-    import keras
-    first = _first_image(path)
-    ds = keras.utils.image_dataset_from_directory(
-        path, batch_size=None, shuffle=False, image_size=(first.height, first.width),
-        color_mode="grayscale" if first.mode in ("1", "L", "I", "F") else "rgb")
-    names = tuple(ds.class_names)
-    x, y = as_arrays(ds.map(lambda image, label: (image / 255.0, label)), path)
-    return x, y, names
-  if path.endswith(".npz") and os.path.isfile(path):
-    with np.load(path) as found:
-      missing = {"x", "y"} - set(found.files)
-      if missing:
-        raise ConfigError(f"{path} has no array {' or '.join(sorted(missing))}: save it with np.savez(path, x=images, y=labels)")
-      x, y = found["x"], found["y"]
-    x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
-    x, y = as_arrays((x, y), path)
-    return x, y, tuple(str(c) for c in range(int(y.max()) + 1))
-  raise ConfigError(f"{path} is neither a folder of class sub-folders nor an .npz file with x and y")
-
-
-def _first_image(folder):
-  """The first image of a class folder (it sets the size and colour mode of them all)."""
-  from PIL import Image
-  for root, _, names in sorted(os.walk(folder)):
-    for name in sorted(names):
-      if name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif")):
-        return Image.open(os.path.join(root, name))
-  raise ConfigError(f"{folder} holds no image (png, jpg, bmp, gif) in class sub-folders")
+  `x` (N, H, W[, C]) and `y` (N,). Returns (x float32 in [0, 1], y int64, class names). The command
+  lines read the same files with --dataset=files:PATH."""
+  from lad_tf.data.sources import files
+  return files.read(os.path.abspath(path))
 
 
 def as_arrays(data, what):

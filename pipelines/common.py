@@ -1,5 +1,6 @@
 """Flags, logging and error reporting shared by the command lines."""
 import logging
+import os
 
 from absl import flags
 from absl import logging as absl_logging
@@ -18,7 +19,12 @@ def run(main, help_groups=(), arguments=None):
 
 def define_data_flags(default_dataset="digits"):
   from lad_tf.data import datasets
-  flags.DEFINE_enum("dataset", default_dataset, sorted(datasets.REGISTRY), "Dataset by name.")
+  from lad_tf.data.sources import files
+  flags.DEFINE_string("dataset", default_dataset, f"Dataset by name: {', '.join(sorted(datasets.REGISTRY))}; or "
+                      f"your own images, {files.PREFIX}PATH (a folder of class sub-folders, or an .npz with x and y).")
+  flags.register_validator(
+      "dataset", lambda name: name in datasets.REGISTRY or name.startswith(files.PREFIX),
+      f"--dataset takes one of {', '.join(sorted(datasets.REGISTRY))} or {files.PREFIX}PATH")
   flags.DEFINE_string("data_dir", None, "Folder with the dataset's own files (also TFDS's data_dir).")
   flags.DEFINE_string("workdir", None, "Work directory (default: runs/DATASET).")
   flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same numbers.")
@@ -33,7 +39,8 @@ def setup_logging():
 def workdir(flag_values):
   """--workdir (default runs/DATASET), created; a LadError if it cannot be written, before any work."""
   from lad_tf import cli
-  return cli.writable_dir(flag_values.workdir or f"runs/{flag_values.dataset}")
+  default = "runs/" + os.path.splitext(os.path.basename(flag_values.dataset.rstrip("/")))[0]  # files:PATH too
+  return cli.writable_dir(flag_values.workdir or default)
 
 
 # The command lines' --precision: the fastest policy measured accurate enough on this hardware, where

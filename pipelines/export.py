@@ -62,8 +62,10 @@ def build_model_card(workdir, stage):
     log.warning("%s/metrics.json not found: the model card has no dataset or accuracy", workdir)
     metrics = {}
   from lad_tf.data import datasets
-  spec = datasets.REGISTRY.get(metrics.get("dataset"))
-  class_names = spec.class_names if spec else None
+  try:  # a registered name or files:PATH; an unknown one exports without class names
+    class_names = datasets.get_spec(metrics["dataset"]).class_names if metrics.get("dataset") else None
+  except (KeyError, OSError, ValueError):
+    class_names = None
   if stage == "defended":
     card = card_of_defend_metrics(metrics, class_names)
   else:  # the undefended classifier, with the robustness stage's figures of it

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import lad_tf
 from lad_tf.data import datasets
+from lad_tf.data.sources import DataFormatError
 from lad_tf.errors import ConfigError
 import independent
 
@@ -131,7 +132,7 @@ def test_own_images_from_a_folder_or_an_npz(tmp_path, digits):
   x, y, _ = lad_tf.load_data(str(tmp_path / "set.npz"))
   assert x.shape == (5, 28, 28, 1) and np.allclose(x, digits.test.x[:5], atol=1 / 255) and list(y) == list(digits.test.y[:5])
   np.savez(tmp_path / "bad.npz", images=x)
-  with pytest.raises(ConfigError, match=r"has no array x or y: save it with np.savez"):
+  with pytest.raises(DataFormatError, match=r"has no array x or y: save it with np.savez"):
     lad_tf.load_data(str(tmp_path / "bad.npz"))
 
 
@@ -162,3 +163,19 @@ def test_defend_takes_a_sequential_classifier_without_a_latent_layer_and_refuses
     defend.run_defend(str(tmp_path / "w1"), dataclasses.replace(config, classifier_path=str(tmp_path / "untrained.keras")))
   metrics = defend.run_defend(str(tmp_path / "w2"), dataclasses.replace(config, classifier_path=str(tmp_path / "mine.keras")))
   assert metrics["defence"] == "atta" and metrics["defended"]["clean_accuracy"] > 0.8
+
+
+def test_defend_runs_on_your_own_images_from_an_npz(digits, tmp_path):
+  """--dataset=files:PATH: the spec (shape, classes, splits) comes from the file; every later command
+  finds it again through the work directory's config."""
+  from lad_tf.run import defend, evaluate
+  path = tmp_path / "mine.npz"
+  np.savez(path, x=(digits.test.x[..., 0] * 255).astype(np.uint8), y=digits.test.y)  # 359 images, 10 classes
+  config = defend.DefendConfig(dataset=f"files:{path}", defence="atta", classifier_epochs=6, defence_epochs=1,
+                               robust_eval="none", report_images=0)
+  metrics = defend.run_defend(str(tmp_path / "w"), config)
+  assert metrics["dataset"] == f"files:{path}" and metrics["original"]["clean_accuracy"] > 0.5
+  spec = datasets.get_spec(metrics["dataset"])
+  assert spec.image_shape == (28, 28, 1) and spec.num_classes == 10 and spec.attack_eps == 0.1
+  assert evaluate.load_workdir(str(tmp_path / "w")).spec is spec
+

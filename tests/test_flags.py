@@ -27,7 +27,7 @@ LIBRARY_CHOICES = {
     "fine_tune_schedule": tuple(fine_tuning.FINE_TUNE_SCHEDULES), "defence": defences.DEFENCES,
     "defence_lr_schedule": defences.LR_SCHEDULES, "defence_init": defences.DEFENCE_INITS,
     "autoattack": defend_config.ROBUST_EVALS, "strategy": distribute.STRATEGIES,
-    "precision": precision.PRECISIONS, "dataset": tuple(sorted(datasets.REGISTRY)),
+    "precision": precision.PRECISIONS,
     "stop_after": defend_config.STAGES[:-1],
 }
 
@@ -119,3 +119,12 @@ def test_a_count_whose_zero_means_none_takes_zero(command_line):
   assert command_line("--report_images=0").report_images == 0
   with pytest.raises(flags.IllegalFlagValueError):
     command_line("--report_images=-1")
+
+
+def test_dataset_takes_a_registered_name_or_your_own_files(command_line):
+  assert command_line("--dataset=mnist").dataset == "mnist"
+  assert command_line("--dataset=files:/data/mine.npz").dataset == "files:/data/mine.npz"
+  with pytest.raises(flags.IllegalFlagValueError, match=r"--dataset takes one of .*digits.* or files:PATH"):
+    command_line("--dataset=nope")
+  assert sorted(datasets.REGISTRY) == [n for n in sorted(datasets.REGISTRY) if n in FLAGS["dataset"].help]
+

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from lad_tf.data.sources import DataFormatError, DatasetNotFoundError
-from lad_tf.data.sources import celeba, digits, idx, images, svhn, tfds_source
+from lad_tf.data.sources import celeba, digits, files, idx, images, svhn, tfds_source
 
 __all__ = ["DatasetSpec", "Split", "Dataset", "REGISTRY", "get_spec", "load", "stratified_indices",
            "calibration_split", "to_tf_dataset", "naming_unreadable_files", "DataFormatError", "DatasetNotFoundError"]
@@ -159,9 +159,28 @@ REGISTRY = {
 
 
 def get_spec(name):
+  """The spec of a registered dataset, or of your own images for a name "files:PATH" (registered on
+  first use, so every command that reads a work directory's config finds it)."""
+  if name not in REGISTRY and name.startswith(files.PREFIX):
+    REGISTRY[name] = files_spec(name[len(files.PREFIX):])
   if name not in REGISTRY:
-    raise KeyError(f"unknown dataset '{name}'; known: {', '.join(sorted(REGISTRY))}")
+    raise KeyError(f"unknown dataset '{name}'; known: {', '.join(sorted(REGISTRY))}, or files:PATH (a folder "
+                   f"of class sub-folders or an .npz with x and y)")
   return REGISTRY[name]
+
+
+def files_spec(path):
+  """A spec for the images at `path` (lad_tf.data.sources.files): shape and classes read from them,
+  LeNet-5 and a convolutional decoder from the zoo, the usual eps (0.1 grey, 8/255 colour)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  x, y, names = files.read(path)
+  smallest = int(np.min(np.bincount(files.splits(path)["test"][1], minlength=len(names))))
+  return DatasetSpec(
+      name=files.PREFIX + path, image_shape=tuple(int(d) for d in x.shape[1:]), num_classes=len(names),
+      class_names=names, classifier="lenet5", generator="conv_decoder", blackbox="black_cnn",
+      authors_eps_grid=(), recon_norm="l2", attack_eps=0.1 if x.shape[-1] == 1 else 8 / 255,
+      calibration_per_class=max(1, min(50, smallest // 2)), description=f"your images at {path}",
+      embedded=lambda: files.splits(path))
 
 
 @dataclasses.dataclass(frozen=True)

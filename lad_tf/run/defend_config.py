@@ -180,7 +180,7 @@ class DefendConfig:
       raise ConfigError(f"robust_eval must be one of {ROBUST_EVALS} and robust_eval_examples >= 1, got "
                         f"'{self.robust_eval}' and {self.robust_eval_examples}")
     return dataclasses.replace(
-        self, defence=defence_name, defence_eps=float(self.defence_eps or spec.attack_eps),
+        self, dataset=spec.name, defence=defence_name, defence_eps=float(self.defence_eps or spec.attack_eps),
         **{f"defence_{k}": v for k, v in recipe.items()},
         latent_layer=self.latent_layer or spec.latent_layer,
         calibration_per_class=self.calibration_per_class or spec.calibration_per_class,
