@@ -105,7 +105,7 @@ def evaluate(model, data, eps, *, examples=1000, version="standard", checks=200,
     a report: clean and robust accuracy, the attack, eps and image count, how many images each attack
     broke, the checks' verdicts (and the original's figures when given).
   """
-  from lad_tf.attacks.autoattack import CLEAN, ROBUST, autoattack
+  from lad_tf.attacks.autoattack import autoattack, figures
   from lad_tf.evaluation.sanity import gradient_masking_checks
   x, y = as_arrays(data, "data")
   pick = np.sort(np.random.default_rng(seed).choice(len(y), min(examples, len(y)), replace=False))
@@ -115,8 +115,7 @@ def evaluate(model, data, eps, *, examples=1000, version="standard", checks=200,
   def attacked(classifier, name):
     say(f"evaluate: AutoAttack {version} on the {name} model, {len(y)} images, eps {eps:g}")
     _, broken_by = autoattack(classifier, x, y, eps, version=version, seed=seed, log=say)
-    return {"clean_accuracy": float(np.mean(broken_by != CLEAN)), "robust_accuracy": float(np.mean(broken_by == ROBUST)),
-            "broken_by": {str(k): int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}
+    return figures(broken_by)
 
   report = {"attack": f"AutoAttack {version}", "eps": float(eps), "examples": int(len(y)), **attacked(model, "given")}
   if getattr(model, "lad_tf_training", None):

@@ -4,7 +4,7 @@ A field becomes one absl flag: its type picks the kind (bool, int, float, str; a
 comma-separated list), `metadata["choices"]` (the library's tuple of accepted values) makes it an
 enum, `metadata["help"]` is its --help text and `metadata["flag"]` its name where the command line
 calls it differently (None: not on the command line). A whole-number field is a count: its flag (or
-each item of its list) is at least `metadata["min"]` (or the caller's `minimum`), 1 unless said, so --classifier_epochs=-1 is a usage
+each item of its list) is at least `metadata["min"]`, 1 unless said, so --classifier_epochs=-1 is a usage
 error before any work rather than a run that trains nothing. `values` reads the parsed flags back as the
 dataclass's keyword arguments, so a new field reaches the command line without touching a pipeline.
 """
@@ -50,10 +50,9 @@ def flagged_fields(config_class, exclude=()):
   return [f for f in dataclasses.fields(config_class) if f.name not in exclude and flag_name(f)]
 
 
-def define(config_class, exclude=(), minimum=None, flag_values=flags.FLAGS):
+def define(config_class, exclude=(), flag_values=flags.FLAGS):
   """Defines one flag per field of `config_class` but those in `exclude`, which the caller defines
-  (shared flags such as --dataset, or composed configs). `minimum` ({field: lowest value}) overrides a
-  whole-number field's lowest value where its metadata does not say it (e.g. 0 meaning "none")."""
+  (shared flags such as --dataset, or composed configs)."""
   definers = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
               str: flags.DEFINE_string}
   for field in flagged_fields(config_class, exclude):
@@ -62,7 +61,7 @@ def define(config_class, exclude=(), minimum=None, flag_values=flags.FLAGS):
                       f"{{'help': ...}}, or {{'flag': None}} to keep it off the command line")
     name, text, default = flag_name(field), field.metadata["help"], flag_default(field)
     scalar, is_list, item = field_kind(config_class, field)
-    low = (minimum or {}).get(field.name, field.metadata.get("min", 1))
+    low = field.metadata.get("min", 1)
     if "choices" in field.metadata:
       flags.DEFINE_enum(name, default, list(field.metadata["choices"]), text, flag_values=flag_values)
     elif is_list:

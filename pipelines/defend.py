@@ -19,12 +19,10 @@ SHARED_FIELDS = ("dataset", "data_dir", "execution")
 
 common.define_data_flags(default_dataset=DefendConfig.dataset)
 common.define_distribution_flags()
-# whole-number settings are counts of at least 1, but for these, whose 0 means "none"
-ZERO_ALLOWED = {"report_images": 0}
-config_flags.define(DefendConfig, exclude=SHARED_FIELDS, minimum=ZERO_ALLOWED)
+config_flags.define(DefendConfig, exclude=SHARED_FIELDS)
 flags.DEFINE_integer("plan_batches", 3, "Before running, time this many batches of each stage's pieces "
                      "and print the plan with each stage's estimated time (0: no plan).", lower_bound=0)
-# robustness, the last stage, is left out: a run that gets there goes on to the export
+# the report, the last stage, is left out: a run that gets there goes on to the export
 flags.DEFINE_enum("stop_after", None, list(STAGES[:-1]), "Stop after this stage (e.g. generator: only the "
                   "decoder's loss curve).")
 flags.DEFINE_bool("export", True, "Export the defended classifier as a SavedModel for TF Serving.")

@@ -6,9 +6,9 @@ above the original's; the clean control stays within noise of the original's.
 """
 import dataclasses
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys

@@ -22,7 +22,7 @@ ROBUST_EVALS = (*AUTOATTACK_VERSIONS, "none")  # AutoAttack version of the robus
 def _setting(default, help_text, **command_line):
   """A DefendConfig field and what it means; pipelines.config_flags makes its flag of it (command_line:
   flag= its name on the command line where it differs, None to keep it off; choices= the library's
-  tuple of accepted values)."""
+  tuple of accepted values; min= the lowest value of a count, 1 unless said)."""
   return dataclasses.field(default=default, metadata={"help": help_text, **command_line})
 
 
@@ -121,7 +121,7 @@ class DefendConfig:
       1000, "Evaluation images (never the calibration ones) the robustness stage attacks (fewer if the "
       "split has fewer; metrics.json says so).", flag="autoattack_examples")
   report_images: int = _setting(100, "Evaluation images of the report's accuracy-against-eps curve and "
-                                "gradient-masking checks (DIR/report/report.html; 0: no report).")
+                                "gradient-masking checks (DIR/report/report.html; 0: no report).", min=0)
   force: Sequence[str] = _setting((), f"Stages to recompute ({', '.join(STAGES)}) or 'all'.")
   # seed, strategy, loop, determinism, precision, XLA, verbosity (the seed is part of the identity)
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)

@@ -11,6 +11,7 @@ import numpy as np
 
 from lad_tf import models, robust
 from lad_tf.attacks.autoattack import CLEAN, ROBUST, autoattack
+from lad_tf.attacks.autoattack import figures as autoattack_figures
 from lad_tf.evaluation import defence_report, figures
 from lad_tf.evaluation.sanity import gradient_masking_checks
 from lad_tf.lad import boundary as boundary_lib
@@ -204,9 +205,7 @@ def _robustness(run, out):
       broken = np.flatnonzero((broken_by != ROBUST) & (broken_by != CLEAN))[:8]
       np.savez(os.path.join(out, "examples.npz"), x=x[broken], x_adv=x_adv[broken], y=y[broken],
                pred=np.argmax(model.predict(x_adv[broken], verbose=0), -1) if len(broken) else y[broken])
-    result[name] = {"robust_accuracy": float(np.mean(broken_by == ROBUST)),
-                    "clean_accuracy": float(np.mean(broken_by != CLEAN)),
-                    "broken_by": {k: int(v) for k, v in zip(*np.unique(broken_by, return_counts=True))}}
+    result[name] = autoattack_figures(broken_by)
     run.say(f"robustness: {name}: robust accuracy {result[name]['robust_accuracy']:.4f}")
   write_json(os.path.join(out, "metrics.json"), result)
 
