@@ -44,3 +44,7 @@ LR_SCHEDULES = ("constant", "cyclic")
 
 # Where a robust defence starts: the trained classifier, or its architecture with fresh weights.
 DEFENCE_INITS = ("finetune", "scratch")
+
+# How the overfitting guard picks the epoch a single-step defence hands back (lad_tf.robust.guard): the
+# best held-out PGD-10 accuracy, or the best among the epochs within a point of the best clean accuracy.
+SELECTIONS = ("robust", "balanced")

@@ -26,6 +26,7 @@ LIBRARY_CHOICES = {
     "recon_norm": losses.RECON_NORMS, "fine_tune_mode": defend_config.FINE_TUNE_MODES,
     "fine_tune_schedule": tuple(fine_tuning.FINE_TUNE_SCHEDULES), "defence": defences.DEFENCES,
     "defence_lr_schedule": defences.LR_SCHEDULES, "defence_init": defences.DEFENCE_INITS,
+    "defence_selection": defences.SELECTIONS,
     "autoattack": defend_config.ROBUST_EVALS, "strategy": distribute.STRATEGIES,
     "precision": precision.PRECISIONS,
     "stop_after": defend_config.STAGES[:-1],

@@ -112,6 +112,17 @@ class DefendConfig:
   defence_atta_steps: Optional[int] = _setting(
       None, "atta's projected steps per batch, eps / K each, carried over from epoch to epoch (ATTA-K; "
       "each step costs one more input gradient per batch; default: the dataset's, 1).")
+  defence_selection: Optional[str] = _setting(
+      None, "Which epoch the single-step defences hand back: robust, the best held-out PGD-10 accuracy; "
+      "balanced, the best among the epochs within a point of the best held-out clean accuracy (default: "
+      "the dataset's).", choices=defences.SELECTIONS)
+  defence_weight_averaging: Optional[float] = _setting(
+      None, "Momentum per step of a moving average of the robust defences' weights, handed back instead of "
+      "the weights as trained (e.g. 0.999; 0: none; default: the dataset's).")
+  defence_tradeoff: Optional[float] = _setting(
+      None, "atta's clean/robust trade-off: 0 trains on the adversarial examples alone; beta > 0 on "
+      "CE(clean) + beta KL(clean || adversarial) (TRADES on the carried perturbations): smaller beta, more "
+      "clean accuracy and less robustness (default: the dataset's).")
   robust_eval: str = _setting(
       "standard", "Robustness stage: AutoAttack (APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and "
       "APGD-T) on the original and the defended classifier at the dataset's eps, reported as "
@@ -174,6 +185,14 @@ class DefendConfig:
     if recipe["atta_steps"] < 1:
       raise ConfigError(f"defence_atta_steps is how many steps of eps / K atta takes per batch: give K >= 1, "
                         f"got {recipe['atta_steps']}")
+    if recipe["selection"] not in defences.SELECTIONS:
+      raise ConfigError(f"defence_selection must be one of {defences.SELECTIONS}, got '{recipe['selection']}'")
+    if not 0 <= recipe["weight_averaging"] < 1:
+      raise ConfigError(f"defence_weight_averaging is a momentum per step: give one in [0, 1), got "
+                        f"{recipe['weight_averaging']}")
+    if recipe["tradeoff"] < 0 or (recipe["tradeoff"] and defence_name != "atta"):
+      raise ConfigError(f"defence_tradeoff is atta's TRADES weight (>= 0); got {recipe['tradeoff']} with "
+                        f"--defence={defence_name} (trades has its own weight of 6)")
     if self.report_images < 0:
       raise ConfigError(f"report_images must be >= 0 (0: no report), got {self.report_images}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
@@ -199,6 +218,8 @@ class DefendConfig:
                                learning_rate=self.defence_learning_rate,
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
                                step_scale=self.defence_step_scale, atta_steps=self.defence_atta_steps,
+                               selection=self.defence_selection, weight_averaging=self.defence_weight_averaging,
+                               tradeoff=self.defence_tradeoff,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property

@@ -195,6 +195,8 @@ class Training:
                          verbose=verbose, callbacks=callbacks).history
 
   def finish(self):
+    if self.custom and getattr(self.optimizer, "use_ema", False):  # Keras' fit does this at its end
+      self.optimizer.finalize_variable_values(self.model.trainable_variables)
     if self.model is not self.original:
       self.original.set_weights(self.model.get_weights())
     return self.original
