@@ -5,7 +5,8 @@ never holds a hand-copied list that can drift from it.
 choices with their one-line descriptions, read from lad_tf/defences.py (the same text `--help` and the
 model card use). The file is loaded on its own: importing the lad_tf package would start TensorFlow.
 `<!-- benchmarks-index -->` becomes the list of committed benchmarks/*.json files, read from them, and
-`<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds.
+`<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds, and
+`<!-- recipe-benchmark -->` the recipe benchmark's tables and figures (the default command as run).
 """
 import importlib.util
 import os
@@ -89,7 +90,22 @@ def benchmark_figures(name):
   return "\n".join(rows)
 
 
+RECIPE_MARKER = "<!-- recipe-benchmark -->"
+
+
+def recipe_benchmark(page_path):
+  """The recipe benchmark's tables and Pareto figures (pipelines.documents.recipe_benchmark: the defend
+  command as users run it, and the settings tried beside it)."""
+  import sys
+  sys.path.insert(0, HERE)
+  from pipelines.documents import recipe_benchmark as recipe
+  figures = "../" * page_path.count("/") + "figures/"
+  return recipe.section(HERE, heading="###", figures=figures) or "No recipe benchmark is committed."
+
+
 def on_page_markdown(markdown, page, config, files):
+  if RECIPE_MARKER in markdown:
+    markdown = markdown.replace(RECIPE_MARKER, recipe_benchmark(page.file.src_path))
   markdown = FIGURES_MARKER.sub(lambda found: benchmark_figures(found.group(1)), markdown)
   if MARKER in markdown:
     markdown = markdown.replace(MARKER, defences_table())

@@ -39,8 +39,9 @@ def rows_table(bench):
   return table(["row", "clean %", "AutoAttack %", "PGD-40 %", "defence time (x classifier's)", "seeds"], body)
 
 
-def section(repo, heading="###"):
-  """Markdown: for each committed recipe benchmark, what it measured, its table and its figure."""
+def section(repo, heading="###", figures="figures/"):
+  """Markdown: for each committed recipe benchmark, what it measured, its table and its figure
+  (`figures`: docs/figures/ as the page links it; a page in docs/ itself: figures/)."""
   parts = []
   for dataset, bench in committed(repo):
     parts += [f"{heading} `python -m pipelines.defend --dataset={dataset}`, measured as run", "",
@@ -50,8 +51,39 @@ def section(repo, heading="###"):
               f"{bench['autoattack_examples']} of its images at eps {bench['eps']:g}, PGD-40 on the same "
               f"images; defence time is the defended stage's over the classifier stage's in the same run; "
               f"± is the standard deviation over seeds.", "", rows_table(bench), "",
-              f"![clean against AutoAttack accuracy]({FIGURE.format(dataset=dataset).replace('docs/', '')})", ""]
+              f"![clean against AutoAttack accuracy]({figures}{os.path.basename(FIGURE.format(dataset=dataset))})", ""]
   return "\n".join(parts) if parts else None
+
+
+def _mean(rows, pick):
+  values = [pick(r) for r in rows if pick(r) is not None]
+  return sum(values) / len(values) if values else None
+
+
+def headline(dataset, bench):
+  """One sentence: the default command's figures beside the undefended classifier's."""
+  from lad_tf import defences
+  row = bench["rows"]["default"]
+  seeds = row["seeds"]
+  original_clean = _mean(seeds, lambda r: r["original"]["clean_accuracy"])
+  original_robust = _mean(seeds, lambda r: r["original"]["robust_accuracy"])
+  return (f"`python -m pipelines.defend --dataset={dataset}` (`{defences.DEFAULT_DEFENCE}`): "
+          f"**{100 * row['clean']['mean']:.1f}% clean, {100 * row['autoattack']['mean']:.1f}% under "
+          f"{bench['autoattack_attack'].split(' (')[0]}** at eps {bench['eps']:g} (the undefended classifier: "
+          f"{100 * original_clean:.1f}% and {100 * original_robust:.1f}%), mean of {len(seeds)} seed(s), the "
+          f"defence training in {row['cost_ratio']['mean']:.1f}x the classifier's time.")
+
+
+def readme_block(repo):
+  """The README's results block: each committed benchmark's headline, table and figure."""
+  found = committed(repo)
+  if not found:
+    return None
+  parts = [""]
+  for dataset, bench in found:
+    parts += [f"- {headline(dataset, bench)}", "", rows_table(bench), "",
+              f"![clean against AutoAttack accuracy]({FIGURE.format(dataset=dataset)})", ""]
+  return "\n".join(parts)
 
 
 def pareto_figure(bench, path):

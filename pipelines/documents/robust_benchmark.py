@@ -262,7 +262,9 @@ def section(repo):
   """docs/RESULTS.md's robust-training section (empty when no benchmark is committed)."""
   parts = []
   for dataset, bench in committed(repo):
-    parts += ["", f"### Robust training, {dataset} (issue 13)"] + _figures(bench, repo, dataset)
+    parts += ["", f"### Robust training methods compared, {dataset}", "",
+              "An ablation in the benchmark's own, shorter setup (not the defend command's; for that, see "
+              "the section above):"] + _figures(bench, repo, dataset)
     ablation = ablation_rows(bench)
     if ablation:
       parts += ["", "Ablation of `lad_robust`, its parts added one at a time (`+guided_start` is the default "
