@@ -1,4 +1,4 @@
-"""`train`: one entry point for every robust-training method of issue 13.
+"""`train`: one entry point for every robust-training method.
 
   standard    clean training, CE(f(x), y), with the robust methods' optimizer and schedule (the
               cost reference: cost ratios divide by its wall time)
