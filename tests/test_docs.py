@@ -41,7 +41,8 @@ def test_site_builds_strict_without_warnings(tmp_path):
     assert (tmp_path / "site" / page).is_file(), page
   api = (tmp_path / "site" / "api" / "index.html").read_text()
   for name in ("lad_tf.attacks.autoattack.autoattack", "lad_tf.data.datasets.load", "lad_tf.robust.train",
-               "lad_tf.run.defend.run_defend", "lad_tf.runtime.execution.fit"):
+               "lad_tf.run.defend.run_defend", "lad_tf.runtime.execution.fit",
+               "lad_tf.runtime.execution_config.ExecutionConfig"):
     assert f'id="{name}"' in api, f"the API reference lost {name}"
   # the hook filled the pages' benchmark markers from the committed JSON, and no marker is left unfilled
   serving = (tmp_path / "site" / "SERVING" / "index.html").read_text()
