@@ -27,8 +27,9 @@ ROWS = {
     "tradeoff_3": {"defence_tradeoff": 3.0},
     "tradeoff_6": {"defence_tradeoff": 6.0},
     "epochs_10": {"defence_epochs": 10},
-    "tradeoff_3_averaged_balanced": {"defence_tradeoff": 3.0, "defence_weight_averaging": 0.999,
-                                     "defence_selection": "balanced"},
+    "epochs_10_averaged": {"defence_epochs": 10, "defence_weight_averaging": 0.999},
+    "epochs_10_tradeoff_3": {"defence_epochs": 10, "defence_tradeoff": 3.0},
+    "epochs_15": {"defence_epochs": 15},
     "fgsm_rs": {"defence": "fgsm_rs"},
     "trades": {"defence": "trades"},
 }
