@@ -30,6 +30,7 @@ ROWS = {
     "epochs_10_averaged": {"defence_epochs": 10, "defence_weight_averaging": 0.999},
     "epochs_10_tradeoff_3": {"defence_epochs": 10, "defence_tradeoff": 3.0},
     "epochs_15": {"defence_epochs": 15},
+    "scratch_10": {"defence_init": "scratch", "defence_epochs": 10},
     "fgsm_rs": {"defence": "fgsm_rs"},
     "trades": {"defence": "trades"},
 }
