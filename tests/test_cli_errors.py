@@ -1,6 +1,7 @@
 """Every command line ends an expected error with one message on stderr, exit status 2 for a usage
 error and 1 otherwise, without a traceback; --verbose shows the traceback. Each case runs the real
-command in a subprocess; none trains anything."""
+command in a process of its own (a fork of one that imported TensorFlow once: tests/commands.py);
+none trains anything."""
 import gzip
 import json
 import os
@@ -12,26 +13,24 @@ import textwrap
 import numpy as np
 import pytest
 
+import commands
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs `python -m MODULE ARGS` with name resolution failing, as on a machine without internet, so the
 # TFDS fallback fails at once (and never downloads, whatever this machine's network).
-_OFFLINE_RUNNER = textwrap.dedent("""
-    import runpy, socket, sys
+_OFFLINE = textwrap.dedent("""
+    import socket
     def no_dns(*args, **kwargs):
       raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     socket.getaddrinfo = no_dns
-    module = sys.argv[1]
-    sys.argv = [module] + sys.argv[2:]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
 """)
 
 
 def run_command(module, *args, home):
   env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
   env.update(HOME=str(home), PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-c", _OFFLINE_RUNNER, module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  return commands.run(module, *args, prelude=_OFFLINE, cwd=REPO, env=env, timeout=300)
 
 
 def assert_one_message(result, *fragments, code=1):
@@ -258,8 +257,7 @@ def test_a_permission_error_anywhere_is_one_line(tmp_path):
             "def main(argv):\n"
             "  raise PermissionError(13, 'Permission denied', '/srv/models/1')\n"
             "cli.run(main)\n")
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": REPO}, check=False)
+  result = commands.run_code(script, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
   assert_one_message(result, "permission denied", "/srv/models/1", "a folder you can write to")
 
 
