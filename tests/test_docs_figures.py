@@ -114,7 +114,7 @@ def test_the_readme_and_results_robust_blocks_say_what_the_committed_json_says()
   with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
     text = f.read()
   block = text[text.index(readme.ROBUST_BEGIN) + len(readme.ROBUST_BEGIN):text.index(readme.ROBUST_END)]
-  assert _robust_lines(block) == _robust_lines(robust_benchmark.readme_block(REPO)), \
+  assert _robust_lines(block) == _robust_lines(readme.robust_block(REPO)), \
       "README's robust block is stale: run python -m pipelines.reproduce --render_only (make results)"
   with open(os.path.join(REPO, "docs", "RESULTS.md"), encoding="utf-8") as f:
     results = f.read()

@@ -50,8 +50,14 @@ def update_robust_readme(readme_path, repo):
   is committed, else from the robust-training benchmark; returns whether it did (markers present, a
   benchmark committed). Draws the recipe benchmark's figures."""
   recipe_benchmark.write_figures(repo)
-  body = recipe_benchmark.readme_block(repo) or robust_benchmark.readme_block(repo)
+  body = robust_block(repo)
   return body is not None and _replace_block(readme_path, ROBUST_BEGIN, ROBUST_END, body)
+
+
+def robust_block(repo):
+  """The README's robust block: the recipe benchmark's (the defend command as run) when one is
+  committed, else the robust-training benchmark's; None without either."""
+  return recipe_benchmark.readme_block(repo) or robust_benchmark.readme_block(repo)
 
 
 def _replace_block(path, begin, end, body):
