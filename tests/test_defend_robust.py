@@ -32,11 +32,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1
 MARGIN = 0.15
 FLAGS = {"classifier_epochs": 8, "generator_epochs": 5, "calibration_per_class": 10, "fine_tune_epochs": 3,
-         "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 100, "report_images": 30}
+         "defence_epochs": 4, "autoattack": "fast", "autoattack_examples": 50, "report_images": 30}
 # the same settings as the command line's, for the library calls that share its work directory
 CONFIG = defend.DefendConfig(
     dataset="digits", classifier_epochs=8, generator_epochs=5, calibration_per_class=10, fine_tune_epochs=3,
-    defence_epochs=4, robust_eval="fast", robust_eval_examples=100, report_images=30,
+    defence_epochs=4, robust_eval="fast", robust_eval_examples=50, report_images=30,
     execution=ExecutionConfig(verbose=0))
 
 
@@ -84,13 +84,18 @@ def test_fgsm_rs_raises_pgd_accuracy_and_metrics_say_so(fgsm_rs_run):
   assert metrics["defended"]["clean_accuracy"] > 0.85
   # AutoAttack on the same evaluation images (never calibration ones) for both models
   robust_eval = metrics["robust_evaluation"]
-  assert robust_eval["version"] == "fast" and robust_eval["eps"] == EPS and robust_eval["examples"] == 100
-  assert "note" not in robust_eval  # the split holds the 100 asked for
+  assert robust_eval["version"] == "fast" and robust_eval["eps"] == EPS and robust_eval["examples"] == 50
+  assert "note" not in robust_eval  # the split holds the 50 asked for
+  # 50 images (AutoAttack was 40% of the run at 100): measured 0.20 -> 0.42 on them, gaps of 0.14-0.22
+  # on three draws of 50 of the same models' evaluation images, and 0.10 -> 0.50 for a run with --seed=1
   assert metrics["defended"]["robust_accuracy"] > metrics["original"]["robust_accuracy"] + 0.1
-  # the reported figure stands against an independent attack (cleverhans' PGD) on the same images
+  # the reported figure stands against an independent attack (cleverhans' PGD) on the same images: at
+  # most one image of the 50 above it (measured: AutoAttack 0.02-0.04 below it on three draws of 50,
+  # no image robust to AutoAttack that the PGD broke; equal, 0.50, for the --seed=1 run)
   x, y = independent.robustness_images(CONFIG.resolved())
+  assert len(y) == robust_eval["examples"]
   pgd = independent.pgd_accuracy(work.model("defended"), x, y, EPS)
-  assert metrics["defended"]["robust_accuracy"] <= pgd + 0.02, (metrics["defended"], pgd)
+  assert metrics["defended"]["robust_accuracy"] <= pgd + 1 / len(y) + 1e-9, (metrics["defended"], pgd)
   # only the stages fgsm_rs needs ran: no decoder, boundaries or generation
   assert not any(os.path.exists(os.path.join(workdir, s)) for s in ("generator", "boundaries", "generation"))
   card = json.load(open(os.path.join(metrics["export_path"], "assets.extra", "model_card.json")))

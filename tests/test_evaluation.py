@@ -29,8 +29,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**overrides):
+  # the black-box model on 400 training images: 10 s of CPU against 13.7 s at 800 (AMD EPYC), and
+  # its own FGSM still takes 0.23-0.63 off its clean accuracy on the 30 sources (3 seeds; 0.30 at seed 0)
   settings = dict(n_per_class=3, m_per_class=1, targets_per_image=2, blackbox_epochs=2, blackbox_batch_size=32,
-                  blackbox_train_examples=800, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
+                  blackbox_train_examples=400, fine_tune_epochs=1, pgd_iter=10, apgd_iter=10,
                   cw_binary_steps=2, cw_iterations=20, cw_initial_const=1.0, attack_baselines=False,
                   examples_per_attack=5, attack_options={"autoattack": {"version": "fast", "n_iter": 10}},
                   sanity_n=20, sanity_options={"pgd_steps": 5, "more_steps": 10, "restarts": 2})

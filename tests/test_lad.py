@@ -138,7 +138,7 @@ def test_fine_tune_leaves_the_original_untouched():
 
 
 # -- the pipeline on digits ---------------------------------------------------------------------
-# The robustness and report stages' figures are not pinned (test_defend_robust checks AutoAttack's at 100
+# The robustness and report stages' figures are not pinned (test_defend_robust checks AutoAttack's at 50
 # images against an independent PGD): here they run on few images, which halves their time.
 CONFIG = defend.DefendConfig(dataset="digits", defence="lad", report_images=10, classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
