@@ -9,7 +9,6 @@ TensorFlow, so the help prints at once.
 import sys
 import textwrap
 
-from absl import flags
 
 OWN_PACKAGES = ("lad_tf", "pipelines", "serving")
 WIDTH = 100

@@ -88,7 +88,7 @@ class DefendConfig:
       "the dataset's attack eps, e.g. 0.1 digits/Fashion-MNIST, 0.3 MNIST).")
   # the robust defences' training: None, the dataset's recipe (lad_tf.data.datasets.DefenceRecipe)
   defence_epochs: Optional[int] = _setting(None, "Epochs of the robust defences (default: the dataset's; "
-                                           "5, MNIST 10).")
+                                           "5; Fashion-MNIST and MNIST 10).")
   defence_learning_rate: Optional[float] = _setting(
       None, "Adam learning rate of the robust defences (with --defence_lr_schedule=cyclic, the peak; "
       "default: the dataset's, 0.001, MNIST 0.005).")

@@ -98,6 +98,12 @@ def pareto_figure(bench, path):
   for name, (clean, robust, cost) in points.items():
     ax.scatter([clean], [robust], s=60 * cost, alpha=0.6, color="tab:red" if name == "default" else "tab:blue")
     ax.annotate(name, (clean, robust), textcoords="offset points", xytext=(6, 4), fontsize=8)
+  seeds = rows["default"]["seeds"] if "default" in rows else []
+  original = (_mean(seeds, lambda r: r["original"]["clean_accuracy"]), _mean(seeds, lambda r: r["original"]["robust_accuracy"]))
+  if None not in original:
+    ax.scatter([100 * original[0]], [100 * original[1]], s=60, color="grey", marker="x")
+    ax.annotate("undefended", (100 * original[0], 100 * original[1]), textcoords="offset points", xytext=(-60, 6),
+                fontsize=8)
   front = sorted((p[0], p[1]) for n, p in points.items()
                  if not any(q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values()))
   if len(front) > 1:
