@@ -5,7 +5,8 @@ never holds a hand-copied list that can drift from it.
 choices with their one-line descriptions, read from lad_tf/defences.py (the same text `--help` and the
 model card use). The file is loaded on its own: importing the lad_tf package would start TensorFlow.
 `<!-- benchmarks-index -->` becomes the list of committed benchmarks/*.json files, read from them, and
-`<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds.
+`<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds, and
+`<!-- benchmark-figures: NAME.json KEY ... -->` of those under the (dotted) keys named.
 """
 import importlib.util
 import os
@@ -61,7 +62,7 @@ def benchmarks_index():
   return "\n".join(rows)
 
 
-FIGURES_MARKER = re.compile(r"<!-- benchmark-figures: ([\w.-]+\.json) -->")
+FIGURES_MARKER = re.compile(r"<!-- benchmark-figures: ([\w.-]+\.json)((?: [\w.]+)*) -->")
 
 
 def _scalars(data, prefix=""):
@@ -79,18 +80,20 @@ def _scalars(data, prefix=""):
       yield name, value
 
 
-def benchmark_figures(name):
-  """A two-column table of one committed benchmark file's figures, as the file holds them."""
+def benchmark_figures(name, keys=()):
+  """A two-column table of one committed benchmark file's figures, as the file holds them (only those
+  under `keys`, dotted paths, when given)."""
   import json
   with open(os.path.join(HERE, "benchmarks", name), encoding="utf-8") as f:
     data = json.load(f)
   rows = [f"Figures of `benchmarks/{name}`, as the file holds them:", "", "| field | value |", "|---|---|"]
-  rows += [f"| `{key}` | {_cell(value)} |" for key, value in _scalars(data)]
+  rows += [f"| `{key}` | {_cell(value)} |" for key, value in _scalars(data)
+           if not keys or any(key == k or key.startswith(k + ".") for k in keys)]
   return "\n".join(rows)
 
 
 def on_page_markdown(markdown, page, config, files):
-  markdown = FIGURES_MARKER.sub(lambda found: benchmark_figures(found.group(1)), markdown)
+  markdown = FIGURES_MARKER.sub(lambda found: benchmark_figures(found.group(1), found.group(2).split()), markdown)
   if MARKER in markdown:
     markdown = markdown.replace(MARKER, defences_table())
   if BENCHMARKS_MARKER in markdown:

@@ -29,11 +29,24 @@ flags.DEFINE_list("set", [], "Suite options as key=value (e.g. --set=seconds=10,
 FLAGS = flags.FLAGS
 
 
+def cpu_model():
+  """The CPU's model name (/proc/cpuinfo), or None where that file does not say it."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
+
+
 def machine_info():
   """What the figures were measured on, saved beside them."""
   return {
       "platform": platform.platform(),
       "processor": platform.processor() or platform.machine(),
+      "cpu_model": cpu_model(),
       "cpus": os.cpu_count(),
       "python": sys.version.split()[0],
   }
