@@ -3,11 +3,11 @@
 An attacker who holds only the endpoint sends hundreds of images that differ by a perturbation
 smaller than the model's eps; benign clients rarely send more than a few copies of one image (a
 retry, a re-encoded or slightly shifted copy). Per client, the detector remembers the fingerprint
-(`serving.fingerprints`) of each recent query and, for each new image, counts the remembered
-queries it shares at least `match_threshold` hashes with: `neighbours_to_flag` such near-duplicates
-flag the client. Exact byte-for-byte resubmissions are answered and not counted (a retry tells an
-attacker nothing new). Flagged clients are logged and counted, and with a rejecting action every
-later request of theirs gets PERMISSION_DENIED (HTTP 403).
+(`serving.fingerprints`, as a 512-bit sketch) of each recent query and, for each new image, counts
+the remembered queries it shares at least `match_threshold` hashes (sketch bits) with:
+`neighbours_to_flag` such near-duplicates flag the client. Exact byte-for-byte resubmissions are
+answered and not counted (a retry tells an attacker nothing new). Flagged clients are logged and
+counted, and with a rejecting action every later request of theirs gets PERMISSION_DENIED (HTTP 403).
 
 The store is bounded: `history_per_client` fingerprints per client in a ring, and the whole store
 under `max_memory_mb`, dropping the least recently seen clients first. Only the servable's request
@@ -74,9 +74,9 @@ class QueryDetector:
   background=False: `check` judges the request's images before it returns. background=True (the
   server's choice): `check` only refuses clients already flagged and queues the images; one worker
   thread collects what is queued (polling every POLL_SECONDS), fingerprints it in one numpy pass per
-  image shape and judges it in arrival order, off the request's critical path. A client is then flagged a moment after the query that
-  flags it, and refused from its next request on. At most MAX_PENDING requests wait (`check` blocks
-  beyond that), so detection never falls far behind.
+  image shape and judges it in arrival order, off the request's critical path. A client is then
+  flagged a moment after the query that flags it, and refused from its next request on. At most
+  MAX_PENDING requests wait (`check` blocks beyond that), so detection never falls far behind.
   """
 
   def __init__(self, config, background=False):
@@ -133,10 +133,11 @@ class QueryDetector:
           self._queue.task_done()
 
   def _fingerprint_batch(self, batch):
-    """[(client, sketches, digests)] of queued requests, in order; one fingerprint pass per shape."""
+    """[(client, sketches, digests)] of queued requests, in order; one fingerprint pass per image
+    shape and dtype (so that the digests are those of the bytes sent)."""
     shapes = collections.defaultdict(list)
     for k, (_, images) in enumerate(batch):
-      shapes[images.shape[1:]].append(k)
+      shapes[images.shape[1:], images.dtype].append(k)
     out = [None] * len(batch)
     for members in shapes.values():
       sketches, digests = self.fingerprint(np.concatenate([batch[k][1] for k in members]))
