@@ -65,29 +65,34 @@ def benchmarks_index():
 FIGURES_MARKER = re.compile(r"<!-- benchmark-figures: ([\w.-]+\.json)((?: [\w.]+)*) -->")
 
 
-def _scalars(data, prefix=""):
-  """(dotted key, value) of every number, string or boolean in data, nested dicts included; the machine
-  description and long notes are left to the file itself."""
+def _scalars(data, prefix="", skip=("machine", "note", "status"), lists=False):
+  """(dotted key, value) of every number, string or boolean in data, nested dicts included (and short
+  lists, if `lists`); the keys in `skip` (by default the machine description and long notes) are left
+  to the file itself."""
   for key, value in data.items():
     name = f"{prefix}{key}"
-    if key in ("machine", "note", "status") or name.endswith("_tree"):
+    if key in skip or name.endswith("_tree"):
       continue
     if isinstance(value, dict):
-      yield from _scalars(value, name + ".")
+      yield from _scalars(value, name + ".", skip, lists)
     elif isinstance(value, float):
       yield name, f"{value:.4g}"
     elif isinstance(value, (int, bool, str)) and len(str(value)) <= 120:
       yield name, value
+    elif lists and isinstance(value, list) and len(str(value)) <= 120:
+      yield name, ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) or "none"
 
 
 def benchmark_figures(name, keys=()):
-  """A two-column table of one committed benchmark file's figures, as the file holds them (only those
-  under `keys`, dotted paths, when given)."""
+  """A two-column table of one committed benchmark file's figures, as the file holds them. With
+  `keys` (dotted paths), only the figures under them, short lists and the machine included when
+  named."""
   import json
   with open(os.path.join(HERE, "benchmarks", name), encoding="utf-8") as f:
     data = json.load(f)
   rows = [f"Figures of `benchmarks/{name}`, as the file holds them:", "", "| field | value |", "|---|---|"]
-  rows += [f"| `{key}` | {_cell(value)} |" for key, value in _scalars(data)
+  skip = ("note", "status") if keys else ("machine", "note", "status")
+  rows += [f"| `{key}` | {_cell(value)} |" for key, value in _scalars(data, skip=skip, lists=bool(keys))
            if not keys or any(key == k or key.startswith(k + ".") for k in keys)]
   return "\n".join(rows)
 
