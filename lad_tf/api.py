@@ -26,7 +26,8 @@ NEEDS_PIPELINE = ("lad", "lad_robust")
 
 
 def harden(model, data, defence=defences.DEFAULT_DEFENCE, eps=None, *, epochs=None, init="finetune",
-           train_examples=None, precision="auto", seed=0, allow_weak_model=False, state_dir=None, progress=None):
+           train_examples=None, tradeoff=None, precision="auto", seed=0, allow_weak_model=False, state_dir=None,
+           progress=None):
   """Trains a hardened copy of `model` on `data`; `model` itself is left as it was.
 
   Args:
@@ -40,6 +41,9 @@ def harden(model, data, defence=defences.DEFAULT_DEFENCE, eps=None, *, epochs=No
     epochs, init: training epochs (default: lad_tf.data.datasets.DefenceRecipe's, 5) and where training
       starts: "finetune" (your weights) or "scratch" (the same layers, fresh weights).
     train_examples: train on this many of the images (default: all).
+    tradeoff: atta's clean/robust trade-off (`--defence_tradeoff`): 0 trains on adversarial examples alone,
+      beta > 0 on CE(clean) + beta KL(clean || adversarial), smaller beta giving more clean accuracy
+      (default: DefenceRecipe's).
     precision: "auto" (bf16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere), "float32", ...
     seed: seeds the held-out split, the shuffling and the random starts.
     allow_weak_model: train even when `model` is no better than chance on `data` (with init="finetune").
@@ -78,7 +82,9 @@ def harden(model, data, defence=defences.DEFAULT_DEFENCE, eps=None, *, epochs=No
     start = keras.models.clone_model(model)
   config = RobustConfig(method=defence, eps=float(eps), epochs=epochs or recipe.epochs,
                         learning_rate=recipe.learning_rate, lr_schedule=recipe.lr_schedule,
-                        step_scale=recipe.step_scale, atta_steps=recipe.atta_steps,
+                        step_scale=recipe.step_scale, atta_steps=recipe.atta_steps, selection=recipe.selection,
+                        weight_averaging=recipe.weight_averaging,
+                        tradeoff=recipe.tradeoff if tradeoff is None else float(tradeoff),
                         guard_examples=min(1000, len(y) // 10),
                         execution=ExecutionConfig(seed=seed, precision=precision, verbose=0))
   hardened, info = train(start, x, y, config, log=progress or log.info, state_dir=state_dir)

@@ -1,9 +1,10 @@
-"""A command's --help: its own flags in the groups it names, without absl's and TensorFlow's flags.
+"""A command's --help: its own flags in the groups it names, without absl's flags.
 
 absl's --help lists only the flags the main module itself defines (not the shared --dataset or
---workdir) and --helpfull adds some 20 flags of absl and TensorFlow that no user of lad_tf sets. This
-help lists every flag defined by lad_tf, pipelines or serving (or the command itself), grouped as the
-command says; a flag the command left out of its groups still shows, under "other".
+--workdir) and --helpfull adds absl's own flags, which no user of lad_tf sets. This help lists every
+flag defined by lad_tf, pipelines or serving (or the command itself), grouped as the command says; a
+flag the command left out of its groups still shows, under "other". Defining the flags imports no
+TensorFlow, so the help prints at once.
 """
 import sys
 import textwrap
@@ -49,7 +50,7 @@ def render(flag_values, groups, usage):
   rest = sorted(set(flags_) - listed)
   if rest:
     lines += ["", "other:"] + [entry(flags_[name]) for name in rest]
-  lines += ["", "--helpfull lists absl's and TensorFlow's flags too."]
+  lines += ["", "--helpfull also lists absl's own flags."]
   return "\n".join(lines)
 
 

@@ -9,15 +9,16 @@ DESCRIPTIONS = {
            "examples (holds against fixed adversarial sets, not against a white-box attacker)",
     "clean": "LAD's control: the same Eq. 4 fine-tuning (examples, schedule, seed) with x' = x",
     "fgsm_rs": "FGSM adversarial training with a random start (Wong et al. 2020): one input-space step "
-               "per batch, about 2x the cost of clean training",
-    "pgd_at": "PGD-10 adversarial training (Madry et al. 2018): the standard, about 11x the cost",
+               "per batch",
+    "pgd_at": "PGD-10 adversarial training (Madry et al. 2018): the standard, ten input-space steps per "
+              "batch",
     "trades": "TRADES (Zhang et al. 2019): CE + 6 KL(clean || adversarial), 10-step inner maximisation",
     "nfgsm": "N-FGSM (de Jorge et al. 2022): one input-space step per batch from noise larger than "
-             "eps, about 2x the cost of clean training; lad_robust with LAD's parts off",
+             "eps; lad_robust with LAD's parts off",
     "atta": "accumulated perturbations (ATTA, Zheng et al. 2020): one projected step of eps per batch "
             "(--defence_atta_steps=K: K steps of eps / K) from where each example's perturbation ended the "
-            "epoch before, so the steps add up to a multi-step attack over the epochs; about 2x the cost of "
-            "clean training with one step",
+            "epoch before, so the steps add up to a multi-step attack over the epochs at the cost of a "
+            "single-step method",
     "lad_robust": "ours: one N-FGSM input-space step per batch, half the batch starting from LAD's "
                   "boundary-guided direction sign(G(z + t d) - G(z)); decoder and SVMs used only in training",
 }
@@ -44,3 +45,7 @@ LR_SCHEDULES = ("constant", "cyclic")
 
 # Where a robust defence starts: the trained classifier, or its architecture with fresh weights.
 DEFENCE_INITS = ("finetune", "scratch")
+
+# How the overfitting guard picks the epoch a single-step defence hands back (lad_tf.robust.guard): the
+# best held-out PGD-10 accuracy, or the best among the epochs within a point of the best clean accuracy.
+SELECTIONS = ("robust", "balanced")

@@ -166,6 +166,13 @@ def main(argv):
   print(f"report written to {path}")
 
 
+HELP_GROUPS = (
+    ("endpoint", ("server", "rest", "model_name", "client_id", "batch_size")),
+    ("attack", ("attack", "queries", "eps", "seed")),
+    ("images", ("images", "labels", "n")),
+    ("report", ("output", "verbose")),
+)
+
 if __name__ == "__main__":
   _define_flags()
-  common.run(main)
+  common.run(main, HELP_GROUPS)

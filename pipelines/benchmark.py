@@ -17,7 +17,7 @@ from pipelines import common
 from pipelines.benchmarks import suite_options
 
 SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data", "robust", "decoder",
-          "service_attacks")
+          "service_attacks", "recipe")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")
@@ -30,23 +30,23 @@ FLAGS = flags.FLAGS
 
 
 def cpu_model():
-  """The CPU's model name (/proc/cpuinfo), or None where that file does not say it."""
+  """The CPU's model name and the vector units that decide its speed (timings differ by kind)."""
   try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+    with open("/proc/cpuinfo") as f:
+      lines = f.read().splitlines()
   except OSError:
-    pass
-  return None
+    return {}
+  field = lambda key: next((l.split(":", 1)[1].strip() for l in lines if l.startswith(key)), "")
+  flags_ = set(field("flags").split())
+  return {"cpu": field("model name"),
+          "cpu_flags": sorted(flags_ & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
 
 
 def machine_info():
   """What the figures were measured on, saved beside them."""
-  return {
+  return {**cpu_model(),
       "platform": platform.platform(),
       "processor": platform.processor() or platform.machine(),
-      "cpu_model": cpu_model(),
       "cpus": os.cpu_count(),
       "python": sys.version.split()[0],
   }

@@ -51,8 +51,9 @@ COMMAND_LINE_PRECISION = "auto"
 def define_distribution_flags():
   """--strategy, --deterministic, --precision, --jit_compile (see docs/SCALING.md): the choices of
   lad_tf.runtime, the defaults of its ExecutionConfig."""
-  from lad_tf.runtime import distribute, execution, precision
-  defaults = execution.ExecutionConfig()
+  from lad_tf.runtime import distribute, precision
+  from lad_tf.runtime.execution_config import ExecutionConfig  # no TensorFlow: --help stays quick
+  defaults = ExecutionConfig()
   flags.DEFINE_enum("strategy", defaults.strategy, list(distribute.STRATEGIES),
                     "tf.distribute strategy of every training loop: default (one device), mirrored (all "
                     "local GPUs), multi_worker (MultiWorkerMirroredStrategy from the TF_CONFIG environment "
@@ -64,15 +65,14 @@ def define_distribution_flags():
                     "with a warning without one), mixed_bfloat16 on CPUs with AVX512-BF16/AMX, auto: what "
                     "lad_tf.runtime.precision.auto_precision measured accurate enough on this hardware.")
   flags.DEFINE_bool("jit_compile", defaults.jit_compile, "XLA-compile the Keras fit train steps (measured "
-                    "slower on CPU: LeNet, and svhnNet 2.2x / its decoder 5x the CPU time per batch; try it on "
-                    "GPUs).")
+                    "slower on CPU for LeNet-5, svhnNet and their decoders, docs/SCALING.md; try it on GPUs).")
 
 
 def execution_config(flag_values):
   """The ExecutionConfig of --seed and the distribution flags. Creates the strategy first (a
   MultiWorkerMirroredStrategy must exist before TensorFlow runs any op)."""
   from lad_tf.runtime import distribute
-  from lad_tf.runtime.execution import ExecutionConfig
+  from lad_tf.runtime.execution_config import ExecutionConfig
   distribute.get_strategy(flag_values.strategy)
   return ExecutionConfig(strategy=flag_values.strategy, seed=flag_values.seed,
                          deterministic=flag_values.deterministic, precision=flag_values.precision,

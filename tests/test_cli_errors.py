@@ -1,9 +1,11 @@
 """Every command line ends an expected error with one message on stderr, exit status 2 for a usage
 error and 1 otherwise, without a traceback; --verbose shows the traceback. Each case runs the real
-command in a subprocess; none trains anything."""
+command in a process of its own (a fork of one that imported TensorFlow once: tests/commands.py);
+none trains anything."""
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,26 +13,24 @@ import textwrap
 import numpy as np
 import pytest
 
+import commands
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs `python -m MODULE ARGS` with name resolution failing, as on a machine without internet, so the
 # TFDS fallback fails at once (and never downloads, whatever this machine's network).
-_OFFLINE_RUNNER = textwrap.dedent("""
-    import runpy, socket, sys
+_OFFLINE = textwrap.dedent("""
+    import socket
     def no_dns(*args, **kwargs):
       raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     socket.getaddrinfo = no_dns
-    module = sys.argv[1]
-    sys.argv = [module] + sys.argv[2:]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
 """)
 
 
 def run_command(module, *args, home):
   env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
   env.update(HOME=str(home), PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-c", _OFFLINE_RUNNER, module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  return commands.run(module, *args, prelude=_OFFLINE, cwd=REPO, env=env, timeout=300)
 
 
 def assert_one_message(result, *fragments, code=1):
@@ -175,8 +175,8 @@ def test_client_against_a_port_nothing_listens_on(tmp_path, image, protocol):
 
 
 HELP_COMMANDS = ["pipelines.defend", "pipelines.train_classifier", "pipelines.train_acgan", "pipelines.evaluate",
-                 "pipelines.export", "pipelines.reproduce", "pipelines.benchmark", "serving.client",
-                 "serving.server"]
+                 "pipelines.export", "pipelines.reproduce", "pipelines.benchmark", "pipelines.attack_service",
+                 "serving.client", "serving.server"]
 
 
 @pytest.mark.parametrize("module", HELP_COMMANDS)
@@ -186,6 +186,42 @@ def test_help_exits_0_with_only_the_commands_flags(tmp_path, module):
   assert f"usage: python -m {module}" in result.stdout
   assert "--logtostderr" not in result.stdout and "--run_with_pdb" not in result.stdout  # absl's own
   assert "\nother:" not in result.stdout  # every flag of the command is in one of its groups
+
+
+# The commands a user runs; their help must not wait for TensorFlow (seconds) to print.
+USER_COMMANDS = ["pipelines.defend", "pipelines.evaluate", "pipelines.export", "pipelines.train_classifier",
+                 "pipelines.train_acgan", "pipelines.attack_service", "serving.server", "serving.client"]
+
+# Runs `python -m MODULE ARGS` and says on its last stderr line which of TensorFlow and Keras it imported.
+_IMPORTS_RUNNER = textwrap.dedent("""
+    import atexit, runpy, sys
+    atexit.register(lambda: print("imported:", *[m for m in ("tensorflow", "keras") if m in sys.modules],
+                                  file=sys.stderr))
+    module = sys.argv[1]
+    sys.argv = [module] + sys.argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+""")
+
+
+def run_importing(module, *args):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-c", _IMPORTS_RUNNER, module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("module", USER_COMMANDS)
+def test_help_prints_grouped_without_starting_tensorflow(module):
+  """--help and -h print the command's grouped flags, --helpfull absl's list, all with exit 0 and neither
+  TensorFlow nor Keras imported."""
+  for arg in ("--help", "-h", "--helpfull"):
+    result = run_importing(module, arg)
+    assert result.returncode == 0, (arg, result.stderr)
+    assert result.stderr.strip().splitlines()[-1] == "imported:", (arg, result.stderr[-2000:])
+    if arg == "--helpfull":  # absl's list, its own flags included
+      assert "--[no]helpfull" in result.stdout, result.stdout
+    else:
+      assert f"usage: python -m {module}" in result.stdout
+      assert re.search(r"\n\n[a-z][^\n]*:\n  --\w", result.stdout), result.stdout  # a group and its first flag
 
 
 def test_defend_help_lists_what_a_user_needs_grouped(tmp_path):
@@ -221,8 +257,7 @@ def test_a_permission_error_anywhere_is_one_line(tmp_path):
             "def main(argv):\n"
             "  raise PermissionError(13, 'Permission denied', '/srv/models/1')\n"
             "cli.run(main)\n")
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": REPO}, check=False)
+  result = commands.run_code(script, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
   assert_one_message(result, "permission denied", "/srv/models/1", "a folder you can write to")
 
 

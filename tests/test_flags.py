@@ -11,7 +11,7 @@ from absl import flags
 from lad_tf import defences
 from lad_tf.data import datasets
 from lad_tf.lad import boundary, fine_tuning, generation
-from lad_tf.run import defend_config
+from lad_tf.run import defend_config, defend_stages
 from lad_tf.run.defend_config import DefendConfig
 from lad_tf.runtime import distribute, execution, losses, precision
 from pipelines import common, config_flags
@@ -26,9 +26,10 @@ LIBRARY_CHOICES = {
     "recon_norm": losses.RECON_NORMS, "fine_tune_mode": defend_config.FINE_TUNE_MODES,
     "fine_tune_schedule": tuple(fine_tuning.FINE_TUNE_SCHEDULES), "defence": defences.DEFENCES,
     "defence_lr_schedule": defences.LR_SCHEDULES, "defence_init": defences.DEFENCE_INITS,
+    "defence_selection": defences.SELECTIONS,
     "autoattack": defend_config.ROBUST_EVALS, "strategy": distribute.STRATEGIES,
     "precision": precision.PRECISIONS,
-    "stop_after": defend_config.STAGES[:-1],
+    "stop_after": tuple(stage.name for stage in defend_stages.STAGES)[:-1],  # the stages as declared
 }
 
 
@@ -72,6 +73,12 @@ def test_enum_flags_offer_the_library_tuples():
     assert FLAGS[name].parser.enum_values == list(choices), name
   derived = {config_flags.flag_name(f) for f in FIELDS if "choices" in f.metadata}
   assert derived <= set(LIBRARY_CHOICES), derived - set(LIBRARY_CHOICES)
+
+
+def test_the_stage_names_the_flags_offer_are_the_declared_stages():
+  """--force and --stop_after list lad_tf.choices.DEFEND_STAGES (no TensorFlow for --help): the stages
+  lad_tf.run.defend_stages declares, in order."""
+  assert defend_config.STAGES == tuple(stage.name for stage in defend_stages.STAGES)
 
 
 def _other_value(field):

@@ -138,10 +138,12 @@ def test_fine_tune_leaves_the_original_untouched():
 
 
 # -- the pipeline on digits ---------------------------------------------------------------------
-CONFIG = defend.DefendConfig(dataset="digits", defence="lad", report_images=30, classifier_epochs=8, generator_epochs=25,
+# The robustness and report stages' figures are not pinned (test_defend_robust checks AutoAttack's at 100
+# images against an independent PGD): here they run on few images, which halves their time.
+CONFIG = defend.DefendConfig(dataset="digits", defence="lad", report_images=10, classifier_epochs=8, generator_epochs=25,
                                calibration_per_class=10, fine_tune_epochs=3,
                                eps_grid=(0.0, 0.1, 0.3, 0.5, 1.0), robust_eval="fast",
-                               robust_eval_examples=100, execution=QUIET)
+                               robust_eval_examples=20, execution=QUIET)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("lad_tf", "serving", "pipelines")  # each may import only those before it
 # lad_tf's packages, lowest first: a module may import its own package and those below it
-LAYERS = (("errors", "defences"), ("data",), ("models",), ("runtime",), ("attacks",), ("lad",), ("robust",),
+LAYERS = (("errors", "defences", "choices"), ("data",), ("models",), ("runtime",), ("attacks",), ("lad",), ("robust",),
           ("evaluation",), ("run",))
 # the public API (lad_tf.harden, evaluate, export) sits above the library and beside serving: its export
 # hands the model to serving.export (lazily, inside the function)

@@ -15,11 +15,9 @@ from lad_tf.attacks import common
 from lad_tf.attacks.apgd import apgd, apgd_targeted
 from lad_tf.attacks.fab import fab
 from lad_tf.attacks.square import square
+from lad_tf.choices import AUTOATTACK_VERSIONS
 
-VERSIONS = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "fast": ("apgd-ce", "apgd-t"),
-}
+VERSIONS = AUTOATTACK_VERSIONS  # {version: the attacks it runs, in order}
 CLEAN = "clean"  # broken_by value of images the model already misclassifies
 ROBUST = ""      # broken_by value of images no attack broke
 

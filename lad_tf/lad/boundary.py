@@ -23,9 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf.choices import ATTENTION_MODES
 from lad_tf.runtime.progress import Progress
-
-ATTENTION_MODES = ("authors", "budget", "none")
 
 
 def attention_weights(pre_activation, mode):

@@ -11,9 +11,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf.choices import DEFAULT_SCHEDULE, FINE_TUNE_SCHEDULES
 from lad_tf.runtime import execution, losses
 from lad_tf.errors import ConfigError
 from lad_tf.runtime.execution import ExecutionConfig
+
+_DEFAULTS = FINE_TUNE_SCHEDULES[DEFAULT_SCHEDULE]
 
 
 @dataclasses.dataclass
@@ -21,22 +24,18 @@ class FineTuneConfig:
   """The defaults are the "lad_tf" schedule (schedule_config): with 10 epochs on a few hundred seeds
   lr 0.001 forgets less of the clean task than the authors' lr 0.01 (Fashion-MNIST: -0.3 vs -1.0
   points); the "authors" schedule is their MNIST run's (100 epochs, SGD lr 0.01, momentum 0.5)."""
-  epochs: int = 10
-  batch_size: int = 64
-  learning_rate: float = 0.001
-  momentum: float = 0.5
+  epochs: int = _DEFAULTS["epochs"]
+  batch_size: int = _DEFAULTS["batch_size"]
+  learning_rate: float = _DEFAULTS["learning_rate"]
+  momentum: float = _DEFAULTS["momentum"]
   alpha: float = 0.5
   execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
 
 
-# Named fine-tuning schedules (SGD): "lad_tf", this project's default, and "authors", the authors' MNIST
-# run (100 epochs, lr 0.01, momentum 0.5, batch 64), about 100x the optimisation of ours on the same set.
-_SCHEDULED = ("epochs", "batch_size", "learning_rate", "momentum")
-FINE_TUNE_SCHEDULES = {
-    "lad_tf": {key: getattr(FineTuneConfig, key) for key in _SCHEDULED},  # FineTuneConfig's defaults
-    "authors": {"epochs": 100, "batch_size": 64, "learning_rate": 0.01, "momentum": 0.5},
-}
-DEFAULT_SCHEDULE = "lad_tf"
+# The named fine-tuning schedules (SGD), FINE_TUNE_SCHEDULES and DEFAULT_SCHEDULE, are plain data in
+# lad_tf.choices (the command lines list them without TensorFlow): "lad_tf", this project's default and
+# FineTuneConfig's defaults, and "authors", the authors' MNIST run, about 100x the optimisation of ours
+# on the same set.
 
 
 def schedule_config(name=DEFAULT_SCHEDULE, epochs=None, **overrides):

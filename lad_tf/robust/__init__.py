@@ -1,4 +1,4 @@
-"""Robust training: classifiers that hold under white-box input-space attacks (issue 13).
+"""Robust training: classifiers that hold under white-box input-space attacks.
 
 Every adversarial method is a per-example loss `loss_fn(model, x, y, training) -> (batch,) losses`
 over the classifier (lad_tf.robust.losses), trained by the one executor of lad_tf.runtime.execution (its

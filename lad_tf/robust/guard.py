@@ -9,8 +9,14 @@ did not rise. (Early in training from a non-robust model, FGSM accuracy climbs f
 on MNIST at eps 0.3, 0.62 against 0.10 after the first epoch, up from 0.09 and 0.00. That is
 learning, not a collapse; counted as one, it stopped every run at its start.) On a collapse the
 weights and optimizer state go back to the last good epoch and the step shrinks by `shrink` (the
-loss's `step_scale`); below `min_step_scale` training stops there. At the end the epoch with the best
-held-out PGD accuracy is restored (model selection on held-out training images).
+loss's `step_scale`); below `min_step_scale` training stops there. A rollback leaves the optimizer's
+step counter where it is, so a learning-rate schedule goes on instead of rewinding. At the end one
+epoch is restored (model selection on held-out training images): `selection="robust"` takes the best
+held-out PGD accuracy; `"balanced"` the best PGD accuracy among the epochs whose clean accuracy is
+within `clean_tolerance` of the best clean one (robustness that costs clean accuracy is bought only
+up to that point). Only the epochs no other epoch beats on both figures are kept for it. When the
+optimizer averages the weights (Keras' `use_ema`), the checks and the selection see the averaged
+weights: they are what training hands back.
 
 With a `state_path` the guard's own state (its history, rollbacks, step scale, the last good and the
 best epoch's weights) is saved after every epoch, so a killed run resumes with all of it: the
@@ -25,8 +31,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lad_tf.defences import SELECTIONS
 from lad_tf.runtime import files
 from lad_tf.robust import adversaries as adv
+
+
+def _dominates(a, b):
+  """Whether epoch row `a` is at least as good as `b` on held-out clean and PGD-10 accuracy."""
+  return a["clean"] >= b["clean"] and a["pgd10"] >= b["pgd10"]
 
 
 class OverfittingGuard(keras.callbacks.Callback):
@@ -40,7 +52,9 @@ class OverfittingGuard(keras.callbacks.Callback):
     max_gap: FGSM minus PGD accuracy beyond this is a collapse when PGD accuracy did not rise.
     shrink: factor applied to the step after a collapse.
     min_step_scale: stop training when the step scale would fall below this.
-    select_best: restore the best held-out PGD epoch when training ends.
+    select_best: restore the selected epoch when training ends (False: the last good one).
+    selection: "robust" or "balanced" (SELECTIONS), the rule that selects the epoch.
+    clean_tolerance: how far below the best held-out clean accuracy "balanced" may select.
     batch_size: images per PGD batch.
     log: optional callable(str).
     state_path: None, or a .npz file the guard's state is saved to after every epoch and resumed
@@ -53,15 +67,20 @@ class OverfittingGuard(keras.callbacks.Callback):
   """
 
   def __init__(self, x, y, eps, step_scale, max_drop=0.2, max_gap=0.3, shrink=0.5, min_step_scale=0.2,
-               select_best=True, batch_size=500, log=None, state_path=None, save_state=True):
+               select_best=True, batch_size=500, log=None, state_path=None, save_state=True,
+               selection="robust", clean_tolerance=0.01):
     super().__init__()
+    if selection not in SELECTIONS:
+      raise ValueError(f"unknown selection '{selection}'; one of {', '.join(SELECTIONS)}")
+    self.selection, self.clean_tolerance = selection, float(clean_tolerance)
     self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     self.eps, self.step_scale, self.max_drop, self.max_gap = float(eps), step_scale, max_drop, max_gap
     self.shrink, self.min_step_scale, self.select_best = shrink, min_step_scale, select_best
     self.batch_size, self.log = batch_size, log or (lambda _: None)
     self.history, self.rollbacks, self.seconds = [], 0, 0.0
     self.classifier = self.optimizer = None
-    self.stop_training, self.selected_epoch = False, None
+    self.stop_training, self.selected_epoch, self.selection_reason = False, None, None
+    self._front = {}  # epoch -> (row, state): the good epochs no other good epoch beats on both figures
     self._check = None
     self._started = False
     self.state_path, self.save_state = state_path, save_state
@@ -70,7 +89,27 @@ class OverfittingGuard(keras.callbacks.Callback):
     """The model being trained (logits) and its optimizer (lad_tf.runtime.execution.Training's)."""
     self.classifier, self.optimizer = classifier, optimizer
 
+  def _averages(self):
+    """The optimizer's moving averages of the trainable weights (Keras' use_ema), once it has built them."""
+    return getattr(self.optimizer, "_model_variables_moving_average", None) if getattr(
+        self.optimizer, "use_ema", False) else None
+
   def _accuracies(self):
+    """Held-out clean, FGSM and PGD-10 accuracy of the weights training would hand back now (the
+    averaged ones when the optimizer averages)."""
+    averages = self._averages()
+    if not averages:
+      return self._measure()
+    trained = [v.numpy() for v in self.classifier.trainable_variables]
+    for v, average in zip(self.classifier.trainable_variables, averages):
+      v.assign(average)
+    try:
+      return self._measure()
+    finally:
+      for v, value in zip(self.classifier.trainable_variables, trained):
+        v.assign(value)
+
+  def _measure(self):
     classifier = self.classifier
     if self._check is None:
       eps = self.eps
@@ -92,11 +131,16 @@ class OverfittingGuard(keras.callbacks.Callback):
     return ([v.numpy() for v in self.classifier.weights], [v.numpy() for v in self.optimizer.variables])
 
   def _restore(self, state):
+    """Weights and optimizer state as `state` holds them, but the step counter: a rollback must not
+    rewind the learning-rate schedule."""
     for v, value in zip(self.classifier.weights, state[0]):
       v.assign(value)
+    counters = {id(o.iterations) for o in (self.optimizer, getattr(self.optimizer, "inner_optimizer", None))
+                if o is not None}
     if self.optimizer.variables and len(state[1]) == len(self.optimizer.variables):
       for v, value in zip(self.optimizer.variables, state[1]):
-        v.assign(value)
+        if id(v) not in counters:
+          v.assign(value)
 
   def _record(self, epoch):
     start = time.perf_counter()
@@ -106,6 +150,18 @@ class OverfittingGuard(keras.callbacks.Callback):
            "step_scale": float(self.step_scale.numpy()), "collapsed": False}
     self.history.append(row)
     return row
+
+  def _keep(self, row, state):
+    """`row`'s epoch is good: the one to roll back to, and a candidate for the selection unless an
+    earlier trained epoch beats it on both figures (those it beats on both are dropped)."""
+    self._good, self._good_row = state, row
+    if row["epoch"] == 0:  # the start is kept as the fallback, and never beats a trained epoch
+      self._front[0] = (row, state)
+      return
+    front = {e: held for e, held in self._front.items() if e == 0 or not _dominates(row, held[0])}
+    if not any(_dominates(held[0], row) for e, held in front.items() if e):
+      front[row["epoch"]] = (row, state)
+    self._front = front
 
   def on_epoch_begin(self, epoch, logs=None):
     # the start's check waits for the first epoch: a resumed run's backup is restored by then
@@ -118,8 +174,7 @@ class OverfittingGuard(keras.callbacks.Callback):
       self._resume()
       return
     row = self._record(epoch)
-    self._good, self._good_row = self._state(), row
-    self._best, self._best_row = self._good, row
+    self._keep(row, self._state())
     self.log(f"guard: start (epoch {epoch}): clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} "
              f"pgd10 {row['pgd10']:.3f}")
 
@@ -148,9 +203,7 @@ class OverfittingGuard(keras.callbacks.Callback):
       else:
         self.step_scale.assign(new_scale)
     else:
-      self._good, self._good_row = self._state(), row
-      if row["pgd10"] >= self._best_row["pgd10"]:
-        self._best, self._best_row = self._good, row
+      self._keep(row, self._state())
       self.log(f"guard: epoch {epoch + 1}: clean {row['clean']:.3f} fgsm {row['fgsm']:.3f} "
                f"pgd10 {row['pgd10']:.3f}")
     if logs is not None:
@@ -159,15 +212,17 @@ class OverfittingGuard(keras.callbacks.Callback):
       self._save()
 
   def _save(self):
-    """The guard's state, written aside then renamed into place (a kill never leaves half of it)."""
+    """The guard's state, written aside then renamed into place (a kill never leaves half of it): each
+    kept epoch's weights and optimizer state once."""
     meta = {"history": self.history, "rollbacks": self.rollbacks, "seconds": self.seconds,
             "step_scale": float(self.step_scale.numpy()), "good_row": self._good_row,
-            "best_row": self._best_row, "stopped": self.stop_training}
-    meta["best_is_good"] = self._best is self._good  # most epochs: one copy of the weights, not two
+            "front": [row for row, _ in self._front.values()], "stopped": self.stop_training}
+    states = {row["epoch"]: state for row, state in self._front.values()}
+    states[self._good_row["epoch"]] = self._good
     arrays = {"meta": np.array(json.dumps(meta))}
-    for key, (weights, slots) in (("good", self._good), ("best", self._best))[:1 + (not meta["best_is_good"])]:
-      arrays.update({f"{key}_w{i}": w for i, w in enumerate(weights)})
-      arrays.update({f"{key}_o{i}": o for i, o in enumerate(slots)})
+    for epoch, (weights, slots) in states.items():
+      arrays.update({f"e{epoch}_w{i}": w for i, w in enumerate(weights)})
+      arrays.update({f"e{epoch}_o{i}": o for i, o in enumerate(slots)})
     with files.atomic_path(self.state_path) as tmp:
       np.savez(tmp, **arrays)
 
@@ -177,10 +232,11 @@ class OverfittingGuard(keras.callbacks.Callback):
     with np.load(self.state_path, allow_pickle=False) as saved:
       meta = json.loads(str(saved["meta"]))
       arrays = lambda prefix: [saved[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in saved.files))]
-      self._good = (arrays("good_w"), arrays("good_o"))
-      self._best = self._good if meta["best_is_good"] else (arrays("best_w"), arrays("best_o"))
+      state = lambda epoch: (arrays(f"e{epoch}_w"), arrays(f"e{epoch}_o"))
+      self._good_row = meta["good_row"]
+      self._good = state(self._good_row["epoch"])
+      self._front = {row["epoch"]: (row, state(row["epoch"])) for row in meta["front"]}
     self.history, self.rollbacks, self.seconds = meta["history"], meta["rollbacks"], meta["seconds"]
-    self._good_row, self._best_row = meta["good_row"], meta["best_row"]
     self.step_scale.assign(meta["step_scale"])
     self._restore(self._good)
     self.log(f"guard: resumed after epoch {self.history[-1]['epoch']} (last good epoch "
@@ -188,10 +244,31 @@ class OverfittingGuard(keras.callbacks.Callback):
     if meta["stopped"]:
       self._stop()
 
+  def _choice(self):
+    """(row, why) of the epoch the selection rule picks among the kept ones."""
+    rows = [row for row, _ in self._front.values()]
+    why = "the best held-out PGD-10 accuracy"
+    if self.selection == "balanced":  # among the trained epochs: the start's clean accuracy is no defence's
+      rows = [row for row in rows if row["epoch"]] or rows
+      best_clean = max(row["clean"] for row in rows)
+      rows = [row for row in rows if row["clean"] >= best_clean - self.clean_tolerance]
+      why += (f" among the epochs within {self.clean_tolerance:g} of the best held-out clean accuracy "
+              f"({best_clean:.3f})")
+    return max(rows, key=lambda row: (row["pgd10"], row["clean"], row["epoch"])), why
+
   def on_train_end(self, logs=None):
     if not self._started:  # a resumed run that had no epoch left
       return
-    chosen = self._best_row if self.select_best else self._good_row
-    self._restore(self._best if self.select_best else self._good)
+    if self.select_best:
+      chosen, why = self._choice()
+      state = self._front[chosen["epoch"]][1]
+    else:
+      chosen, why, state = self._good_row, "the last good epoch", self._good
+    self._restore(state)
+    averages = self._averages()
+    if averages:  # what Keras' fit does at its end, for the epoch chosen
+      self.optimizer.finalize_variable_values(self.classifier.trainable_variables)
     self.selected_epoch = chosen["epoch"]
-    self.log(f"guard: selected epoch {self.selected_epoch} (held-out pgd10 {chosen['pgd10']:.3f})")
+    self.selection_reason = (f"epoch {chosen['epoch']}: {why} (clean {chosen['clean']:.3f}, "
+                             f"pgd10 {chosen['pgd10']:.3f}){', weights averaged' if averages else ''}")
+    self.log(f"guard: selected {self.selection_reason}")

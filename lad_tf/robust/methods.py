@@ -1,4 +1,4 @@
-"""`train`: one entry point for every robust-training method of issue 13.
+"""`train`: one entry point for every robust-training method.
 
   standard    clean training, CE(f(x), y), with the robust methods' optimizer and schedule (the
               cost reference: cost ratios divide by its wall time)
@@ -92,6 +92,11 @@ class RobustConfig:
   guard_examples: int = 1000       # held-out training images for the guard (0: no hold-out)
   guard_max_drop: float = 0.2
   guard_max_gap: float = 0.3
+  selection: str = "robust"        # the guard's epoch selection (guard.SELECTIONS): "robust" or "balanced"
+  weight_averaging: float = 0.0    # > 0: train on, and hand back, a moving average of the weights with this
+                                   # momentum per step (Keras' use_ema); 0: the weights as trained
+  tradeoff: float = 0.0            # atta: > 0 trains on CE(f(x), y) + tradeoff * KL(f(x) || f(x')) (TRADES'
+                                   # beta on the carried perturbation, the step ascending the KL); 0: CE(f(x'), y)
   latent_layer: str = "latent"
   # seed, strategy, precision, verbosity of the training (lad_tf.runtime.execution)
   execution: ExecutionConfig = dataclasses.field(default_factory=lambda: ExecutionConfig(verbose=0))
@@ -118,7 +123,7 @@ class RobustConfig:
     out["seed"] = self.seed
     # work directories from before these options keep their fingerprint: at their default they are left out
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
-    for name in ("lr_schedule", "step_scale", "atta_steps"):
+    for name in ("lr_schedule", "step_scale", "atta_steps", "selection", "weight_averaging", "tradeoff"):
       if out[name] == defaults[name]:
         out.pop(name)
     return out
@@ -130,6 +135,9 @@ def make_loss(config):
     raise ValueError(f"step_scale must be > 0, got {config.step_scale}")
   if config.atta_steps < 1:
     raise ValueError(f"atta_steps must be at least 1, got {config.atta_steps}")
+  if config.tradeoff < 0 or (config.tradeoff and config.method != "atta"):
+    raise ValueError(f"tradeoff is atta's TRADES weight, >= 0 (trades has trades_beta), got {config.tradeoff} "
+                     f"for {config.method}")
   loss = _loss_of(config)
   loss.step_scale.assign(config.step_scale)
   return loss
@@ -148,7 +156,8 @@ def _loss_of(config):
   if m == "nfgsm":
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions())  # every LAD part off
   if m == "atta":
-    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(config.atta_steps))
+    return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(config.atta_steps,
+                                                                           trades_beta=config.tradeoff))
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")
@@ -167,6 +176,10 @@ def _check(config, generator, boundaries):
     raise ValueError(f"eps must be > 0, got {config.eps}")
   if config.lr_schedule not in LR_SCHEDULES:
     raise ValueError(f"unknown lr_schedule '{config.lr_schedule}'; one of {', '.join(LR_SCHEDULES)}")
+  if config.selection not in guard_lib.SELECTIONS:
+    raise ValueError(f"unknown selection '{config.selection}'; one of {', '.join(guard_lib.SELECTIONS)}")
+  if not 0 <= config.weight_averaging < 1:
+    raise ValueError(f"weight_averaging is a momentum per step in [0, 1), got {config.weight_averaging}")
   if config.needs_lad() and (generator is None or boundaries is None):
     raise ValueError(f"method '{config.method}' with these options needs LAD's generator and boundaries "
                      f"(run `python -m pipelines.defend` once, or pass generator= and boundaries=)")
@@ -245,7 +258,7 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   info["prepare_s"] = time.perf_counter() - start
   rate = learning_rate(config, -(-len(rows) // config.batch_size))
   training = execution.Training(fine_tuning.clone_classifier(classifier), loss_fn, config.execution,
-                                lambda: keras.optimizers.Adam(rate), name=config.method)
+                                lambda: _adam(rate, config.weight_averaging), name=config.method)
   use_guard = config.uses_guard()
   chief = distribute.is_chief(training.strategy)  # every worker resumes from the chief's state files
   callbacks = []
@@ -254,7 +267,7 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
       raise ValueError("the guard needs held-out training images: set guard_examples > 0")
     guard = guard_lib.OverfittingGuard(
         x[held], y[held], config.eps, loss_fn.step_scale, max_drop=config.guard_max_drop,
-        max_gap=config.guard_max_gap, log=say, save_state=chief,
+        max_gap=config.guard_max_gap, log=say, save_state=chief, selection=config.selection,
         state_path=None if state_dir is None else os.path.join(state_dir, RESUME_DIR, "guard.npz"))
     guard.watch(training.model, training.optimizer)
     callbacks.append(guard)
@@ -269,9 +282,15 @@ def train(classifier, x, y, config=RobustConfig(), generator=None, boundaries=No
   info["loss"] = [float(v) for v in history.get("loss", [])]
   if use_guard:
     info["guard"] = {"history": guard.history, "rollbacks": guard.rollbacks,
-                     "selected_epoch": guard.selected_epoch,
+                     "selected_epoch": guard.selected_epoch, "selection": guard.selection_reason,
                      "final_step_scale": float(loss_fn.step_scale.numpy()), "seconds": guard.seconds}
   return model, info
+
+
+def _adam(rate, weight_averaging):
+  if weight_averaging:
+    return keras.optimizers.Adam(rate, use_ema=True, ema_momentum=weight_averaging)
+  return keras.optimizers.Adam(rate)
 
 
 def _train_eq4(classifier, x, y, config, generator, boundaries, lad_classifier, state_dir, start, info):

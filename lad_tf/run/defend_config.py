@@ -1,22 +1,22 @@
 """The defend pipeline's settings: `DefendConfig`, what each stage computes, checked and resolved
 against the dataset's spec. The stages are declared in lad_tf.run.defend_stages; lad_tf.run.defend runs
-them."""
+them.
+
+This module imports no TensorFlow (the choices come from lad_tf.choices, the parts that train are
+imported where they are used), so `python -m pipelines.defend --help` prints without starting it."""
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
-from lad_tf import defences, robust
-from lad_tf.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
+from lad_tf import choices, defences
 from lad_tf.data import datasets
-from lad_tf.lad import boundary, fine_tuning, generation
+from lad_tf.lad import generation
 from lad_tf.errors import ConfigError
-from lad_tf.run import defend_stages, stage
-from lad_tf.runtime import losses
-from lad_tf.runtime.execution import ExecutionConfig
+from lad_tf.runtime.execution_config import ExecutionConfig
 
 
-STAGES = tuple(s.name for s in defend_stages.STAGES)
+STAGES = choices.DEFEND_STAGES  # as lad_tf.run.defend_stages declares them
 FINE_TUNE_MODES = ("mix", "eps", "on_the_fly")
-ROBUST_EVALS = (*AUTOATTACK_VERSIONS, "none")  # AutoAttack version of the robustness stage ("none": skip it)
+ROBUST_EVALS = (*choices.AUTOATTACK_VERSIONS, "none")  # AutoAttack version of the robustness stage ("none": skip it)
 
 
 def _setting(default, help_text, **command_line):
@@ -58,8 +58,8 @@ class DefendConfig:
   classifier_epochs: Optional[int] = _setting(None, "Classifier training epochs (default: the spec's).")
   generator_epochs: Optional[int] = _setting(None, "Generator training epochs (default: the spec's).")
   recon_norm: Optional[str] = _setting(None, "Generator loss (default: the spec's).",
-                                       choices=losses.RECON_NORMS)
-  attention: str = _setting("authors", "Attention of the SVM.", choices=boundary.ATTENTION_MODES)
+                                       choices=choices.RECON_NORMS)
+  attention: str = _setting("authors", "Attention of the SVM.", choices=choices.ATTENTION_MODES)
   eps_grid: Optional[Tuple[float, ...]] = _setting(None, "eps grid (default: the spec's), in units of "
                                                    "--normal.", flag="eps")
   normal: str = _setting("relative", "eps convention: relative to the mean latent norm, or the authors' "
@@ -71,9 +71,10 @@ class DefendConfig:
                                  choices=FINE_TUNE_MODES)
   fine_tune_eps: Tuple[float, ...] = _setting((0.1, 0.2, 0.3), "eps of the fine-tuning set.")
   fine_tune_schedule: str = _setting(
-      fine_tuning.DEFAULT_SCHEDULE, "Fine-tuning schedule (SGD): lad_tf: 10 epochs, lr 0.001, momentum "
-      "0.5, batch 64; authors: the authors' MNIST run, 100 epochs, lr 0.01, momentum 0.5, batch 64.",
-      choices=tuple(fine_tuning.FINE_TUNE_SCHEDULES))
+      choices.DEFAULT_SCHEDULE, "Fine-tuning schedule (SGD): " + "; ".join(
+          f"{name}: {s['epochs']} epochs, lr {s['learning_rate']}, momentum {s['momentum']}, batch "
+          f"{s['batch_size']}" for name, s in choices.FINE_TUNE_SCHEDULES.items()) +
+      " (authors: the authors' MNIST run).", choices=tuple(choices.FINE_TUNE_SCHEDULES))
   fine_tune_epochs: Optional[int] = _setting(None, "Fine-tuning epochs (default: the schedule's).")
   decoder_loss_epochs: Tuple[int, ...] = _setting(
       (), "Epochs at which the decoder's train and test loss (MSE with the l2 loss) is measured during its "
@@ -112,6 +113,17 @@ class DefendConfig:
   defence_atta_steps: Optional[int] = _setting(
       None, "atta's projected steps per batch, eps / K each, carried over from epoch to epoch (ATTA-K; "
       "each step costs one more input gradient per batch; default: the dataset's, 1).")
+  defence_selection: Optional[str] = _setting(
+      None, "Which epoch the single-step defences hand back: robust, the best held-out PGD-10 accuracy; "
+      "balanced, the best among the epochs within a point of the best held-out clean accuracy (default: "
+      "the dataset's).", choices=defences.SELECTIONS)
+  defence_weight_averaging: Optional[float] = _setting(
+      None, "Momentum per step of a moving average of the robust defences' weights, handed back instead of "
+      "the weights as trained (e.g. 0.999; 0: none; default: the dataset's).")
+  defence_tradeoff: Optional[float] = _setting(
+      None, "atta's clean/robust trade-off: 0 trains on the adversarial examples alone; beta > 0 on "
+      "CE(clean) + beta KL(clean || adversarial) (TRADES on the carried perturbations): smaller beta, more "
+      "clean accuracy and less robustness (default: the dataset's).")
   robust_eval: str = _setting(
       "standard", "Robustness stage: AutoAttack (APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and "
       "APGD-T) on the original and the defended classifier at the dataset's eps, reported as "
@@ -133,6 +145,7 @@ class DefendConfig:
   def resolved(self, spec=None):
     """The config with every default filled in from `spec` (the dataset's DatasetSpec; looked up by
     name when not given), checked."""
+    from lad_tf.lad import fine_tuning
     spec = spec or datasets.get_spec(self.dataset)
     if self.fine_tune_mode not in FINE_TUNE_MODES:
       raise ConfigError(f"fine_tune_mode must be one of {FINE_TUNE_MODES}, got '{self.fine_tune_mode}'")
@@ -147,11 +160,11 @@ class DefendConfig:
     if late:
       raise ConfigError(f"decoder loss epochs {late} are outside the decoder's 1..{generator_epochs} training "
                         f"epochs: raise --generator_epochs or drop them from --decoder_mse_epochs")
-    defence_name = self.defence or robust.DEFAULT_DEFENCE
+    defence_name = self.defence or defences.DEFAULT_DEFENCE
     recipe = {f.name: getattr(spec.defence, f.name) if getattr(self, f"defence_{f.name}") is None
               else getattr(self, f"defence_{f.name}") for f in dataclasses.fields(spec.defence)}
-    if defence_name not in robust.DEFENCES:
-      raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(robust.DEFENCES)}")
+    if defence_name not in defences.DEFENCES:
+      raise ConfigError(f"unknown defence '{defence_name}'; choose from {', '.join(defences.DEFENCES)}")
     if self.defence_eps is not None and not 0 < self.defence_eps <= 1:
       raise ConfigError(f"defence_eps is an L-inf radius on [0, 1] images: give one in (0, 1], "
                         f"got {self.defence_eps}")
@@ -174,6 +187,14 @@ class DefendConfig:
     if recipe["atta_steps"] < 1:
       raise ConfigError(f"defence_atta_steps is how many steps of eps / K atta takes per batch: give K >= 1, "
                         f"got {recipe['atta_steps']}")
+    if recipe["selection"] not in defences.SELECTIONS:
+      raise ConfigError(f"defence_selection must be one of {defences.SELECTIONS}, got '{recipe['selection']}'")
+    if not 0 <= recipe["weight_averaging"] < 1:
+      raise ConfigError(f"defence_weight_averaging is a momentum per step: give one in [0, 1), got "
+                        f"{recipe['weight_averaging']}")
+    if recipe["tradeoff"] < 0 or (recipe["tradeoff"] and defence_name != "atta"):
+      raise ConfigError(f"defence_tradeoff is atta's TRADES weight (>= 0); got {recipe['tradeoff']} with "
+                        f"--defence={defence_name} (trades has its own weight of 6)")
     if self.report_images < 0:
       raise ConfigError(f"report_images must be >= 0 (0: no report), got {self.report_images}")
     if self.robust_eval not in ROBUST_EVALS or self.robust_eval_examples < 1:
@@ -195,10 +216,13 @@ class DefendConfig:
 
   def robust_config(self):
     """The lad_tf.robust.RobustConfig of a robust defence (of a resolved config)."""
+    from lad_tf import robust
     return robust.RobustConfig(method=self.defence, eps=self.defence_eps, epochs=self.defence_epochs,
                                learning_rate=self.defence_learning_rate,
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
                                step_scale=self.defence_step_scale, atta_steps=self.defence_atta_steps,
+                               selection=self.defence_selection, weight_averaging=self.defence_weight_averaging,
+                               tradeoff=self.defence_tradeoff,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property
@@ -208,4 +232,5 @@ class DefendConfig:
 
   def needed_stages(self):
     """The stages this defence runs (of a resolved config): LAD's parts only where they are used."""
+    from lad_tf.run import defend_stages, stage
     return stage.needed(defend_stages.STAGES, self)

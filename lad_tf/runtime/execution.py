@@ -1,4 +1,4 @@
-"""One training executor for every loop of lad_tf, and the one place for execution settings.
+"""One training executor for every loop of lad_tf, run as its `ExecutionConfig` says.
 
 `fit(model, loss_fn, data, execution, epochs=..., optimizer=...)` trains `model` to minimise the mean
 of a per-example loss `loss_fn(model, x, y, training)` over a `tf.data` pipeline of (x, y) batches
@@ -11,58 +11,19 @@ strategy, seeding, build-in-scope, loop choice and weight copy-back are written 
 `loss_fn` returns a float32 vector of per-example losses, or a dict holding it as "loss" plus other
 per-example figures (e.g. "accuracy", 1.0 where right) reported as means in the history.
 """
-import dataclasses
 import logging
 import os
-from typing import Any
 
 import keras
 
 from lad_tf.runtime import custom_loop, distribute
+# ExecutionConfig is plain data in its own module (the command lines make their flags of it without
+# TensorFlow); every caller reads it from here too.
+from lad_tf.runtime.execution_config import ExecutionConfig  # noqa: F401
 from lad_tf.runtime.losses import per_example
-from lad_tf.runtime.precision import PRECISIONS, resolve_precision, with_policy
+from lad_tf.runtime.precision import resolve_precision, with_policy
 
 log = logging.getLogger("lad_tf")
-
-@dataclasses.dataclass(frozen=True)
-class ExecutionConfig:
-  """How (not what) a stage computes; composed into every stage's config.
-
-  strategy: "default", "mirrored", "multi_worker" (or a tf.distribute.Strategy).
-  loop: "auto" (custom loop under multi_worker, Keras fit otherwise), "fit" or "custom".
-  seed: seeds Python, NumPy, TensorFlow and Keras at the start of each stage.
-  deterministic: also tf.config.experimental.enable_op_determinism (process-wide).
-  precision: the dtype policy of *training* ("float32", "mixed_float16" on GPUs, "mixed_bfloat16" on
-    CPUs with AVX512-BF16 / AMX, or "auto": see `auto_precision`). The executor trains a copy of the
-    model under that policy and copies the float32 weights back, so saved models, inference, the
-    boundaries and serving stay float32.
-  jit_compile: XLA for the Keras fit train steps.
-  verbose: 0 silent, 1 or 2 progress per epoch, plus (both) a lad_tf.runtime.progress line with the time
-    left every `progress_s` seconds.
-  progress_s: seconds between two progress lines of a training loop.
-  """
-  strategy: Any = "default"
-  loop: str = "auto"
-  seed: int = 0
-  deterministic: bool = False
-  precision: str = "float32"
-  jit_compile: bool = False
-  verbose: int = 2
-  progress_s: float = 10.0
-
-  def __post_init__(self):
-    if isinstance(self.strategy, str) and self.strategy not in distribute.STRATEGIES:
-      raise ValueError(f"strategy must be one of {distribute.STRATEGIES}, got '{self.strategy}'")
-    if self.loop not in distribute.LOOPS:
-      raise ValueError(f"loop must be one of {distribute.LOOPS}, got '{self.loop}'")
-    if self.precision not in PRECISIONS:
-      raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
-
-  def get_strategy(self):
-    return distribute.get_strategy(self.strategy)
-
-  def seed_everything(self):
-    keras.utils.set_random_seed(self.seed)
 
 
 # -- process-wide settings ------------------------------------------------------------------------
@@ -195,6 +156,8 @@ class Training:
                          verbose=verbose, callbacks=callbacks).history
 
   def finish(self):
+    if self.custom and getattr(self.optimizer, "use_ema", False):  # Keras' fit does this at its end
+      self.optimizer.finalize_variable_values(self.model.trainable_variables)
     if self.model is not self.original:
       self.original.set_weights(self.model.get_weights())
     return self.original

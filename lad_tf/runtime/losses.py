@@ -6,7 +6,7 @@ the losses hold under mixed precision. The Eq. 4 loss lives with the defence (la
 """
 import tensorflow as tf
 
-RECON_NORMS = ("l2", "l1")
+from lad_tf.choices import RECON_NORMS
 
 
 def cross_entropy(labels, logits):

@@ -3,7 +3,7 @@
 import os
 
 from lad_tf.runtime.files import read_json
-from pipelines.documents import robust_benchmark
+from pipelines.documents import recipe_benchmark, robust_benchmark
 from pipelines.documents.formatting import pct, table
 from pipelines.documents.provenance import git_commit_of_file
 
@@ -34,6 +34,9 @@ def benchmark_section(repo):
     if body:
       parts += ["", f"Cross-check against ART on {cross.get('images')} images (robust accuracy %):", "",
                 table(["attack", "ours", "ART", "difference (points)"], body)]
+  as_run = recipe_benchmark.section(repo)
+  if as_run:
+    parts += ["", as_run]
   robust = robust_benchmark.section(repo)
   if robust:
     parts.append(robust)

@@ -1,6 +1,6 @@
 """The README's generated blocks, each between its markers: the headline results (from the runs'
 JSON) and the robust-training benchmark (from its committed JSON)."""
-from pipelines.documents import robust_benchmark
+from pipelines.documents import recipe_benchmark, robust_benchmark
 from pipelines.documents.dataset import readings
 from pipelines.documents.formatting import pct, table
 from pipelines.documents.provenance import commits_of
@@ -46,9 +46,18 @@ def update_readme(readme_path, runs, stated_commits=None):
 
 
 def update_robust_readme(readme_path, repo):
-  """Rewrites the README's robust block; returns whether it did (markers present, a benchmark committed)."""
-  body = robust_benchmark.readme_block(repo)
+  """Rewrites the README's robust block, from the recipe benchmark (the defend command as run) when one
+  is committed, else from the robust-training benchmark; returns whether it did (markers present, a
+  benchmark committed). Draws the recipe benchmark's figures."""
+  recipe_benchmark.write_figures(repo)
+  body = robust_block(repo)
   return body is not None and _replace_block(readme_path, ROBUST_BEGIN, ROBUST_END, body)
+
+
+def robust_block(repo):
+  """The README's robust block: the recipe benchmark's (the defend command as run) when one is
+  committed, else the robust-training benchmark's; None without either."""
+  return recipe_benchmark.readme_block(repo) or robust_benchmark.readme_block(repo)
 
 
 def _replace_block(path, begin, end, body):
