@@ -57,7 +57,7 @@ class DetectionConfig:
   quantization_step: int = 96  # Pixel bins of this many levels of 255; above 2 eps.
   window_size: int = 16  # Pixels per hashed window of the flattened image.
   hashes_per_query: int = 20  # Largest distinct window hashes kept: the fingerprint.
-  match_threshold: int = 14  # Shared hashes that make two queries near-duplicates.
+  match_threshold: int = 16  # Shared hashes (sketch bits) that make two queries near-duplicates.
   neighbours_to_flag: int = 4  # Earlier near-duplicates a query needs to flag its client.
   history_per_client: int = 4096  # Queries remembered per client (the oldest are forgotten).
   max_memory_mb: float = 100.0  # Cap of the whole store; least recently seen clients go first.

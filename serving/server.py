@@ -39,7 +39,7 @@ class ModelServer:
     self.detector = None
     if config.detection is not None:
       from serving import detection
-      self.detector = detection.QueryDetector(config.detection)
+      self.detector = detection.QueryDetector(config.detection, background=True)
     self.manager = manager_lib.ModelManager(
         models, max_batch_size=config.max_batch_size, enable_warmup=config.enable_model_warmup,
         warmup_iterations=config.num_request_iterations_for_warmup,

@@ -68,6 +68,58 @@ def _attack_like(x, rng):
   return square, probes
 
 
+def test_window_hashes_are_each_windows_polynomial_hash_of_its_content_alone():
+  rng = np.random.default_rng(0)
+  images = rng.random((3, 28, 28, 1), dtype=np.float32)
+  images[2, 20] = images[2, 3]  # Row 3's content again in row 20: same windows, same hashes.
+  step, window, m = 64, 16, 2**64
+  got = fingerprints.window_hashes(images, step, window)
+  assert got.shape == (3, 784 - window + 1) and got.dtype == np.uint32
+  bins = fingerprints.quantise(images, step)
+  a = int(fingerprints._powers(784)[0][1])  # pylint: disable=protected-access
+  for n in range(3):
+    for i in (0, 1, 97, 400, 768):
+      h = sum((int(bins[n, i + j]) + 1) * pow(a, j, m) for j in range(window)) % m
+      h = ((h ^ (h >> 31)) * int(fingerprints._MIX)) % m  # pylint: disable=protected-access
+      assert int(got[n, i]) == h >> 32, (n, i)
+  assert np.array_equal(got[2, 3 * 28:3 * 28 + 13], got[2, 20 * 28:20 * 28 + 13])
+  assert len(np.unique(got[0])) >= 0.99 * got.shape[1]  # Random content: (almost) no collisions.
+
+
+def test_fingerprints_are_the_largest_distinct_hashes_even_with_many_repeats():
+  rng = np.random.default_rng(1)
+  images = rng.random((6, 28, 28, 1), dtype=np.float32)
+  images[1] = 0  # One distinct window: padded with 0.
+  images[2, :, ::2] = 0  # Long runs of repeated windows.
+  images[3] = np.tile(rng.random((1, 28, 1)), (28, 1, 1)) > 0.5  # Every row alike.
+  images[4, 4:] = 0
+  for top_k in (20, 50):
+    got = fingerprints.fingerprints(images, 96, 16, top_k)
+    for row, hashes in zip(got, fingerprints.window_hashes(images, 96, 16)):
+      distinct = np.unique(hashes)[-top_k:]
+      assert np.array_equal(row, np.concatenate([np.zeros(top_k - len(distinct), np.uint32), distinct]))
+  assert np.count_nonzero(got[1]) == 1
+
+
+def test_sketches_share_a_bit_for_each_shared_hash():
+  rng = np.random.default_rng(2)
+  query = np.sort(rng.integers(1, 2**32, 20, dtype=np.uint32))
+  rows = []
+  for shared in rng.integers(0, 21, 300):  # Rows holding `shared` of the query's hashes.
+    row = np.concatenate([rng.choice(query, shared, replace=False), rng.integers(1, 2**32, 20 - shared)])
+    row[:rng.integers(0, 4)] = 0  # Padding holds no hash.
+    rows.append(np.sort(row.astype(np.uint32)))
+  rows = np.stack(rows)
+  bits = lambda fp: {int(h) % fingerprints.SKETCH_BITS for h in fp if h}
+  expected = [len(bits(row) & bits(query)) for row in rows]
+  sketches = fingerprints.sketches(rows)
+  assert sketches.shape == (300, fingerprints.SKETCH_WORDS) and sketches.dtype == np.uint64
+  assert [int(np.bitwise_count(s).sum()) for s in sketches] == [len(bits(row)) for row in rows]
+  assert fingerprints.shared_counts(rows, query).tolist() == expected
+  history = np.ascontiguousarray(sketches.T)  # As the detector stores them: a column per query.
+  assert fingerprints.shared_bits(history, fingerprints.sketches(query[None])[0]).tolist() == expected
+
+
 def test_fingerprints_keep_attack_queries_close_and_other_images_apart(digits):
   c = config_lib.DetectionConfig()
   x = digits.x[:60]
@@ -75,7 +127,7 @@ def test_fingerprints_keep_attack_queries_close_and_other_images_apart(digits):
   for near in _attack_like(x, np.random.default_rng(0)):
     fp_near = fingerprints.fingerprints(near, c.quantization_step, c.window_size, c.hashes_per_query)
     same = np.array([fingerprints.shared_counts(fp_near[i:i + 1], fp[i])[0] for i in range(len(x))])
-    assert np.mean(same >= c.match_threshold) >= 0.75, same
+    assert np.mean(same >= c.match_threshold) >= 0.5, same  # A run needs neighbours_to_flag of them.
   others = np.concatenate([fingerprints.shared_counts(np.delete(fp, i, axis=0), fp[i]) for i in range(len(x))])
   assert np.mean(others >= c.match_threshold) <= 0.02, np.bincount(others)
 
@@ -121,6 +173,31 @@ def test_a_flagged_client_is_refused_from_then_on(digits):
   with pytest.raises(errors.ServingError):
     detector.check("probe", digits.x[100:101])  # Even an unrelated image.
   detector.check("someone-else", digits.x[100:101])
+
+
+def test_in_the_background_the_same_queries_flag_the_client_and_later_requests_are_refused(digits):
+  rng = np.random.default_rng(0)
+  stream = [_attack_like(digits.x[:1], rng)[0] for _ in range(20)] + [digits.x[100:104]]
+  flagged_at = {}
+  for background in (False, True):
+    detector = detection.QueryDetector(config_lib.DetectionConfig(action="log"), background=background)
+    for k, images in enumerate(stream):
+      detector.check("probe", images)
+      detector.check(f"reader-{k}", digits.x[k:k + 1])
+    detector.flush()
+    metrics = detector.metrics()
+    flagged_at[background] = metrics["flagged_at_query"]
+    assert metrics["queries"] == 2 * len(stream) + 3 and metrics["queries_remembered"] == metrics["queries"]
+  assert list(flagged_at[True]) == ["probe"] and flagged_at[True] == flagged_at[False]
+  detector = detection.QueryDetector(config_lib.DetectionConfig(action="reject"), background=True)
+  for images in stream[:-1]:
+    try:
+      detector.check("probe", images)
+    except errors.ServingError:
+      break  # Refused once the worker has judged the flagging query.
+  detector.flush()
+  with pytest.raises(errors.ServingError):
+    detector.check("probe", digits.x[100:101])
 
 
 def test_the_store_keeps_under_its_cap_by_dropping_the_least_recent_clients(digits):

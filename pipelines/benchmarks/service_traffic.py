@@ -65,15 +65,17 @@ def attack_runs(endpoint, attack, x, y, eps, budget, prefix, seed=0):
   return runs
 
 
-def benign_clients(address, model_name, x, clients, copies_per_client, seed=0, threads=8):
-  """Each client sends its share of x once, and for `copies_per_client` of its images every benign
-  copy (retry, noise, one-pixel shift, JPEG), in a shuffled order, one image per request."""
+def benign_clients(address, model_name, x, clients, copies_per_client, images_per_client=100, seed=0,
+                   threads=8):
+  """Each client sends `images_per_client` distinct images of x (its own random draw), and for
+  `copies_per_client` of them every benign copy (retry, noise, one-pixel shift, JPEG), in a
+  shuffled order, one image per request."""
   from serving import client as client_lib
   from serving import testing
 
   def one(c):
     rng = np.random.default_rng(seed + c)
-    own = x[c::clients]
+    own = x[rng.choice(len(x), min(images_per_client, len(x)), replace=False)]
     stream = list(own)
     for i in rng.choice(len(own), min(copies_per_client, len(own)), replace=False):
       stream.extend(testing.benign_copies(own[i], rng).values())
@@ -88,7 +90,8 @@ def benign_clients(address, model_name, x, clients, copies_per_client, seed=0, t
 
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = list(pool.map(one, range(clients)))
-  return {"clients": clients, "requests": sum(r[0] for r in results),
+  return {"clients": clients, "images_per_client": images_per_client,
+          "copies_per_client": copies_per_client, "requests": sum(r[0] for r in results),
           "refused_requests": sum(r[1] for r in results)}
 
 
