@@ -18,6 +18,8 @@ import tempfile
 
 import numpy as np
 
+from pipelines.benchmarks import robust
+
 # Candidate rows: the DefendConfig fields each sets over the dataset's defaults.
 ROWS = {
     "default": {},
@@ -83,12 +85,6 @@ def _measure(name, seed, dataset, data_dir, workdir, autoattack, autoattack_exam
           "guard_rollbacks": guard.get("rollbacks")}, read_json(os.path.join(run_dir, "defended", "stage.json"))["settings"]
 
 
-def _summary(rows):
-  out = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-         for k in FIGURES}
-  return {**out, "seeds": rows}
-
-
 def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, seeds=3, rows="default", autoattack="standard",
         autoattack_examples=1000, workdir=None, partial=None):
   """See the module docstring. `n` overrides autoattack_examples; `seed` is the first seed. workdir: where
@@ -119,7 +115,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, seeds=3, rows="defa
       os.makedirs(os.path.dirname(partial), exist_ok=True)
       with open(partial, "w") as f:
         json.dump({"options": options, "found": found}, f, indent=2, default=float)
-  rows_out = {name: {"sets": row["sets"], "settings": row["settings"], **_summary(row["seeds"])}
+  rows_out = {name: {"sets": row["sets"], "settings": row["settings"], **robust.summary(row["seeds"], FIGURES)}
               for name, row in found.items()}
   return {**options, "eps": _eps(dataset), "rows": rows_out,
           "autoattack_attack": f"AutoAttack {autoattack} (lad_tf.attacks.autoattack), the defend pipeline's "

@@ -119,9 +119,10 @@ def evaluate(model, x, y, eps, autoattack="standard", log=None):
   return out
 
 
-def _summary(rows):
+def summary(rows, keys=METRICS):
+  """{key: {"mean", "std"} over the seeds' rows, for each of `keys`; "seeds": the rows themselves."""
   out = {}
-  for key in METRICS:
+  for key in keys:
     values = np.array([r[key] for r in rows], np.float64)
     out[key] = {"mean": float(values.mean()), "std": float(values.std())}
   out["seeds"] = rows
@@ -208,10 +209,10 @@ class _Figures:
 
   def assemble(self):
     rows = self.rows
-    methods = {name: _summary(rows[name]) for name in METHODS if rows[name]}
+    methods = {name: summary(rows[name]) for name in METHODS if rows[name]}
     if rows[LAD_ROBUST_ROW]:
-      methods["lad_robust"] = _summary(rows[LAD_ROBUST_ROW])
-    abl = {name: _summary(rows[name]) for name, _ in self.variants if name not in METHODS and rows[name]}
+      methods["lad_robust"] = summary(rows[LAD_ROBUST_ROW])
+    abl = {name: summary(rows[name]) for name, _ in self.variants if name not in METHODS and rows[name]}
     return {**self.head, "methods": methods, "ablation": abl if self.ablation else {},
             "lad_robust_is": LAD_ROBUST_ROW, "guard": self.guard_logs}
 
