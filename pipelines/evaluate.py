@@ -36,6 +36,8 @@ flags.DEFINE_integer("ga_per_class", 50, "GA tries per source class.", lower_bou
 flags.DEFINE_integer("ga_steps", 1000, "GA latent-search steps per try.", lower_bound=1)
 flags.DEFINE_bool("transfer", True, "Transfer attacks from an independently trained black-box model.")
 flags.DEFINE_integer("blackbox_epochs", 3, "Training epochs of the black-box model.", lower_bound=1)
+flags.DEFINE_integer("blackbox_train_examples", 10000, "Training images of the black-box model (a stratified "
+                     "subset of the train split; 0: all of it).", lower_bound=0)
 flags.DEFINE_bool("lad_sweep", True, "Fine-tune one FT-eps model per generated eps (paper Fig. 7).")
 flags.DEFINE_integer("fine_tune_epochs", None, "Epochs of baseline / FT-eps fine-tuning (default: as the "
                      "defended model).", lower_bound=1)
@@ -64,7 +66,8 @@ def main(argv):
       epsilons=tuple(float(e) for e in FLAGS.eps) if FLAGS.eps else None,
       baselines=tuple(b.strip().lower() for b in FLAGS.baselines if b.strip()),
       baseline_eps=FLAGS.baseline_eps, attack_baselines=FLAGS.attack_baselines,
-      transfer=FLAGS.transfer, blackbox_epochs=FLAGS.blackbox_epochs, lad_sweep=FLAGS.lad_sweep,
+      transfer=FLAGS.transfer, blackbox_epochs=FLAGS.blackbox_epochs,
+      blackbox_train_examples=FLAGS.blackbox_train_examples or None, lad_sweep=FLAGS.lad_sweep,
       fine_tune_epochs=FLAGS.fine_tune_epochs, pgd_iter=FLAGS.pgd_iter, apgd_iter=FLAGS.apgd_iter,
       cw_iterations=FLAGS.cw_iterations, cw_binary_steps=FLAGS.cw_binary_steps, ga_per_class=FLAGS.ga_per_class,
       ga_steps=FLAGS.ga_steps, seed=FLAGS.seed, sanity_n=FLAGS.sanity_n,
@@ -87,7 +90,7 @@ if __name__ == "__main__":
       ("data", ("workdir",)),
       ("attacks", ("attacks", "autoattack_version", "eps", "n_per_class", "m_per_class", "targets_per_image",
                    "pgd_iter", "apgd_iter", "cw_iterations", "cw_binary_steps", "ga_per_class", "ga_steps",
-                   "transfer", "blackbox_epochs")),
+                   "transfer", "blackbox_epochs", "blackbox_train_examples")),
       ("baselines and checks", ("baselines", "baseline_eps", "attack_baselines", "lad_sweep", "fine_tune_epochs",
                                 "sanity_n")),
       ("execution", ("seed", "verbose"))))

@@ -101,6 +101,17 @@ def accuracy(model_fn, x, y):
 LAD_PARTS = ("classifier", "generator", "boundaries")
 
 
+def tiny_lad_config(**overrides):
+  """The smallest LAD run the pipeline tests use: 4 classifier and 4 decoder epochs (its loss recorded
+  at 1, 2 and 4), 5 calibration images per class, plain SVMs, eps 0.1 and 0.3. test_fine_tune_schedule
+  and test_reproduce (through its command line) run it, so seed_defend_stages trains its parts once."""
+  from lad_tf.run import defend
+  settings = dict(dataset="digits", defence="lad", classifier_epochs=4, generator_epochs=4, decoder_loss_epochs=(1, 2, 4),
+                  calibration_per_class=5, attention="none", eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3),
+                  execution=ExecutionConfig(verbose=0))
+  return defend.DefendConfig(**{**settings, **overrides})
+
+
 def _run_defend_stages(folder, config):
   import dataclasses
   from lad_tf.run import defend
@@ -123,4 +134,7 @@ def seed_defend_stages(workdir, config, stages=LAD_PARTS):
                             **{stage: fingerprint(settings[stage]) for stage in LAD_PARTS})
   for stage in stages:
     shutil.copytree(os.path.join(folder, stage), os.path.join(workdir, stage))
+  if "generator" in stages:  # the figure its stage draws beside its folder, as the run would have left it
+    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    shutil.copy(os.path.join(folder, "figures", "reconstructions.png"), os.path.join(workdir, "figures"))
   return workdir

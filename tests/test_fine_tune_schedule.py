@@ -12,6 +12,7 @@ from lad_tf.run import defend
 from lad_tf.errors import ConfigError
 from lad_tf.runtime.execution import ExecutionConfig
 from lad_tf.runtime.files import read_json
+from digits_models import seed_defend_stages, tiny_lad_config
 
 QUIET = ExecutionConfig(verbose=0)
 
@@ -37,14 +38,11 @@ def test_defend_config_resolves_the_schedule_and_checks_the_curve_epochs():
 @pytest.fixture(scope="module")
 def authors_run(tmp_path_factory, monkeypatch_module):
   """A tiny digits defence with the authors' schedule (2 epochs) and the decoder's loss recorded at
-  epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded. No AutoAttack stage:
-  nothing here reads robust accuracy (the default, standard AutoAttack, took minutes)."""
-  workdir = str(tmp_path_factory.mktemp("authors"))
-  config = defend.DefendConfig(dataset="digits", defence="lad", report_images=30, classifier_epochs=4, generator_epochs=4,
-                                 decoder_loss_epochs=(1, 2, 4), calibration_per_class=5,
-                                 fine_tune_schedule="authors", fine_tune_epochs=2,
-                                 eps_grid=(0.1, 0.3), fine_tune_eps=(0.1, 0.3), robust_eval="none",
-                                 execution=QUIET)
+  epochs 1, 2 and 4; every SGD optimizer the defended stage builds is recorded. No AutoAttack stage,
+  report curve or attention SVMs: nothing here reads them (the default AutoAttack took minutes)."""
+  config = tiny_lad_config(report_images=0, fine_tune_schedule="authors", fine_tune_epochs=2, robust_eval="none")
+  # the classifier, decoder and SVMs come from a run another test file may have made (the same settings)
+  workdir = seed_defend_stages(str(tmp_path_factory.mktemp("authors")), config)
   defend.DefendRun(workdir, config).run(stop_after="generation")
   built = []
   sgd = keras.optimizers.SGD

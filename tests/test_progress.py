@@ -268,7 +268,7 @@ def test_pipeline_benchmark_keeps_a_given_workdir_and_a_second_run_resumes_from_
   from pipelines.benchmarks import pipeline as bench
   work = tmp_path / "work"
   flags = ["--classifier_epochs=5", "--defence=fgsm_rs", "--defence_epochs=1", "--autoattack=none",
-           "--export=false", "--plan_batches=0"]
+           "--export=false", "--plan_batches=0", "--report_images=0"]
   first = bench.run(dataset="digits", workdir=str(work), extra_args=flags)
   assert {"classifier", "defended"} <= set(first["stages"])
   assert (work / "stages.json").is_file() and (work / "defend.log").is_file()

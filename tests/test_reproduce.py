@@ -13,15 +13,17 @@ from lad_tf.runtime.files import read_json, write_json
 from pipelines import reproduce
 from pipelines.documents import dataset, formatting, paper, results, robust_benchmark, rule, runs
 from pipelines.documents import readme as readme_doc
+from digits_models import seed_defend_stages, tiny_lad_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-DEFEND = {"defence": "lad", "classifier_epochs": "4", "generator_epochs": "4", "calibration_per_class": "5",
+DEFEND = {"defence": "lad", "classifier_epochs": "4", "generator_epochs": "4", "decoder_mse_epochs": "1,2,4",
+          "calibration_per_class": "5",
           "eps": "0.1,0.3", "fine_tune_eps": "0.1,0.3", "fine_tune_epochs": "1", "seed": "0", "export": "false",
           "autoattack": "none", "report_images": "0",  # defend's robustness stage: the document reads evaluate's attacks instead
           "plan_batches": "0", "attention": "none"}  # no timed plan, one set of boundaries: test_progress and test_lad test those
 EVALUATE = {"attacks": "fgsm,pgd,autoattack", "autoattack_version": "fast", "n_per_class": "3", "m_per_class": "1",
-            "eps": "0.1", "baselines": "clean,fgsm", "blackbox_epochs": "1", "pgd_iter": "5", "apgd_iter": "5",
+            "eps": "0.1", "baselines": "clean,fgsm", "blackbox_epochs": "1", "blackbox_train_examples": "400", "pgd_iter": "5", "apgd_iter": "5",
             "fine_tune_epochs": "1", "sanity_n": "10", "lad_sweep": "true", "attack_baselines": "false",
             "seed": "0"}
 
@@ -30,6 +32,8 @@ EVALUATE = {"attacks": "fgsm,pgd,autoattack", "autoattack_version": "fast", "n_p
 def reproduced(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("reproduce"))
   spec = reproduce.RunSpec("digits", "digits", DEFEND, EVALUATE)
+  # DEFEND's classifier, decoder and SVMs, as test_fine_tune_schedule trains them: defend skips them
+  seed_defend_stages(os.path.join(root, spec.name), tiny_lad_config())
   lines = []
   workdir = reproduce.run(spec, root, say=lines.append)
   return spec, root, workdir, lines
@@ -46,6 +50,10 @@ def test_each_step_records_the_commit_it_started_from(reproduced):
     assert info[step]["command"][:3] == ["python", "-m", f"pipelines.{step}"]
   assert "--fine_tune_eps=0.1,0.3" in info["defend"]["command"] and "--noexport" in info["defend"]["command"]
   assert os.path.exists(os.path.join(workdir, "evaluation", "report.json"))
+  with open(os.path.join(workdir, "defend.log")) as f:
+    log = f.read()
+  # the seeded parts had DEFEND's settings (else defend trains them again: right, but slow)
+  assert "stage generator: done, skipped" in log and "stage defended: running" in log
 
 
 def test_a_rerun_skips_what_is_done(reproduced):
