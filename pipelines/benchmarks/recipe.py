@@ -32,7 +32,13 @@ ROWS = {
     "epochs_10_averaged": {"defence_epochs": 10, "defence_weight_averaging": 0.999},
     "epochs_10_tradeoff_3": {"defence_epochs": 10, "defence_tradeoff": 3.0},
     "epochs_15": {"defence_epochs": 15},
+    "epochs_15_averaged": {"defence_epochs": 15, "defence_weight_averaging": 0.999},
+    "epochs_20": {"defence_epochs": 20},
+    "epochs_20_averaged": {"defence_epochs": 20, "defence_weight_averaging": 0.999},
     "scratch_10": {"defence_init": "scratch", "defence_epochs": 10},
+    "cyclic": {"defence_lr_schedule": "cyclic"},
+    "cyclic_averaged": {"defence_lr_schedule": "cyclic", "defence_weight_averaging": 0.999},
+    "epochs_20_cyclic": {"defence_epochs": 20, "defence_lr_schedule": "cyclic"},
     "fgsm_rs": {"defence": "fgsm_rs"},
     "trades": {"defence": "trades"},
 }
