@@ -21,6 +21,9 @@ def test_verbose_lines_are_counted_per_op_and_warm_up_calls_are_left_out():
   assert kernels.parse_verbose(VERBOSE) == {
       "latent raw": {"matmul/brg_matmul:avx512_core_bf16/undef": 2},
       "conv1 layer": {"convolution/jit:avx2/forward_training": 1, "reorder/jit:uni/undef": 1}}
+  assert kernels.main_kernels(kernels.parse_verbose(VERBOSE)) == {
+      "latent": {"raw": "brg_matmul:avx512_core_bf16 (undef)"},
+      "conv1": {"layer": "jit:avx2 (forward_training)"}}
 
 
 def test_layer_shapes_count_the_models_multiply_adds():

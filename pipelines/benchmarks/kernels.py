@@ -178,6 +178,7 @@ def run(dataset="svhn", n=0, seed=0, batch=128, precision="auto", seconds=2.0, k
          "timing": "median of repeated calls after two warm-up calls, one process, one run"}
   if kernels:
     out["onednn_kernels"] = onednn_kernels(dataset, precision, batch)
+    out["kernel_of"] = main_kernels(out["onednn_kernels"])
   return out
 
 
@@ -205,6 +206,19 @@ def parse_verbose(text):
     found[current][key] = found[current].get(key, 0) + 1
   found.pop(_WARM_UP, None)
   return found
+
+
+def main_kernels(found):
+  """{layer: {"raw"|"layer": "impl (propagation), ..."}}: the compute primitives of each op (no reorders)."""
+  out = {}
+  for op, counts in found.items() if isinstance(found, dict) else ():
+    if not isinstance(counts, dict) or " " not in op:
+      continue
+    name, tag = op.rsplit(" ", 1)
+    parts = [key.split("/", 1)[1].replace("/", " (") + ")" for key in sorted(counts)
+             if not key.startswith("reorder/")]
+    out.setdefault(name, {})[tag] = ", ".join(parts) or "no oneDNN primitive (Eigen)"
+  return out
 
 
 def onednn_kernels(dataset, precision, batch):
