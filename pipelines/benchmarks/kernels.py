@@ -72,7 +72,7 @@ def _raw_op(layer, shape, dtype):
     with tf.GradientTape() as tape:
       tape.watch([x, w])
       loss = tf.reduce_sum(tf.cast(op(x, w), tf.float32))
-    return tape.gradient(loss, [x, w])
+    return loss, tape.gradient(loss, [x, w])  # the loss too: else the forward op is pruned
   return forward, both
 
 
@@ -91,7 +91,7 @@ def _keras_layer(layer, shape, policy):
     with tf.GradientTape() as tape:
       tape.watch(x)
       loss = tf.reduce_sum(tf.cast(copy(x, training=True), tf.float32))
-    return tape.gradient(loss, [x] + copy.trainable_variables)
+    return loss, tape.gradient(loss, [x] + copy.trainable_variables)
   return forward, both
 
 
