@@ -34,3 +34,35 @@ def test_killed_training_resumes_at_its_last_epoch(tmp_path):
   history = execution.fit(fresh, losses.classification, ds, QUIET, 5, adam, str(tmp_path))
   assert len(history["loss"]) == 2  # epochs 4 and 5 only: 1-3 were done before the kill
   assert history["loss"][0] < 1.0  # and it started from trained weights, not from scratch
+
+
+def test_fused_adam_follows_keras_adams_trajectory():
+  """lad_tf.runtime.optimizers.FusedAdam: TensorFlow's one-kernel update, the same arithmetic as Keras'
+  Adam, so the weights after a few real steps agree to float rounding (and differ from plain SGD's)."""
+  import tensorflow as tf
+  from lad_tf.runtime.optimizers import FusedAdam
+  data = datasets.load("digits")
+  x, y = tf.constant(data.train.x[:64]), tf.constant(data.train.y[:64])
+  keras.utils.set_random_seed(0)
+  first = models.build_classifier("lenet5", data.spec.image_shape, data.spec.num_classes)
+  start = first.get_weights()
+
+  def trained(optimizer):
+    model = keras.models.clone_model(first)
+    model.set_weights(start)
+    @tf.function
+    def step():
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(losses.classification(model, x, y, training=True)["loss"])
+      optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                    model.trainable_variables))
+    for _ in range(4):
+      step()
+    return model.get_weights()
+
+  ours, theirs = trained(FusedAdam(1e-3)), trained(keras.optimizers.Adam(1e-3))
+  sgd = trained(keras.optimizers.SGD(1e-3))
+  for a, b, c, w in zip(ours, theirs, sgd, start):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+    assert np.max(np.abs(a - w)) > 1e-3  # four steps of 1e-3 moved every weight array
+  assert max(float(np.max(np.abs(a - c))) for a, c in zip(ours, sgd)) > 1e-3

@@ -15,7 +15,6 @@ dataset's classifier (the shapes training uses, at `batch` images):
 Times are the median of repeated calls after two warm-up calls; a call returns when its outputs are
 computed (eager CPU execution is synchronous).
 """
-import json
 import os
 import subprocess
 import sys
@@ -102,14 +101,13 @@ def _rates(pair, macs, seconds):
           "train_ms": 1e3 * b, "train_gflops": TRAINING_FLOPS_PER_MAC * macs / b / 1e9}
 
 
-def _whole_step(model, batch, seconds):
-  """(train step seconds, optimizer step seconds): one GradientTape step with Adam, and Adam alone."""
+def _whole_step(model, batch, seconds, optimizer):
+  """(train step seconds, optimizer step seconds): one GradientTape step with `optimizer`, and its update alone."""
   import keras
   import tensorflow as tf
   rng = np.random.default_rng(0)
   x = tf.constant(rng.random((batch, *model.input_shape[1:]), np.float32))
   y = tf.constant(rng.integers(0, model.output_shape[-1], batch))
-  optimizer = keras.optimizers.Adam(1e-4)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
   @tf.function
@@ -149,6 +147,7 @@ def _summarise_types(layers):
 def run(dataset="svhn", n=0, seed=0, batch=128, precision="auto", seconds=2.0, kernels=True):
   del n, seed
   import keras
+  from lad_tf.runtime.optimizers import FusedAdam
   batch, seconds = int(batch), float(seconds)
   spec, model, policy = _build(dataset, precision)
   compute = keras.mixed_precision.Policy(policy).compute_dtype
@@ -162,7 +161,8 @@ def run(dataset="svhn", n=0, seed=0, batch=128, precision="auto", seconds=2.0, k
     print(f"[kernels] {name} ({kind}): raw {row['raw']['train_gflops']:.0f} GFLOP/s, layer "
           f"{row['layer']['train_gflops']:.0f} GFLOP/s (fwd+bwd, {compute})", flush=True)
     layers.append(row)
-  step_s, update_s = _whole_step(model, batch, seconds)
+  step_s, update_s = _whole_step(model, batch, seconds, keras.optimizers.Adam(1e-4))
+  fused_step_s, fused_update_s = _whole_step(model, batch, seconds, FusedAdam(1e-4))
   macs = sum(r["multiply_adds"] for r in layers)
   raw_s = sum(r["raw"]["train_ms"] for r in layers) / 1e3
   parameters = int(sum(np.prod(v.shape) for v in model.trainable_variables))
@@ -175,6 +175,9 @@ def run(dataset="svhn", n=0, seed=0, batch=128, precision="auto", seconds=2.0, k
          "optimizer": {"method": "Adam", "parameters": parameters, "ms": 1e3 * update_s,
                        # Adam reads weight, gradient and two moments and writes three: 28 bytes a float32 weight
                        "gb_per_s": 28 * parameters / update_s / 1e9},
+         "fused_adam": {"optimizer_ms": 1e3 * fused_update_s, "step_ms": 1e3 * fused_step_s,
+                        "images_per_s": batch / fused_step_s, "optimizer_speedup": update_s / fused_update_s,
+                        "step_speedup": step_s / fused_step_s},
          "timing": "median of repeated calls after two warm-up calls, one process, one run"}
   if kernels:
     out["onednn_kernels"] = onednn_kernels(dataset, precision, batch)
