@@ -23,7 +23,8 @@ DEFEND = {"defence": "lad", "classifier_epochs": "4", "generator_epochs": "4", "
           "autoattack": "none", "report_images": "0",  # defend's robustness stage: the document reads evaluate's attacks instead
           "plan_batches": "0", "attention": "none"}  # no timed plan, one set of boundaries: test_progress and test_lad test those
 EVALUATE = {"attacks": "fgsm,pgd,autoattack", "autoattack_version": "fast", "n_per_class": "3", "m_per_class": "1",
-            "eps": "0.1", "baselines": "clean,fgsm", "blackbox_epochs": "1", "blackbox_train_examples": "400", "pgd_iter": "5", "apgd_iter": "5",
+            "eps": "0.1", "baselines": "clean,fgsm", "blackbox_epochs": "1", "blackbox_train_examples": "400",
+            "pgd_iter": "5", "apgd_iter": "5",
             "fine_tune_epochs": "1", "sanity_n": "10", "lad_sweep": "true", "attack_baselines": "false",
             "seed": "0"}
 
