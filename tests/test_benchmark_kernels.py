@@ -32,8 +32,10 @@ def test_layer_shapes_count_the_models_multiply_adds():
   shapes = kernels.layer_shapes(model, batch=8)
   assert [kind for _, kind, _, _ in shapes] == ["Conv2D", "Conv2D", "Dense", "Dense"]
   assert shapes[0][2] == (8, 28, 28, 1)
-  # the pipeline benchmark's own count (per image) agrees
-  assert sum(macs for *_, macs in shapes) == 8 * windows.multiply_adds(model)
+  # by hand, per image: conv1 24x24x20 outputs of 5x5x1, conv2 8x8x50 of 5x5x20, fc 800x500, logits 500x10
+  by_hand = [24 * 24 * 20 * 25, 8 * 8 * 50 * 25 * 20, 800 * 500, 500 * 10]
+  assert [macs for *_, macs in shapes] == [8 * m for m in by_hand]
+  assert windows.multiply_adds(model) == sum(by_hand)  # the pipeline benchmark's count, from the same layers
 
 
 def test_a_tiny_run_measures_every_layer_and_the_whole_step():

@@ -183,11 +183,18 @@ def _defended(run, out):
   shutil.rmtree(os.path.join(out, "fine_tune"), ignore_errors=True)
 
 
+def robustness_pick(evaluation_size, examples, seed):
+  """Sorted indices of the evaluation images the robustness stage attacks: `examples` of them (all,
+  when fewer), drawn with the run's seed. Benchmarks and tests attack the same images through it."""
+  n = min(examples, evaluation_size)
+  return np.sort(np.random.default_rng(seed).choice(evaluation_size, n, replace=False))
+
+
 def _robustness(run, out):
   """AutoAttack on the original and the defended classifier, the same evaluation images for both."""
   c = run.config
-  n = min(c.robust_eval_examples, len(run.evaluation))
-  pick = np.sort(np.random.default_rng(c.seed).choice(len(run.evaluation), n, replace=False))
+  pick = robustness_pick(len(run.evaluation), c.robust_eval_examples, c.seed)
+  n = len(pick)
   x, y = run.evaluation.x[pick], run.evaluation.y[pick]
   eps = run.spec.attack_eps
   result = {"attack": f"AutoAttack {c.robust_eval} (lad_tf.attacks.autoattack)", "version": c.robust_eval,

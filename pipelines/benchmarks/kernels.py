@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from pipelines.benchmarks.windows import TRAINING_FLOPS_PER_MAC
+from pipelines.benchmarks.windows import TRAINING_FLOPS_PER_MAC, layer_multiply_adds
 
 
 def _median_call_s(fn, seconds):
@@ -42,14 +42,24 @@ def layer_shapes(model, batch):
   out = []
   for layer in model.layers:
     if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose):
-      _, h, w, _ = layer.output.shape
-      kh, kw = layer.kernel_size
-      macs = batch * h * w * layer.filters * kh * kw * int(layer.input.shape[-1])
-      out.append((layer.name, "Conv2D", (batch, *layer.input.shape[1:]), int(macs)))
+      out.append((layer.name, "Conv2D", (batch, *layer.input.shape[1:]), batch * layer_multiply_adds(layer)))
     elif isinstance(layer, keras.layers.Dense):
-      units_in = int(layer.input.shape[-1])
-      out.append((layer.name, "Dense", (batch, units_in), int(batch * units_in * layer.units)))
+      out.append((layer.name, "Dense", (batch, int(layer.input.shape[-1])), batch * layer_multiply_adds(layer)))
   return out
+
+
+def _timed_pair(forward, inputs, variables=()):
+  """(forward, forward + the gradients with respect to the `inputs` tensors and the layer's
+  `variables`, which the tape watches by itself) as tf.functions."""
+  import tensorflow as tf
+
+  @tf.function
+  def both():
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      loss = tf.reduce_sum(tf.cast(forward(), tf.float32))
+    return loss, tape.gradient(loss, inputs + list(variables))  # the loss too: else the forward op is pruned
+  return tf.function(forward), both
 
 
 def _raw_op(layer, shape, dtype):
@@ -63,16 +73,7 @@ def _raw_op(layer, shape, dtype):
     op = lambda a, b: tf.nn.conv2d(a, b, strides=strides, padding=padding)
   else:
     op = tf.matmul
-
-  forward = tf.function(lambda: op(x, w))
-
-  @tf.function
-  def both():
-    with tf.GradientTape() as tape:
-      tape.watch([x, w])
-      loss = tf.reduce_sum(tf.cast(op(x, w), tf.float32))
-    return loss, tape.gradient(loss, [x, w])  # the loss too: else the forward op is pruned
-  return forward, both
+  return _timed_pair(lambda: op(x, w), [x, w])
 
 
 def _keras_layer(layer, shape, policy):
@@ -83,15 +84,7 @@ def _keras_layer(layer, shape, policy):
   copy = layer.__class__.from_config(config)
   copy.build(shape)
   x = tf.constant(np.random.default_rng(0).standard_normal(shape).astype(np.float32), copy.compute_dtype)
-  forward = tf.function(lambda: copy(x, training=True))
-
-  @tf.function
-  def both():
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      loss = tf.reduce_sum(tf.cast(copy(x, training=True), tf.float32))
-    return loss, tape.gradient(loss, [x] + copy.trainable_variables)
-  return forward, both
+  return _timed_pair(lambda: copy(x, training=True), [x], copy.trainable_variables)
 
 
 def _rates(pair, macs, seconds):

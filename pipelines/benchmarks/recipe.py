@@ -28,17 +28,10 @@ ROWS = {
     "tradeoff_1": {"defence_tradeoff": 1.0},
     "tradeoff_3": {"defence_tradeoff": 3.0},
     "tradeoff_6": {"defence_tradeoff": 6.0},
-    "epochs_10": {"defence_epochs": 10},
-    "epochs_10_averaged": {"defence_epochs": 10, "defence_weight_averaging": 0.999},
-    "epochs_10_tradeoff_3": {"defence_epochs": 10, "defence_tradeoff": 3.0},
     "epochs_15": {"defence_epochs": 15},
-    "epochs_15_averaged": {"defence_epochs": 15, "defence_weight_averaging": 0.999},
     "epochs_20": {"defence_epochs": 20},
-    "epochs_20_averaged": {"defence_epochs": 20, "defence_weight_averaging": 0.999},
     "scratch_10": {"defence_init": "scratch", "defence_epochs": 10},
     "cyclic": {"defence_lr_schedule": "cyclic"},
-    "cyclic_averaged": {"defence_lr_schedule": "cyclic", "defence_weight_averaging": 0.999},
-    "epochs_20_cyclic": {"defence_epochs": 20, "defence_lr_schedule": "cyclic"},
     "fgsm_rs": {"defence": "fgsm_rs"},
     "trades": {"defence": "trades"},
 }
@@ -57,12 +50,12 @@ def _pgd40(run_dir, config, seed):
   """PGD-40 accuracy of the defended model on the robustness stage's images (same pick, same seed)."""
   from lad_tf import attacks
   from lad_tf.data import datasets
+  from lad_tf.run.defend_stages import robustness_pick
   from lad_tf.runtime.files import load_model
   spec = datasets.get_spec(config.dataset)
   data = datasets.load(spec, config.data_dir)
   _, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed=seed)
-  n = min(config.robust_eval_examples, len(evaluation))
-  pick = np.sort(np.random.default_rng(seed).choice(len(evaluation), n, replace=False))
+  pick = robustness_pick(len(evaluation), config.robust_eval_examples, seed)
   x, y = np.asarray(evaluation.x[pick], np.float32), evaluation.y[pick]
   model = load_model(os.path.join(run_dir, "defended", "model.keras"), "defended classifier")
   x_adv = attacks.pgd(model, x, y, spec.attack_eps, nb_iter=40, seed=0)

@@ -36,6 +36,7 @@ BUDGETS = (100, 1000, 10000)
 GOALS = {"detected_share": 0.99, "median_queries_to_detection": 10, "benign_flagged_share": 0.001,
          "throughput_ratio": 0.90, "p99_extra_ms": 2.0, "mb_per_million_queries": 100.0,
          "endpoint_vs_in_process_points": 2.0}
+AT_LEAST = ("detected_share", "throughput_ratio")  # the other goals are upper bounds
 
 
 def _say(message):
@@ -279,16 +280,12 @@ def _goals(f):
       "mb_per_million_queries": f["store"]["mb_per_million_queries"],
       "endpoint_vs_in_process_points": f["endpoint_vs_in_process_points"],
   }
-  met = {
-      "detected_share": all(v >= GOALS["detected_share"] for v in measured["detected_share"].values()),
-      "median_queries_to_detection": all((v or 1e9) <= GOALS["median_queries_to_detection"]
-                                         for v in measured["median_queries_to_detection"].values()),
-      "benign_flagged_share": measured["benign_flagged_share"] <= GOALS["benign_flagged_share"],
-      "throughput_ratio": measured["throughput_ratio"] >= GOALS["throughput_ratio"],
-      "p99_extra_ms": measured["p99_extra_ms"] <= GOALS["p99_extra_ms"],
-      "mb_per_million_queries": measured["mb_per_million_queries"] <= GOALS["mb_per_million_queries"],
-      "endpoint_vs_in_process_points": measured["endpoint_vs_in_process_points"] <= GOALS["endpoint_vs_in_process_points"],
-  }
+  def meets(key, value):  # None: nothing detected, so no median to meet the goal with
+    if value is None:
+      return False
+    return value >= GOALS[key] if key in AT_LEAST else value <= GOALS[key]
+  met = {key: all(meets(key, v) for v in (value.values() if isinstance(value, dict) else [value]))
+         for key, value in measured.items()}
   # A client is flagged at its (neighbours_to_flag + 1)-th query at the earliest: runs that broke
   # their image within neighbours_to_flag queries bound the share any such setting can detect.
   first = f["detection_parameters"]["neighbours_to_flag"]

@@ -77,23 +77,26 @@ def cpu_peak():
 
 
 # -- model FLOPs ----------------------------------------------------------------------------------
-def multiply_adds(model):
-  """Forward multiply-adds per example of the Conv2D, Conv2DTranspose and Dense layers (the rest,
-  elementwise and pooling, is left out: a few percent of a VGG-style network)."""
+def layer_multiply_adds(layer):
+  """Forward multiply-adds per example of one Conv2D, Conv2DTranspose or Dense layer; 0 for any other
+  (elementwise and pooling: a few percent of a VGG-style network)."""
   import keras
-  total = 0
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-      _, h, w, c = layer.input.shape
-      kh, kw = layer.kernel_size
-      total += h * w * c * kh * kw * layer.filters
-    elif isinstance(layer, keras.layers.Conv2D):
-      _, h, w, _ = layer.output.shape
-      kh, kw = layer.kernel_size
-      total += h * w * layer.filters * kh * kw * int(layer.input.shape[-1]) // layer.groups
-    elif isinstance(layer, keras.layers.Dense):
-      total += math.prod(layer.input.shape[1:-1] or (1,)) * int(layer.input.shape[-1]) * layer.units
-  return int(total)
+  if isinstance(layer, keras.layers.Conv2DTranspose):
+    _, h, w, c = layer.input.shape
+    kh, kw = layer.kernel_size
+    return int(h * w * c * kh * kw * layer.filters)
+  if isinstance(layer, keras.layers.Conv2D):
+    _, h, w, _ = layer.output.shape
+    kh, kw = layer.kernel_size
+    return int(h * w * layer.filters * kh * kw * int(layer.input.shape[-1]) // layer.groups)
+  if isinstance(layer, keras.layers.Dense):
+    return int(math.prod(layer.input.shape[1:-1] or (1,)) * int(layer.input.shape[-1]) * layer.units)
+  return 0
+
+
+def multiply_adds(model):
+  """Forward multiply-adds per example of the model's Conv2D, Conv2DTranspose and Dense layers."""
+  return sum(layer_multiply_adds(layer) for layer in model.layers)
 
 
 # -- memory ---------------------------------------------------------------------------------------
