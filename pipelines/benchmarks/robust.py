@@ -120,11 +120,15 @@ def evaluate(model, x, y, eps, autoattack="standard", log=None):
 
 
 def summary(rows, keys=METRICS):
-  """{key: {"mean", "std"} over the seeds' rows, for each of `keys`; "seeds": the rows themselves."""
+  """{key: {"mean", "std"} over the seeds' rows, for each of `keys`; "seeds": the rows themselves. A
+  seed whose figure is None (e.g. a stage time cut by a resume) is left out of that key's mean, and
+  the key then also says over how many seeds ("n")."""
   out = {}
   for key in keys:
-    values = np.array([r[key] for r in rows], np.float64)
+    values = np.array([r[key] for r in rows if r[key] is not None], np.float64)
     out[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    if len(values) < len(rows):
+      out[key]["n"] = len(values)
   out["seeds"] = rows
   return out
 

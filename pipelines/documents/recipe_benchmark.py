@@ -27,8 +27,10 @@ def flags_of(row):
 
 
 def _cell(row, key, scale=100.0):
-  mean, std = row[key]["mean"] * scale, row[key]["std"] * scale
-  return f"{mean:.1f}" + (f" ± {std:.1f}" if len(row["seeds"]) > 1 else "")
+  """mean ± std over the seeds, and over how many when some seeds lack the figure."""
+  mean, std, n = row[key]["mean"] * scale, row[key]["std"] * scale, row[key].get("n", len(row["seeds"]))
+  return (f"{mean:.1f}" + (f" ± {std:.1f}" if n > 1 else "")
+          + (f" ({n} seeds)" if n < len(row["seeds"]) else ""))
 
 
 def rows_table(bench):
@@ -71,7 +73,8 @@ def headline(dataset, bench):
           f"**{100 * row['clean']['mean']:.1f}% clean, {100 * row['autoattack']['mean']:.1f}% under "
           f"{bench['autoattack_attack'].split(' (')[0]}** at eps {bench['eps']:g} (the undefended classifier: "
           f"{100 * original_clean:.1f}% and {100 * original_robust:.1f}%), mean of {len(seeds)} seed(s), the "
-          f"defence training in {row['cost_ratio']['mean']:.1f}x the classifier's time.")
+          f"defence training in {row['cost_ratio']['mean']:.1f}x the classifier's time"
+          + (f" (mean of {row['cost_ratio']['n']} seeds)." if "n" in row["cost_ratio"] else "."))
 
 
 def readme_block(repo):
