@@ -27,6 +27,25 @@ def process_rss_mb(pid):
   return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def process_cpu_seconds(pid):
+  """CPU time (user + system) of process `pid` and of its live descendants, from /proc (Linux): a
+  server's detector or helper processes count toward what the server costs."""
+  tick = os.sysconf("SC_CLK_TCK")
+  total, todo = 0.0, [pid]
+  while todo:
+    p = todo.pop()
+    try:
+      with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / tick
+      for task in os.listdir(f"/proc/{p}/task"):
+        with open(f"/proc/{p}/task/{task}/children") as f:
+          todo.extend(int(c) for c in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):  # It ended meanwhile.
+      continue
+  return total
+
+
 class ServerProcess:
   """`serving.server` in a subprocess; use as a context manager or call stop()."""
 

@@ -100,3 +100,10 @@ def named_load(address, model_name, images, clients, seconds, prefix):
   from pipelines.benchmarks import serving as serving_bench
   return serving_bench.load(address, rest=False, images=images, batch_size=1, clients=clients,
                             seconds=seconds, model_name=model_name, client_id_prefix=prefix)
+
+
+def detection_metrics(server):
+  """The detecting server's `/monitoring/detection` counts (a dict)."""
+  from serving import client as client_lib
+  with client_lib.PredictClient(server.rest_address, rest=True) as rest:
+    return rest._http("GET", "/monitoring/detection")[1]  # pylint: disable=protected-access
