@@ -60,23 +60,6 @@ def _models(data, eps, train_epochs, robust_epochs, seed):
   return {"original": original, "defended": defended}
 
 
-def _serve(models, x, workdir, detection_flags):
-  from serving import export, launch
-
-  entries = []
-  for name, model in models.items():
-    export.export_classifier(model, f"{workdir}/{name}", sample_images=x[:16], model_name=name)
-    entries.append((name, f"{workdir}/{name}"))
-  config = f"{workdir}/models.config"
-  with open(config, "w") as f:
-    f.write(export.models_config_text(entries))
-  servers = {}
-  for tag, flags in (("off", []), ("on", detection_flags)):
-    servers[tag] = launch.ServerProcess(entries[0][1], model_name="original", log_path=f"{workdir}/{tag}.log",
-                                        extra_flags=[f"--model_config_file={config}", *flags]).start()
-  return servers
-
-
 def _detection_figures(runs, flagged, prefix):
   at = [flagged.get(f"id:{prefix}-{i}") for i in range(len(runs))]
   detected = [q for q in at if q is not None]
@@ -183,11 +166,8 @@ def run(dataset="fashion_mnist", n=20, seed=0, eps=0.1, budget=10000, runs=200, 
     x, y = x_test[idx], y_test[idx]
     figures["clean_accuracy"] = {k: float(np.mean(attacks.predict(m, x_test) == y_test)) for k, m in models.items()}
     _say(f"models trained in {time.perf_counter() - start:.0f} s: {figures['clean_accuracy']}")
-    params = f"{workdir}/detection.config"
-    with open(params, "w") as f:
-      f.write('action: "log_and_reject"\n')
+    servers, params = traffic.serve_off_and_on(models, x, workdir)
     figures["detection_parameters"] = _parameters(params)
-    servers = _serve(models, x, workdir, ["--enable_query_detection", f"--query_detection_parameters_file={params}"])
     try:
       figures["detection_off"] = _endpoint_attacks(servers["off"], models, x, y, eps, budget, seed)
       start = time.perf_counter()

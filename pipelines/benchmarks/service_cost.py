@@ -63,27 +63,21 @@ def run(dataset="fashion_mnist", n=0, seed=0, rounds=16, seconds=3.0, clients=16
   import keras
   from lad_tf import models
   from lad_tf.data import datasets
-  from serving import export, launch
 
   data = datasets.load(dataset)
   x = data.test.x[:n or len(data.test.x)].astype(np.float32)
   keras.utils.set_random_seed(seed)
   model = models.build_classifier("lenet5", data.spec.image_shape, data.spec.num_classes)
   workdir = tempfile.mkdtemp(prefix="lad-service-cost-")
-  servers = {}
   try:
-    export.export_classifier(model, f"{workdir}/original", sample_images=x[:16], model_name="original")
-    with open(f"{workdir}/detection.config", "w") as f:
-      f.write('action: "log_and_reject"\n')
-    on = ["--enable_query_detection", f"--query_detection_parameters_file={workdir}/detection.config"]
-    for tag, flags in (("off", []), ("on", on)):
-      servers[tag] = launch.ServerProcess(f"{workdir}/original", model_name="original",
-                                          log_path=f"{workdir}/{tag}.log", extra_flags=flags).start()
-    cost = measure(servers, x, float(seconds), int(rounds), int(clients))
-    cost["detector_queries"] = traffic.detection_metrics(servers["on"])["queries"]
+    servers, _ = traffic.serve_off_and_on({"original": model}, x, workdir)
+    try:
+      cost = measure(servers, x, float(seconds), int(rounds), int(clients))
+      cost["detector_queries"] = traffic.detection_metrics(servers["on"])["queries"]
+    finally:
+      for server in servers.values():
+        server.stop()
   finally:
-    for server in servers.values():
-      server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
   return {"dataset": dataset, "model": "LeNet-5 (untrained)", "rounds_per_side": int(rounds),
           "seconds_per_round": float(seconds),

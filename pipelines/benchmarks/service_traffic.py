@@ -95,6 +95,35 @@ def benign_clients(address, model_name, x, clients, copies_per_client, images_pe
           "refused_requests": sum(r[1] for r in results)}
 
 
+def serve_off_and_on(models, x, workdir):
+  """({"off": server, "on": server}, detection parameters file): `models` ({name: Keras model}) exported
+  under `workdir` and served by two `serving.server` processes, one without query detection and one
+  with it (`action: "log_and_reject"`, default parameters); the first model is each server's default."""
+  from serving import export, launch
+
+  entries = []
+  for name, model in models.items():
+    export.export_classifier(model, f"{workdir}/{name}", sample_images=x[:16], model_name=name)
+    entries.append((name, f"{workdir}/{name}"))
+  config = f"{workdir}/models.config"
+  with open(config, "w") as f:
+    f.write(export.models_config_text(entries))
+  params = f"{workdir}/detection.config"
+  with open(params, "w") as f:
+    f.write('action: "log_and_reject"\n')
+  detecting = ["--enable_query_detection", f"--query_detection_parameters_file={params}"]
+  servers = {}
+  try:
+    for tag, flags in (("off", []), ("on", detecting)):
+      servers[tag] = launch.ServerProcess(entries[0][1], model_name=entries[0][0], log_path=f"{workdir}/{tag}.log",
+                                          extra_flags=[f"--model_config_file={config}", *flags]).start()
+  except BaseException:
+    for server in servers.values():
+      server.stop()
+    raise
+  return servers, params
+
+
 def named_load(address, model_name, images, clients, seconds, prefix):
   """`clients` threads, each its own named client sending batch-1 requests of distinct images."""
   from pipelines.benchmarks import serving as serving_bench
