@@ -10,14 +10,13 @@ answered and not counted (a retry tells an attacker nothing new). Flagged client
 counted, and with a rejecting action every later request of theirs gets PERMISSION_DENIED (HTTP 403).
 
 The store is bounded: `history_per_client` fingerprints per client in a ring, and the whole store
-under `max_memory_mb`, dropping the least recently seen clients first. Only the servable's request
-path calls `check`, and only when detection is on: off, it costs one `is None` test per request.
+under `max_memory_mb`, dropping the least recently seen clients first. The server runs this judge
+in a process of its own (`serving.detection_worker`); only when detection is on does the request
+path call anything: off, it costs one `is None` test per request.
 """
 import collections
 import logging
-import queue
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -31,9 +30,6 @@ CLIENT_OVERHEAD_BYTES = 512  # Python objects, array headers and the LRU entry o
 MAX_LISTED_FLAGGED = 1000  # Flagged clients listed by the monitoring endpoint (most recent).
 _FIRST_ROWS = 16
 _GROWTH = 8  # A full ring grows by 1/8 (at least _FIRST_ROWS rows): little memory left unused.
-MAX_PENDING = 1024  # Requests queued for the background worker before `check` waits.
-MAX_BATCH = 256  # Requests the worker fingerprints together.
-POLL_SECONDS = 0.005  # How long the idle worker sleeps: requests queued meanwhile form one batch.
 
 
 class _Client:
@@ -71,80 +67,51 @@ def _digest(image):
 class QueryDetector:
   """Per-client near-duplicate counting over a bounded store; thread-safe.
 
-  background=False: `check` judges the request's images before it returns. background=True (the
-  server's choice): `check` only refuses clients already flagged and queues the images; one worker
-  thread collects what is queued (polling every POLL_SECONDS), fingerprints it in one numpy pass per
-  image shape and judges it in arrival order, off the request's critical path. A client is then
-  flagged a moment after the query that flags it, and refused from its next request on. At most
-  MAX_PENDING requests wait (`check` blocks beyond that), so detection never falls far behind.
+  `check` judges a request's images before it returns. The server does not call it on its request
+  path: `serving.detection_worker` runs this class in a process of its own and feeds it in batches
+  (`judge`), which keeps its numpy work off the server's GIL.
   """
 
-  def __init__(self, config, background=False):
+  def __init__(self, config):
     self.config = config
     self._clients = collections.OrderedDict()  # client -> _Client, least recently seen first
     self._flagged = collections.OrderedDict()  # client -> query that flagged it (listed only)
     self._lock = threading.Lock()
     self._bytes = 0
     self.counts = collections.Counter()
-    self._queue = queue.Queue(MAX_PENDING) if background else None
-    self._worker = None
+    self.forgotten_flagged = []  # Flagged clients the store dropped since the owner last looked.
 
   def check(self, client, images):
     """Raises PERMISSION_DENIED when `client` is flagged and the action rejects; otherwise judges
-    the request's images (background: queues them) for `client`."""
-    c = self.config
+    the request's images for `client` (and refuses them if they flag it)."""
     known = self._clients.get(client)  # A lock-free peek: a refused client costs no fingerprint.
-    if c.rejects and known is not None and known.flagged_at is not None:
+    if self.config.rejects and known is not None and known.flagged_at is not None:
       self._refuse()
-    if self._queue is None:
-      if self._record(client, *self.fingerprint(images)) and c.rejects:
-        self._refuse()
-      return
-    if self._worker is None:
-      with self._lock:
-        if self._worker is None:
-          self._worker = threading.Thread(target=self._work, name="query-detector", daemon=True)
-          self._worker.start()
-    self._queue.put((client, np.asarray(images)))
+    if self._record(client, *self.fingerprint(images)) is not None and self.config.rejects:
+      self._refuse()
 
-  def flush(self):
-    """Waits until every queued request is judged (background mode; tests and benchmarks)."""
-    if self._queue is not None:
-      self._queue.join()
+  def judge(self, requests):
+    """Judges [(client, images)] in order, fingerprinting them in one numpy pass per image shape
+    and dtype; returns {client: query that flagged it} for the clients flagged after them."""
+    flagged = {}
+    for client, sketches, digests in self._fingerprint_requests(requests):
+      at = self._record(client, sketches, digests)
+      if at is not None:
+        flagged[client] = at
+    return flagged
 
-  def _work(self):
-    while True:
-      batch = []
-      while len(batch) < MAX_BATCH:
-        try:
-          batch.append(self._queue.get_nowait())
-        except queue.Empty:
-          break
-      if not batch:  # Polled, not woken per request: a request's put wakes no thread.
-        time.sleep(POLL_SECONDS)
-        continue
-      try:
-        for client, sketches, digests in self._fingerprint_batch(batch):
-          self._record(client, sketches, digests)
-      except Exception:  # pylint: disable=broad-except  The worker must outlive one bad batch.
-        log.exception("query detection: a batch of %d requests could not be judged", len(batch))
-      finally:
-        for _ in batch:
-          self._queue.task_done()
-
-  def _fingerprint_batch(self, batch):
-    """[(client, sketches, digests)] of queued requests, in order; one fingerprint pass per image
-    shape and dtype (so that the digests are those of the bytes sent)."""
+  def _fingerprint_requests(self, requests):
+    """[(client, sketches, digests)] of `requests`, in order (digests of the bytes sent)."""
     shapes = collections.defaultdict(list)
-    for k, (_, images) in enumerate(batch):
+    for k, (_, images) in enumerate(requests):
       shapes[images.shape[1:], images.dtype].append(k)
-    out = [None] * len(batch)
+    out = [None] * len(requests)
     for members in shapes.values():
-      sketches, digests = self.fingerprint(np.concatenate([batch[k][1] for k in members]))
+      sketches, digests = self.fingerprint(np.concatenate([requests[k][1] for k in members]))
       start = 0
       for k in members:
-        n = len(batch[k][1])
-        out[k] = (batch[k][0], sketches[start:start + n], digests[start:start + n])
+        n = len(requests[k][1])
+        out[k] = (requests[k][0], sketches[start:start + n], digests[start:start + n])
         start += n
     return out
 
@@ -157,7 +124,8 @@ class QueryDetector:
     return sketches, [_digest(image) for image in images]
 
   def _record(self, client, sketches, digests):
-    """Counts and remembers `client`'s fingerprinted images in order; returns whether it is flagged."""
+    """Counts and remembers `client`'s fingerprinted images in order; returns the query that
+    flagged it, or None."""
     c = self.config
     with self._lock:
       state = self._clients.get(client)
@@ -173,15 +141,12 @@ class QueryDetector:
     if newly_flagged and c.action != "reject":
       log.warning("query detection: client %s flagged at its query %d (%d near-duplicate "
                   "earlier queries)", client, state.flagged_at, c.neighbours_to_flag)
-    return state.flagged_at is not None
+    return state.flagged_at
 
   def _refuse(self):
     with self._lock:
       self.counts["requests_rejected"] += 1
-    raise errors.ServingError(
-        grpc.StatusCode.PERMISSION_DENIED,
-        "this client's queries look like a query-based attack (many near-duplicate images); "
-        "its requests are refused. Benign clients: contact the service's operator")
+    raise refusal()
 
   def _take(self, client, state, sketches, digests):
     """Under the lock: count and remember each image; returns whether the client got flagged."""
@@ -213,8 +178,10 @@ class QueryDetector:
   def _evict(self):
     cap = self.config.max_memory_mb * 1e6
     while self._bytes > cap and len(self._clients) > 1:
-      _, oldest = self._clients.popitem(last=False)
+      client, oldest = self._clients.popitem(last=False)
       self._bytes -= oldest.nbytes
+      if oldest.flagged_at is not None:
+        self.forgotten_flagged.append(client)
       self.counts["clients_evicted"] += 1
 
   def metrics(self):
@@ -231,6 +198,14 @@ class QueryDetector:
               "clients_remembered": len(self._clients), "queries_remembered": remembered,
               "store_bytes": self._bytes, "store_cap_bytes": int(self.config.max_memory_mb * 1e6),
               "flagged_at_query": dict(self._flagged)}
+
+
+def refusal():
+  """The error a flagged client's requests get."""
+  return errors.ServingError(
+      grpc.StatusCode.PERMISSION_DENIED,
+      "this client's queries look like a query-based attack (many near-duplicate images); "
+      "its requests are refused. Benign clients: contact the service's operator")
 
 
 def grpc_client_id(context, header):

@@ -38,8 +38,8 @@ class ModelServer:
     self.config = config
     self.detector = None
     if config.detection is not None:
-      from serving import detection
-      self.detector = detection.QueryDetector(config.detection, background=True)
+      from serving import detection_worker
+      self.detector = detection_worker.DetectorProcess(config.detection)
     self.manager = manager_lib.ModelManager(
         models, max_batch_size=config.max_batch_size, enable_warmup=config.enable_model_warmup,
         warmup_iterations=config.num_request_iterations_for_warmup,
@@ -71,6 +71,8 @@ class ModelServer:
       self.rest_server.stop()
     if self.grpc_server is not None:
       self.grpc_server.stop(grace).wait()
+    if self.detector is not None:
+      self.detector.close()
 
   def request_stop(self, *_):
     """Signal-safe: only flags the stop; `serve_until_stopped` does the work."""

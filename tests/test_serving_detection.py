@@ -15,6 +15,7 @@ from pipelines import attack_service
 from serving import client as client_lib
 from serving import config as config_lib
 from serving import detection
+from serving import detection_worker
 from serving import errors
 from serving import export
 from serving import fingerprints
@@ -175,29 +176,50 @@ def test_a_flagged_client_is_refused_from_then_on(digits):
   detector.check("someone-else", digits.x[100:101])
 
 
-def test_in_the_background_the_same_queries_flag_the_client_and_later_requests_are_refused(digits):
+def test_the_judging_process_flags_at_the_same_query_and_the_client_is_refused_after(digits):
   rng = np.random.default_rng(0)
   stream = [_attack_like(digits.x[:1], rng)[0] for _ in range(20)] + [digits.x[100:104]]
-  flagged_at = {}
-  for background in (False, True):
-    detector = detection.QueryDetector(config_lib.DetectionConfig(action="log"), background=background)
-    for k, images in enumerate(stream):
-      detector.check("probe", images)
-      detector.check(f"reader-{k}", digits.x[k:k + 1])
-    detector.flush()
-    metrics = detector.metrics()
-    flagged_at[background] = metrics["flagged_at_query"]
+  in_process = detection.QueryDetector(config_lib.DetectionConfig(action="log"))
+  judged_aside = detection_worker.DetectorProcess(config_lib.DetectionConfig(action="log"))
+  try:
+    for detector in (in_process, judged_aside):
+      for k, images in enumerate(stream):
+        detector.check("probe", images)
+        detector.check(f"reader-{k}", digits.x[k:k + 1])
+    flagged, metrics = in_process.metrics()["flagged_at_query"], judged_aside.metrics()
+    assert list(flagged) == ["probe"] and metrics["flagged_at_query"] == flagged
     assert metrics["queries"] == 2 * len(stream) + 3 and metrics["queries_remembered"] == metrics["queries"]
-  assert list(flagged_at[True]) == ["probe"] and flagged_at[True] == flagged_at[False]
-  detector = detection.QueryDetector(config_lib.DetectionConfig(action="reject"), background=True)
-  for images in stream[:-1]:
-    try:
-      detector.check("probe", images)
-    except errors.ServingError:
-      break  # Refused once the worker has judged the flagging query.
-  detector.flush()
-  with pytest.raises(errors.ServingError):
-    detector.check("probe", digits.x[100:101])
+  finally:
+    judged_aside.close()
+  detector = detection_worker.DetectorProcess(config_lib.DetectionConfig(action="reject"))
+  try:
+    for images in stream[:-1]:
+      detector.check("probe", images)  # Queued: judged after the request is answered.
+    detector.flush()
+    with pytest.raises(errors.ServingError):
+      detector.check("probe", digits.x[100:101])
+    detector.check("someone-else", digits.x[100:101])
+    assert detector.metrics()["requests_rejected"] == 1
+  finally:
+    detector.close()
+
+
+def test_a_judging_process_that_dies_is_replaced_and_detection_goes_on(digits):
+  detector = detection_worker.DetectorProcess(config_lib.DetectionConfig(action="reject"))
+  try:
+    detector.check("first", digits.x[:1])
+    detector.flush()
+    detector._child.kill()  # pylint: disable=protected-access
+    detector.check("lost", digits.x[1:2])
+    detector.flush()  # Its round trip fails: the judge is restarted, that request left unjudged.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+      detector.check("probe", _attack_like(digits.x[:1], rng)[0])
+    metrics = detector.metrics()
+    assert metrics["judge_restarts"] == 1 and list(metrics["flagged_at_query"]) == ["probe"]
+    assert metrics["queries"] == 20
+  finally:
+    detector.close()
 
 
 def test_the_store_keeps_under_its_cap_by_dropping_the_least_recent_clients(digits):
