@@ -52,6 +52,7 @@ class _Client:
       rows = min(capacity, held + max(_FIRST_ROWS, held // _GROWTH))
       self.fps = np.concatenate([self.fps, np.zeros((len(self.fps), rows - held), self.fps.dtype)], axis=1)
       self.digests = np.concatenate([self.digests, np.zeros(rows - held, np.uint32)])
+      self.next = held  # The full ring was in order: the new rows come next, nothing is overwritten.
     self.fps[:, self.next] = sketch
     self.digests[self.next] = digest
     self.next = (self.next + 1) % len(self.digests)

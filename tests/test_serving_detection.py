@@ -222,6 +222,14 @@ def test_a_judging_process_that_dies_is_replaced_and_detection_goes_on(digits):
     detector.close()
 
 
+def test_a_client_remembers_every_query_up_to_its_history_then_the_newest():
+  state = detection._Client()  # pylint: disable=protected-access
+  for q in range(1, 301):  # The ring grows many times on the way.
+    state.remember(np.full(fingerprints.SKETCH_WORDS, q, np.uint64), q, 200)
+    assert sorted(state.digests[:state.size]) == list(range(max(1, q - 199), q + 1))
+  assert (state.fps[0, :state.size] == state.digests[:state.size]).all()
+
+
 def test_the_store_keeps_under_its_cap_by_dropping_the_least_recent_clients(digits):
   detector = detection.QueryDetector(config_lib.DetectionConfig(max_memory_mb=0.02))
   for k in range(40):
