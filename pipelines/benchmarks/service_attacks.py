@@ -44,7 +44,8 @@ def _say(message):
   print(f"[service_attacks] {message}", flush=True)
 
 
-def _models(data, eps, train_epochs, robust_epochs, seed):
+def trained_models(data, eps, train_epochs, robust_epochs, seed):
+  """{"original": LeNet-5, "defended": its FGSM-RS fine-tuned copy}, as the benchmark serves them."""
   import keras
   from lad_tf import models, robust
   from lad_tf.runtime import training
@@ -161,7 +162,7 @@ def run(dataset="fashion_mnist", n=20, seed=0, eps=0.1, budget=10000, runs=200, 
                         "train_epochs": train_epochs, "robust_epochs": robust_epochs}}
   try:
     start = time.perf_counter()
-    models = _models(data, eps, train_epochs, robust_epochs, seed)
+    models = trained_models(data, eps, train_epochs, robust_epochs, seed)
     idx = datasets.stratified_indices(y_test, max(1, n // data.spec.num_classes), seed=seed)[:n]
     x, y = x_test[idx], y_test[idx]
     figures["clean_accuracy"] = {k: float(np.mean(attacks.predict(m, x_test) == y_test)) for k, m in models.items()}
@@ -205,9 +206,7 @@ def run(dataset="fashion_mnist", n=20, seed=0, eps=0.1, budget=10000, runs=200, 
 
 def _detections(servers, x_test, y_test, eps, runs, budget, noise, seed):
   """Attack runs against the detecting server (one client each), and the adaptive attacker."""
-  rng = np.random.default_rng(seed + 1)
-  pick = rng.choice(len(x_test), runs, replace=False)
-  x, y = x_test[pick], y_test[pick]
+  x, y, rng = traffic.attack_images(x_test, y_test, runs, seed)
   out = {}
   plans = (("square", None), ("hopskipjump", None), ("square_adaptive", traffic.randomiser(rng, noise)))
   for tag, transform in plans:

@@ -65,25 +65,39 @@ def attack_runs(endpoint, attack, x, y, eps, budget, prefix, seed=0):
   return runs
 
 
-def benign_clients(address, model_name, x, clients, copies_per_client, images_per_client=100, seed=0,
-                   threads=8):
-  """Each client sends `images_per_client` distinct images of x (its own random draw), and for
-  `copies_per_client` of them every benign copy (retry, noise, one-pixel shift, JPEG), in a
-  shuffled order, one image per request."""
-  from serving import client as client_lib
+def benign_stream(x, client, seed=0, images_per_client=100, copies_per_client=10):
+  """What benign client number `client` sends: `images_per_client` distinct images of x (its own
+  random draw) and, for `copies_per_client` of them, every benign copy (retry, noise, one-pixel
+  shift, JPEG), in a shuffled order."""
   from serving import testing
 
+  rng = np.random.default_rng(seed + client)
+  own = x[rng.choice(len(x), min(images_per_client, len(x)), replace=False)]
+  stream = list(own)
+  for i in rng.choice(len(own), min(copies_per_client, len(own)), replace=False):
+    stream.extend(testing.benign_copies(own[i], rng).values())
+  return [stream[k] for k in rng.permutation(len(stream))]
+
+
+def attack_images(x, y, runs, seed=0):
+  """(x, y, rng): the `runs` images the detection runs attack, and the generator drawn from."""
+  rng = np.random.default_rng(seed + 1)
+  pick = rng.choice(len(x), runs, replace=False)
+  return x[pick], y[pick], rng
+
+
+def benign_clients(address, model_name, x, clients, copies_per_client, images_per_client=100, seed=0,
+                   threads=8):
+  """Each client sends its `benign_stream`, one image per request."""
+  from serving import client as client_lib
+
   def one(c):
-    rng = np.random.default_rng(seed + c)
-    own = x[rng.choice(len(x), min(images_per_client, len(x)), replace=False)]
-    stream = list(own)
-    for i in rng.choice(len(own), min(copies_per_client, len(own)), replace=False):
-      stream.extend(testing.benign_copies(own[i], rng).values())
+    stream = benign_stream(x, c, seed, images_per_client, copies_per_client)
     refused = 0
     with client_lib.PredictClient(address, model_name=model_name, client_id=f"benign-{c}") as client:
-      for k in rng.permutation(len(stream)):
+      for image in stream:
         try:
-          client.predict(stream[k][None])
+          client.predict(image[None])
         except client_lib.RequestError:
           refused += 1
     return len(stream), refused
