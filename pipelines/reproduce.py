@@ -228,7 +228,7 @@ def main(argv):
   del argv
   from absl import app
   from lad_tf import cli
-  from pipelines.documents import readme, results
+  from pipelines.documents import detection_sweep, readme, results
   unknown = sorted(set(FLAGS.only) - set(RUN_NAMES))
   if unknown:
     raise app.UsageError(f"--only: unknown runs {unknown}; runs: {', '.join(RUN_NAMES)}")
@@ -249,6 +249,8 @@ def main(argv):
   runs = {name: overrides.get(name, os.path.join(root, name)) for name in RUN_NAMES}
   results.render(runs, REPO, FLAGS.output, pairs(FLAGS.commits, "commits"))
   print(f"reproduce: wrote {FLAGS.output}")
+  for path in detection_sweep.write_figures(REPO):
+    print(f"reproduce: drew {os.path.relpath(path, REPO)} from benchmarks/detection_sweep.json")
   if FLAGS.readme and readme.update_readme(FLAGS.readme, runs, pairs(FLAGS.commits, "commits")):
     print(f"reproduce: rewrote the results block of {FLAGS.readme}")
   if FLAGS.readme and readme.update_robust_readme(FLAGS.readme, REPO):

@@ -1,4 +1,6 @@
 """The detection sweep's replay (pipelines/benchmarks/detection_sweep.py) is the server's rule."""
+import json
+
 import numpy as np
 
 from pipelines.benchmarks import detection_sweep
@@ -49,3 +51,18 @@ def test_the_summary_ranks_quiet_settings_and_bounds_what_early_breaks_allow():
   assert out["within_benign_goal"] == 2 and out["best_within_benign_goal"][0] is rows[0]
   assert out["detected_share_ceiling_by_neighbours_to_flag"]["3"] == {"square": 0.9}
   assert out["settings_meeting_every_detection_goal"] == 0
+
+
+def test_the_figure_is_drawn_from_the_committed_json(tmp_path):
+  from pipelines.documents import detection_sweep as document
+  assert document.write_figures(str(tmp_path)) == []  # Nothing committed, nothing drawn.
+  rows = [{"quantization_step": 96, "window_size": w, "match_threshold": 16, "neighbours_to_flag": 4,
+           "square": {"detected_share": 0.95, "median_queries": 12.0 - w / 8},
+           "hopskipjump": {"detected_share": 1.0, "median_queries": 11.0}, "benign_flagged_share": w / 8000}
+          for w in (8, 12, 16, 20)]
+  bench = {"dataset": "fashion_mnist", "eps": 0.1, "benign_clients": 1000, "rows": rows,
+           "goals": {"detected_share": 0.99, "median_queries_to_detection": 10, "benign_flagged_share": 0.001}}
+  (tmp_path / "benchmarks").mkdir()
+  (tmp_path / "benchmarks" / "detection_sweep.json").write_text(json.dumps(bench))
+  assert document.write_figures(str(tmp_path)) == [str(tmp_path / "docs" / "figures" / "detection_sweep.png")]
+  assert (tmp_path / "docs" / "figures" / "detection_sweep.png").stat().st_size > 10_000
