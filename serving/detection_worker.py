@@ -54,7 +54,7 @@ class DetectorProcess:
       with self._lock:
         self._rejected += 1
       raise detection.refusal()
-    while len(self._pending) >= MAX_PENDING:  # The judge is behind: wait for it.
+    while len(self._pending) >= MAX_PENDING and not self._closed:  # The judge is behind: wait for it.
       self._wake.set()
       time.sleep(0.001)
     self._pending.append((client, np.asarray(images)))
