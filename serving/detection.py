@@ -27,7 +27,6 @@ from serving import fingerprints as fingerprints_lib
 log = logging.getLogger(__name__)
 
 CLIENT_OVERHEAD_BYTES = 512  # Python objects, array headers and the LRU entry of one client.
-WATCH_QUERIES = 16  # How long a client with near-duplicates stays watched (detection.watched).
 MAX_LISTED_FLAGGED = 1000  # Flagged clients listed by the monitoring endpoint (most recent).
 _FIRST_ROWS = 16
 _GROWTH = 8  # A full ring grows by 1/8 (at least _FIRST_ROWS rows): little memory left unused.
@@ -35,14 +34,13 @@ _GROWTH = 8  # A full ring grows by 1/8 (at least _FIRST_ROWS rows): little memo
 
 class _Client:
   """One client's remembered queries: fingerprint sketches and exact digests in a growing ring."""
-  __slots__ = ("fps", "digests", "size", "next", "queries", "flagged_at", "watch_until")
+  __slots__ = ("fps", "digests", "size", "next", "queries", "flagged_at")
 
   def __init__(self):
     self.fps = np.zeros((fingerprints_lib.SKETCH_WORDS, _FIRST_ROWS), np.uint64)  # A sketch a column.
     self.digests = np.zeros(_FIRST_ROWS, np.uint32)
     self.size = self.next = self.queries = 0
     self.flagged_at = None  # The query (1-based) that flagged the client.
-    self.watch_until = 0  # Watched (a flag may be near) until its query count reaches this.
 
   @property
   def nbytes(self):
@@ -102,14 +100,6 @@ class QueryDetector:
       if at is not None:
         flagged[client] = at
     return flagged
-
-  def watched(self, clients):
-    """{client: whether a flag may be near}, for `clients`: not flagged yet, and one of its last
-    WATCH_QUERIES queries had at least neighbours_to_flag - 2 near-duplicates."""
-    with self._lock:
-      states = {client: self._clients.get(client) for client in clients}
-      return {client: state is not None and state.flagged_at is None and state.queries < state.watch_until
-              for client, state in states.items()}
 
   def _fingerprint_requests(self, requests):
     """[(client, sketches, digests)] of `requests`, in order (digests of the bytes sent)."""
@@ -171,10 +161,7 @@ class QueryDetector:
         continue
       if state.size:
         shared = fingerprints_lib.shared_bits(state.fps[:, :state.size], sketch)
-        neighbours = np.count_nonzero(shared >= c.match_threshold)
-        if neighbours >= max(1, c.neighbours_to_flag - 2):
-          state.watch_until = state.queries + WATCH_QUERIES
-        if neighbours >= c.neighbours_to_flag:
+        if np.count_nonzero(shared >= c.match_threshold) >= c.neighbours_to_flag:
           near += 1
           if state.flagged_at is None:
             state.flagged_at = state.queries

@@ -5,10 +5,9 @@ server, that work contends for the server's GIL with the request threads, and on
 machine the handoffs cost more than the work: a tenth of the throughput and several milliseconds
 of p99 (docs/DETECTION.md, Cost). Here a request only appends its images to a list. A feeder thread
 wakes every POLL_SECONDS, sends what was queued to the judging process (`python -m
-serving.detection_worker`) in one message and reads back the clients it flagged, and those it
-watches (recent near-duplicates: a flag may be near). A watched client's request wakes the feeder
-at once, so a client is flagged at the same query as in-process and refused within a query or two;
-one flagged without being watched first is refused within about POLL_SECONDS. If the judging process dies, the feeder logs it and starts
+serving.detection_worker`) in one message and reads back the clients it flagged. A client is
+flagged at the same query as in-process; it is refused from its first request after the feeder
+hears of it, within about POLL_SECONDS. If the judging process dies, the feeder logs it and starts
 another, with an empty store.
 """
 import collections
@@ -39,7 +38,6 @@ class DetectorProcess:
     self.config = config
     self._pending = collections.deque()  # (client, images); append and popleft need no lock.
     self._refused = {}  # client -> query that flagged it: refused when the action rejects.
-    self._watched = set()  # Clients a flag may be near for (detection.watched): judged at once.
     self._rejected = self._restarts = 0
     self._lock = threading.Lock()  # Guards the counts above.
     self._pipe = threading.Lock()  # One round trip with the judge at a time.
@@ -60,8 +58,6 @@ class DetectorProcess:
       self._wake.set()
       time.sleep(0.001)
     self._pending.append((client, np.asarray(images)))
-    if client in self._watched:
-      self._wake.set()
 
   def flush(self):
     """Returns once every request queued so far is judged."""
@@ -98,16 +94,10 @@ class DetectorProcess:
       return
     reply = self._call("judge", requests)
     if reply is not None:
-      flagged, forgotten, watched = reply
+      flagged, forgotten = reply
       self._refused.update(flagged)
-      for client, watch in watched.items():
-        if watch:
-          self._watched.add(client)
-        else:
-          self._watched.discard(client)
       for client in forgotten:  # The store dropped them: like any new client, judged afresh.
         self._refused.pop(client, None)
-        self._watched.discard(client)
 
   def _call(self, kind, payload):
     """Under the pipe lock: the judge's reply, or None when it died (it is restarted)."""
@@ -154,7 +144,7 @@ def serve(inputs, outputs):
     except EOFError:
       return
     if kind == "judge":
-      reply = (judge.judge(payload), judge.forgotten_flagged, judge.watched({c for c, _ in payload}))
+      reply = (judge.judge(payload), judge.forgotten_flagged)
       judge.forgotten_flagged = []
     else:
       reply = judge.metrics()
