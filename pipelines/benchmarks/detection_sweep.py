@@ -20,9 +20,11 @@ import numpy as np
 
 from pipelines.benchmarks import service_attacks
 from pipelines.benchmarks import service_traffic as traffic
+from serving import config as config_lib
 
 GRID = {"quantization_step": (64, 96, 128), "window_size": (8, 12, 16, 20), "match_threshold": (12, 14, 16, 18),
         "neighbours_to_flag": (3, 4, 5, 6)}
+HASHES_PER_QUERY = config_lib.DetectionConfig.hashes_per_query  # Not swept: the detector's default.
 CHUNK = 4096  # Images fingerprinted per numpy pass (the window hashes of one pass: CHUNK x 784 x 8 bytes).
 
 
@@ -54,7 +56,6 @@ def record_runs(model, attack, x, y, eps, budget, seed=0):
 def sketches_and_digests(streams, step, window, hashes):
   """Per stream: (sketches [L, SKETCH_WORDS], digests [L]) as the detector computes them."""
   from serving import detection
-  from serving import config as config_lib
 
   detector = detection.QueryDetector(config_lib.DetectionConfig(
       quantization_step=step, window_size=window, hashes_per_query=hashes, match_threshold=1))
@@ -92,19 +93,18 @@ def _attack_figures(flags, runs, key):
           "median_queries": float(np.median(found)) if found else None}
 
 
-def sweep(attack_runs, benign_streams, grid=None, hashes=20):
-  """[{parameters, per-attack figures, benign_flagged_share, goals met}] for every grid setting."""
-  grid = dict(GRID, **(grid or {}))
+def sweep(attack_runs, benign_streams):
+  """[{parameters, per-attack figures, benign_flagged_share, goals met}] for every GRID setting."""
   goals = service_attacks.GOALS
   streams = {a: [r["stream"] for r in runs] for a, runs in attack_runs.items()}
   streams["benign"] = benign_streams
   rows = []
-  for step, window in itertools.product(grid["quantization_step"], grid["window_size"]):
+  for step, window in itertools.product(GRID["quantization_step"], GRID["window_size"]):
     flags = {}
     for kind, group in streams.items():
-      flags[kind] = [flagged_at(s, d, grid["match_threshold"], grid["neighbours_to_flag"])
-                     for s, d in sketches_and_digests(group, step, window, hashes)]
-    for t, k in itertools.product(grid["match_threshold"], grid["neighbours_to_flag"]):
+      flags[kind] = [flagged_at(s, d, GRID["match_threshold"], GRID["neighbours_to_flag"])
+                     for s, d in sketches_and_digests(group, step, window, HASHES_PER_QUERY)]
+    for t, k in itertools.product(GRID["match_threshold"], GRID["neighbours_to_flag"]):
       row = {"quantization_step": step, "window_size": window, "match_threshold": t, "neighbours_to_flag": k}
       for attack, runs in attack_runs.items():
         row[attack] = _attack_figures(flags[attack], runs, (t, k))
@@ -155,7 +155,7 @@ def run(dataset="fashion_mnist", n=0, seed=0, eps=0.1, runs=200, stream_budget=3
   rows = sweep(attack_runs, benign)
   out = {"dataset": dataset, "eps": eps, "runs": runs, "stream_budget": stream_budget,
          "benign_clients": benign_clients, "images_per_client": images_per_client,
-         "copies_per_client": copies_per_client, "hashes_per_query": 20, "grid": GRID,
+         "copies_per_client": copies_per_client, "hashes_per_query": HASHES_PER_QUERY, "grid": GRID,
          "goals": {k: service_attacks.GOALS[k] for k in
                    ("detected_share", "median_queries_to_detection", "benign_flagged_share")},
          "summary": summary(rows, attack_runs), "rows": rows, "wall_s": time.perf_counter() - start}
