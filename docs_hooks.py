@@ -7,6 +7,7 @@ model card use). The file is loaded on its own: importing the lad_tf package wou
 `<!-- benchmarks-index -->` becomes the list of committed benchmarks/*.json files, read from them, and
 `<!-- benchmark-figures: NAME.json -->` a table of the figures benchmarks/NAME.json holds,
 `<!-- recipe-benchmark -->` the recipe benchmark's tables and figures (the default command as run),
+`<!-- recipe-screening: NAME.json -->` a recipe screening file's table and figure,
 and `<!-- benchmark: NAME.json TEMPLATE -->` its TEMPLATE (inline, or lines of prose or a table) with each
 `{dotted.field:spec}` replaced by that field of benchmarks/NAME.json, formatted by Python's format spec
 (a list's items joined by commas, a boolean as yes/no). A missing file or field fails the build.
@@ -106,6 +107,17 @@ def recipe_benchmark(page_path):
   return recipe.section(HERE, heading="###", figures=figures) or "No recipe benchmark is committed."
 
 
+SCREENING_MARKER = re.compile(r"<!-- recipe-screening: ([\w.-]+\.json) -->")
+
+
+def recipe_screening(name, page_path):
+  """A recipe screening file's table and figure (pipelines.documents.recipe_benchmark.screening_section)."""
+  import sys
+  sys.path.insert(0, HERE)
+  from pipelines.documents import recipe_benchmark as recipe
+  return recipe.screening_section(HERE, name, figures="../" * page_path.count("/") + "figures/")
+
+
 TEMPLATE_MARKER = re.compile(r"<!-- benchmark: ([\w.-]+\.json)(\s.*?)-->", re.DOTALL)
 
 
@@ -184,6 +196,7 @@ def fill_markers(markdown, root=HERE):
 def on_page_markdown(markdown, page, config, files):
   if RECIPE_MARKER in markdown:
     markdown = markdown.replace(RECIPE_MARKER, recipe_benchmark(page.file.src_path))
+  markdown = SCREENING_MARKER.sub(lambda found: recipe_screening(found.group(1), page.file.src_path), markdown)
   try:
     markdown = fill_markers(markdown)
   except FigureError as e:

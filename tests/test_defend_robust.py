@@ -191,6 +191,14 @@ def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_ref
   assert two.atta_steps == 2 and two.identity()["atta_steps"] == 2 and "atta_steps" not in constant.identity()
   with pytest.raises(ConfigError, match="defence_atta_steps"):
     dataclasses.replace(CONFIG, defence="atta", defence_atta_steps=0).resolved()
+  # LAD's decoded examples as atta's extra data: the weight reaches the loss and the identity, and the
+  # run then makes the generator and boundaries the examples come from (atta alone makes neither)
+  generated = dataclasses.replace(CONFIG, defence="atta", defence_generated_weight=0.5).resolved()
+  assert generated.robust_config().identity()["generated_weight"] == 0.5 and "generated_weight" not in constant.identity()
+  assert {"generator", "boundaries"} <= set(generated.needed_stages())
+  assert "generator" not in dataclasses.replace(CONFIG, defence="atta").resolved().needed_stages()
+  with pytest.raises(ConfigError, match="defence_generated_weight"):
+    dataclasses.replace(CONFIG, defence="fgsm_rs", defence_generated_weight=0.5).resolved()
   # unset, the robust training follows the dataset's recipe: MNIST's is the benchmark's eps 0.3 setup
   mnist = dataclasses.replace(CONFIG, dataset="mnist", defence_epochs=None).resolved()
   assert (mnist.defence_init, mnist.defence_epochs, mnist.defence_learning_rate, mnist.defence_lr_schedule,

@@ -73,3 +73,20 @@ def test_the_readme_block_and_the_pareto_figure_are_written_from_the_json(tmp_pa
   paths = recipe_benchmark.write_figures(str(tmp_path))
   assert paths == [str(tmp_path / "docs" / "figures" / "tradeoff_fashion_mnist.png")]
   assert (tmp_path / "docs" / "figures" / "tradeoff_fashion_mnist.png").stat().st_size > 10_000
+
+
+def test_a_screening_file_has_its_own_table_and_figure_with_the_knob_drawn_as_a_curve(tmp_path):
+  rows = {"default": _row(0.84, 0.70, 2.0), "tradeoff_3": _row(0.86, 0.62, 2.6, {"defence_tradeoff": 3.0}),
+          "tradeoff_1": _row(0.87, 0.58, 2.6, {"defence_tradeoff": 1.0}),
+          "epochs_20": _row(0.85, 0.72, 4.2, {"defence_epochs": 20})}
+  assert recipe_benchmark.knob_curve(rows) == [(0.0, "default"), (1.0, "tradeoff_1"), (3.0, "tradeoff_3")]
+  bench = {"dataset": "fashion_mnist", "eps": 0.1, "autoattack": "fast", "autoattack_examples": 500, "rows": rows,
+           "autoattack_attack": "AutoAttack fast (lad_tf.attacks.autoattack), the robustness stage"}
+  (tmp_path / "benchmarks").mkdir()
+  (tmp_path / "benchmarks" / "recipe_fashion_mnist_screening_x.json").write_text(json.dumps(bench))
+  section = recipe_benchmark.screening_section(str(tmp_path), "recipe_fashion_mnist_screening_x.json", "../figures/")
+  assert "| `tradeoff_1` (`--defence_tradeoff=1`) | 87.0 ± 1.0 | 58.0 ± 1.0 |" in section
+  assert "(../figures/recipe_fashion_mnist_screening_x.png)" in section
+  paths = recipe_benchmark.write_figures(str(tmp_path))  # no recipe_fashion_mnist.json: the screening's alone
+  assert paths == [str(tmp_path / "docs" / "figures" / "recipe_fashion_mnist_screening_x.png")]
+  assert os.path.getsize(paths[0]) > 10_000

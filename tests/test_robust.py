@@ -347,6 +347,12 @@ def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
   data, model, clean_pgd = setup
   assert make_loss(config("atta")).options == bench.ablation_options(carry=1)["carry1"]
   assert make_loss(config("atta")).needs() == ("index",) and not config("atta").needs_lad()
+  # with LAD's decoded examples as extra data it reads them, so it needs LAD's parts
+  generated = config("atta", generated_weight=0.5)
+  assert make_loss(generated).options.manifold_weight == 0.5 and generated.needs_lad()
+  assert make_loss(generated).needs() == ("decoded", "index")
+  with pytest.raises(ValueError, match="generated_weight"):
+    make_loss(config("fgsm_rs", generated_weight=0.5))
   # atta_steps=K is the carryK row: K projected steps of eps / K per batch
   assert make_loss(config("atta", atta_steps=2)).options == bench.ablation_options(carry=2)["carry2"]
   assert make_loss(config("atta", atta_steps=2)).options.step == 0.5

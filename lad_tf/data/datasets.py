@@ -61,6 +61,7 @@ class DefenceRecipe:
   selection: str = "robust"        # the guard's epoch selection (lad_tf.robust.RobustConfig.selection)
   weight_averaging: float = 0.0    # momentum of the weights' moving average, 0: none
   tradeoff: float = 0.0            # atta's TRADES weight, 0: plain adversarial CE
+  generated_weight: float = 0.0    # atta's weight on LAD's decoded examples, 0: none
 
 
 @dataclasses.dataclass(frozen=True)

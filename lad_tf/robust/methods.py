@@ -97,6 +97,8 @@ class RobustConfig:
                                    # momentum per step (Keras' use_ema); 0: the weights as trained
   tradeoff: float = 0.0            # atta: > 0 trains on CE(f(x), y) + tradeoff * KL(f(x) || f(x')) (TRADES'
                                    # beta on the carried perturbation, the step ascending the KL); 0: CE(f(x'), y)
+  generated_weight: float = 0.0    # atta: > 0 adds generated_weight * CE(f(G(z')), y) on LAD's decoded boundary
+                                   # examples, one per training image (LAD's generator as a data source)
   latent_layer: str = "latent"
   # seed, strategy, precision, verbosity of the training (lad_tf.runtime.execution)
   execution: ExecutionConfig = dataclasses.field(default_factory=lambda: ExecutionConfig(verbose=0))
@@ -108,8 +110,8 @@ class RobustConfig:
   def needs_lad(self):
     """Whether this method uses LAD's generator and boundaries."""
     o = self.options
-    return self.method == "lad" or (self.method == "lad_robust" and (
-        o.guided_fraction > 0 or o.targeted or o.manifold_weight > 0))
+    return self.method == "lad" or (self.method == "atta" and self.generated_weight > 0) or (
+        self.method == "lad_robust" and (o.guided_fraction > 0 or o.targeted or o.manifold_weight > 0))
 
   def uses_guard(self):
     """Whether the catastrophic-overfitting guard watches the training (default: single-step methods)."""
@@ -123,7 +125,8 @@ class RobustConfig:
     out["seed"] = self.seed
     # work directories from before these options keep their fingerprint: at their default they are left out
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
-    for name in ("lr_schedule", "step_scale", "atta_steps", "selection", "weight_averaging", "tradeoff"):
+    for name in ("lr_schedule", "step_scale", "atta_steps", "selection", "weight_averaging", "tradeoff",
+                 "generated_weight"):
       if out[name] == defaults[name]:
         out.pop(name)
     return out
@@ -138,6 +141,9 @@ def make_loss(config):
   if config.tradeoff < 0 or (config.tradeoff and config.method != "atta"):
     raise ValueError(f"tradeoff is atta's TRADES weight, >= 0 (trades has trades_beta), got {config.tradeoff} "
                      f"for {config.method}")
+  if config.generated_weight < 0 or (config.generated_weight and config.method != "atta"):
+    raise ValueError(f"generated_weight is atta's weight on LAD's decoded examples, >= 0 (lad_robust has "
+                     f"options.manifold_weight), got {config.generated_weight} for {config.method}")
   loss = _loss_of(config)
   loss.step_scale.assign(config.step_scale)
   return loss
@@ -157,7 +163,8 @@ def _loss_of(config):
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions())  # every LAD part off
   if m == "atta":
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(config.atta_steps,
-                                                                           trades_beta=config.tradeoff))
+                                                                           trades_beta=config.tradeoff,
+                                                                           manifold_weight=config.generated_weight))
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")

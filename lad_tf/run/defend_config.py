@@ -124,6 +124,10 @@ class DefendConfig:
       None, "atta's clean/robust trade-off: 0 trains on the adversarial examples alone; beta > 0 on "
       "CE(clean) + beta KL(clean || adversarial) (TRADES on the carried perturbations): smaller beta, more "
       "clean accuracy and less robustness (default: the dataset's).")
+  defence_generated_weight: Optional[float] = _setting(
+      None, "atta with LAD's generator as a data source: W > 0 adds W x CE on LAD's decoded boundary examples "
+      "(one per training image, labelled with its source class; runs the generator and boundaries stages; "
+      "default: the dataset's, 0).")
   robust_eval: str = _setting(
       "standard", "Robustness stage: AutoAttack (APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE and "
       "APGD-T) on the original and the defended classifier at the dataset's eps, reported as "
@@ -192,6 +196,9 @@ class DefendConfig:
     if not 0 <= recipe["weight_averaging"] < 1:
       raise ConfigError(f"defence_weight_averaging is a momentum per step: give one in [0, 1), got "
                         f"{recipe['weight_averaging']}")
+    if recipe["generated_weight"] < 0 or (recipe["generated_weight"] and defence_name != "atta"):
+      raise ConfigError(f"defence_generated_weight is atta's weight on LAD's decoded examples (>= 0); got "
+                        f"{recipe['generated_weight']} with --defence={defence_name}")
     if recipe["tradeoff"] < 0 or (recipe["tradeoff"] and defence_name != "atta"):
       raise ConfigError(f"defence_tradeoff is atta's TRADES weight (>= 0); got {recipe['tradeoff']} with "
                         f"--defence={defence_name} (trades has its own weight of 6)")
@@ -222,7 +229,7 @@ class DefendConfig:
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
                                step_scale=self.defence_step_scale, atta_steps=self.defence_atta_steps,
                                selection=self.defence_selection, weight_averaging=self.defence_weight_averaging,
-                               tradeoff=self.defence_tradeoff,
+                               tradeoff=self.defence_tradeoff, generated_weight=self.defence_generated_weight,
                                latent_layer=self.latent_layer, execution=self.execution)
 
   @property

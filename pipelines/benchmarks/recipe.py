@@ -28,6 +28,7 @@ ROWS = {
     "tradeoff_1": {"defence_tradeoff": 1.0},
     "tradeoff_3": {"defence_tradeoff": 3.0},
     "tradeoff_6": {"defence_tradeoff": 6.0},
+    "generated_0.5": {"defence_generated_weight": 0.5},
     "epochs_15": {"defence_epochs": 15},
     "epochs_20": {"defence_epochs": 20},
     "scratch_10": {"defence_init": "scratch", "defence_epochs": 10},

@@ -2,6 +2,7 @@
 recipe`: each row is `pipelines.defend` as users run it, with a few settings changed) as Markdown and
 as a Pareto plot, clean accuracy against AutoAttack accuracy: the README's and the docs' figures for
 the default defence come from here."""
+import glob
 import os
 
 from lad_tf.runtime.files import read_json
@@ -9,6 +10,10 @@ from pipelines.documents.formatting import table
 
 DATASETS = ("fashion_mnist", "mnist")
 FIGURE = os.path.join("docs", "figures", "tradeoff_{dataset}.png")
+# Settings tried beside the default in a cheaper setup (one seed, AutoAttack fast): their own figures.
+SCREENINGS = os.path.join("benchmarks", "recipe_*_screening*.json")
+SCREENING_FIGURE = os.path.join("docs", "figures", "{name}.png")
+KNOB = "defence_tradeoff"  # the one setting users move along the trade-off; the default row is 0
 
 
 def path_of(repo, dataset):
@@ -89,9 +94,22 @@ def readme_block(repo):
   return "\n".join(parts)
 
 
+def knob_curve(rows):
+  """[(KNOB's value, row name)] of the rows that set nothing but KNOB (the default row: 0), by value."""
+  return sorted((row["sets"].get(KNOB, 0.0), name) for name, row in rows.items() if set(row["sets"]) <= {KNOB})
+
+
+def screening_section(repo, name, figures="figures/"):
+  """Markdown: a screening file's table (benchmarks/NAME) and its figure."""
+  bench = read_json(os.path.join(repo, "benchmarks", name))
+  figure = os.path.basename(SCREENING_FIGURE.format(name=os.path.splitext(name)[0]))
+  return "\n".join([rows_table(bench), "", f"![clean against {bench['autoattack']} AutoAttack accuracy]({figures}{figure})"])
+
+
 def pareto_figure(bench, path):
   """Clean accuracy (x) against AutoAttack accuracy (y) of every row; the marker's area grows with
-  the row's cost; the rows no other row beats on both axes are joined."""
+  the row's cost; the rows no other row beats on both axes are joined by a dashed line, the knob's
+  settings (KNOB) by a solid one."""
   from lad_tf.evaluation import figures
   plt = figures.plt
   rows = bench["rows"]
@@ -110,14 +128,24 @@ def pareto_figure(bench, path):
   front = sorted((p[0], p[1]) for n, p in points.items()
                  if not any(q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values()))
   if len(front) > 1:
-    ax.plot(*zip(*front), color="grey", linewidth=1, linestyle="--")
+    ax.plot(*zip(*front), color="grey", linewidth=1, linestyle="--", label="not beaten on both axes")
+  knob = knob_curve(rows)
+  if len(knob) > 1:
+    ax.plot([points[n][0] for _, n in knob], [points[n][1] for _, n in knob], color="tab:green", linewidth=1.5,
+            label=f"--{KNOB} = " + ", ".join(f"{v:g}" for v, _ in knob))
+    ax.legend(loc="lower left", fontsize=8)
   ax.set_xlabel("clean accuracy %")
-  ax.set_ylabel(f"AutoAttack accuracy % (eps {bench['eps']:g})")
+  ax.set_ylabel(f"AutoAttack {bench.get('autoattack', 'standard')} accuracy % (eps {bench['eps']:g}, "
+                f"{bench['autoattack_examples']} images)")
   ax.set_title(f"{bench['dataset']}: the defend command's rows (marker area: defence time)")
   ax.grid(alpha=0.3)
   return figures.save(fig, path)
 
 
 def write_figures(repo):
-  """Draws each committed benchmark's Pareto figure; returns their paths."""
-  return [pareto_figure(bench, os.path.join(repo, FIGURE.format(dataset=d))) for d, bench in committed(repo)]
+  """Draws each committed benchmark's Pareto figure, and each screening file's; returns their paths."""
+  paths = [pareto_figure(bench, os.path.join(repo, FIGURE.format(dataset=d))) for d, bench in committed(repo)]
+  for found in sorted(glob.glob(os.path.join(repo, SCREENINGS))):
+    name = os.path.splitext(os.path.basename(found))[0]
+    paths.append(pareto_figure(read_json(found), os.path.join(repo, SCREENING_FIGURE.format(name=name))))
+  return paths
