@@ -17,7 +17,8 @@ from pipelines import common
 from pipelines.benchmarks import suite_options
 
 SUITES = ("attacks", "serving", "training", "generation", "pipeline", "precision", "data", "robust", "decoder",
-          "service_attacks", "service_cost", "detection_sweep", "recipe", "kernels")
+          "service_attacks", "service_cost", "detection_sweep", "recipe", "kernels",
+          "autoattack_cost")
 
 flags.DEFINE_string("output", None, "Where to write the figures (JSON). Default: benchmarks/SUITE.json.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset the suite measures on.")

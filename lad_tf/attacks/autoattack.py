@@ -23,7 +23,7 @@ ROBUST = ""      # broken_by value of images no attack broke
 
 
 def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_classes=9, n_queries=5000,
-               seed=0, batch_size=512, log=None):
+               seed=0, batch_size=512, log=None, record=None):
   """Runs AutoAttack's attacks in turn, each on the images still classified correctly.
 
   Args:
@@ -40,6 +40,8 @@ def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_cla
     log: None, or a callable given one progress line as each attack starts and ends (how many images
       it attacks, how many it broke, the robust accuracy so far and its time; e.g. print or
       absl.logging.info): the standard version can run for tens of minutes on a robust model.
+    record: None, or a list to which each attack run appends {"attack", "attacked", "broken", "seconds"}
+      (what the evaluation's cost is made of).
   Returns:
     (x_adv, broken_by): x_adv, float32 numpy images with |x_adv - x| <= eps in [0, 1] (the
     adversarial image where an attack succeeded, else x); broken_by, a numpy array of strings per
@@ -82,8 +84,11 @@ def autoattack(model_fn, x, y, eps, version="standard", n_iter=100, n_target_cla
     broken = common.predict(model_fn, adv, batch_size) != y[todo]
     x_adv[todo[broken]] = adv[broken]
     broken_by[todo[broken]] = name
+    seconds = time.perf_counter() - start
+    if record is not None:
+      record.append({"attack": name, "attacked": len(todo), "broken": int(broken.sum()), "seconds": seconds})
     if log:
-      log(f"autoattack: {name} broke {int(broken.sum())} in {time.perf_counter() - start:.0f} s; "
+      log(f"autoattack: {name} broke {int(broken.sum())} in {seconds:.0f} s; "
           f"robust accuracy {np.mean(broken_by == ROBUST):.4f}")
   return common.project_linf(x_adv, x, eps), broken_by.astype(str)
 
