@@ -79,7 +79,9 @@ def test_a_screening_file_has_its_own_table_and_figure_with_the_knob_drawn_as_a_
   rows = {"default": _row(0.84, 0.70, 2.0), "tradeoff_3": _row(0.86, 0.62, 2.6, {"defence_tradeoff": 3.0}),
           "tradeoff_1": _row(0.87, 0.58, 2.6, {"defence_tradeoff": 1.0}),
           "epochs_20": _row(0.85, 0.72, 4.2, {"defence_epochs": 20})}
-  assert recipe_benchmark.knob_curve(rows) == [(0.0, "default"), (1.0, "tradeoff_1"), (3.0, "tradeoff_3")]
+  assert recipe_benchmark.knob_curve(rows, "defence_tradeoff", 0.0) == [
+      (0.0, "default"), (1.0, "tradeoff_1"), (3.0, "tradeoff_3")]
+  assert recipe_benchmark.knob_curve(rows, "defence_eps", 0.1) == [(0.1, "default")]
   bench = {"dataset": "fashion_mnist", "eps": 0.1, "autoattack": "fast", "autoattack_examples": 500, "rows": rows,
            "autoattack_attack": "AutoAttack fast (lad_tf.attacks.autoattack), the robustness stage"}
   (tmp_path / "benchmarks").mkdir()

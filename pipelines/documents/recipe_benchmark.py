@@ -13,7 +13,9 @@ FIGURE = os.path.join("docs", "figures", "tradeoff_{dataset}.png")
 # Settings tried beside the default in a cheaper setup (one seed, AutoAttack fast): their own figures.
 SCREENINGS = os.path.join("benchmarks", "recipe_*_screening*.json")
 SCREENING_FIGURE = os.path.join("docs", "figures", "{name}.png")
-KNOB = "defence_tradeoff"  # the one setting users move along the trade-off; the default row is 0
+# Settings that move a defence along the trade-off, each drawn as a curve through the default row:
+# {flag: its value in the default row (None: the benchmark's eps)}.
+KNOBS = {"defence_tradeoff": 0.0, "defence_eps": None}
 
 
 def path_of(repo, dataset):
@@ -94,9 +96,9 @@ def readme_block(repo):
   return "\n".join(parts)
 
 
-def knob_curve(rows):
-  """[(KNOB's value, row name)] of the rows that set nothing but KNOB (the default row: 0), by value."""
-  return sorted((row["sets"].get(KNOB, 0.0), name) for name, row in rows.items() if set(row["sets"]) <= {KNOB})
+def knob_curve(rows, knob, default):
+  """[(knob's value, row name)] of the rows that set nothing but `knob` (the default row: `default`), by value."""
+  return sorted((row["sets"].get(knob, default), name) for name, row in rows.items() if set(row["sets"]) <= {knob})
 
 
 def screening_section(repo, name, figures="figures/"):
@@ -108,8 +110,8 @@ def screening_section(repo, name, figures="figures/"):
 
 def pareto_figure(bench, path):
   """Clean accuracy (x) against AutoAttack accuracy (y) of every row; the marker's area grows with
-  the row's cost; the rows no other row beats on both axes are joined by a dashed line, the knob's
-  settings (KNOB) by a solid one."""
+  the row's cost; the rows no other row beats on both axes are joined by a dashed line, each knob's
+  settings (KNOBS) by a solid one."""
   from lad_tf.evaluation import figures
   plt = figures.plt
   rows = bench["rows"]
@@ -129,10 +131,12 @@ def pareto_figure(bench, path):
                  if not any(q[0] >= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points.values()))
   if len(front) > 1:
     ax.plot(*zip(*front), color="grey", linewidth=1, linestyle="--", label="not beaten on both axes")
-  knob = knob_curve(rows)
-  if len(knob) > 1:
-    ax.plot([points[n][0] for _, n in knob], [points[n][1] for _, n in knob], color="tab:green", linewidth=1.5,
-            label=f"--{KNOB} = " + ", ".join(f"{v:g}" for v, _ in knob))
+  for (knob, default), color in zip(KNOBS.items(), ("tab:green", "tab:purple")):
+    curve = knob_curve(rows, knob, bench["eps"] if default is None else default)
+    if len(curve) > 1:
+      ax.plot([points[n][0] for _, n in curve], [points[n][1] for _, n in curve], color=color, linewidth=1.5,
+              label=f"--{knob} = " + ", ".join(f"{v:g}" for v, _ in curve))
+  if ax.get_legend_handles_labels()[0]:
     ax.legend(loc="lower left", fontsize=8)
   ax.set_xlabel("clean accuracy %")
   ax.set_ylabel(f"AutoAttack {bench.get('autoattack', 'standard')} accuracy % (eps {bench['eps']:g}, "
