@@ -37,7 +37,7 @@ HELP_GROUPS = (
                                   "classifier_epochs")),
     ("defence", ("defence", "defence_eps", "defence_epochs", "defence_learning_rate", "defence_lr_schedule",
                  "defence_train_examples", "defence_pgd_steps", "defence_init", "defence_step_scale",
-                 "defence_atta_steps", "defence_atta_lagged", "defence_tradeoff", "defence_generated_weight",
+                 "defence_atta_steps", "defence_tradeoff", "defence_generated_weight",
                  "defence_selection", "defence_weight_averaging")),
     ("defence: LAD's parts (--defence=lad and its controls; atta with --defence_generated_weight)", (
         "generator", "generator_epochs", "recon_norm", "attention", "eps", "normal", "target", "adaptive",

@@ -197,11 +197,6 @@ def test_defence_training_options_reach_the_robust_training_and_bad_ones_are_ref
   assert generated.robust_config().identity()["generated_weight"] == 0.5 and "generated_weight" not in constant.identity()
   assert {"generator", "boundaries"} <= set(generated.needed_stages())
   assert "generator" not in dataclasses.replace(CONFIG, defence="atta").resolved().needed_stages()
-  lagged = dataclasses.replace(CONFIG, defence="atta", defence_atta_lagged=True).resolved().robust_config()
-  assert lagged.atta_lagged and lagged.identity()["atta_lagged"] and "atta_lagged" not in constant.identity()
-  for wrong in ({"defence": "fgsm_rs"}, {"defence": "atta", "defence_atta_steps": 2}):
-    with pytest.raises(ConfigError, match="defence_atta_lagged"):
-      dataclasses.replace(CONFIG, defence_atta_lagged=True, **wrong).resolved()
   with pytest.raises(ConfigError, match="defence_generated_weight"):
     dataclasses.replace(CONFIG, defence="fgsm_rs", defence_generated_weight=0.5).resolved()
   # unset, the robust training follows the dataset's recipe: MNIST's is the benchmark's eps 0.3 setup

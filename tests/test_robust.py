@@ -364,15 +364,6 @@ def test_atta_carries_single_steps_and_raises_pgd_accuracy(setup):
   assert info["guard"]["rollbacks"] == 0
 
 
-def test_lagged_atta_raises_pgd_accuracy_as_atta_does(setup):
-  """atta_lagged trains on each example's carried perturbation one step behind and takes the step
-  from the same pass's gradient: over the same epochs it must still raise PGD accuracy."""
-  data, model, clean_pgd = setup
-  trained, info = robust.train(model, data.train.x, data.train.y, config("atta", atta_lagged=True))
-  assert training.accuracy(trained, data.test.x, data.test.y) > 0.85
-  assert pgd_accuracy(trained, data.test) > clean_pgd + MARGIN
-
-
 @pytest.fixture(scope="module")
 def benchmark_run(tmp_path_factory):
   """The smallest robust benchmark that trains and evaluates every row (the figures do not matter

@@ -177,22 +177,6 @@ def test_atta_carries_each_rows_perturbation_to_its_next_batch(model, radii):
   assert radii == [EPS, EPS]
 
 
-def test_lagged_atta_trains_on_the_carried_point_and_steps_from_that_passs_gradient(model, radii):
-  """atta_lagged: a batch's loss is CE at the carried point itself (the start on a first visit), and the
-  step its own input gradient gives is stored for the next visit; after two visits the perturbation is
-  plain atta's after one, and the loss is one step behind atta's."""
-  loss = loss_of("atta", atta_lagged=True)
-  loss.allocate(4, (2, 2, 1))
-  rows = {"image": images(X), "index": tf.constant(np.arange(4))}
-  start = project(X + EPS * UNIFORM, X)
-  np.testing.assert_allclose(run(loss, model, rows, Y), ce(start, Y), rtol=1e-5)
-  np.testing.assert_allclose(loss.carried.numpy(), atta_visits(X, Y, 1), atol=1e-6)
-  np.testing.assert_allclose(run(loss, model, rows, Y), ce(X + atta_visits(X, Y, 1), Y), rtol=1e-5)
-  np.testing.assert_allclose(loss.carried.numpy(), atta_visits(X, Y, 2), atol=1e-6)
-  with pytest.raises(ValueError, match="lagged needs carry and one step"):
-    loss_of("atta", atta_lagged=True, atta_steps=2)
-
-
 def test_atta_trained_on_a_shuffled_dataset_keeps_images_and_rows_paired(model, radii, monkeypatch):
   """Through robust.train (two epochs of shuffled batches, learning rate 0 so the model stays the
   reference's): every training row's carried perturbation is the two-step one of its own image."""

@@ -58,7 +58,6 @@ class DefenceRecipe:
   lr_schedule: str = "constant"    # or "cyclic"
   step_scale: float = 1.0          # the single-step defences' step at the start (the guard shrinks it)
   atta_steps: int = 1              # atta's carried steps per batch (lad_tf.robust.RobustConfig.atta_steps)
-  atta_lagged: bool = False        # atta's step from the training pass's own gradient (RobustConfig.atta_lagged)
   selection: str = "robust"        # the guard's epoch selection (lad_tf.robust.RobustConfig.selection)
   weight_averaging: float = 0.0    # momentum of the weights' moving average, 0: none
   tradeoff: float = 0.0            # atta's TRADES weight, 0: plain adversarial CE

@@ -107,10 +107,6 @@ class LadRobustOptions:
     training batches and LadRobustLoss.allocate; an example seen for the first time starts as without
     carry, and calls with training=False neither read nor write the carried perturbations. The carried
     perturbations live in memory only: a run resumed from its backups starts them afresh.
-  lagged: with carry, train on the carried perturbation as it is and take the step from the training
-    pass's own input gradient, for the next time the example is seen: one forward and backward per
-    batch instead of two (the model trains on each example's perturbation one step behind; the
-    gradient is taken with training=True). Needs carry and one step, without trades_beta or targeted.
   """
   noise: float = 2.0
   step: float = 1.0
@@ -121,7 +117,6 @@ class LadRobustOptions:
   trades_beta: float = 0.0
   manifold_weight: float = 0.0
   carry: bool = False
-  lagged: bool = False
 
   @classmethod
   def carried(cls, steps=1, **more):
@@ -143,10 +138,6 @@ class LadRobustLoss(_Loss):
       raise ValueError(f"steps must be at least 1, got {options.steps}")
     if options.carry and not options.project:
       raise ValueError("carry needs project=True: a carried perturbation must stay in the eps ball")
-    if options.lagged and not (options.carry and options.steps == 1 and not options.trades_beta
-                               and not options.targeted):
-      raise ValueError("lagged needs carry and one step, without trades_beta or targeted: it reuses the "
-                       "training pass's gradient of CE(y) for the carried step")
     self.eps, self.options = float(eps), options
     self.carried = self.seen = None
 
@@ -197,8 +188,6 @@ class LadRobustLoss(_Loss):
       rows = features["index"]
       seen = tf.gather(self.seen, rows)[:, None, None, None]
       start = tf.where(seen, self.bound(x + tf.gather(self.carried, rows), x), start)
-    if o.lagged and carry:
-      return self._lagged(model, x, y, start, rows, features, training)
     if o.trades_beta > 0:
       clean_eval = tf.stop_gradient(adv.logits_of(model, x))
       base = lambda logits: adv.kl_divergence(clean_eval, logits)
@@ -221,22 +210,6 @@ class LadRobustLoss(_Loss):
       losses = cross_entropy(y, clean) + o.trades_beta * adv.kl_divergence(clean, adv_logits)
     else:
       losses = cross_entropy(y, adv_logits)
-    return losses + self._manifold(model, y, features, training)
-
-  def _manifold(self, model, y, features, training):
-    w = self.options.manifold_weight
-    return w * cross_entropy(y, adv.logits_of(model, features["decoded"], training)) if w > 0 else 0.0
-
-  def _lagged(self, model, x, y, start, rows, features, training):
-    """options.lagged: the loss at the carried point, whose input gradient (the same forward pass)
-    moves the carried perturbation for next time."""
-    x_adv = tf.stop_gradient(start)
-    with tf.GradientTape() as tape:
-      tape.watch(x_adv)
-      losses = cross_entropy(y, adv.logits_of(model, x_adv, training))
-      total = tf.reduce_sum(losses)
-    grad = tape.gradient(total, x_adv)
-    moved = tf.stop_gradient(self.bound(x_adv + self.step_scale * self.options.step * self.eps * tf.sign(grad), x))
-    self.carried.scatter_nd_update(rows[:, None], moved - x)
-    self.seen.scatter_nd_update(rows[:, None], tf.ones_like(rows, tf.bool))
-    return losses + self._manifold(model, y, features, training)
+    if o.manifold_weight > 0:
+      losses += o.manifold_weight * cross_entropy(y, adv.logits_of(model, features["decoded"], training))
+    return losses

@@ -84,8 +84,6 @@ class RobustConfig:
   fgsm_alpha: float = 1.25
   step_scale: float = 1.0          # the single-step methods' step multiplier at the start (the guard shrinks it)
   atta_steps: int = 1              # atta's projected steps per batch, of eps / atta_steps each (ATTA-K)
-  atta_lagged: bool = False        # atta: the step comes from the training pass's own input gradient and is
-                                   # applied the next time the example is seen (LadRobustOptions.lagged)
   options: losses.LadRobustOptions = dataclasses.field(
       default_factory=lambda: losses.LadRobustOptions(guided_fraction=0.5))
   guide_strength: float = 0.5      # how far along the boundary normal the guide looks (latent units)
@@ -128,7 +126,7 @@ class RobustConfig:
     # work directories from before these options keep their fingerprint: at their default they are left out
     defaults = {f.name: f.default for f in dataclasses.fields(self)}
     for name in ("lr_schedule", "step_scale", "atta_steps", "selection", "weight_averaging", "tradeoff",
-                 "generated_weight", "atta_lagged"):
+                 "generated_weight"):
       if out[name] == defaults[name]:
         out.pop(name)
     return out
@@ -166,8 +164,7 @@ def _loss_of(config):
   if m == "atta":
     return losses.LadRobustLoss(config.eps, losses.LadRobustOptions.carried(config.atta_steps,
                                                                            trades_beta=config.tradeoff,
-                                                                           manifold_weight=config.generated_weight,
-                                                                           lagged=config.atta_lagged))
+                                                                           manifold_weight=config.generated_weight))
   if m == "lad_robust":
     return losses.LadRobustLoss(config.eps, config.options)
   raise ValueError(f"method '{m}' has no per-example loss here; one of {METHODS}")

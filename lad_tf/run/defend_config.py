@@ -113,10 +113,6 @@ class DefendConfig:
   defence_atta_steps: Optional[int] = _setting(
       None, "atta's projected steps per batch, eps / K each, carried over from epoch to epoch (ATTA-K; "
       "each step costs one more input gradient per batch; default: the dataset's, 1).")
-  defence_atta_lagged: Optional[bool] = _setting(
-      None, "atta takes each batch's step from the training pass's own input gradient and applies it the "
-      "next time the example is seen: one forward and backward pass per batch instead of two, so about "
-      "twice the epochs in the same time (default: the dataset's, off).")
   defence_selection: Optional[str] = _setting(
       None, "Which epoch the single-step defences hand back: robust, the best held-out PGD-10 accuracy; "
       "balanced, the best among the epochs within a point of the best held-out clean accuracy (default: "
@@ -200,10 +196,6 @@ class DefendConfig:
     if not 0 <= recipe["weight_averaging"] < 1:
       raise ConfigError(f"defence_weight_averaging is a momentum per step: give one in [0, 1), got "
                         f"{recipe['weight_averaging']}")
-    if recipe["atta_lagged"] and (defence_name != "atta" or recipe["atta_steps"] != 1 or recipe["tradeoff"]):
-      raise ConfigError(f"defence_atta_lagged reuses atta's training gradient for its one step: it needs "
-                        f"--defence=atta with one step and no --defence_tradeoff (got --defence={defence_name}, "
-                        f"{recipe['atta_steps']} steps, tradeoff {recipe['tradeoff']:g})")
     if recipe["generated_weight"] < 0 or (recipe["generated_weight"] and defence_name != "atta"):
       raise ConfigError(f"defence_generated_weight is atta's weight on LAD's decoded examples (>= 0); got "
                         f"{recipe['generated_weight']} with --defence={defence_name}")
@@ -236,7 +228,6 @@ class DefendConfig:
                                learning_rate=self.defence_learning_rate,
                                lr_schedule=self.defence_lr_schedule, pgd_steps=self.defence_pgd_steps,
                                step_scale=self.defence_step_scale, atta_steps=self.defence_atta_steps,
-                               atta_lagged=self.defence_atta_lagged,
                                selection=self.defence_selection, weight_averaging=self.defence_weight_averaging,
                                tradeoff=self.defence_tradeoff, generated_weight=self.defence_generated_weight,
                                latent_layer=self.latent_layer, execution=self.execution)

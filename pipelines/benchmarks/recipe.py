@@ -32,8 +32,6 @@ ROWS = {
     "step_half": {"defence_step_scale": 0.5},
     "eps_0.075": {"defence_eps": 0.075},
     "eps_0.05": {"defence_eps": 0.05},
-    "lagged_10": {"defence_atta_lagged": True},
-    "lagged_20": {"defence_atta_lagged": True, "defence_epochs": 20},
     "epochs_15": {"defence_epochs": 15},
     "epochs_20": {"defence_epochs": 20},
     "scratch_10": {"defence_init": "scratch", "defence_epochs": 10},
