@@ -108,7 +108,7 @@ def screening_section(repo, name, figures="figures/"):
   return "\n".join([rows_table(bench), "", f"![clean against {bench['autoattack']} AutoAttack accuracy]({figures}{figure})"])
 
 
-def pareto_figure(bench, path):
+def pareto_figure(bench, path, undefended=True):
   """Clean accuracy (x) against AutoAttack accuracy (y) of every row; the marker's area grows with
   the row's cost; the rows no other row beats on both axes are joined by a dashed line, each knob's
   settings (KNOBS) by a solid one."""
@@ -118,12 +118,15 @@ def pareto_figure(bench, path):
   points = {name: (100 * r["clean"]["mean"], 100 * r["autoattack"]["mean"], r["cost_ratio"]["mean"])
             for name, r in rows.items()}
   fig, ax = plt.subplots(figsize=(7, 5))
+  labels = {}  # rows at the same point share one label
   for name, (clean, robust, cost) in points.items():
     ax.scatter([clean], [robust], s=60 * cost, alpha=0.6, color="tab:red" if name == "default" else "tab:blue")
-    ax.annotate(name, (clean, robust), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    labels.setdefault((round(clean, 1), round(robust, 1)), []).append(name)
+  for (clean, robust), names in labels.items():
+    ax.annotate(", ".join(names), (clean, robust), textcoords="offset points", xytext=(6, 4), fontsize=8)
   seeds = rows["default"]["seeds"] if "default" in rows else []
   original = (_mean(seeds, lambda r: r["original"]["clean_accuracy"]), _mean(seeds, lambda r: r["original"]["robust_accuracy"]))
-  if None not in original:
+  if undefended and None not in original:
     ax.scatter([100 * original[0]], [100 * original[1]], s=60, color="grey", marker="x")
     ax.annotate("undefended", (100 * original[0], 100 * original[1]), textcoords="offset points", xytext=(-60, 6),
                 fontsize=8)
@@ -151,5 +154,6 @@ def write_figures(repo):
   paths = [pareto_figure(bench, os.path.join(repo, FIGURE.format(dataset=d))) for d, bench in committed(repo)]
   for found in sorted(glob.glob(os.path.join(repo, SCREENINGS))):
     name = os.path.splitext(os.path.basename(found))[0]
-    paths.append(pareto_figure(read_json(found), os.path.join(repo, SCREENING_FIGURE.format(name=name))))
+    paths.append(pareto_figure(read_json(found), os.path.join(repo, SCREENING_FIGURE.format(name=name)),
+                               undefended=False))
   return paths
