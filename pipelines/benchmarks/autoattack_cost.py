@@ -11,7 +11,6 @@ passes take at the model's own rates over the time the attack took. An efficienc
 attack's own work (projections, sorting, bookkeeping) costs little and only a faster model (another
 precision, other kernels) would shorten the evaluation.
 """
-import json
 import os
 import time
 
@@ -86,7 +85,8 @@ def model_rates(model, x, batch, seconds):
 def _images(run_dir, n):
   from lad_tf.data import datasets
   from lad_tf.run.defend_stages import robustness_pick
-  config = json.load(open(os.path.join(run_dir, "config.json")))
+  from lad_tf.runtime.files import read_json
+  config = read_json(os.path.join(run_dir, "config.json"))
   spec = datasets.get_spec(config["dataset"])
   data = datasets.load(spec, config.get("data_dir"))
   _, evaluation = datasets.calibration_split(data.test, config["calibration_per_class"], seed=config["seed"])
@@ -94,8 +94,9 @@ def _images(run_dir, n):
   return spec, config["seed"], np.asarray(evaluation.x[pick], np.float32), evaluation.y[pick]
 
 
-def run(run_dir=None, n=0, seed=None, batch=512, version="standard", seconds=3.0, dataset=None):
-  """See the module docstring. `dataset` is ignored (the work directory's is used)."""
+def run(run_dir=None, n=0, batch=512, version="standard", seconds=3.0, dataset=None, seed=None):
+  """See the module docstring. The dataset, the images and the attacks' seed are the work directory's
+  (`dataset` and `seed` are ignored)."""
   if not run_dir or not os.path.exists(os.path.join(run_dir, "defended", "model.keras")):
     raise ValueError(f"autoattack_cost needs --set=run_dir=DIR, a defend work directory with a defended "
                      f"model (got {run_dir!r})")
@@ -107,7 +108,7 @@ def run(run_dir=None, n=0, seed=None, batch=512, version="standard", seconds=3.0
   counting = CountingModel(model)
   record = _PerAttack(counting)
   start = time.perf_counter()
-  _, broken_by = autoattack(counting, x, y, spec.attack_eps, version=version, seed=run_seed if seed is None else seed,
+  _, broken_by = autoattack(counting, x, y, spec.attack_eps, version=version, seed=run_seed,
                             batch_size=int(batch), log=print, record=record)
   total_s = time.perf_counter() - start
   attacks = {}

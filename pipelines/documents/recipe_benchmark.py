@@ -111,7 +111,7 @@ def screening_section(repo, name, figures="figures/"):
 def pareto_figure(bench, path, undefended=True):
   """Clean accuracy (x) against AutoAttack accuracy (y) of every row; the marker's area grows with
   the row's cost; the rows no other row beats on both axes are joined by a dashed line, each knob's
-  settings (KNOBS) by a solid one."""
+  settings (KNOBS) by a solid one; `undefended` adds the undefended classifier's point."""
   from lad_tf.evaluation import figures
   plt = figures.plt
   rows = bench["rows"]
