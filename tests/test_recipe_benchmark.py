@@ -18,9 +18,10 @@ from pipelines.documents import recipe_benchmark
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def defended_settings(dataset, seed):
-  """The defended stage's settings (what its fingerprint hashes) of the default command."""
-  config = DefendConfig(dataset=dataset, execution=ExecutionConfig(seed=seed)).resolved()
+def defended_settings(dataset, seed, data_dir=None):
+  """The defended stage's settings (what its fingerprint hashes) of the default command (with
+  --data_dir=data_dir, which the classifier stage's fingerprint includes)."""
+  config = DefendConfig(dataset=dataset, data_dir=data_dir, execution=ExecutionConfig(seed=seed)).resolved()
   settings = stage.fingerprint_settings(defend_stages.STAGES, config, datasets.get_spec(dataset))["defended"]
   return json.loads(json.dumps(settings))
 
@@ -32,7 +33,7 @@ def test_the_default_rows_settings_are_those_the_default_command_uses():
     default = bench["rows"]["default"]
     assert default["sets"] == {}
     first_seed = default["seeds"][0]["seed"]
-    assert default["settings"] == defended_settings(dataset, first_seed), (
+    assert default["settings"] == defended_settings(dataset, first_seed, bench.get("data_dir")), (
         f"benchmarks/recipe_{dataset}.json's default row trained other settings than `pipelines.defend "
         f"--dataset={dataset}` uses now: run `python -m pipelines.benchmark recipe --dataset={dataset}` again")
 

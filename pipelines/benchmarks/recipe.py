@@ -120,7 +120,9 @@ def run(dataset="fashion_mnist", n=0, seed=0, data_dir=None, seeds=3, rows="defa
         json.dump({"options": options, "found": found}, f, indent=2, default=float)
   rows_out = {name: {"sets": row["sets"], "settings": row["settings"], **robust.summary(row["seeds"], FIGURES)}
               for name, row in found.items()}
-  return {**options, "eps": _eps(dataset), "rows": rows_out,
+  # data_dir: where the data came from is part of the classifier stage's fingerprint, so the test that
+  # holds the default row to the command needs it
+  return {**options, "data_dir": data_dir, "eps": _eps(dataset), "rows": rows_out,
           "autoattack_attack": f"AutoAttack {autoattack} (lad_tf.attacks.autoattack), the defend pipeline's "
                                f"robustness stage"}
 
