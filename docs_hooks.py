@@ -100,11 +100,20 @@ RECIPE_MARKER = "<!-- recipe-benchmark -->"
 def recipe_benchmark(page_path):
   """The recipe benchmark's tables and Pareto figures (pipelines.documents.recipe_benchmark: the defend
   command as users run it, and the settings tried beside it)."""
+  return (_recipe_documents().section(HERE, heading="###", figures=_figures_dir(page_path))
+          or "No recipe benchmark is committed.")
+
+
+def _recipe_documents():
   import sys
   sys.path.insert(0, HERE)
-  from pipelines.documents import recipe_benchmark as recipe
-  figures = "../" * page_path.count("/") + "figures/"
-  return recipe.section(HERE, heading="###", figures=figures) or "No recipe benchmark is committed."
+  from pipelines.documents import recipe_benchmark
+  return recipe_benchmark
+
+
+def _figures_dir(page_path):
+  """docs/figures/ as the page at `page_path` (relative to docs/) links it."""
+  return "../" * page_path.count("/") + "figures/"
 
 
 SCREENING_MARKER = re.compile(r"<!-- recipe-screening: ([\w.-]+\.json) -->")
@@ -112,10 +121,7 @@ SCREENING_MARKER = re.compile(r"<!-- recipe-screening: ([\w.-]+\.json) -->")
 
 def recipe_screening(name, page_path):
   """A recipe screening file's table and figure (pipelines.documents.recipe_benchmark.screening_section)."""
-  import sys
-  sys.path.insert(0, HERE)
-  from pipelines.documents import recipe_benchmark as recipe
-  return recipe.screening_section(HERE, name, figures="../" * page_path.count("/") + "figures/")
+  return _recipe_documents().screening_section(HERE, name, figures=_figures_dir(page_path))
 
 
 TEMPLATE_MARKER = re.compile(r"<!-- benchmark: ([\w.-]+\.json)(\s.*?)-->", re.DOTALL)

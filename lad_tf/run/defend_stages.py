@@ -190,6 +190,16 @@ def robustness_pick(evaluation_size, examples, seed):
   return np.sort(np.random.default_rng(seed).choice(evaluation_size, n, replace=False))
 
 
+def robustness_images(dataset, data_dir, calibration_per_class, seed, examples):
+  """(x float32, y) of the robustness stage's images, loaded afresh: for benchmarks that attack a
+  finished run's model on the stage's own images."""
+  from lad_tf.data import datasets
+  data = datasets.load(datasets.get_spec(dataset), data_dir)
+  _, evaluation = datasets.calibration_split(data.test, calibration_per_class, seed=seed)
+  pick = robustness_pick(len(evaluation), examples, seed)
+  return np.asarray(evaluation.x[pick], np.float32), evaluation.y[pick]
+
+
 def _robustness(run, out):
   """AutoAttack on the original and the defended classifier, the same evaluation images for both."""
   c = run.config

@@ -59,8 +59,10 @@ class _PerAttack(list):
 
 
 def model_rates(model, x, batch, seconds):
-  """(forward images/s, forward + input-gradient images/s) of the model alone at `batch` images."""
+  """(forward images/s, forward + input-gradient images/s) of the model alone at `batch` images (median
+  call, as the kernels suite times)."""
   import tensorflow as tf
+  from pipelines.benchmarks.kernels import median_call_s
   images = tf.constant(np.resize(x, (batch, *x.shape[1:])))
   forward = tf.function(lambda z: model(z))
 
@@ -71,27 +73,17 @@ def model_rates(model, x, batch, seconds):
       total = tf.reduce_sum(tf.reduce_logsumexp(model(z), axis=1))
     return tape.gradient(total, z)
 
-  rates = []
-  for fn in (forward, gradient):
-    fn(images), fn(images)
-    calls, start = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - start < seconds:
-      np.asarray(fn(images))
-      calls += 1
-    rates.append(batch * calls / (time.perf_counter() - start))
-  return tuple(rates)
+  return tuple(batch / median_call_s(lambda: fn(images), seconds) for fn in (forward, gradient))
 
 
 def _images(run_dir, n):
   from lad_tf.data import datasets
-  from lad_tf.run.defend_stages import robustness_pick
+  from lad_tf.run.defend_stages import robustness_images
   from lad_tf.runtime.files import read_json
   config = read_json(os.path.join(run_dir, "config.json"))
-  spec = datasets.get_spec(config["dataset"])
-  data = datasets.load(spec, config.get("data_dir"))
-  _, evaluation = datasets.calibration_split(data.test, config["calibration_per_class"], seed=config["seed"])
-  pick = robustness_pick(len(evaluation), n, config["seed"])
-  return spec, config["seed"], np.asarray(evaluation.x[pick], np.float32), evaluation.y[pick]
+  x, y = robustness_images(config["dataset"], config.get("data_dir"), config["calibration_per_class"],
+                           config["seed"], n)
+  return datasets.get_spec(config["dataset"]), config["seed"], x, y
 
 
 def run(run_dir=None, n=0, batch=512, version="standard", seconds=3.0, dataset=None, seed=None):

@@ -25,7 +25,7 @@ import numpy as np
 from pipelines.benchmarks.windows import TRAINING_FLOPS_PER_MAC, layer_multiply_adds
 
 
-def _median_call_s(fn, seconds):
+def median_call_s(fn, seconds):
   """Median seconds of one call of `fn`, after two warm-up calls, over at least 3 calls or `seconds`."""
   fn(), fn()
   times, start = [], time.perf_counter()
@@ -89,7 +89,7 @@ def _keras_layer(layer, shape, policy):
 
 def _rates(pair, macs, seconds):
   forward, both = pair
-  f, b = _median_call_s(forward, seconds), _median_call_s(both, seconds)
+  f, b = median_call_s(forward, seconds), median_call_s(both, seconds)
   return {"forward_ms": 1e3 * f, "forward_gflops": 2 * macs / f / 1e9,
           "train_ms": 1e3 * b, "train_gflops": TRAINING_FLOPS_PER_MAC * macs / b / 1e9}
 
@@ -111,7 +111,7 @@ def _whole_step(model, batch, seconds, optimizer):
 
   grads = [tf.constant(rng.standard_normal(v.shape).astype(np.float32) * 1e-3) for v in model.trainable_variables]
   update = tf.function(lambda: optimizer.apply_gradients(zip(grads, model.trainable_variables)))
-  return _median_call_s(step, seconds), _median_call_s(update, seconds)
+  return median_call_s(step, seconds), median_call_s(update, seconds)
 
 
 def _build(dataset, precision_name):

@@ -54,13 +54,11 @@ def _pgd40(run_dir, config, seed):
   """PGD-40 accuracy of the defended model on the robustness stage's images (same pick, same seed)."""
   from lad_tf import attacks
   from lad_tf.data import datasets
-  from lad_tf.run.defend_stages import robustness_pick
+  from lad_tf.run.defend_stages import robustness_images
   from lad_tf.runtime.files import load_model
   spec = datasets.get_spec(config.dataset)
-  data = datasets.load(spec, config.data_dir)
-  _, evaluation = datasets.calibration_split(data.test, spec.calibration_per_class, seed=seed)
-  pick = robustness_pick(len(evaluation), config.robust_eval_examples, seed)
-  x, y = np.asarray(evaluation.x[pick], np.float32), evaluation.y[pick]
+  x, y = robustness_images(config.dataset, config.data_dir, config.calibration_per_class, seed,
+                           config.robust_eval_examples)
   model = load_model(os.path.join(run_dir, "defended", "model.keras"), "defended classifier")
   x_adv = attacks.pgd(model, x, y, spec.attack_eps, nb_iter=40, seed=0)
   return float(np.mean(np.argmax(model.predict(x_adv, batch_size=500, verbose=0), -1) == y))

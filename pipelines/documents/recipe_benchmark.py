@@ -12,7 +12,7 @@ DATASETS = ("fashion_mnist", "mnist")
 FIGURE = os.path.join("docs", "figures", "tradeoff_{dataset}.png")
 # Settings tried beside the default in a cheaper setup (one seed, AutoAttack fast): their own figures.
 SCREENINGS = os.path.join("benchmarks", "recipe_*_screening*.json")
-SCREENING_FIGURE = os.path.join("docs", "figures", "{name}.png")
+SCREENING_FIGURE = "{name}.png"  # in docs/figures/, named after its benchmarks/ file
 # Settings that move a defence along the trade-off, each drawn as a curve through the default row:
 # {flag: its value in the default row (None: the benchmark's eps)}.
 KNOBS = {"defence_tradeoff": 0.0, "defence_eps": None}
@@ -104,7 +104,7 @@ def knob_curve(rows, knob, default):
 def screening_section(repo, name, figures="figures/"):
   """Markdown: a screening file's table (benchmarks/NAME) and its figure."""
   bench = read_json(os.path.join(repo, "benchmarks", name))
-  figure = os.path.basename(SCREENING_FIGURE.format(name=os.path.splitext(name)[0]))
+  figure = SCREENING_FIGURE.format(name=os.path.splitext(name)[0])
   return "\n".join([rows_table(bench), "", f"![clean against {bench['autoattack']} AutoAttack accuracy]({figures}{figure})"])
 
 
@@ -153,7 +153,6 @@ def write_figures(repo):
   """Draws each committed benchmark's Pareto figure, and each screening file's; returns their paths."""
   paths = [pareto_figure(bench, os.path.join(repo, FIGURE.format(dataset=d))) for d, bench in committed(repo)]
   for found in sorted(glob.glob(os.path.join(repo, SCREENINGS))):
-    name = os.path.splitext(os.path.basename(found))[0]
-    paths.append(pareto_figure(read_json(found), os.path.join(repo, SCREENING_FIGURE.format(name=name)),
-                               undefended=False))
+    figure = SCREENING_FIGURE.format(name=os.path.splitext(os.path.basename(found))[0])
+    paths.append(pareto_figure(read_json(found), os.path.join(repo, "docs", "figures", figure), undefended=False))
   return paths
