@@ -271,7 +271,9 @@ def test_a_real_server_refuses_a_square_attack_and_answers_benign_images(tmp_pat
     with client_lib.PredictClient(server.grpc_address, model_name="digits", client_id="mallory") as attacker:
       query = attack_service.endpoint_fn(attacker, "probabilities", 64)
       report = attack_service.attack_through(query, 10, "square", digits.x[:2], digits.y[:2], EPS, 1000)
-    assert report["refused"] and report["queries_before_refusal"] <= 40, report
+    # Refused, but when depends on the judge's 50-ms feed and the machine's load (the service_attacks
+    # benchmark measures it); the query that flags the client does not, and is checked below.
+    assert report["refused"], report
     with client_lib.PredictClient(server.rest_address, model_name="digits", rest=True,
                                   client_id="mallory") as same_over_rest:
       with pytest.raises(client_lib.RequestError) as refused:
@@ -286,3 +288,5 @@ def test_a_real_server_refuses_a_square_attack_and_answers_benign_images(tmp_pat
       status, metrics = bob._http("GET", "/monitoring/detection")
     assert status == 200 and metrics["clients_flagged"] == 1 and metrics["requests_rejected"] >= 2
     assert list(metrics["flagged_at_query"]) == ["id:mallory"]
+    # the two Square runs' stream is the same on every run (measured: flagged at its 21st query)
+    assert metrics["flagged_at_query"]["id:mallory"] <= 30, metrics["flagged_at_query"]
